@@ -1,0 +1,36 @@
+"""Sans-I/O Gearman wire format: packet types, encoding, an incremental decoder, the client connection."""
+
+from . import constants
+from .codec import (
+    AdminLine,
+    Decoder,
+    Event,
+    Packet,
+    PacketError,
+    ProtocolError,
+    encode,
+    encode_request,
+    encode_response,
+    pack,
+)
+from .connection import AdminResponse, ClientConnection, ClientEvent
+from .constants import REQ, RES
+
+__all__ = [
+    "REQ",
+    "RES",
+    "AdminLine",
+    "AdminResponse",
+    "ClientConnection",
+    "ClientEvent",
+    "Decoder",
+    "Event",
+    "Packet",
+    "PacketError",
+    "ProtocolError",
+    "constants",
+    "encode",
+    "encode_request",
+    "encode_response",
+    "pack",
+]

@@ -1,0 +1,189 @@
+"""Encoding of packets and an incremental decoder of binary packets and admin text lines."""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Union
+
+from .constants import (
+    ARG_COUNTS,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_PACKET_SIZE,
+    HEADER_SIZE,
+    REQ,
+    RES,
+    TYPE_NAMES,
+)
+
+_HEADER = struct.Struct(">4sII")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+
+
+class Packet(NamedTuple):
+    """One binary packet: magic (REQ or RES), type number and its arguments as bytes."""
+
+    magic: bytes
+    ptype: int
+    args: tuple[bytes, ...]
+
+    @property
+    def name(self) -> str:
+        return TYPE_NAMES.get(self.ptype, f"UNKNOWN_{self.ptype}")
+
+
+class AdminLine(NamedTuple):
+    """One admin text line, without its line ending."""
+
+    line: bytes
+
+
+class PacketError(NamedTuple):
+    """A framed but unusable packet: the stream stays in sync, the peer deserves an ERROR."""
+
+    code: bytes
+    message: str
+    ptype: int
+
+
+Event = Union[Packet, AdminLine, PacketError]
+
+
+class ProtocolError(Exception):
+    """A stream that cannot be decoded any further: answer with ERROR and close."""
+
+    def __init__(self, code: bytes, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        #: Events decoded before the fault, so that a server can still answer them before it closes.
+        self.events: list[Event] = []
+
+
+def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
+    """Encode one packet, checking its argument count and that only the last argument holds NULs."""
+    expected = ARG_COUNTS.get(ptype)
+    if expected is None:
+        raise ValueError(f"unknown packet type {ptype}")
+    if len(args) != expected:
+        raise ValueError(f"{TYPE_NAMES[ptype]} takes {expected} arguments, got {len(args)}")
+    for arg in args[:-1]:
+        if b"\x00" in arg:
+            raise ValueError(f"{TYPE_NAMES[ptype]}: only the last argument may contain NUL bytes")
+    body = b"\x00".join(args)
+    return _pack_header(magic, ptype, len(body)) + body
+
+
+def encode_request(ptype: int, *args: bytes) -> bytes:
+    """Encode a packet sent to a server."""
+    return encode(REQ, ptype, *args)
+
+
+def encode_response(ptype: int, *args: bytes) -> bytes:
+    """Encode a packet sent by a server."""
+    return encode(RES, ptype, *args)
+
+
+def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
+    """Frame an already joined body: the hot-path twin of encode() for callers that built the body."""
+    return _pack_header(magic, ptype, len(body)) + body
+
+
+class Decoder:
+    """Incremental decoder: feed() any chunk of bytes, get back the complete events it finishes.
+
+    ``accept`` is the magic this side expects (REQ on a server, RES on a client); a packet with the other
+    valid magic becomes a PacketError(INVALID_MAGIC), anything else after a NUL byte is fatal.
+    """
+
+    __slots__ = ("_buf", "accept", "max_packet_size", "max_line_length")
+
+    def __init__(
+        self,
+        accept: bytes = REQ,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        self._buf = bytearray()
+        self.accept = accept
+        self.max_packet_size = max_packet_size
+        self.max_line_length = max_line_length
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of an event."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Add bytes and return every event they complete; raise ProtocolError on an undecodable stream."""
+        buf = self._buf
+        buf += data
+        out: list[Event] = []
+        pos = 0
+        n = len(buf)
+        accept = self.accept
+        try:
+            while pos < n:
+                if buf[pos] == 0:
+                    if n - pos < HEADER_SIZE:
+                        if not (REQ.startswith(buf[pos : pos + 4]) or RES.startswith(buf[pos : pos + 4])):
+                            raise ProtocolError(b"INVALID_MAGIC", "bad packet magic")
+                        break
+                    magic, ptype, size = _unpack_header(buf, pos)
+                    if magic != accept and magic not in (REQ, RES):
+                        raise ProtocolError(b"INVALID_MAGIC", f"bad packet magic {bytes(magic)!r}")
+                    if size > self.max_packet_size:
+                        raise ProtocolError(
+                            b"ARGUMENT_TOO_LARGE",
+                            f"packet body of {size} bytes exceeds the limit of {self.max_packet_size}",
+                        )
+                    end = pos + HEADER_SIZE + size
+                    if end > n:
+                        break
+                    body = bytes(buf[pos + HEADER_SIZE : end])
+                    pos = end
+                    if magic != accept:
+                        out.append(PacketError(b"INVALID_MAGIC", f"expected {accept!r} magic", ptype))
+                        continue
+                    nargs = ARG_COUNTS.get(ptype)
+                    if nargs is None:
+                        out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
+                    elif nargs == 1:
+                        out.append(Packet(magic, ptype, (body,)))
+                    elif nargs == 0:
+                        out.append(Packet(magic, ptype, ()))
+                    else:
+                        args = tuple(body.split(b"\x00", nargs - 1))
+                        if len(args) != nargs:
+                            out.append(
+                                PacketError(
+                                    b"INVALID_PACKET",
+                                    f"{TYPE_NAMES[ptype]} needs {nargs} arguments, got {len(args)}",
+                                    ptype,
+                                )
+                            )
+                        else:
+                            out.append(Packet(magic, ptype, args))
+                else:
+                    nl = buf.find(b"\n", pos)
+                    if nl < 0:
+                        if n - pos > self.max_line_length:
+                            raise ProtocolError(
+                                b"ARGUMENT_TOO_LARGE",
+                                f"admin line longer than {self.max_line_length} bytes",
+                            )
+                        break
+                    if nl - pos > self.max_line_length:
+                        raise ProtocolError(
+                            b"ARGUMENT_TOO_LARGE", f"admin line longer than {self.max_line_length} bytes"
+                        )
+                    stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+                    out.append(AdminLine(bytes(buf[pos:stop])))
+                    pos = nl + 1
+        except ProtocolError as exc:
+            exc.events = out
+            buf.clear()
+            raise
+        if pos:
+            del buf[:pos]
+        return out

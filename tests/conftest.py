@@ -1,0 +1,177 @@
+"""Fixtures shared by every test: real servers on ephemeral loopback ports, always stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+GEARMAND = shutil.which("gearmand") or ("/usr/sbin/gearmand" if os.path.exists("/usr/sbin/gearmand") else None)
+
+
+@dataclass
+class RunningServer:
+    """A server the test can reach: its kind ("geartrain" or "gearmand"), address, and a way to stop it."""
+
+    kind: str
+    host: str
+    port: int
+    process: subprocess.Popen | None = None
+    server: object | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()  # type: ignore[attr-defined]
+            self.server = None
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An ephemeral port that was free a moment ago (for servers that cannot listen on port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, deadline: float = 15.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until a TCP connect succeeds; fail early when the process died."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {deadline}s")
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Stop a process we started, by its PID: SIGTERM, then SIGKILL if it does not go."""
+    if process.poll() is None:
+        try:
+            process.send_signal(sig)
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def start_gearmand(*extra: str, host: str = "127.0.0.1") -> RunningServer:
+    """Start Debian's gearmand on an ephemeral loopback port (retrying if the port was taken meanwhile)."""
+    if GEARMAND is None:
+        pytest.fail("gearmand is not installed: apt-get install gearman-job-server (.ci/run does)")
+    last: Exception | None = None
+    for _ in range(5):
+        port = free_port(host)
+        cmd = [GEARMAND, "-p", str(port), "-L", host, "-l", "none", "-P", os.devnull, "-t", "2", *extra]
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_port(host, port, process=process)
+            return RunningServer("gearmand", host, port, process=process)
+        except (RuntimeError, TimeoutError) as exc:
+            last = exc
+            stop_process(process)
+    raise RuntimeError(f"gearmand did not start: {last}")
+
+
+def start_geartrain(host: str = "127.0.0.1", **options) -> RunningServer:
+    """Start geartrain's server in this process, in a thread, on port 0."""
+    from geartrain.server import Server, ServerConfig
+
+    config = ServerConfig(listen=[(host, 0)], **options)
+    server = Server(config)
+    server.start_in_thread()
+    return RunningServer("geartrain", host, server.port, server=server)
+
+
+def start_geard_process(*args: str, host: str = "127.0.0.1", env: dict | None = None) -> RunningServer:
+    """Start geartrain's `geard` command as a subprocess in the foreground on an ephemeral port."""
+    last: Exception | None = None
+    for _ in range(5):
+        port = free_port(host)
+        cmd = [sys.executable, "-m", "geartrain.server.cli", "-d", "--listen-address", host, "-p", str(port), *args]
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            wait_for_port(host, port, process=process)
+            return RunningServer("geard", host, port, process=process)
+        except (RuntimeError, TimeoutError) as exc:
+            last = exc
+            stop_process(process)
+    raise RuntimeError(f"geard did not start: {last}")
+
+
+@pytest.fixture
+def geartrain_server() -> Iterator[RunningServer]:
+    server = start_geartrain()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gearmand_server() -> Iterator[RunningServer]:
+    server = start_gearmand()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["geartrain", "gearmand"])
+def any_server(request) -> Iterator[RunningServer]:
+    """The same test against geartrain's server and against gearmand."""
+    server = start_geartrain() if request.param == "geartrain" else start_gearmand()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def server_factory() -> Iterator:
+    """Start any number of servers in a test; all are stopped at the end, even on failure."""
+    started: list[RunningServer] = []
+
+    def make(kind: str = "geartrain", *args, **kwargs) -> RunningServer:
+        if kind == "geartrain":
+            server = start_geartrain(**kwargs)
+        elif kind == "gearmand":
+            server = start_gearmand(*args, **kwargs)
+        elif kind == "geard":
+            server = start_geard_process(*args, **kwargs)
+        else:
+            raise ValueError(kind)
+        started.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
