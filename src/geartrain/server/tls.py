@@ -1,0 +1,79 @@
+"""TLS contexts for the server and its clients, and the peer's certificate Common Name (the ACL subject).
+
+TLS 1.2 and 1.3 only. With a CA the server requires a client certificate signed by it (mutual TLS, like gear);
+the Common Name of that certificate is the subject the ACL knows the connection by.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+__all__ = ["client_context", "peer_common_name", "server_context"]
+
+StrPath = str | os.PathLike[str]
+
+
+def server_context(ssl_key: StrPath, ssl_cert: StrPath, ssl_ca: StrPath | None = None) -> ssl.SSLContext:
+    """A server-side context presenting `ssl_cert`/`ssl_key`; with `ssl_ca`, client certificates are required
+    and must be signed by that CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=ssl_cert, keyfile=ssl_key)
+    if ssl_ca is not None:
+        context.load_verify_locations(cafile=ssl_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def client_context(
+    ssl_key: StrPath | None = None,
+    ssl_cert: StrPath | None = None,
+    ssl_ca: StrPath | None = None,
+    check_hostname: bool = False,
+) -> ssl.SSLContext:
+    """A client-side context that verifies the server against `ssl_ca` (the system store when None) and
+    presents `ssl_cert`/`ssl_key` when given. Hostname checking is off unless asked: gear deployments use
+    certificates named by role (CN), not by host."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    if ssl_ca is not None:
+        context.load_verify_locations(cafile=ssl_ca)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if ssl_cert is not None:
+        context.load_cert_chain(certfile=ssl_cert, keyfile=ssl_key)
+    elif ssl_key is not None:
+        raise ValueError("ssl_key given without ssl_cert")
+    return context
+
+
+def peer_common_name(ssl_object: Any) -> str | None:
+    """The Common Name of the peer's verified certificate, or None when there is none.
+
+    Accepts an ssl.SSLObject or ssl.SSLSocket, or an asyncio transport (its "ssl_object" extra info).
+    When the certificate names several CNs, the last one wins, as in gear.
+    """
+    if ssl_object is None:
+        return None
+    if not hasattr(ssl_object, "getpeercert") and hasattr(ssl_object, "get_extra_info"):
+        ssl_object = ssl_object.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+    try:
+        cert = ssl_object.getpeercert()
+    except (ValueError, ssl.SSLError):  # handshake not done yet
+        return None
+    if not cert:
+        return None
+    common_name: str | None = None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                common_name = value
+    return common_name
