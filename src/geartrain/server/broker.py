@@ -1,0 +1,769 @@
+"""The job broker: an I/O-free state machine over functions, queues, jobs, workers and clients.
+
+Packets come in through Broker.handle(peer, packet); answers are appended to peers' output lists. Every
+operation is O(1) per job (dicts and deques; removals are lazy), so nothing scans all jobs or all workers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..protocol import constants as C
+from ..protocol.codec import pack
+
+log = logging.getLogger("geartrain.broker")
+
+RES = C.RES
+PRIORITIES = (C.PRIORITY_HIGH, C.PRIORITY_NORMAL, C.PRIORITY_LOW)
+
+# Job states.
+QUEUED = 0
+RUNNING = 1
+SCHEDULED = 2  # an epoch job waiting for its time
+DONE = 3
+
+_NOOP = pack(RES, C.NOOP, b"")
+_NO_JOB = pack(RES, C.NO_JOB, b"")
+
+
+def error_packet(code: bytes, message: str) -> bytes:
+    return pack(RES, C.ERROR, code + b"\x00" + message.encode("utf-8", "replace"))
+
+
+class Peer:
+    """One connection as the broker sees it: what it may do, what it waits on, what it runs."""
+
+    __slots__ = (
+        "id", "address", "out", "out_size", "broker", "client_id", "abilities", "sleeping", "noop_sent",
+        "woken_for", "exceptions", "running", "waiting", "subject", "closed", "last_exception", "conn",
+        "__weakref__",
+    )
+
+    def __init__(self, broker: Broker, peer_id: int, address: str = "-", subject: str | None = None) -> None:
+        self.broker = broker
+        self.id = peer_id
+        self.address = address
+        self.subject = subject
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.client_id = b"-"
+        #: {Function: timeout in seconds or 0}
+        self.abilities: dict[Function, float] = {}
+        self.sleeping = False
+        self.noop_sent = False
+        self.woken_for: Function | None = None
+        self.exceptions = False
+        #: Jobs assigned to this worker connection, by handle.
+        self.running: dict[bytes, Job] = {}
+        #: Foreground jobs this client waits on.
+        self.waiting: set[Job] = set()
+        self.closed = False
+        self.last_exception: bytes | None = None
+        #: The transport's own handle on this connection.
+        self.conn: Any = None
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.out:
+            self.broker.dirty.append(self)
+        self.out.append(data)
+        self.out_size += len(data)
+
+    def take_output(self) -> bytes:
+        data = b"".join(self.out)
+        self.out.clear()
+        self.out_size = 0
+        return data
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.id} {self.address}>"
+
+
+class Function:
+    """One function name: its three priority queues, its workers and its unique index."""
+
+    __slots__ = ("name", "queues", "counts", "running", "workers", "sleepers", "uniques", "max_queue")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        #: Jobs really queued per priority (the deques may also hold stale entries, skipped when popped).
+        self.counts = [0, 0, 0]
+        self.running = 0
+        #: Workers that registered this function (ordered set).
+        self.workers: dict[Peer, None] = {}
+        #: Workers that may be asleep waiting for this function (entries may be stale).
+        self.sleepers: dict[Peer, None] = {}
+        self.uniques: dict[bytes, Job] = {}
+        #: Maximum queued jobs per priority; 0 is unlimited.
+        self.max_queue = [0, 0, 0]
+
+    @property
+    def queued(self) -> int:
+        return self.counts[0] + self.counts[1] + self.counts[2]
+
+
+class Job:
+    """One job: what to run, who waits on it, who runs it."""
+
+    __slots__ = (
+        "handle", "function", "unique", "key", "data", "priority", "background", "clients", "worker",
+        "numerator", "denominator", "retries", "when", "reducer", "state", "seq", "store_ref", "deadline",
+    )
+
+    def __init__(
+        self, handle: bytes, function: Function, unique: bytes, key: bytes, data: bytes, priority: int,
+        background: bool, when: float = 0.0, reducer: bytes = b"",
+    ) -> None:
+        self.handle = handle
+        self.function = function
+        self.unique = unique
+        self.key = key
+        self.data = data
+        self.priority = priority
+        self.background = background
+        self.clients: list[Peer] = []
+        self.worker: Peer | None = None
+        self.numerator = b"0"
+        self.denominator = b"0"
+        self.retries = 0
+        self.when = when
+        self.reducer = reducer
+        self.state = QUEUED
+        self.seq = 0
+        self.store_ref: Any = None
+        self.deadline = 0.0
+
+
+class Broker:
+    """The whole job server state and its packet handlers."""
+
+    def __init__(
+        self,
+        handle_prefix: bytes = b"H:geartrain",
+        *,
+        job_retries: int = 0,
+        worker_wakeup: int = 0,
+        max_unique_length: int = 64,
+        max_function_length: int = 512,
+        max_queued_bytes: int = 0,
+        clock: Callable[[], float] = time.time,
+        store: Any = None,
+        acl: Any = None,
+    ) -> None:
+        self.functions: dict[bytes, Function] = {}
+        self.jobs: dict[bytes, Job] = {}
+        #: Every job with a non-empty unique, for GET_STATUS_UNIQUE.
+        self.by_unique: dict[bytes, Job] = {}
+        self.peers: dict[int, Peer] = {}
+        #: Peers with output to flush; the transport drains it once per loop pass.
+        self.dirty: list[Peer] = []
+        #: Functions with queued jobs per priority, in round-robin order.
+        self.ready: tuple[dict[Function, None], dict[Function, None], dict[Function, None]] = ({}, {}, {})
+        self.timers: list[tuple[float, int, Job]] = []
+        self.prefix = handle_prefix + b":"
+        # Handles never repeat across restarts: the counter starts at the start time in microseconds.
+        self.counter = int(clock() * 1_000_000)
+        self.seq = 0
+        self.job_retries = job_retries
+        self.worker_wakeup = worker_wakeup
+        self.max_unique_length = max_unique_length
+        self.max_function_length = max_function_length
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0
+        self.clock = clock
+        self.store = store
+        self.acl = acl
+        self.on_timer_change: Callable[[float], None] | None = None
+        self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
+            C.CAN_DO: self._can_do,
+            C.CAN_DO_TIMEOUT: self._can_do_timeout,
+            C.CANT_DO: self._cant_do,
+            C.RESET_ABILITIES: self._reset_abilities,
+            C.PRE_SLEEP: self._pre_sleep,
+            C.GRAB_JOB: self._grab_job,
+            C.GRAB_JOB_UNIQ: self._grab_job_uniq,
+            C.GRAB_JOB_ALL: self._grab_job_all,
+            C.WORK_STATUS: self._work_status,
+            C.WORK_COMPLETE: self._work_complete,
+            C.WORK_FAIL: self._work_fail,
+            C.WORK_EXCEPTION: self._work_exception,
+            C.WORK_DATA: self._work_data,
+            C.WORK_WARNING: self._work_warning,
+            C.GET_STATUS: self._get_status,
+            C.GET_STATUS_UNIQUE: self._get_status_unique,
+            C.ECHO_REQ: self._echo,
+            C.SET_CLIENT_ID: self._set_client_id,
+            C.OPTION_REQ: self._option,
+            C.ALL_YOURS: self._all_yours,
+            C.SUBMIT_JOB_SCHED: self._submit_sched,
+            C.SUBMIT_JOB_EPOCH: self._submit_epoch,
+            C.SUBMIT_REDUCE_JOB: self._make_submit_reduce(False),
+            C.SUBMIT_REDUCE_JOB_BACKGROUND: self._make_submit_reduce(True),
+        }
+        for ptype in (C.SUBMIT_JOB, C.SUBMIT_JOB_BG, C.SUBMIT_JOB_HIGH, C.SUBMIT_JOB_HIGH_BG,
+                      C.SUBMIT_JOB_LOW, C.SUBMIT_JOB_LOW_BG):
+            self.handlers[ptype] = self._make_submit(*C.SUBMIT_TYPES[ptype])
+
+    # ----------------------------------------------------------------- connections
+
+    def connect(self, peer_id: int, address: str = "-", subject: str | None = None) -> Peer:
+        peer = Peer(self, peer_id, address, subject)
+        self.peers[peer_id] = peer
+        return peer
+
+    def disconnect(self, peer: Peer) -> None:
+        """A connection went away: requeue what it ran, drop what only it waited on."""
+        if peer.closed:
+            return
+        peer.closed = True
+        peer.out.clear()
+        self.peers.pop(peer.id, None)
+        for job in list(peer.running.values()):
+            job.worker = None
+            self._requeue(job, "worker disconnected")
+        peer.running.clear()
+        for function in peer.abilities:
+            function.workers.pop(peer, None)
+            function.sleepers.pop(peer, None)
+            self._maybe_forget(function)
+        peer.abilities.clear()
+        for job in peer.waiting:
+            try:
+                job.clients.remove(peer)
+            except ValueError:
+                pass
+            if not job.clients and not job.background and job.state == QUEUED:
+                self._drop_queued(job)
+                self._end(job)
+                log.debug("dropped job %r: every client left before it ran", job.handle)
+        peer.waiting.clear()
+
+    def handle(self, peer: Peer, ptype: int, args: tuple[bytes, ...]) -> None:
+        """Handle one request packet from a peer."""
+        handler = self.handlers.get(ptype)
+        if handler is None:
+            name = C.TYPE_NAMES.get(ptype, str(ptype))
+            peer.send(error_packet(b"INVALID_COMMAND", f"{name} is not a request a server takes"))
+            return
+        handler(peer, args)
+
+    # ----------------------------------------------------------------- functions
+
+    def function(self, name: bytes) -> Function:
+        function = self.functions.get(name)
+        if function is None:
+            function = self.functions[name] = Function(name)
+        return function
+
+    def _maybe_forget(self, function: Function) -> None:
+        """Drop a function record nobody uses (keeps memory bounded under churn of names)."""
+        if (
+            not function.workers and not function.running and not function.queued
+            and not function.uniques and function.max_queue == [0, 0, 0]
+            and not any(function.queues)
+        ):
+            self.functions.pop(function.name, None)
+
+    def _check_name(self, peer: Peer, name: bytes) -> bool:
+        if not name:
+            peer.send(error_packet(b"INVALID_FUNCTION_NAME", "function name is empty"))
+            return False
+        if len(name) > self.max_function_length:
+            peer.send(error_packet(
+                b"ARGUMENT_TOO_LARGE",
+                f"function name of {len(name)} bytes exceeds the limit of {self.max_function_length}"))
+            return False
+        return True
+
+    # ----------------------------------------------------------------- worker registration
+
+    def _register(self, peer: Peer, name: bytes, timeout: float) -> None:
+        if not self._check_name(peer, name):
+            return
+        if self.acl is not None and not self.acl.canRegister(peer.subject, name):
+            log.info("%r (%s) may not register %r", peer, peer.subject, name)
+            peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not register {name!r}"))
+            return
+        function = self.function(name)
+        peer.abilities[function] = timeout
+        function.workers[peer] = None
+        if peer.sleeping and not peer.noop_sent and function.queued:
+            self._wake(peer, function)
+
+    def _can_do(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        self._register(peer, args[0], 0.0)
+
+    def _can_do_timeout(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        try:
+            milliseconds = int(args[1])
+        except ValueError:
+            peer.send(error_packet(b"INVALID_ARGUMENT", f"CAN_DO_TIMEOUT timeout {args[1]!r} is no integer"))
+            return
+        # Milliseconds, at least one second, as gearmand; 0 or less means no timeout.
+        self._register(peer, args[0], max(milliseconds / 1000.0, 1.0) if milliseconds > 0 else 0.0)
+
+    def _unregister(self, peer: Peer, function: Function) -> None:
+        peer.abilities.pop(function, None)
+        function.workers.pop(peer, None)
+        function.sleepers.pop(peer, None)
+        self._maybe_forget(function)
+
+    def _cant_do(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        # Jobs this worker runs stay assigned to it: its result is still accepted (gearmand loses it).
+        function = self.functions.get(args[0])
+        if function is not None and function in peer.abilities:
+            self._unregister(peer, function)
+
+    def _reset_abilities(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        for function in list(peer.abilities):
+            self._unregister(peer, function)
+
+    # ----------------------------------------------------------------- sleep and wake
+
+    def _has_work(self, peer: Peer) -> Function | None:
+        """A function this worker can do that has a queued job, or None (cost: min(abilities, ready))."""
+        abilities = peer.abilities
+        for ready in self.ready:
+            if not ready:
+                continue
+            if len(ready) <= len(abilities):
+                for function in ready:
+                    if function in abilities:
+                        return function
+            else:
+                for function in abilities:
+                    if function in ready:
+                        return function
+        return None
+
+    def _pre_sleep(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        peer.sleeping = True
+        peer.noop_sent = False
+        function = self._has_work(peer)
+        if function is not None:
+            self._wake(peer, function)
+            return
+        for function in peer.abilities:
+            function.sleepers[peer] = None
+
+    def _wake(self, peer: Peer, function: Function) -> None:
+        peer.noop_sent = True
+        peer.woken_for = function
+        peer.send(_NOOP)
+
+    def _wake_sleepers(self, function: Function, count: int) -> None:
+        """Send NOOP to up to `count` sleeping workers of the function (0: all of them)."""
+        sleepers = function.sleepers
+        woken = 0
+        while sleepers:
+            peer = next(iter(sleepers))
+            del sleepers[peer]
+            if peer.sleeping and not peer.noop_sent and not peer.closed:
+                self._wake(peer, function)
+                woken += 1
+                if count and woken >= count:
+                    return
+
+    # ----------------------------------------------------------------- submitting
+
+    def _make_submit(self, background: bool, priority: int) -> Callable[[Peer, tuple[bytes, ...]], None]:
+        def submit(peer: Peer, args: tuple[bytes, ...]) -> None:
+            self.submit(peer, args[0], args[1], args[2], priority, background)
+
+        return submit
+
+    def _submit_epoch(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        try:
+            when = float(int(args[2]))
+        except ValueError:
+            peer.send(error_packet(b"INVALID_ARGUMENT", f"epoch {args[2]!r} is not an integer"))
+            return
+        self.submit(peer, args[0], args[1], args[3], C.PRIORITY_NORMAL, True, when=when)
+
+    def _make_submit_reduce(self, background: bool) -> Callable[[Peer, tuple[bytes, ...]], None]:
+        # Accepted and run as an ordinary job; the reducer name travels to GRAB_JOB_ALL workers.
+        def submit(peer: Peer, args: tuple[bytes, ...]) -> None:
+            self.submit(peer, args[0], args[1], args[4], C.PRIORITY_NORMAL, background, reducer=args[2])
+
+        return submit
+
+    def _submit_sched(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        peer.send(error_packet(
+            b"INVALID_COMMAND",
+            "SUBMIT_JOB_SCHED is not supported: use SUBMIT_JOB_EPOCH with the time to run",
+        ))
+
+    def submit(
+        self, peer: Peer | None, name: bytes, unique: bytes, data: bytes, priority: int, background: bool,
+        when: float = 0.0, reducer: bytes = b"",
+    ) -> Job | None:
+        """Create or join a job and answer JOB_CREATED (or ERROR) to the submitting peer."""
+        if peer is not None:
+            if not self._check_name(peer, name):
+                return None
+            if len(unique) > self.max_unique_length:
+                peer.send(error_packet(
+                    b"ARGUMENT_TOO_LARGE",
+                    f"unique of {len(unique)} bytes exceeds the limit of {self.max_unique_length}"))
+                return None
+            if self.acl is not None and not self.acl.canInvoke(peer.subject, name):
+                log.info("%r (%s) may not invoke %r", peer, peer.subject, name)
+                peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not invoke {name!r}"))
+                return None
+        function = self.function(name)
+        key = data if unique == b"-" else unique
+        if key:
+            job = function.uniques.get(key)
+            if job is not None:
+                if peer is not None:
+                    if not background and peer not in job.clients:
+                        job.clients.append(peer)
+                        peer.waiting.add(job)
+                    self._created(peer, job)
+                return job
+        if peer is not None:
+            limit = function.max_queue[priority]
+            if limit > 0 and function.counts[priority] >= limit:
+                peer.send(error_packet(b"QUEUE_ERROR", f"queue of {name!r} is full"))
+                self._maybe_forget(function)
+                return None
+            if self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes:
+                peer.send(error_packet(b"QUEUE_ERROR", "the server holds its maximum of queued bytes"))
+                log.warning("refused a job of %r: queued bytes limit reached", name)
+                self._maybe_forget(function)
+                return None
+        self.counter += 1
+        handle = self.prefix + str(self.counter).encode()
+        job = Job(handle, function, unique, key, data, priority, background, when, reducer)
+        self.jobs[handle] = job
+        self.queued_bytes += len(data)
+        if key:
+            function.uniques[key] = job
+            self.by_unique[unique] = job
+        if not background and peer is not None:
+            job.clients.append(peer)
+            peer.waiting.add(job)
+        if background and self.store is not None:
+            job.store_ref = self.store.add(job)
+        if peer is not None:
+            self._created(peer, job)
+        if when > self.clock():
+            self._schedule(job)
+        else:
+            self._enqueue(job)
+        return job
+
+    def _created(self, peer: Peer, job: Job) -> None:
+        if job.background and self.store is not None and peer is not None:
+            self.store.hold(peer)
+        peer.send(pack(RES, C.JOB_CREATED, job.handle))
+
+    def _schedule(self, job: Job) -> None:
+        job.state = SCHEDULED
+        self.seq += 1
+        heapq.heappush(self.timers, (job.when, self.seq, job))
+        if self.on_timer_change is not None and self.timers[0][2] is job:
+            self.on_timer_change(job.when)
+
+    def _enqueue(self, job: Job, tail: bool = True) -> None:
+        job.state = QUEUED
+        function = job.function
+        priority = job.priority
+        function.queues[priority].append(job)
+        function.counts[priority] += 1
+        self.ready[priority][function] = None
+        if function.sleepers:
+            self._wake_sleepers(function, self.worker_wakeup or 1)
+
+    def _drop_queued(self, job: Job) -> None:
+        """Take a queued or scheduled job out of the counts; its deque entry is skipped later."""
+        if job.state == QUEUED:
+            function = job.function
+            function.counts[job.priority] -= 1
+            if not function.counts[job.priority]:
+                self.ready[job.priority].pop(function, None)
+                function.queues[job.priority].clear()
+        job.state = DONE
+
+    # ----------------------------------------------------------------- timers
+
+    def next_timer(self) -> float | None:
+        """When the broker next needs run_timers() (epoch jobs and CAN_DO_TIMEOUT deadlines)."""
+        return self.timers[0][0] if self.timers else None
+
+    def run_timers(self) -> None:
+        now = self.clock()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            when, _, job = heapq.heappop(timers)
+            if job.state == SCHEDULED and job.when == when:
+                self._enqueue(job)
+            elif job.state == RUNNING and job.deadline == when and job.worker is not None:
+                worker = job.worker
+                worker.running.pop(job.handle, None)
+                job.worker = None
+                log.info("job %r ran past its CAN_DO_TIMEOUT on %r: requeued", job.handle, worker)
+                self._requeue(job, "timed out")
+
+    # ----------------------------------------------------------------- grabbing
+
+    def _grab(self, peer: Peer) -> Job | None:
+        peer.sleeping = False
+        peer.noop_sent = False
+        woken_for, peer.woken_for = peer.woken_for, None
+        while True:
+            function = self._has_work(peer)
+            if function is None:
+                return None
+            job = self._pop(function)
+            if job is not None:
+                break
+        job.state = RUNNING
+        job.worker = peer
+        peer.running[job.handle] = job
+        function.running += 1
+        timeout = peer.abilities.get(function)
+        if timeout:
+            job.deadline = self.clock() + timeout
+            self.seq += 1
+            heapq.heappush(self.timers, (job.deadline, self.seq, job))
+            if self.on_timer_change is not None and self.timers[0][2] is job:
+                self.on_timer_change(job.deadline)
+        if function.queued and function.sleepers:
+            self._wake_sleepers(function, 1)
+        if woken_for is not None and woken_for is not function and woken_for.queued and woken_for.sleepers:
+            self._wake_sleepers(woken_for, 1)
+        return job
+
+    def _pop(self, function: Function) -> Job | None:
+        for priority in PRIORITIES:
+            if function.counts[priority]:
+                queue = function.queues[priority]
+                ready = self.ready[priority]
+                while queue:
+                    job = queue.popleft()
+                    if job.state == QUEUED:
+                        function.counts[priority] -= 1
+                        ready.pop(function, None)
+                        if function.counts[priority]:
+                            ready[function] = None  # round robin: to the back of the line
+                        return job
+                # Counts said queued but only stale entries were left: repair.
+                function.counts[priority] = 0
+                ready.pop(function, None)
+        return None
+
+    def _grab_job(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._grab(peer)
+        if job is None:
+            peer.send(_NO_JOB)
+        else:
+            peer.send(pack(RES, C.JOB_ASSIGN, job.handle + b"\x00" + job.function.name + b"\x00" + job.data))
+
+    def _grab_job_uniq(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._grab(peer)
+        if job is None:
+            peer.send(_NO_JOB)
+        else:
+            peer.send(pack(RES, C.JOB_ASSIGN_UNIQ, b"\x00".join(
+                (job.handle, job.function.name, job.unique, job.data))))
+
+    def _grab_job_all(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._grab(peer)
+        if job is None:
+            peer.send(_NO_JOB)
+        elif job.reducer:
+            peer.send(pack(RES, C.JOB_ASSIGN_ALL, b"\x00".join(
+                (job.handle, job.function.name, job.unique, job.reducer, job.data))))
+        else:
+            peer.send(pack(RES, C.JOB_ASSIGN_UNIQ, b"\x00".join(
+                (job.handle, job.function.name, job.unique, job.data))))
+
+    # ----------------------------------------------------------------- work results
+
+    def _held(self, peer: Peer, handle: bytes, ptype: int) -> Job | None:
+        job = peer.running.get(handle)
+        if job is None:
+            if ptype == C.WORK_FAIL and handle == peer.last_exception:
+                peer.last_exception = None  # WORK_EXCEPTION then WORK_FAIL: the Perl server's sequence
+                return None
+            peer.send(error_packet(b"JOB_NOT_FOUND", f"{C.TYPE_NAMES[ptype]}: no job {handle!r} is assigned "
+                                                      "to this connection"))
+        return job
+
+    def _relay(self, job: Job, ptype: int, body: bytes) -> None:
+        if job.clients:
+            packet = pack(RES, ptype, body)
+            for client in job.clients:
+                client.send(packet)
+
+    def _work_status(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._held(peer, args[0], C.WORK_STATUS)
+        if job is not None:
+            job.numerator = args[1]
+            job.denominator = args[2]
+            self._relay(job, C.WORK_STATUS, b"\x00".join(args))
+
+    def _work_data(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._held(peer, args[0], C.WORK_DATA)
+        if job is not None:
+            self._relay(job, C.WORK_DATA, args[0] + b"\x00" + args[1])
+
+    def _work_warning(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._held(peer, args[0], C.WORK_WARNING)
+        if job is not None:
+            self._relay(job, C.WORK_WARNING, args[0] + b"\x00" + args[1])
+
+    def _work_complete(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._held(peer, args[0], C.WORK_COMPLETE)
+        if job is not None:
+            self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00" + args[1])
+            self._finish(job)
+
+    def _work_fail(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._held(peer, args[0], C.WORK_FAIL)
+        if job is not None:
+            self._relay(job, C.WORK_FAIL, args[0])
+            self._finish(job)
+
+    def _work_exception(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        job = self._held(peer, args[0], C.WORK_EXCEPTION)
+        if job is not None:
+            self._fail_clients(job, args[1])
+            peer.last_exception = job.handle
+            self._finish(job)
+
+    def _fail_clients(self, job: Job, exception: bytes | None = None) -> None:
+        """WORK_EXCEPTION to clients that asked for exceptions (when there is one), WORK_FAIL to the rest."""
+        fail = pack(RES, C.WORK_FAIL, job.handle)
+        exc = pack(RES, C.WORK_EXCEPTION, job.handle + b"\x00" + exception) if exception is not None else None
+        for client in job.clients:
+            client.send(exc if exc is not None and client.exceptions else fail)
+
+    def _finish(self, job: Job) -> None:
+        """A job ended with a result: free its worker slot, its unique and its stored copy."""
+        worker = job.worker
+        if worker is not None:
+            worker.running.pop(job.handle, None)
+            job.worker = None
+        if job.state == RUNNING:
+            job.function.running -= 1
+        job.state = DONE
+        self._end(job)
+
+    def _end(self, job: Job) -> None:
+        self.jobs.pop(job.handle, None)
+        self.queued_bytes -= len(job.data)
+        function = job.function
+        if job.key and function.uniques.get(job.key) is job:
+            del function.uniques[job.key]
+        if job.unique and self.by_unique.get(job.unique) is job:
+            del self.by_unique[job.unique]
+        for client in job.clients:
+            client.waiting.discard(job)
+        job.clients = []
+        if job.store_ref is not None and self.store is not None:
+            self.store.remove(job)
+            job.store_ref = None
+        self._maybe_forget(function)
+
+    def _requeue(self, job: Job, why: str) -> None:
+        """Put a job that lost its worker back at the tail of its queue, or fail it past --job-retries."""
+        if job.state == RUNNING:
+            job.function.running -= 1
+        job.numerator = job.denominator = b"0"
+        job.retries += 1
+        if not job.background and not job.clients:
+            job.state = DONE
+            self._end(job)
+            return
+        if self.job_retries and job.retries > self.job_retries:
+            log.warning("job %r failed: %s, requeued more than %d times", job.handle, why, self.job_retries)
+            self._fail_clients(job)
+            job.state = DONE
+            self._end(job)
+            return
+        self._enqueue(job)
+
+    # ----------------------------------------------------------------- status and misc
+
+    def _get_status(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        handle = args[0]
+        job = self.jobs.get(handle)
+        if job is None:
+            body = b"\x00".join((handle, b"0", b"0", b"0", b"0"))
+        else:
+            body = b"\x00".join((handle, b"1", b"1" if job.state == RUNNING else b"0",
+                                  job.numerator, job.denominator))
+        peer.send(pack(RES, C.STATUS_RES, body))
+
+    def _get_status_unique(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        unique = args[0]
+        job = self.by_unique.get(unique)
+        if job is None:
+            body = b"\x00".join((unique, b"0", b"0", b"0", b"0", b"0"))
+        else:
+            body = b"\x00".join((unique, b"1", b"1" if job.state == RUNNING else b"0", job.numerator,
+                                  job.denominator, str(len(job.clients)).encode()))
+        peer.send(pack(RES, C.STATUS_RES_UNIQUE, body))
+
+    def _echo(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        peer.send(pack(RES, C.ECHO_RES, args[0]))
+
+    def _set_client_id(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        client_id = args[0][:127].replace(b" ", b"_").replace(b"\n", b"_")
+        peer.client_id = client_id or b"-"
+
+    def _option(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        if args[0] == b"exceptions":
+            peer.exceptions = True
+            peer.send(pack(RES, C.OPTION_RES, b"exceptions"))
+        else:
+            peer.send(error_packet(b"UNKNOWN_OPTION", f"unknown option {args[0][:64]!r}"))
+
+    def _all_yours(self, peer: Peer, args: tuple[bytes, ...]) -> None:
+        # An advisory hint with no defined server behaviour; accepted silently like the other worker packets.
+        pass
+
+    # ----------------------------------------------------------------- admin operations
+
+    def cancel(self, handle: bytes) -> bool:
+        """Cancel a job that is queued or scheduled (not running): its clients get WORK_FAIL."""
+        job = self.jobs.get(handle)
+        if job is None or job.state == RUNNING:
+            return False
+        self._drop_queued(job)
+        self._fail_clients(job)
+        self._end(job)
+        return True
+
+    def set_max_queue(self, name: bytes, limits: Iterable[int]) -> None:
+        function = self.function(name)
+        function.max_queue = [max(0, int(n)) for n in limits]
+        self._maybe_forget(function)
+
+    def drop_function(self, name: bytes) -> bool:
+        function = self.functions.get(name)
+        if function is None or function.workers or function.running or function.queued:
+            return False
+        del self.functions[name]
+        return True
+
+    def restore(self, name: bytes, unique: bytes, data: bytes, priority: int, when: float,
+                store_ref: Any) -> Job:
+        """Put back a background job read from the store at start (no peer, no answer)."""
+        store, self.store = self.store, None
+        try:
+            job = self.submit(None, name, unique, data, priority, True, when=when)
+        finally:
+            self.store = store
+        assert job is not None
+        job.store_ref = store_ref
+        return job

@@ -1,0 +1,169 @@
+"""asyncio Protocol glue between sockets and the broker: framing, write batching, flow control, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
+from .broker import Peer, error_packet
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger("geartrain.transport")
+
+_ids = itertools.count(1)
+
+
+def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval: int, count: int) -> None:
+    """TCP_NODELAY always; keepalive with its timers when asked."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class GearmanProtocol(asyncio.Protocol):
+    """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
+
+    __slots__ = ("server", "transport", "decoder", "peer", "handlers", "paused", "idle_handle")
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        config = server.config
+        self.decoder = Decoder(max_packet_size=config.max_packet_size, max_line_length=config.max_line_length)
+        self.peer: Peer | None = None
+        self.handlers = server.broker.handlers
+        self.paused = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ connection life
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        config = server.config
+        peername = transport.get_extra_info("peername")
+        address = peername[0] if peername else "-"
+        limit = config.max_connections
+        if limit and len(server.connections) >= limit:
+            log.warning("refused connection from %s: %d connections is the limit", address, limit)
+            transport.abort()
+            return
+        tune_socket(transport.get_extra_info("socket"), config.keepalive, config.tcp_keepidle,
+                    config.tcp_keepintvl, config.tcp_keepcnt)
+        subject = None
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            from .tls import peer_common_name
+
+            subject = peer_common_name(ssl_object)
+        sock = transport.get_extra_info("socket")
+        peer_id = sock.fileno() if sock is not None and sock.fileno() >= 0 else next(_ids)
+        if peer_id in server.broker.peers:
+            peer_id = next(_ids) + 1_000_000
+        self.peer = server.broker.connect(peer_id, address, subject)
+        self.peer.conn = self
+        server.connections.add(self)
+        transport.set_write_buffer_limits(high=config.output_high_water)
+        self._arm_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        if self.peer is not None:
+            self.server.broker.disconnect(self.peer)
+            self.server.schedule_flush()
+
+    def pause_writing(self) -> None:
+        # The peer does not read its answers: stop reading its requests until it catches up.
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _arm_idle_timer(self) -> None:
+        timeout = self.server.config.idle_timeout
+        if timeout > 0:
+            if self.idle_handle is not None:
+                self.idle_handle.cancel()
+            self.idle_handle = asyncio.get_running_loop().call_later(timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        peer = self.peer
+        if peer is None or self.transport is None:
+            return
+        if peer.running or peer.waiting or peer.abilities:
+            self._arm_idle_timer()
+            return
+        log.info("closing idle connection %d from %s", peer.id, peer.address)
+        self.transport.close()
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        try:
+            events = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self._dispatch(peer, exc.events)
+            log.warning("protocol error from %s (connection %d): %s; closing", peer.address, peer.id, exc)
+            peer.send(error_packet(exc.code, exc.message))
+            self.server.flush()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._dispatch(peer, events)
+        if self.idle_handle is not None:
+            self._arm_idle_timer()
+        self.server.schedule_flush()
+
+    def _dispatch(self, peer: Peer, events: list) -> None:
+        handlers = self.handlers
+        for event in events:
+            try:
+                if type(event) is Packet:
+                    handler = handlers.get(event.ptype)
+                    if handler is None:
+                        self.server.broker.handle(peer, event.ptype, event.args)
+                    else:
+                        handler(peer, event.args)
+                elif type(event) is AdminLine:
+                    peer.send(self.server.admin.handle(peer, event.line))
+                elif type(event) is PacketError:
+                    log.info("bad packet from %s (connection %d): %s", peer.address, peer.id, event.message)
+                    peer.send(error_packet(event.code, event.message))
+            except Exception:
+                log.exception("error handling %r from %s (connection %d)", event[:2], peer.address, peer.id)
+                peer.send(error_packet(b"SERVER_ERROR", "the server failed to handle this request; see its log"))
+
+    # ------------------------------------------------------------------ output
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        limit = self.server.config.output_limit
+        if limit and transport.get_write_buffer_size() > limit:
+            peer = self.peer
+            log.warning("connection %s from %s holds over %d unsent bytes: cut off",
+                        peer.id if peer else "?", peer.address if peer else "?", limit)
+            transport.abort()
