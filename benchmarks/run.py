@@ -1,0 +1,342 @@
+"""Run the same Gearman loads against geartrain, gearmand and gear 0.16.0's geard; print one table.
+
+    python benchmarks/run.py                # full run (a few minutes)
+    python benchmarks/run.py --quick        # short run (about two minutes)
+    python benchmarks/run.py --servers gearmand,geard --loads foreground,lockstep --json out.json
+
+Each server is started on an ephemeral loopback port for its loads and stopped afterwards. A load whose jobs
+did not all come back intact is reported as FAILED and the command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+import servers  # noqa: E402
+from loadgen import LoadOutcome, Plan  # noqa: E402
+from servers import RunningServer, ServerOptions, ServerUnavailable  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Settings:
+    """Sizes of a run; --quick and the command line adjust them."""
+
+    duration: float = 15.0  # seconds cap of the timed loads
+    jobs: int = 300_000  # job cap of the foreground and lock-step loads
+    bg_jobs: int = 100_000  # background jobs submitted then drained
+    large_jobs: int = 400  # 1 MiB jobs
+    client_procs: int = 1
+    worker_procs: int = 1
+    timeout: float = 180.0  # hard limit of one load
+
+
+QUICK = {"duration": 3.0, "jobs": 100_000, "bg_jobs": 20_000, "large_jobs": 60}
+
+
+@dataclass
+class Row:
+    server: str
+    load: str
+    jobs: int = 0
+    seconds: float = 0.0
+    jobs_per_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    ratio: float | None = None  # jobs_per_s / gearmand's jobs_per_s for the same load
+    note: str = ""
+    ok: bool = True
+    errors: list[str] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+# A load takes the running server and the settings and returns one or more rows (without the server name).
+LoadFn = Callable[[RunningServer, Settings], list[Row]]
+
+
+def _plan(server: RunningServer, label: str, settings: Settings, **kw: object) -> Plan:
+    tag = loadgen.new_tag(label)
+    base: dict[str, object] = {
+        "port": server.port, "func": f"bench_{tag}".encode(), "tag": tag, "duration": settings.duration,
+        "client_procs": settings.client_procs, "worker_procs": settings.worker_procs,
+        "timeout": settings.timeout,
+    }
+    base.update(kw)
+    return Plan(**base)  # type: ignore[arg-type]
+
+
+def _row(load: str, outcome: LoadOutcome, note: str = "") -> Row:
+    return Row(
+        server="", load=load, jobs=outcome.jobs, seconds=outcome.seconds,
+        jobs_per_s=outcome.jobs_per_s if not outcome.errors else None,
+        p50_ms=outcome.p50_ms, p99_ms=outcome.p99_ms, note=note, ok=not outcome.errors,
+        errors=outcome.errors, extra=dict(outcome.extra),
+    )
+
+
+def load_foreground(server: RunningServer, s: Settings) -> list[Row]:
+    plan = _plan(server, "fg", s, mode="foreground", clients=4, workers=4, inflight=16, payload=64,
+                 jobs=s.jobs)
+    return [_row("foreground", loadgen.run_foreground(plan), "4 clients x 16 in flight, 4 workers, 64 B")]
+
+
+def load_lockstep(server: RunningServer, s: Settings) -> list[Row]:
+    plan = _plan(server, "ls", s, mode="foreground", clients=1, workers=1, inflight=1, payload=64,
+                 jobs=s.jobs)
+    return [_row("lockstep", loadgen.run_foreground(plan), "1 client x 1 job, 1 worker, 64 B")]
+
+
+def load_background(server: RunningServer, s: Settings) -> list[Row]:
+    plan = _plan(server, "bg", s, mode="background", clients=4, workers=4, inflight=0, payload=64,
+                 jobs=s.bg_jobs, window=1000)
+    rss_before = server.rss_kib()
+
+    def between() -> dict[str, float]:
+        rss = server.rss_kib()
+        if rss is None or rss_before is None:
+            return {}
+        return {"rss_kib_queued": float(rss), "bytes_per_queued_job": (rss - rss_before) * 1024 / plan.jobs}
+
+    outcome = loadgen.run_background(plan, between)
+    submit = _row("bg-submit", outcome, f"{plan.jobs} SUBMIT_JOB_BG over 4 conns, no worker")
+    drain = _row("bg-drain", outcome, "then 4 workers drain the queue")
+    if outcome.errors:
+        drain.errors = []  # reported once, on the submit row
+    else:
+        submit.jobs_per_s = outcome.extra["submit_per_s"]
+        submit.seconds = outcome.extra["submit_s"]
+        drain.jobs_per_s = outcome.extra["drain_per_s"]
+        drain.seconds = outcome.extra["drain_s"]
+        per_job = outcome.extra.get("bytes_per_queued_job")
+        if per_job is not None:
+            submit.note += f"; RSS +{per_job:.0f} B/job"
+    return [submit, drain]
+
+
+def load_large(server: RunningServer, s: Settings) -> list[Row]:
+    plan = _plan(server, "lg", s, mode="foreground", clients=1, workers=1, inflight=1, payload=MIB,
+                 jobs=s.large_jobs)
+    outcome = loadgen.run_foreground(plan)
+    row = _row("large-1MiB", outcome)
+    if not outcome.errors:
+        # Bytes that pass through the server per second: the 1 MiB submitted and the result sent back.
+        mb_s = outcome.jobs_per_s * 2 * MIB / 1e6
+        row.extra["mb_per_s"] = mb_s
+        row.note = f"1 client, 1 worker, 1 MiB each way: {mb_s:.0f} MB/s through the server"
+    return [row]
+
+
+LOADS: dict[str, LoadFn] = {
+    "foreground": load_foreground,
+    "lockstep": load_lockstep,
+    "background": load_background,
+    "large": load_large,
+}
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def add_ratios(rows: list[Row]) -> None:
+    base = {r.load: r.jobs_per_s for r in rows if r.server == "gearmand" and r.ok and r.jobs_per_s}
+    for r in rows:
+        ref = base.get(r.load)
+        if r.ok and r.jobs_per_s and ref:
+            r.ratio = r.jobs_per_s / ref
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ["server", "load", "jobs/s", "p50 ms", "p99 ms", "vs gearmand", "notes"]
+    body = []
+    for r in rows:
+        if not r.ok:
+            status = "FAILED" if r.errors else "skipped"
+            first = r.errors[0].splitlines()[0] if r.errors else r.note
+            body.append([r.server, r.load, status, "-", "-", "-", first[:90]])
+            continue
+        body.append([
+            r.server, r.load, _fmt(r.jobs_per_s, 0), _fmt(r.p50_ms, 3), _fmt(r.p99_ms, 3),
+            f"{r.ratio:.2f}x" if r.ratio is not None else "-", r.note,
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    right = {2, 3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join((c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in pairs).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])]
+    out += [line(b) for b in body]
+    return "\n".join(out)
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (proc.stdout or proc.stderr).decode(errors="replace").strip().splitlines()[0:1][0] \
+        if (proc.stdout or proc.stderr) else "?"
+
+
+def machine_info() -> dict[str, str]:
+    commit = _version(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"])
+    if not all(c in "0123456789abcdef" for c in commit):
+        commit = "?"
+    return {
+        "nproc": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "loop": loadgen.LOOP_NAME,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+        "gearmand": _version([servers.GEARMAND, "--version"]).split(" - ")[0],
+        "gear": servers.GEAR_VERSION,
+        "geartrain_commit": commit,
+        "kernel": platform.release(),
+    }
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short run: ~3 s per timed load, fewer jobs")
+    p.add_argument("--servers", default="geartrain,gearmand,geard",
+                   help="comma-separated, from: " + ",".join(servers.SERVERS))
+    p.add_argument("--loads", default=",".join(LOADS), help="comma-separated, from: " + ",".join(LOADS))
+    p.add_argument("--duration", type=float, help="seconds cap of each timed load")
+    p.add_argument("--jobs", type=int, help="job cap of the foreground and lock-step loads")
+    p.add_argument("--bg-jobs", type=int, help="jobs of the background load")
+    p.add_argument("--large-jobs", type=int, help="jobs of the 1 MiB load")
+    p.add_argument("--client-procs", type=int, default=1, help="processes that run the clients (default 1)")
+    p.add_argument("--worker-procs", type=int, default=1, help="processes that run the workers (default 1)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows and the machine line as JSON")
+    args = p.parse_args(argv)
+    for name in args.servers.split(","):
+        if name not in servers.SERVERS:
+            p.error(f"unknown server {name!r}; choose from {', '.join(servers.SERVERS)}")
+    for name in args.loads.split(","):
+        if name not in LOADS:
+            p.error(f"unknown load {name!r}; choose from {', '.join(LOADS)}")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings()
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(s, key, value)
+    for key in ("duration", "jobs", "bg_jobs", "large_jobs"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(s, key, value)
+    s.jobs = max(s.jobs, 4)
+    s.bg_jobs = max(s.bg_jobs, 4)
+    s.large_jobs = max(s.large_jobs, 1)
+    s.client_procs = max(1, args.client_procs)
+    s.worker_procs = max(1, args.worker_procs)
+    s.timeout = max(60.0, s.duration * 4 + 60)
+    return s
+
+
+def run_server(name: str, loads: list[str], settings: Settings, log: Callable[[str], None]) -> list[Row]:
+    spec = servers.SERVERS[name]
+    reason = spec.check()
+    if reason is not None:
+        log(f"{name}: skipped: {reason}")
+        return [Row(name, load, ok=False, note=f"skipped: {reason}") for load in loads]
+    rows: list[Row] = []
+    try:
+        with servers.running(spec, ServerOptions()) as server:
+            log(f"{name}: listening on {servers.HOST}:{server.port} (pid {server.pid})")
+            for load in loads:
+                t0 = time.monotonic()
+                try:
+                    produced = LOADS[load](server, settings)
+                except Exception as exc:  # a broken load must not hide the others
+                    produced = [Row("", load, ok=False, errors=[f"{type(exc).__name__}: {exc}"])]
+                if server.proc.poll() is not None:
+                    for r in produced:
+                        r.ok = False
+                        r.errors.append(
+                            f"server exited with {server.proc.returncode}: {server.log_tail(300)}"
+                        )
+                rss = server.rss_kib()
+                for r in produced:
+                    r.server = name
+                    if rss is not None:
+                        r.extra["server_rss_kib"] = float(rss)
+                    log(f"{name}: {r.load}: " + (f"{_fmt(r.jobs_per_s, 0)} jobs/s" if r.ok else "FAILED")
+                        + f" ({time.monotonic() - t0:.1f} s)")
+                    for e in r.errors[:3]:
+                        log(f"    {e}")
+                rows.extend(produced)
+                if server.proc.poll() is not None:
+                    break
+    except ServerUnavailable as exc:
+        log(f"{name}: could not start: {exc}")
+        done = {r.load for r in rows}
+        rows += [Row(name, load, ok=False, errors=[f"could not start: {exc}"])
+                 for load in loads if load not in done]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    loads = args.loads.split(",")
+    names = args.servers.split(",")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    rows: list[Row] = []
+    for name in names:
+        rows += run_server(name, loads, settings, log)
+    add_ratios(rows)
+    info = machine_info()
+    print()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"settings: {'quick' if args.quick else 'full'}, duration cap {settings.duration:g} s, "
+          f"job cap {settings.jobs}, background {settings.bg_jobs} jobs, large {settings.large_jobs} jobs, "
+          f"client procs {settings.client_procs}, worker procs {settings.worker_procs}; "
+          f"run took {time.monotonic() - started:.0f} s")
+    print(format_table(rows))
+    failed = [r for r in rows if not r.ok and r.errors]
+    for r in failed:
+        print(f"\n{r.server} {r.load} FAILED:")
+        for e in r.errors[:10]:
+            print(f"  {e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"machine": info, "settings": asdict(settings), "rows": [asdict(r) for r in rows]}, indent=2
+        ) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

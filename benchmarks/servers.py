@@ -1,0 +1,313 @@
+"""Start and stop the servers under test on ephemeral loopback ports.
+
+Each server is a ServerSpec: how to tell whether it is available here, and the command line that runs it in
+the foreground on a given port. gear 0.16.0's geard lives in a throwaway virtualenv that is created on first
+use and cached under /tmp/geartrain-bench-venvs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+VENV_ROOT = Path(os.environ.get("GEARTRAIN_BENCH_VENVS", "/tmp/geartrain-bench-venvs"))
+GEARMAND = "/usr/sbin/gearmand"
+GEAR_VERSION = "0.16.0"
+
+#: geard logs every packet at DEBUG when run with -d; this keeps it at WARNING, as a production setup would.
+_GEARD_LOG_CONFIG = """\
+[loggers]
+keys=root
+
+[handlers]
+keys=stderr
+
+[formatters]
+keys=plain
+
+[logger_root]
+level=WARNING
+handlers=stderr
+
+[handler_stderr]
+class=StreamHandler
+level=WARNING
+formatter=plain
+args=(sys.stderr,)
+
+[formatter_plain]
+format=%(asctime)s %(levelname)s %(name)s: %(message)s
+"""
+
+
+class ServerUnavailable(Exception):
+    """The server cannot run on this machine; the message says why."""
+
+
+@dataclass
+class ServerOptions:
+    """Variations of a server run that some loads need (a durable queue for the store benchmarks)."""
+
+    queue: str = "memory"  # "memory" or "sqlite"
+    workdir: Path | None = None
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    #: Returns None when the server can run here, else the reason it cannot.
+    check: Callable[[], str | None]
+    #: Builds the argv for a port; may prepare files in workdir.
+    command: Callable[[int, ServerOptions], list[str]]
+    #: Queue types it supports.
+    queues: tuple[str, ...] = ("memory",)
+    note: str = ""
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    options: ServerOptions = field(default_factory=ServerOptions)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kib(self) -> int | None:
+        """Resident set size of the server process in KiB, from /proc/PID/status."""
+        return read_rss_kib(self.proc.pid)
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+
+def read_rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def free_port() -> int:
+    """An ephemeral loopback port that was free a moment ago (the server may still lose a race; we retry)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# --- gearmand -------------------------------------------------------------------------------------
+
+
+def _gearmand_check() -> str | None:
+    if not os.access(GEARMAND, os.X_OK):
+        return f"{GEARMAND} not found (apt-get install gearman-job-server)"
+    return None
+
+
+def _gearmand_command(port: int, options: ServerOptions) -> list[str]:
+    argv = [GEARMAND, "-p", str(port), "-L", HOST, "-t", "2", "-l", "none"]
+    # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
+    assert options.workdir is not None
+    argv += ["-P", str(options.workdir / "gearmand.pid")]
+    if options.queue == "sqlite":
+        assert options.workdir is not None
+        argv += ["-q", "libsqlite3", "--libsqlite3-db", str(options.workdir / "gearmand-queue.sqlite3")]
+    return argv
+
+
+# --- geartrain ------------------------------------------------------------------------------------
+
+
+def _geartrain_check() -> str | None:
+    try:
+        found = importlib.util.find_spec("geartrain.server.cli") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return "geartrain.server.cli does not exist yet (the server is being written)"
+    proc = subprocess.run(
+        [sys.executable, "-m", "geartrain.server.cli", "--help"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
+    )
+    if proc.returncode != 0:
+        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-1:]
+        return f"`python -m geartrain.server.cli --help` failed: {' '.join(tail)}"
+    return None
+
+
+def _geartrain_command(port: int, options: ServerOptions) -> list[str]:
+    argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST]
+    if options.queue == "sqlite":
+        assert options.workdir is not None
+        argv += ["--queue-type", "sqlite", "--queue-path", str(options.workdir / "geartrain-queue.sqlite3")]
+    return argv
+
+
+# --- gear 0.16.0 geard in a throwaway virtualenv --------------------------------------------------
+
+
+def venv_python(name: str) -> Path:
+    return VENV_ROOT / name / "bin" / "python"
+
+
+def ensure_venv(name: str, requirements: list[str], probe: str, log: Callable[[str], None] = print) -> Path:
+    """Create (once) a virtualenv under VENV_ROOT with requirements installed; return its bin directory.
+
+    ``probe`` is a Python statement that must run in the venv for it to count as ready.
+    """
+    venv = VENV_ROOT / name
+    python = venv / "bin" / "python"
+    if python.exists():
+        ok = subprocess.run([str(python), "-c", probe], capture_output=True, timeout=60).returncode == 0
+        if ok:
+            return venv / "bin"
+        shutil.rmtree(venv, ignore_errors=True)
+    VENV_ROOT.mkdir(parents=True, exist_ok=True)
+    log(f"creating virtualenv {venv} with {' '.join(requirements)} ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        proc = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
+        )
+    except subprocess.SubprocessError as exc:
+        shutil.rmtree(venv, ignore_errors=True)
+        raise ServerUnavailable(f"could not build the virtualenv {venv}: {exc}")
+    if proc.returncode != 0:
+        shutil.rmtree(venv, ignore_errors=True)
+        out = proc.stdout.decode(errors="replace")
+        errors = [line for line in out.splitlines() if "ERROR" in line] or out.splitlines()[-3:]
+        raise ServerUnavailable(f"pip install {' '.join(requirements)} failed: {' '.join(errors)[:300]}")
+    return venv / "bin"
+
+
+def gear_venv_bin(log: Callable[[str], None] = print) -> Path:
+    return ensure_venv(
+        f"gear-{GEAR_VERSION}",
+        [f"gear=={GEAR_VERSION}"],
+        f"import gear, importlib.metadata as m; assert m.version('gear') == '{GEAR_VERSION}'",
+        log,
+    )
+
+
+def _geard_check() -> str | None:
+    try:
+        bin_dir = gear_venv_bin()
+    except ServerUnavailable as exc:
+        return str(exc)
+    if not (bin_dir / "geard").exists():
+        return f"gear {GEAR_VERSION} installed no geard script in {bin_dir}"
+    return None
+
+
+def _geard_command(port: int, options: ServerOptions) -> list[str]:
+    assert options.workdir is not None
+    log_config = options.workdir / "geard-logging.conf"
+    log_config.write_text(_GEARD_LOG_CONFIG)
+    bin_dir = VENV_ROOT / f"gear-{GEAR_VERSION}" / "bin"
+    return [
+        str(bin_dir / "geard"), "-d", "-p", str(port), "--listen-address", HOST,
+        "--log-config", str(log_config), "--pidfile", str(options.workdir / "geard.pid"),
+    ]
+
+
+SERVERS: dict[str, ServerSpec] = {
+    "geartrain": ServerSpec(
+        "geartrain", _geartrain_check, _geartrain_command, queues=("memory", "sqlite"),
+        note="python -m geartrain.server.cli (this checkout)",
+    ),
+    "gearmand": ServerSpec(
+        "gearmand", _gearmand_check, _gearmand_command, queues=("memory", "sqlite"),
+        note="Debian gearmand, 2 I/O threads",
+    ),
+    "geard": ServerSpec(
+        "geard", _geard_check, _geard_command,
+        note=f"gear {GEAR_VERSION} geard, logging at WARNING",
+    ),
+}
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    """Poll until the port accepts a connection, the process dies, or the deadline passes."""
+    delay = 0.01
+    while True:
+        if proc.poll() is not None:
+            raise ServerUnavailable(f"exited with status {proc.returncode} before listening on port {port}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise ServerUnavailable(f"not listening on {HOST}:{port} after the start deadline")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def stop_server(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after a grace period: only this process, by its PID."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(timeout=grace)
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, options: ServerOptions | None = None, start_timeout: float = 20.0,
+            attempts: int = 3) -> Iterator[RunningServer]:
+    """Run the server for the duration of the with block; always stop it afterwards."""
+    options = options or ServerOptions()
+    if options.queue not in spec.queues:
+        raise ServerUnavailable(f"{spec.name} has no {options.queue} queue")
+    with tempfile.TemporaryDirectory(prefix=f"geartrain-bench-{spec.name}-") as tmp:
+        options.workdir = Path(tmp)
+        log_path = Path(tmp) / "server.log"
+        last_error: Exception | None = None
+        for _attempt in range(attempts):
+            port = free_port()
+            argv = spec.command(port, options)
+            with open(log_path, "wb") as log_fh:
+                proc = subprocess.Popen(
+                    argv, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            server = RunningServer(spec, port, proc, log_path, options)
+            try:
+                try:
+                    wait_for_port(port, proc, time.monotonic() + start_timeout)
+                except ServerUnavailable as exc:
+                    last_error = ServerUnavailable(f"{spec.name}: {exc}; log: {server.log_tail(500)!r}")
+                    continue
+                yield server
+                return
+            finally:
+                stop_server(proc)
+        assert last_error is not None
+        raise last_error
