@@ -1,0 +1,160 @@
+"""The sans-I/O wire format: encoding, the incremental decoder and the client connection."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geartrain.protocol import (
+    AdminLine,
+    AdminResponse,
+    ClientConnection,
+    Decoder,
+    Packet,
+    PacketError,
+    ProtocolError,
+    encode_request,
+    encode_response,
+)
+from geartrain.protocol import constants as C
+
+
+def test_every_packet_type_has_an_argument_count_and_a_name():
+    numbers = [n for n in range(1, 43) if n != 5]
+    assert sorted(C.ARG_COUNTS) == numbers
+    assert all(C.TYPE_NAMES[n] for n in numbers)
+    assert C.TYPE_NAMES[C.SUBMIT_JOB_EPOCH] == "SUBMIT_JOB_EPOCH"
+
+
+@pytest.mark.parametrize("ptype", sorted(C.ARG_COUNTS))
+def test_every_type_round_trips_with_nul_in_its_last_argument(ptype):
+    count = C.ARG_COUNTS[ptype]
+    args = tuple(b"arg%d" % i for i in range(count))
+    if count:
+        args = args[:-1] + (b"last\x00with\x00nuls",)
+    magic = C.REQ
+    decoder = Decoder(accept=magic)
+    assert decoder.feed(encode_request(ptype, *args)) == [Packet(magic, ptype, args)]
+
+
+def test_encode_checks_argument_count_and_nul_placement():
+    with pytest.raises(ValueError, match="takes 3 arguments"):
+        encode_request(C.SUBMIT_JOB, b"f", b"u")
+    with pytest.raises(ValueError, match="only the last argument"):
+        encode_request(C.SUBMIT_JOB, b"f\x00", b"u", b"d")
+    with pytest.raises(ValueError, match="unknown packet type"):
+        encode_request(99)
+
+
+def test_decoder_takes_one_byte_at_a_time_and_mixes_admin_lines():
+    stream = (
+        encode_request(C.SUBMIT_JOB, b"f", b"u", b"x\x00y")
+        + b"status\r\n"
+        + encode_request(C.GRAB_JOB)
+        + b"workers\n"
+    )
+    decoder = Decoder()
+    events = []
+    for i in range(len(stream)):
+        events += decoder.feed(stream[i : i + 1])
+    assert events == [
+        Packet(C.REQ, C.SUBMIT_JOB, (b"f", b"u", b"x\x00y")),
+        AdminLine(b"status"),
+        Packet(C.REQ, C.GRAB_JOB, ()),
+        AdminLine(b"workers"),
+    ]
+    assert decoder.buffered == 0
+
+
+def test_oversized_body_is_a_protocol_error_before_buffering_it():
+    decoder = Decoder(max_packet_size=1024)
+    header = struct.pack(">4sII", C.REQ, C.SUBMIT_JOB, 4 * 1024**3 - 1)
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(header)
+    assert info.value.code == b"ARGUMENT_TOO_LARGE"
+    assert decoder.buffered == 0
+
+
+def test_bad_magic_is_fatal_but_the_other_sides_magic_is_a_packet_error():
+    with pytest.raises(ProtocolError, match="magic"):
+        Decoder().feed(b"\x00XYZ" + bytes(8))
+    with pytest.raises(ProtocolError, match="magic"):
+        Decoder().feed(b"\x00RX")  # already impossible before the header is complete
+    events = Decoder().feed(encode_response(C.NOOP) + encode_request(C.NOOP))
+    assert events[0] == PacketError(b"INVALID_MAGIC", "expected b'\\x00REQ' magic", C.NOOP)
+    assert events[1] == Packet(C.REQ, C.NOOP, ())
+
+
+def test_unknown_type_and_missing_arguments_keep_the_stream_in_sync():
+    stream = struct.pack(">4sII", C.REQ, 77, 3) + b"abc" + struct.pack(">4sII", C.REQ, C.SUBMIT_JOB, 3) + b"f\x00u"
+    stream += encode_request(C.ECHO_REQ, b"hi")
+    events = Decoder().feed(stream)
+    assert [type(e) for e in events] == [PacketError, PacketError, Packet]
+    assert events[0].code == b"INVALID_COMMAND"
+    assert events[1].code == b"INVALID_PACKET"
+    assert events[2].args == (b"hi",)
+
+
+def test_admin_line_over_the_limit_is_a_protocol_error():
+    decoder = Decoder(max_line_length=100)
+    decoder.feed(b"x" * 100)
+    with pytest.raises(ProtocolError, match="admin line"):
+        decoder.feed(b"y")
+
+
+def test_protocol_error_carries_the_events_decoded_before_it():
+    with pytest.raises(ProtocolError) as info:
+        Decoder().feed(encode_request(C.ECHO_REQ, b"a") + b"\x00BAD" + bytes(8))
+    assert info.value.events == [Packet(C.REQ, C.ECHO_REQ, (b"a",))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    packets=st.lists(
+        st.tuples(st.sampled_from(sorted(C.ARG_COUNTS)), st.lists(st.binary(max_size=20), min_size=8, max_size=8)),
+        max_size=10,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+)
+def test_any_split_of_a_valid_stream_decodes_the_same(packets, cuts):
+    stream = b""
+    expected = []
+    for ptype, pool in packets:
+        count = C.ARG_COUNTS[ptype]
+        args = tuple(a.replace(b"\x00", b"") for a in pool[:count])
+        stream += encode_request(ptype, *args)
+        expected.append(Packet(C.REQ, ptype, args))
+    decoder = Decoder()
+    events = []
+    last = 0
+    for cut in sorted(set(c for c in cuts if c < len(stream))):
+        events += decoder.feed(stream[last:cut])
+        last = cut
+    events += decoder.feed(stream[last:])
+    assert events == expected
+
+
+def test_client_connection_frames_admin_answers_in_order():
+    conn = ClientConnection()
+    assert conn.send_admin("status") == b"status\n"
+    conn.send_admin(b"version")
+    conn.send_admin(b"show jobs")
+    events = conn.receive_data(b"f\t1\t0\t1\n.\nOK 1.0\r\nERR UNKNOWN_COMMAND x\r\n")
+    assert events == [
+        AdminResponse(b"status", (b"f\t1\t0\t1",), b"f\t1\t0\t1\n.\n"),
+        AdminResponse(b"version", (b"OK 1.0",), b"OK 1.0\n"),
+        AdminResponse(b"show jobs", (b"ERR UNKNOWN_COMMAND x",), b"ERR UNKNOWN_COMMAND x\n"),
+    ]
+    assert not events[2].ok
+    assert conn.admin_pending == 0
+
+
+def test_client_connection_decodes_packets_between_admin_answers():
+    conn = ClientConnection()
+    conn.send_admin("workers")
+    data = b"1 ::1 - :\n" + encode_response(C.NOOP) + b".\n"
+    events = conn.receive_data(data)
+    assert events == [Packet(C.RES, C.NOOP, ()), AdminResponse(b"workers", (b"1 ::1 - :",), b"1 ::1 - :\n.\n")]
