@@ -41,14 +41,14 @@ class Settings:
 
     duration: float = 15.0  # seconds cap of the timed loads
     jobs: int = 300_000  # job cap of the foreground and lock-step loads
-    bg_jobs: int = 100_000  # background jobs submitted then drained
-    large_jobs: int = 400  # 1 MiB jobs
+    bg_jobs: int = 200_000  # background jobs submitted then drained
+    large_jobs: int = 600  # 1 MiB jobs
     client_procs: int = 1
     worker_procs: int = 1
     timeout: float = 180.0  # hard limit of one load
 
 
-QUICK = {"duration": 3.0, "jobs": 100_000, "bg_jobs": 20_000, "large_jobs": 60}
+QUICK = {"duration": 4.0, "jobs": 150_000, "bg_jobs": 40_000, "large_jobs": 100}
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     ratio: float | None = None  # jobs_per_s / gearmand's jobs_per_s for the same load
+    cpu_us_per_job: float | None = None  # server CPU time (user + system, all threads) per job
     note: str = ""
     ok: bool = True
     errors: list[str] = field(default_factory=list)
@@ -91,30 +92,49 @@ def _row(load: str, outcome: LoadOutcome, note: str = "") -> Row:
     )
 
 
+def _cpu_per_job(server: RunningServer, before: float | None, jobs: int) -> float | None:
+    after = server.cpu_seconds()
+    if before is None or after is None or jobs <= 0:
+        return None
+    return (after - before) / jobs * 1e6
+
+
+def _foreground_row(server: RunningServer, load: str, plan: Plan, note: str) -> Row:
+    cpu0 = server.cpu_seconds()
+    outcome = loadgen.run_foreground(plan)
+    row = _row(load, outcome, note)
+    row.cpu_us_per_job = _cpu_per_job(server, cpu0, outcome.jobs)
+    return row
+
+
 def load_foreground(server: RunningServer, s: Settings) -> list[Row]:
     plan = _plan(server, "fg", s, mode="foreground", clients=4, workers=4, inflight=16, payload=64,
                  jobs=s.jobs)
-    return [_row("foreground", loadgen.run_foreground(plan), "4 clients x 16 in flight, 4 workers, 64 B")]
+    return [_foreground_row(server, "foreground", plan, "4 clients x 16 in flight, 4 workers, 64 B")]
 
 
 def load_lockstep(server: RunningServer, s: Settings) -> list[Row]:
     plan = _plan(server, "ls", s, mode="foreground", clients=1, workers=1, inflight=1, payload=64,
                  jobs=s.jobs)
-    return [_row("lockstep", loadgen.run_foreground(plan), "1 client x 1 job, 1 worker, 64 B")]
+    return [_foreground_row(server, "lockstep", plan, "1 client x 1 job, 1 worker, 64 B")]
 
 
 def load_background(server: RunningServer, s: Settings) -> list[Row]:
     plan = _plan(server, "bg", s, mode="background", clients=4, workers=4, inflight=0, payload=64,
                  jobs=s.bg_jobs, window=1000)
     rss_before = server.rss_kib()
+    cpu0 = server.cpu_seconds()
+    cpu1: list[float | None] = [None]
 
     def between() -> dict[str, float]:
+        cpu1[0] = server.cpu_seconds()
         rss = server.rss_kib()
         if rss is None or rss_before is None:
             return {}
         return {"rss_kib_queued": float(rss), "bytes_per_queued_job": (rss - rss_before) * 1024 / plan.jobs}
 
     outcome = loadgen.run_background(plan, between)
+    cpu2 = server.cpu_seconds()
     submit = _row("bg-submit", outcome, f"{plan.jobs} SUBMIT_JOB_BG over 4 conns, no worker")
     drain = _row("bg-drain", outcome, "then 4 workers drain the queue")
     if outcome.errors:
@@ -124,6 +144,9 @@ def load_background(server: RunningServer, s: Settings) -> list[Row]:
         submit.seconds = outcome.extra["submit_s"]
         drain.jobs_per_s = outcome.extra["drain_per_s"]
         drain.seconds = outcome.extra["drain_s"]
+        if cpu0 is not None and cpu1[0] is not None and cpu2 is not None:
+            submit.cpu_us_per_job = (cpu1[0] - cpu0) / outcome.jobs * 1e6
+            drain.cpu_us_per_job = (cpu2 - cpu1[0]) / outcome.jobs * 1e6
         per_job = outcome.extra.get("bytes_per_queued_job")
         if per_job is not None:
             submit.note += f"; RSS +{per_job:.0f} B/job"
@@ -133,8 +156,8 @@ def load_background(server: RunningServer, s: Settings) -> list[Row]:
 def load_large(server: RunningServer, s: Settings) -> list[Row]:
     plan = _plan(server, "lg", s, mode="foreground", clients=1, workers=1, inflight=1, payload=MIB,
                  jobs=s.large_jobs)
-    outcome = loadgen.run_foreground(plan)
-    row = _row("large-1MiB", outcome)
+    row = _foreground_row(server, "large-1MiB", plan, "")
+    outcome = loadgen.LoadOutcome(row.jobs, row.seconds, row.jobs_per_s or 0.0, errors=row.errors)
     if not outcome.errors:
         # Bytes that pass through the server per second: the 1 MiB submitted and the result sent back.
         mb_s = outcome.jobs_per_s * 2 * MIB / 1e6
@@ -160,6 +183,12 @@ def _fmt(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _fmt_ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    return f"{ratio:.3f}x" if ratio < 0.1 else f"{ratio:.2f}x"
+
+
 def add_ratios(rows: list[Row]) -> None:
     base = {r.load: r.jobs_per_s for r in rows if r.server == "gearmand" and r.ok and r.jobs_per_s}
     for r in rows:
@@ -169,20 +198,20 @@ def add_ratios(rows: list[Row]) -> None:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ["server", "load", "jobs/s", "p50 ms", "p99 ms", "vs gearmand", "notes"]
+    header = ["server", "load", "jobs/s", "p50 ms", "p99 ms", "vs gearmand", "srv CPU us/job", "notes"]
     body = []
     for r in rows:
         if not r.ok:
             status = "FAILED" if r.errors else "skipped"
             first = r.errors[0].splitlines()[0] if r.errors else r.note
-            body.append([r.server, r.load, status, "-", "-", "-", first[:90]])
+            body.append([r.server, r.load, status, "-", "-", "-", "-", first[:90]])
             continue
         body.append([
             r.server, r.load, _fmt(r.jobs_per_s, 0), _fmt(r.p50_ms, 3), _fmt(r.p99_ms, 3),
-            f"{r.ratio:.2f}x" if r.ratio is not None else "-", r.note,
+            _fmt_ratio(r.ratio), _fmt(r.cpu_us_per_job, 1), r.note,
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    right = {2, 3, 4, 5}
+    right = {2, 3, 4, 5, 6}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))

@@ -92,6 +92,10 @@ class RunningServer:
         """Resident set size of the server process in KiB, from /proc/PID/status."""
         return read_rss_kib(self.proc.pid)
 
+    def cpu_seconds(self) -> float | None:
+        """User plus system CPU time of the server process (all its threads) so far."""
+        return read_cpu_seconds(self.proc.pid)
+
     def log_tail(self, limit: int = 2000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-limit:]
@@ -108,6 +112,19 @@ def read_rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def read_cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime field 14 and stime field 15 (1-based, man proc).
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def free_port() -> int:
@@ -161,7 +178,7 @@ def _geartrain_command(port: int, options: ServerOptions) -> list[str]:
     argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST]
     if options.queue == "sqlite":
         assert options.workdir is not None
-        argv += ["--queue-type", "sqlite", "--queue-path", str(options.workdir / "geartrain-queue.sqlite3")]
+        argv += ["--queue-type", "sqlite", "--sqlite-db", str(options.workdir / "geartrain-queue.sqlite3")]
     return argv
 
 
