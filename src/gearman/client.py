@@ -1,0 +1,438 @@
+"""GearmanClient: submit jobs and wait for them in a single-threaded select loop, as python-gearman 2.0.2.
+
+Differences from the original, on purpose:
+- a job's server is chosen by a stable hash (zlib.crc32) of its unique, with failover to the next server, so
+  coalescing and status queries work across a pool;
+- replies to submits are matched in order per connection, and an ERROR (e.g. QUEUE_ERROR for a full queue)
+  fails the request it answers (state JOB_FAILED, ``request.error`` = (code, text)) instead of shifting
+  handles;
+- every connection asks for the "exceptions" option, so WORK_EXCEPTION reaches ``request.exception``; the
+  request then ends as JOB_FAILED (gearmand ends a job on WORK_EXCEPTION and sends no WORK_FAIL after it);
+- submit_job raises ServerUnavailable when no server can be reached; the batch calls leave such requests in
+  state JOB_UNKNOWN (connection_attempts == 0) so they can be re-sent with submit_multiple_requests;
+- connection_attempts counts the sends of one submit call: submit_multiple_requests starts a new round for
+  requests in state JOB_UNKNOWN, so a failed batch can be retried as the seed document shows.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from geartrain.protocol import AdminResponse, Packet, PacketError
+from geartrain.protocol import constants as P
+
+from .connection import GearmanConnection
+from .connection_manager import GearmanConnectionManager
+from .constants import (
+    JOB_COMPLETE,
+    JOB_CREATED,
+    JOB_FAILED,
+    JOB_PENDING,
+    JOB_UNKNOWN,
+    PRIORITY_HIGH,
+    PRIORITY_LOW,
+    PRIORITY_NONE,
+)
+from .encoding import from_wire, to_wire, to_wire_lossless
+from .errors import ConnectionError, ExceededConnectionAttempts, ServerUnavailable
+from .job import GearmanJob, GearmanJobRequest
+
+log = logging.getLogger("gearman.client")
+
+_OPTION = object()  # marks an OPTION_REQ awaiting its OPTION_RES (or ERROR) in a connection's reply queue
+#: After a failed connect a server is tried after the others for this many seconds.
+_DOWN_MEMORY = 1.0
+
+_SUBMIT_TYPES = {
+    (False, PRIORITY_NONE): P.SUBMIT_JOB,
+    (True, PRIORITY_NONE): P.SUBMIT_JOB_BG,
+    (False, PRIORITY_HIGH): P.SUBMIT_JOB_HIGH,
+    (True, PRIORITY_HIGH): P.SUBMIT_JOB_HIGH_BG,
+    (False, PRIORITY_LOW): P.SUBMIT_JOB_LOW,
+    (True, PRIORITY_LOW): P.SUBMIT_JOB_LOW_BG,
+}
+
+
+def _normal_priority(priority: Any) -> Any:
+    if priority is None:
+        return PRIORITY_NONE
+    if isinstance(priority, bytes):
+        priority = priority.decode("ascii")
+    if isinstance(priority, str):
+        upper = priority.upper()
+        if upper in (PRIORITY_HIGH, PRIORITY_LOW):
+            return upper
+        if upper in ("NONE", "NORMAL", ""):
+            return PRIORITY_NONE
+    raise ValueError(f"unknown priority {priority!r}: use PRIORITY_NONE, PRIORITY_LOW or PRIORITY_HIGH")
+
+
+class _ConnectionState:
+    """Client bookkeeping for one connection: replies awaited in order, live handles, status waiters."""
+
+    __slots__ = ("awaiting", "handles", "status_waiters", "down_since")
+
+    def __init__(self) -> None:
+        self.awaiting: collections.deque = collections.deque()
+        self.handles: dict[bytes, list[GearmanJobRequest]] = {}
+        self.status_waiters: dict[bytes, list[GearmanJobRequest]] = {}
+        self.down_since: float | None = None
+
+
+class GearmanClient(GearmanConnectionManager):
+    """Submits jobs to a pool of servers; every call polls until done or its poll_timeout passes."""
+
+    job_class = GearmanJob
+    job_request_class = GearmanJobRequest
+
+    def __init__(self, host_list: Iterable[Any] | None = None, random_unique_bytes: int = 16) -> None:
+        self._states: dict[int, _ConnectionState] = {}
+        super().__init__(host_list)
+        self.random_unique_bytes = random_unique_bytes
+        self._unreachable: set[int] = set()
+
+    def _state(self, connection: GearmanConnection) -> _ConnectionState:
+        state = self._states.get(id(connection))
+        if state is None:
+            state = self._states[id(connection)] = _ConnectionState()
+        return state
+
+    # -- submitting ------------------------------------------------------------------------------------
+    def submit_job(
+        self,
+        task: str | bytes,
+        data: Any,
+        unique: str | bytes | None = None,
+        priority: Any = PRIORITY_NONE,
+        background: bool = False,
+        wait_until_complete: bool = True,
+        max_retries: int = 0,
+        poll_timeout: float | None = None,
+    ) -> GearmanJobRequest:
+        """Submit one job; by default block until it completes. ServerUnavailable if no server answers."""
+        job_info = {"task": task, "data": data, "unique": unique, "priority": priority}
+        (request,) = self.submit_multiple_jobs(
+            [job_info],
+            background=background,
+            wait_until_complete=wait_until_complete,
+            max_retries=max_retries,
+            poll_timeout=poll_timeout,
+        )
+        if request.state == JOB_UNKNOWN and request.connection_attempts == 0:
+            raise ServerUnavailable(f"Found no valid connections: {self.connection_list!r}")
+        return request
+
+    def submit_multiple_jobs(
+        self,
+        jobs_to_submit: Sequence[dict],
+        background: bool = False,
+        wait_until_complete: bool = True,
+        max_retries: int = 0,
+        poll_timeout: float | None = None,
+    ) -> list[GearmanJobRequest]:
+        """Submit dicts of task, data and optional unique and priority; requests come back in input order."""
+        assert type(jobs_to_submit) in (list, tuple, set), "Expected multiple jobs, received 1?"
+        requests = [
+            self._create_request_from_dictionary(job_info, background=background, max_retries=max_retries)
+            for job_info in jobs_to_submit
+        ]
+        return self.submit_multiple_requests(
+            requests, wait_until_complete=wait_until_complete, poll_timeout=poll_timeout
+        )
+
+    def submit_multiple_requests(
+        self,
+        job_requests: Sequence[GearmanJobRequest],
+        wait_until_complete: bool = True,
+        poll_timeout: float | None = None,
+    ) -> Sequence[GearmanJobRequest]:
+        """Send the requests that are not on a server yet, wait until accepted, optionally until complete."""
+        assert type(job_requests) in (list, tuple, set), "Expected multiple job requests, received 1?"
+        deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
+        for request in job_requests:
+            if request.state == JOB_UNKNOWN:
+                request.connection_attempts = 0
+        processed = self.wait_until_jobs_accepted(job_requests, poll_timeout=_remaining(deadline))
+        remaining = _remaining(deadline)
+        if wait_until_complete and remaining != 0.0:
+            processed = self.wait_until_jobs_completed(processed, poll_timeout=remaining)
+        return processed
+
+    def _create_request_from_dictionary(
+        self, job_info: dict, background: bool = False, max_retries: int = 0
+    ) -> GearmanJobRequest:
+        task = job_info["task"]
+        to_wire(task, "task")
+        unique = job_info.get("unique") or os.urandom(self.random_unique_bytes).hex()
+        to_wire(unique, "unique")
+        priority = _normal_priority(job_info.get("priority", PRIORITY_NONE))
+        job = self.job_class(None, None, task, unique, job_info["data"])
+        return self.job_request_class(
+            job, initial_priority=priority, background=background, max_attempts=max_retries + 1
+        )
+
+    def wait_until_jobs_accepted(
+        self, job_requests: Sequence[GearmanJobRequest], poll_timeout: float | None = None
+    ) -> Sequence[GearmanJobRequest]:
+        """Poll until every request left JOB_PENDING; requests lost before JOB_CREATED are re-sent."""
+        assert type(job_requests) in (list, tuple, set), "Expected multiple job requests, received 1?"
+        deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
+        self._unreachable = set()
+        unsendable: set[int] = set()
+        while True:
+            for request in job_requests:
+                if request.state == JOB_UNKNOWN and id(request) not in unsendable:
+                    try:
+                        self.send_job_request(request)
+                    except ServerUnavailable as exc:
+                        log.warning("%s: %s", request, exc)
+                        unsendable.add(id(request))
+            if not any(request.state == JOB_PENDING for request in job_requests):
+                break
+            remaining = _remaining(deadline)
+            if remaining == 0.0 or not any(c.connected for c in self.connection_list):
+                break
+            self.poll_connections_once(self.connection_list, remaining)
+        for request in job_requests:
+            request.timed_out = request.state == JOB_PENDING
+        return job_requests
+
+    def wait_until_jobs_completed(
+        self, job_requests: Sequence[GearmanJobRequest], poll_timeout: float | None = None
+    ) -> Sequence[GearmanJobRequest]:
+        """Poll until every request is complete, failed, or lost its connection (JOB_UNKNOWN)."""
+        assert type(job_requests) in (list, tuple, set), "Expected multiple job requests, received 1?"
+        deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
+
+        def waiting(request: GearmanJobRequest) -> bool:
+            return not request.complete and request.state in (JOB_PENDING, JOB_CREATED)
+
+        while any(waiting(request) for request in job_requests):
+            remaining = _remaining(deadline)
+            if remaining == 0.0 or not any(c.connected for c in self.connection_list):
+                break
+            self.poll_connections_once(self.connection_list, remaining)
+        for request in job_requests:
+            request.timed_out = waiting(request)
+        return job_requests
+
+    def send_job_request(self, current_request: GearmanJobRequest) -> GearmanJobRequest:
+        """Send one request to its server (chosen by its unique); raises when its attempts are used up."""
+        if current_request.connection_attempts >= current_request.max_connection_attempts:
+            raise ExceededConnectionAttempts(
+                f"Exceeded {current_request.max_connection_attempts} connection attempt(s) :: "
+                f"{current_request!r}"
+            )
+        job = current_request.job
+        ptype = _SUBMIT_TYPES[(bool(current_request.background), _normal_priority(current_request.priority))]
+        data = self.data_encoder.encode(job.data)
+        task = to_wire(job.task, "task")
+        unique = to_wire(job.unique, "unique")
+        connection = self.establish_request_connection(current_request)
+        current_request.initialize_request()
+        job.connection = connection
+        job.handle = None
+        current_request.connection_attempts += 1
+        current_request.state = JOB_PENDING
+        self._state(connection).awaiting.append(current_request)
+        connection.send_command(ptype, task, unique, data)
+        return current_request
+
+    def establish_request_connection(self, current_request: GearmanJobRequest) -> GearmanConnection:
+        """The request's server: hash of its unique over the pool, then the next ones; failed ones last."""
+        if not self.connection_list:
+            raise ServerUnavailable("Found no valid connections: the host list is empty")
+        count = len(self.connection_list)
+        start = zlib.crc32(to_wire(current_request.job.unique, "unique")) % count
+        ordered = [self.connection_list[(start + i) % count] for i in range(count)]
+        now = time.monotonic()
+
+        def recently_down(connection: GearmanConnection) -> bool:
+            since = self._state(connection).down_since
+            return since is not None and now - since < _DOWN_MEMORY
+
+        candidates = [c for c in ordered if not recently_down(c)] + [c for c in ordered if recently_down(c)]
+        for connection in candidates:
+            if id(connection) in self._unreachable:
+                continue
+            try:
+                return self.establish_connection(connection)
+            except ConnectionError as exc:
+                log.info("server %s unavailable: %s", connection.address, exc)
+                self._unreachable.add(id(connection))
+                self._state(connection).down_since = time.monotonic()
+        raise ServerUnavailable(f"Found no valid connections: {self.connection_list!r}")
+
+    # -- status ----------------------------------------------------------------------------------------
+    def get_job_status(
+        self, current_request: GearmanJobRequest, poll_timeout: float | None = None
+    ) -> GearmanJobRequest:
+        """Ask the request's server for its status; the answer lands in request.status."""
+        return self.get_job_statuses([current_request], poll_timeout=poll_timeout)[0]
+
+    def get_job_statuses(
+        self, job_requests: Sequence[GearmanJobRequest], poll_timeout: float | None = None
+    ) -> Sequence[GearmanJobRequest]:
+        """Ask for the status of several requests at once; unanswered ones get timed_out = True."""
+        assert type(job_requests) in (list, tuple, set), "Expected multiple job requests, received 1?"
+        deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
+        asked: list[GearmanJobRequest] = []
+        for request in job_requests:
+            request.status["last_time_received"] = request.status.get("time_received")
+            connection = request.job.connection
+            if connection is None or request.job.handle is None:
+                continue
+            try:
+                self.establish_connection(connection)
+            except ConnectionError as exc:
+                log.info("cannot ask %s for a status: %s", connection.address, exc)
+                continue
+            handle = to_wire_lossless(request.job.handle)
+            waiters = self._state(connection).status_waiters.setdefault(handle, [])
+            if not waiters:
+                connection.send_command(P.GET_STATUS, handle)
+            waiters.append(request)
+            asked.append(request)
+
+        def not_updated(request: GearmanJobRequest) -> bool:
+            status = request.status
+            return status.get("time_received") == status.get("last_time_received")
+
+        while any(
+            not_updated(r) and r.job.connection is not None and r.job.connection.connected for r in asked
+        ):
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                break
+            self.poll_connections_once(self.connection_list, remaining)
+        for request in job_requests:
+            request.timed_out = not_updated(request)
+        return job_requests
+
+    # -- the server's side -----------------------------------------------------------------------------
+    def on_connect(self, connection: GearmanConnection) -> None:
+        state = self._state(connection)
+        state.awaiting.clear()
+        state.handles.clear()
+        state.status_waiters.clear()
+        state.down_since = None
+        connection.send_command(P.OPTION_REQ, b"exceptions")
+        state.awaiting.append(_OPTION)
+
+    def on_connection_lost(self, connection: GearmanConnection, reason: Exception) -> None:
+        state = self._state(connection)
+        for entry in state.awaiting:
+            if entry is not _OPTION and entry.state == JOB_PENDING:
+                entry.state = JOB_UNKNOWN
+        for requests in state.handles.values():
+            for request in requests:
+                if request.state == JOB_CREATED:
+                    request.state = JOB_UNKNOWN
+        state.awaiting.clear()
+        state.handles.clear()
+        state.status_waiters.clear()
+
+    def handle_event(self, connection: GearmanConnection, event: Any) -> None:
+        if isinstance(event, (AdminResponse, PacketError)) or not isinstance(event, Packet):
+            log.warning("unexpected %r from %s", event, connection.address)
+            return
+        state = self._state(connection)
+        ptype, args = event.ptype, event.args
+        if ptype == P.JOB_CREATED:
+            request = self._next_awaiting(state, connection, event)
+            if request is None:
+                return
+            request.job.handle = from_wire(args[0])
+            request.state = JOB_CREATED
+            if not request.background:
+                state.handles.setdefault(args[0], []).append(request)
+        elif ptype == P.ERROR:
+            code, text = args
+            if state.awaiting and state.awaiting[0] is _OPTION:
+                state.awaiting.popleft()
+                log.info("%s does not support the exceptions option: %r", connection.address, args)
+                return
+            request = self._next_awaiting(state, connection, event)
+            if request is None:
+                return
+            log.info("%s refused %r: %s %s", connection.address, request, code, text)
+            request.error = (code, text)
+            request.state = JOB_FAILED
+        elif ptype == P.OPTION_RES:
+            if state.awaiting and state.awaiting[0] is _OPTION:
+                state.awaiting.popleft()
+        elif ptype in (
+            P.WORK_COMPLETE,
+            P.WORK_FAIL,
+            P.WORK_EXCEPTION,
+            P.WORK_DATA,
+            P.WORK_WARNING,
+            P.WORK_STATUS,
+        ):
+            requests = state.handles.get(args[0])
+            if not requests:
+                return
+            if ptype in (P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION):
+                del state.handles[args[0]]
+            for request in requests:
+                self._work_update(request, ptype, args)
+        elif ptype == P.STATUS_RES:
+            for request in state.status_waiters.pop(args[0], ()):
+                request.status.update(
+                    {
+                        "handle": request.job.handle,
+                        "known": args[1] == b"1",
+                        "running": args[2] == b"1",
+                        "numerator": float(args[3] or 0),
+                        "denominator": float(args[4] or 0),
+                        "time_received": time.time(),
+                    }
+                )
+        elif ptype in (P.NOOP, P.ECHO_RES, P.STATUS_RES_UNIQUE):
+            return
+        else:
+            log.warning("unexpected %s from %s", event.name, connection.address)
+
+    def _next_awaiting(self, state: _ConnectionState, connection: GearmanConnection, event: Packet) -> Any:
+        while state.awaiting:
+            entry = state.awaiting.popleft()
+            if entry is not _OPTION:
+                return entry
+        log.warning("%s sent %s but no submit awaits an answer", connection.address, event.name)
+        return None
+
+    def _decode(self, data: bytes) -> Any:
+        return self.data_encoder.decode(data)
+
+    def _work_update(self, request: GearmanJobRequest, ptype: int, args: tuple[bytes, ...]) -> None:
+        if ptype == P.WORK_COMPLETE:
+            request.result = self._decode(args[1])
+            request.state = JOB_COMPLETE
+        elif ptype == P.WORK_FAIL:
+            request.state = JOB_FAILED
+        elif ptype == P.WORK_EXCEPTION:
+            try:
+                request.exception = self._decode(args[1])
+            except Exception:  # a worker of another language sent plain text: keep its bytes
+                request.exception = args[1]
+            request.state = JOB_FAILED
+        elif ptype == P.WORK_DATA:
+            request.data_updates.append(self._decode(args[1]))
+        elif ptype == P.WORK_WARNING:
+            request.warning_updates.append(self._decode(args[1]))
+        elif ptype == P.WORK_STATUS:
+            request.status["numerator"] = float(args[1] or 0)
+            request.status["denominator"] = float(args[2] or 0)
+            request.status["time_received"] = time.time()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())

@@ -1,0 +1,142 @@
+"""What the client, worker and admin client share: the host list, the data encoder and the select loop."""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .connection import GearmanConnection, parse_host
+from .constants import DEFAULT_CONNECT_TIMEOUT
+from .encoding import DataEncoder
+from .errors import ConnectionError
+
+log = logging.getLogger("gearman")
+
+__all__ = ["DataEncoder", "GearmanConnectionManager"]
+
+
+class GearmanConnectionManager:
+    """Owns one GearmanConnection per host and polls them in a single thread with selectors."""
+
+    connection_class = GearmanConnection
+    data_encoder: type[DataEncoder] = DataEncoder
+    #: Seconds a connect may take before that server counts as down.
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    def __init__(self, host_list: Iterable[Any] | None = None) -> None:
+        self.connection_list: list[GearmanConnection] = []
+        for entry in host_list or []:
+            self.add_connection(entry)
+
+    def add_connection(self, entry: Any) -> GearmanConnection:
+        options = parse_host(entry)
+        connection = self.connection_class(connect_timeout=self.connect_timeout, **options)
+        self.connection_list.append(connection)
+        return connection
+
+    def establish_connection(self, connection: GearmanConnection) -> GearmanConnection:
+        """Connect if needed and greet the server; ConnectionError when it cannot be reached."""
+        if not connection.connected:
+            connection.connect()
+            self.on_connect(connection)
+        return connection
+
+    def on_connect(self, connection: GearmanConnection) -> None:
+        """Hook: the connection was just (re)opened; queue whatever greeting the role needs."""
+
+    def on_connection_lost(self, connection: GearmanConnection, reason: Exception) -> None:
+        """Hook: the connection broke and was closed."""
+
+    def handle_event(self, connection: GearmanConnection, event: Any) -> None:
+        """Hook: one packet or admin answer arrived."""
+
+    def shutdown(self) -> None:
+        for connection in self.connection_list:
+            connection.close()
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def _lose(self, connection: GearmanConnection, reason: Exception) -> None:
+        log.debug("connection to %s lost: %s", connection.address, reason)
+        connection.close()
+        self.on_connection_lost(connection, reason)
+
+    def _read(self, connection: GearmanConnection) -> None:
+        try:
+            events = connection.read()
+        except ConnectionError as exc:
+            for event in getattr(exc, "events", ()):
+                self.handle_event(connection, event)
+            if connection.connected:
+                self._lose(connection, exc)
+            return
+        for event in events:
+            if not connection.connected:
+                break
+            self.handle_event(connection, event)
+
+    def flush_connection(self, connection: GearmanConnection) -> None:
+        if not connection.connected:
+            return
+        try:
+            connection.flush()
+        except ConnectionError as exc:
+            self._lose(connection, exc)
+
+    def poll_connections_once(
+        self, connections: Iterable[GearmanConnection], timeout: float | None, extra: Any = None
+    ) -> bool:
+        """One select over the live connections (plus an optional wake-up socket); True if any was active."""
+        live = [c for c in connections if c.connected]
+        for connection in live:  # write eagerly: most writes fit in the socket buffer at once
+            if connection.writable:
+                self.flush_connection(connection)
+        live = [c for c in live if c.connected]
+        if not live and extra is None:
+            if timeout:
+                time.sleep(timeout)  # nothing to wait on; honour the caller's pacing
+            return False
+        with selectors.DefaultSelector() as selector:
+            for connection in live:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.writable else 0)
+                selector.register(connection.gearman_socket, events, connection)
+            if extra is not None:
+                selector.register(extra, selectors.EVENT_READ, None)
+            ready = selector.select(timeout)
+        activity = False
+        for key, mask in ready:
+            connection = key.data
+            if connection is None:
+                activity = True
+                try:
+                    extra.recv(4096)
+                except OSError:
+                    pass
+                continue
+            if not connection.connected:
+                continue
+            activity = True
+            if mask & selectors.EVENT_WRITE:
+                self.flush_connection(connection)
+            if mask & selectors.EVENT_READ and connection.connected:
+                self._read(connection)
+        return activity
+
+    def poll_connections_until_stopped(
+        self,
+        submitted_connections: Iterable[GearmanConnection],
+        callback_fxn: Callable[[bool], bool],
+        timeout: float | None = None,
+    ) -> bool:
+        """Poll until callback_fxn(any_activity) returns False or the timeout passes; False on timeout."""
+        connections = list(submitted_connections)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            any_activity = self.poll_connections_once(connections, remaining)
+            if not callback_fxn(any_activity):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False

@@ -1,0 +1,415 @@
+"""GearmanWorker: runs the tasks it registered for every server in one select loop (python-gearman 2.0.2).
+
+Differences from the original, on purpose:
+- a lost server is reconnected with exponential backoff and jitter, and gets the client id and tasks again;
+  work() never dies because a server went away;
+- a task returning None completes the job with empty data (the default DataEncoder encodes None as b"");
+- a task that raises sends WORK_EXCEPTION (a one-line description of the error, through the data encoder),
+  then WORK_FAIL, and the worker keeps working; so does one whose result the encoder cannot send;
+- shutdown() may be called from another thread: it wakes work(), which closes its connections and returns;
+- register_task takes an optional timeout (seconds, sent as CAN_DO_TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import selectors
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from geartrain.protocol import Packet
+from geartrain.protocol import constants as P
+
+from .connection import GearmanConnection
+from .connection_manager import GearmanConnectionManager
+from .encoding import from_wire, to_wire, to_wire_lossless
+from .errors import ConnectionError, InvalidWorkerState
+from .job import GearmanJob
+
+log = logging.getLogger("gearman.worker")
+
+POLL_TIMEOUT_IN_SECONDS = 60.0
+
+_DOWN, _IDLE, _GRABBING, _SLEEPING, _WORKING = "down", "idle", "grabbing", "sleeping", "working"
+
+
+class _WorkerConnectionState:
+    __slots__ = ("phase", "failures", "next_attempt")
+
+    def __init__(self) -> None:
+        self.phase = _DOWN
+        self.failures = 0
+        self.next_attempt = 0.0
+
+
+class GearmanWorker(GearmanConnectionManager):
+    """Registers tasks with every server and runs their jobs, one at a time, in work()."""
+
+    job_class = GearmanJob
+    #: First reconnect delay after a server went away, doubled per failed attempt up to the maximum.
+    reconnect_initial_delay = 0.1
+    reconnect_max_delay = 5.0
+
+    def __init__(self, host_list: Iterable[Any] | None = None) -> None:
+        self._wstates: dict[int, _WorkerConnectionState] = {}
+        super().__init__(host_list)
+        self.worker_abilities: dict[Any, Callable] = {}
+        self.worker_client_id: Any = None
+        self._tasks_by_wire: dict[bytes, Any] = {}
+        self._timeouts: dict[bytes, float | None] = {}
+        self._grab_inflight: GearmanConnection | None = None
+        self._assigned: list[tuple[GearmanConnection, GearmanJob]] = []
+        self._current_job: GearmanJob | None = None
+        self._rotation = 0
+        self._shutdown = False
+        self._working = False
+        self._stop_after_job = False
+        self._wake_lock = threading.Lock()
+        self._wake_pair: tuple[socket.socket, socket.socket] | None = None
+
+    def _wstate(self, connection: GearmanConnection) -> _WorkerConnectionState:
+        state = self._wstates.get(id(connection))
+        if state is None:
+            state = self._wstates[id(connection)] = _WorkerConnectionState()
+        return state
+
+    # -- abilities -------------------------------------------------------------------------------------
+    def register_task(
+        self, task: str | bytes, callback_function: Callable, timeout: float | None = None
+    ) -> Any:
+        """Run callback_function(worker, job) for jobs of task; its return value completes the job."""
+        wire = to_wire(task, "task")
+        self.worker_abilities[task] = callback_function
+        self._tasks_by_wire[wire] = task
+        self._timeouts[wire] = timeout
+        for connection in self._live_connections():
+            self._send_can_do(connection, wire)
+            if self._wstate(connection).phase == _SLEEPING:
+                self._wstate(connection).phase = _IDLE
+        self._schedule_grab()
+        return task
+
+    def unregister_task(self, task: str | bytes) -> Any:
+        wire = to_wire(task, "task")
+        known = self._tasks_by_wire.pop(wire, None)
+        self._timeouts.pop(wire, None)
+        if known is not None:
+            self.worker_abilities.pop(known, None)
+        self.worker_abilities.pop(task, None)
+        for connection in self._live_connections():
+            connection.send_command(P.CANT_DO, wire)
+        return task
+
+    def set_client_id(self, client_id: str | bytes) -> Any:
+        self.worker_client_id = client_id
+        for connection in self._live_connections():
+            connection.send_command(P.SET_CLIENT_ID, to_wire(client_id, "client id"))
+        return client_id
+
+    def _send_can_do(self, connection: GearmanConnection, wire: bytes) -> None:
+        timeout = self._timeouts.get(wire)
+        if timeout:
+            connection.send_command(P.CAN_DO_TIMEOUT, wire, str(max(1, int(timeout * 1000))).encode())
+        else:
+            connection.send_command(P.CAN_DO, wire)
+
+    def _live_connections(self) -> list[GearmanConnection]:
+        return [c for c in self.connection_list if c.connected]
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def work(self, poll_timeout: float | None = POLL_TIMEOUT_IN_SECONDS) -> None:
+        """Loop, running jobs from every server, until after_poll() returns False or shutdown() is called."""
+        self._shutdown = False
+        self._stop_after_job = False
+        self._working = True
+        with self._wake_lock:
+            self._wake_pair = socket.socketpair()
+            self._wake_pair[0].setblocking(False)
+        try:
+            while not self._shutdown:
+                self._reconnect_due()
+                wait = poll_timeout
+                retry_in = self._next_reconnect_in()
+                if retry_in is not None:
+                    wait = retry_in if wait is None else min(wait, retry_in)
+                any_activity = self.poll_connections_once(
+                    self.connection_list, wait, extra=self._wake_pair[0]
+                )
+                self._run_assigned_jobs()
+                if self._shutdown or self._stop_after_job:
+                    break
+                if not self.after_poll(any_activity):
+                    break
+        finally:
+            self._working = False
+            with self._wake_lock:
+                for sock in self._wake_pair or ():
+                    sock.close()
+                self._wake_pair = None
+            self._close_all()
+
+    def shutdown(self) -> None:
+        """Stop work() (from any thread) and close every connection."""
+        self._shutdown = True
+        with self._wake_lock:
+            if self._wake_pair is not None:
+                try:
+                    self._wake_pair[1].send(b"x")
+                except OSError:
+                    pass
+        if not self._working:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        for connection in self.connection_list:
+            connection.close()
+            state = self._wstate(connection)
+            state.phase = _DOWN
+            state.failures = 0
+            state.next_attempt = 0.0
+        self._grab_inflight = None
+        self._assigned.clear()
+
+    def _reconnect_due(self) -> None:
+        now = time.monotonic()
+        for connection in self.connection_list:
+            state = self._wstate(connection)
+            if connection.connected or state.next_attempt > now:
+                continue
+            try:
+                self.establish_connection(connection)
+            except ConnectionError as exc:
+                state.failures += 1
+                delay = min(self.reconnect_max_delay, self.reconnect_initial_delay * 2**state.failures)
+                state.next_attempt = time.monotonic() + delay * random.uniform(0.5, 1.0)
+                log.info("server %s unavailable (%s); next attempt in %.2fs", connection.address, exc, delay)
+        self._schedule_grab()
+
+    def _next_reconnect_in(self) -> float | None:
+        pending = [self._wstate(c).next_attempt for c in self.connection_list if not c.connected]
+        if not pending:
+            return None
+        return max(0.0, min(pending) - time.monotonic())
+
+    def on_connect(self, connection: GearmanConnection) -> None:
+        state = self._wstate(connection)
+        state.failures = 0
+        state.phase = _IDLE
+        if self.worker_client_id is not None:
+            connection.send_command(P.SET_CLIENT_ID, to_wire(self.worker_client_id, "client id"))
+        for wire in self._tasks_by_wire:
+            self._send_can_do(connection, wire)
+        log.info("connected to %s", connection.address)
+
+    def on_connection_lost(self, connection: GearmanConnection, reason: Exception) -> None:
+        state = self._wstate(connection)
+        state.phase = _DOWN
+        state.next_attempt = time.monotonic() + self.reconnect_initial_delay * random.uniform(0.5, 1.0)
+        if self._grab_inflight is connection:
+            self._grab_inflight = None
+        self._assigned = [(c, job) for c, job in self._assigned if c is not connection]
+        log.warning("lost %s: %s", connection.address, reason)
+
+    def _schedule_grab(self) -> None:
+        """Keep at most one GRAB in flight and no grab while a job runs: one job at a time, fairly."""
+        if self._grab_inflight is not None or self._assigned or self._current_job is not None:
+            return
+        if not self._tasks_by_wire or self._shutdown:
+            return
+        count = len(self.connection_list)
+        for step in range(count):
+            index = (self._rotation + step) % count
+            connection = self.connection_list[index]
+            state = self._wstate(connection)
+            if connection.connected and state.phase == _IDLE:
+                connection.send_command(P.GRAB_JOB_UNIQ)
+                state.phase = _GRABBING
+                self._grab_inflight = connection
+                self._rotation = index + 1
+                return
+
+    def handle_event(self, connection: GearmanConnection, event: Any) -> None:
+        if not isinstance(event, Packet):
+            log.warning("unexpected %r from %s", event, connection.address)
+            return
+        state = self._wstate(connection)
+        ptype, args = event.ptype, event.args
+        if ptype == P.NOOP:
+            if state.phase == _SLEEPING:
+                state.phase = _IDLE
+                self._schedule_grab()
+        elif ptype == P.NO_JOB:
+            if self._grab_inflight is connection:
+                self._grab_inflight = None
+            connection.send_command(P.PRE_SLEEP)
+            state.phase = _SLEEPING
+            self._schedule_grab()
+        elif ptype in (P.JOB_ASSIGN, P.JOB_ASSIGN_UNIQ, P.JOB_ASSIGN_ALL):
+            if self._grab_inflight is connection:
+                self._grab_inflight = None
+            state.phase = _WORKING
+            if ptype == P.JOB_ASSIGN:
+                handle, function, data = args
+                unique = b""
+            elif ptype == P.JOB_ASSIGN_UNIQ:
+                handle, function, unique, data = args
+            else:
+                handle, function, unique, _reducer, data = args
+            self._assigned.append((connection, self._make_job(connection, handle, function, unique, data)))
+        elif ptype == P.ERROR:
+            log.info("%s answered ERROR %s: %s", connection.address, args[0], args[1])
+        elif ptype in (P.ECHO_RES, P.OPTION_RES):
+            return
+        else:
+            log.warning("unexpected %s from %s", event.name, connection.address)
+
+    def _make_job(
+        self, connection: GearmanConnection, handle: bytes, function: bytes, unique: bytes, data: bytes
+    ) -> GearmanJob:
+        task = self._tasks_by_wire.get(function, from_wire(function))
+        job_unique: Any = unique if isinstance(task, bytes) else from_wire(unique)
+        job = self.job_class(connection, from_wire(handle), task, job_unique, data)
+        job._gearman_raw = data  # type: ignore[attr-defined]
+        job._gearman_finished = False  # type: ignore[attr-defined]
+        return job
+
+    def _run_assigned_jobs(self) -> None:
+        while self._assigned and not self._shutdown:
+            connection, job = self._assigned.pop(0)
+            if not connection.connected:
+                continue
+            self._run_job(connection, job)
+            if self._stop_after_job:
+                return
+            self._schedule_grab()
+            for live in self._live_connections():
+                self.flush_connection(live)
+
+    def _run_job(self, connection: GearmanConnection, job: GearmanJob) -> None:
+        self._current_job = job
+        try:
+            try:
+                job.data = self.data_encoder.decode(job._gearman_raw)  # type: ignore[attr-defined]
+                if self._tasks_by_wire.get(to_wire(job.task, "task")) is None:
+                    raise InvalidWorkerState(f"no task {job.task!r} registered (any more)")
+                self.on_job_execute(job)
+            except Exception:
+                if not job._gearman_finished:  # type: ignore[attr-defined]
+                    try:
+                        self.on_job_exception(job, sys.exc_info())
+                    except Exception:
+                        log.exception("on_job_exception failed for %r", job)
+            if not job._gearman_finished:  # type: ignore[attr-defined]
+                log.warning("job %r ended without a result: sending WORK_FAIL", job)
+                self.send_job_failure(job)
+        finally:
+            self._current_job = None
+            if connection.connected:
+                self._wstate(connection).phase = _IDLE
+        if self.after_job() is False:
+            self._stop_after_job = True
+
+    # -- hooks, as in python-gearman -------------------------------------------------------------------
+    def after_poll(self, any_activity: bool) -> bool:
+        """Called after every poll; return False to leave work()."""
+        return True
+
+    def after_job(self) -> bool:
+        """Called after every job; return False to leave work()."""
+        return True
+
+    def on_job_execute(self, current_job: GearmanJob) -> bool:
+        try:
+            function_callback = self.worker_abilities[current_job.task]
+            job_result = function_callback(self, current_job)
+        except Exception:
+            return self.on_job_exception(current_job, sys.exc_info())
+        return self.on_job_complete(current_job, job_result)
+
+    def on_job_exception(self, current_job: GearmanJob, exc_info: Any) -> bool:
+        """Report the error to the client (WORK_EXCEPTION, then WORK_FAIL) and keep working."""
+        log.error(
+            "task %r raised:\n%s", current_job.task, "".join(traceback.format_exception(*exc_info)).rstrip()
+        )
+        description = "".join(traceback.format_exception_only(exc_info[0], exc_info[1])).strip()
+        try:
+            self.send_job_exception(current_job, description)
+        except Exception:
+            self._send_for_job(current_job, P.WORK_EXCEPTION, description.encode("utf-8", "replace"))
+        self.send_job_failure(current_job)
+        return False
+
+    def on_job_complete(self, current_job: GearmanJob, job_result: Any) -> bool:
+        self.send_job_complete(current_job, job_result)
+        return True
+
+    # -- sending updates -------------------------------------------------------------------------------
+    def send_job_status(
+        self, current_job: GearmanJob, numerator: Any, denominator: Any, poll_timeout: float | None = None
+    ) -> None:
+        self._send_for_job(
+            current_job,
+            P.WORK_STATUS,
+            str(int(numerator)).encode(),
+            str(int(denominator)).encode(),
+            poll_timeout=poll_timeout,
+        )
+
+    def send_job_complete(
+        self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None
+    ) -> None:
+        if getattr(current_job, "_gearman_finished", False):
+            log.debug("job %r already finished; result not sent", current_job)
+            return
+        encoded = self.data_encoder.encode(data)
+        current_job._gearman_finished = True  # type: ignore[attr-defined]
+        self._send_for_job(current_job, P.WORK_COMPLETE, encoded, poll_timeout=poll_timeout)
+
+    def send_job_failure(self, current_job: GearmanJob, poll_timeout: float | None = None) -> None:
+        if getattr(current_job, "_gearman_finished", False):
+            return
+        current_job._gearman_finished = True  # type: ignore[attr-defined]
+        self._send_for_job(current_job, P.WORK_FAIL, poll_timeout=poll_timeout)
+
+    def send_job_exception(
+        self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None
+    ) -> None:
+        encoded = self.data_encoder.encode(data)
+        self._send_for_job(current_job, P.WORK_EXCEPTION, encoded, poll_timeout=poll_timeout)
+
+    def send_job_data(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
+        self._send_for_job(
+            current_job, P.WORK_DATA, self.data_encoder.encode(data), poll_timeout=poll_timeout
+        )
+
+    def send_job_warning(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
+        self._send_for_job(
+            current_job, P.WORK_WARNING, self.data_encoder.encode(data), poll_timeout=poll_timeout
+        )
+
+    def _send_for_job(
+        self, current_job: GearmanJob, ptype: int, *args: bytes, poll_timeout: float | None = None
+    ) -> None:
+        """Send one WORK_* packet for the job now (its task may run long); lost connections are logged."""
+        connection = current_job.connection
+        if connection is None or not connection.connected:
+            log.warning("connection of job %r is gone: %s not sent", current_job, P.TYPE_NAMES[ptype])
+            return
+        connection.send_command(ptype, to_wire_lossless(current_job.handle), *args)
+        deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
+        while connection.connected and connection.writable:
+            self.flush_connection(connection)
+            if not connection.connected or not connection.writable:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break  # the rest goes out from the poll loop
+            with selectors.DefaultSelector() as selector:
+                selector.register(connection.gearman_socket, selectors.EVENT_WRITE)
+                selector.select(remaining)
