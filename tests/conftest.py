@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Test helper modules (wire.py, certs.py) import by name from this folder under --import-mode=importlib.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 GEARMAND = shutil.which("gearmand") or ("/usr/sbin/gearmand" if os.path.exists("/usr/sbin/gearmand") else None)
 
 

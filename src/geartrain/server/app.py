@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import signal
 import socket
@@ -224,9 +225,17 @@ class Server:
             return
         if thread.is_alive() and not loop.is_closed():
             try:
-                asyncio.run_coroutine_threadsafe(self.close(), loop).result(timeout)
+                future = asyncio.run_coroutine_threadsafe(self.close(), loop)
             except RuntimeError:
-                pass  # the loop stopped meanwhile
+                future = None  # the loop closed meanwhile
+            deadline = time.monotonic() + timeout
+            # The loop may stop by itself (shutdown was requested): then the future never runs.
+            while future is not None and thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    future.result(0.05)
+                    break
+                except concurrent.futures.TimeoutError:
+                    continue
         thread.join(timeout)
         self._thread = None
 

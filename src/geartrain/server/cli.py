@@ -93,6 +93,10 @@ def setup_logging(args: argparse.Namespace) -> None:
         if not os.path.exists(args.log_config):
             raise SystemExit(f"geard: unable to read logging config file at {args.log_config}")
         logging.config.fileConfig(args.log_config, disable_existing_loggers=False)
+        ours, gears = logging.getLogger("geartrain"), logging.getLogger("gear")
+        if not ours.handlers and gears.handlers:
+            # Configuration files written for gear's geard name the "gear" logger: log through it.
+            ours.parent = gears
     else:
         logging.basicConfig(level=VERBOSE_LEVELS[args.verbose],
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

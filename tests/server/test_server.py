@@ -1,0 +1,315 @@
+"""geartrain's server over real sockets: transport, admin on the same port, limits, start/stop, geard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import free_port, stop_process, wait_for_port
+from wire import Wire
+
+from geartrain.protocol import constants as C
+from geartrain.server import Server, ServerConfig
+
+
+def test_round_trip_and_admin_lines_mixed_on_one_connection(geartrain_server):
+    s = geartrain_server
+    with Wire(s.host, s.port) as client, Wire(s.host, s.port) as worker:
+        worker.register(b"rev")
+        worker.admin("version")  # the registration has been handled
+        client.send_raw(client.conn.send_admin("status"))
+        status = client.next_event()
+        assert status.lines == (b"rev\t0\t0\t1",)
+        handle = client.submit(b"rev", b"abc")
+        assert client.admin("status").lines == (b"rev\t1\t0\t1",)
+        job = worker.grab()
+        assert job.args[0] == handle and job.args[3] == b"abc"
+        worker.send(C.WORK_COMPLETE, handle, job.args[3][::-1])
+        assert client.expect(C.WORK_COMPLETE).args == (handle, b"cba")
+
+
+def test_the_server_sets_tcp_nodelay_on_its_sockets(geartrain_server):
+    s = geartrain_server
+    server = s.server
+    with Wire(s.host, s.port) as w:
+        w.admin("version")
+        conns = list(server.connections)
+        assert conns
+        for conn in conns:
+            sock = conn.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_pipelined_submits_are_answered_in_order(geartrain_server):
+    s = geartrain_server
+    with Wire(s.host, s.port) as client:
+        payload = b"".join(client.conn.send_packet(C.SUBMIT_JOB_BG, b"f", b"u%d" % i, b"") for i in range(200))
+        client.send_raw(payload)
+        handles = [client.expect(C.JOB_CREATED).args[0] for _ in range(200)]
+        lines = client.admin("show unique jobs").lines
+        assert len(set(handles)) == 200 and sorted(lines) == sorted(b"u%d" % i for i in range(200))
+
+
+def test_oversized_packet_gets_an_error_and_close_other_peers_unaffected():
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], max_packet_size=1024))
+    server.start_in_thread()
+    try:
+        with Wire("127.0.0.1", server.port) as bystander, Wire("127.0.0.1", server.port) as bad:
+            bystander.register(b"f")
+            bad.send_raw(struct.pack(">4sII", C.REQ, C.SUBMIT_JOB, 10_000_000))
+            error = bad.expect(C.ERROR)
+            assert error.args[0] == b"ARGUMENT_TOO_LARGE"
+            assert bad.closed_by_server()
+            assert bystander.admin("status").lines == (b"f\t0\t0\t1",)
+    finally:
+        server.stop()
+
+
+def test_unknown_type_and_wrong_magic_get_errors_and_the_connection_goes_on(geartrain_server):
+    s = geartrain_server
+    with Wire(s.host, s.port) as w:
+        w.send_raw(struct.pack(">4sII", C.REQ, 99, 0))
+        assert w.expect(C.ERROR).args[0] == b"INVALID_COMMAND"
+        w.send_raw(struct.pack(">4sII", C.RES, C.ECHO_REQ, 1) + b"x")
+        assert w.expect(C.ERROR).args[0] == b"INVALID_MAGIC"
+        w.send(C.ECHO_REQ, b"still here")
+        assert w.expect(C.ECHO_RES).args == (b"still here",)
+
+
+def test_handler_failure_is_contained(geartrain_server, monkeypatch):
+    s = geartrain_server
+    broker = s.server.broker
+
+    def broken(peer, args):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setitem(broker.handlers, C.ECHO_REQ, broken)
+    with Wire(s.host, s.port) as w:
+        w.send(C.ECHO_REQ, b"x")
+        assert w.expect(C.ERROR).args[0] == b"SERVER_ERROR"
+        w.send(C.GET_STATUS, b"H:none")
+        assert w.expect(C.STATUS_RES).args[1] == b"0"
+
+
+def test_worker_disconnect_requeues_for_another_worker(geartrain_server):
+    s = geartrain_server
+    with Wire(s.host, s.port) as client, Wire(s.host, s.port) as w2:
+        handle = client.submit(b"f", b"data")
+        w1 = Wire(s.host, s.port)
+        w1.register(b"f")
+        assert w1.grab().args[0] == handle
+        w2.register(b"f")
+        w1.close()
+        job = w2.grab()
+        assert job.args[0] == handle
+        w2.send(C.WORK_COMPLETE, handle, b"ok")
+        assert client.expect(C.WORK_COMPLETE).args == (handle, b"ok")
+
+
+def test_epoch_job_runs_when_its_time_comes(geartrain_server):
+    s = geartrain_server
+    with Wire(s.host, s.port) as client, Wire(s.host, s.port) as worker:
+        worker.register(b"later")
+        when = int(time.time()) + 2
+        client.send(C.SUBMIT_JOB_EPOCH, b"later", b"", str(when).encode(), b"x")
+        client.expect(C.JOB_CREATED)
+        job = worker.grab(timeout=15)
+        assert job.args[3] == b"x" and time.time() >= when - 0.01
+
+
+def test_listens_on_ipv6_and_several_addresses():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 on this machine")
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0), ("::1", 0)]))
+    server.start_in_thread()
+    try:
+        v4, v6 = server.ports
+        with Wire("127.0.0.1", v4) as a, Wire("::1", v6) as b:
+            b.register(b"f")
+            b.admin("version")
+            assert a.admin("status").lines == (b"f\t0\t0\t1",)
+    finally:
+        server.stop()
+
+
+def test_graceful_shutdown_lets_running_jobs_finish(geartrain_server):
+    s = geartrain_server
+    with Wire(s.host, s.port) as client, Wire(s.host, s.port) as worker, Wire(s.host, s.port) as admin:
+        worker.register(b"f")
+        handle = client.submit(b"f", b"x")
+        worker.grab()
+        assert admin.admin("shutdown graceful").lines == (b"OK",)
+        with pytest.raises(OSError):
+            socket.create_connection((s.host, s.port), timeout=2).close()
+        worker.send(C.WORK_COMPLETE, handle, b"done")
+        assert client.expect(C.WORK_COMPLETE).args == (handle, b"done")
+        assert client.closed_by_server(timeout=10)
+
+
+def test_idle_timeout_closes_silent_connections_but_not_workers():
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], idle_timeout=0.3))
+    server.start_in_thread()
+    try:
+        with Wire("127.0.0.1", server.port) as idle, Wire("127.0.0.1", server.port) as worker:
+            worker.register(b"f")
+            assert idle.closed_by_server(timeout=10)
+            worker.send(C.ECHO_REQ, b"alive")
+            assert worker.expect(C.ECHO_RES).args == (b"alive",)
+    finally:
+        server.stop()
+
+
+def test_max_connections_refuses_the_extra_one():
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], max_connections=2))
+    server.start_in_thread()
+    try:
+        with Wire("127.0.0.1", server.port) as a, Wire("127.0.0.1", server.port) as b:
+            a.admin("version"), b.admin("version")
+            with Wire("127.0.0.1", server.port) as c:
+                assert c.closed_by_server(timeout=10)
+            assert a.admin("version").ok
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------- the geard command
+
+def geard(*args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "geartrain.server.cli", "-d", "--listen-address", "127.0.0.1", "-p", str(port),
+           *args]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_port("127.0.0.1", port, process=process)
+    return process, port
+
+
+def test_geard_stops_on_sigterm_and_writes_and_removes_its_pidfile(tmp_path):
+    pidfile = tmp_path / "geard.pid"
+    process, port = geard("--pidfile", str(pidfile))
+    try:
+        assert int(pidfile.read_text()) == process.pid
+        with Wire("127.0.0.1", port) as w:
+            assert w.admin("getpid").lines == (b"OK %d" % process.pid,)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert not pidfile.exists()
+    finally:
+        stop_process(process)
+
+
+def test_geard_sigusr1_is_a_graceful_shutdown():
+    process, port = geard()
+    try:
+        with Wire("127.0.0.1", port) as client, Wire("127.0.0.1", port) as worker:
+            worker.register(b"f")
+            handle = client.submit(b"f", b"x")
+            worker.grab()
+            process.send_signal(signal.SIGUSR1)
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=0.5)  # still running: a job is in progress
+            worker.send(C.WORK_COMPLETE, handle, b"y")
+            assert client.expect(C.WORK_COMPLETE).args[1] == b"y"
+        assert process.wait(timeout=10) == 0
+    finally:
+        stop_process(process)
+
+
+def test_geard_log_config_of_the_seed_and_sighup_reopens(tmp_path):
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    config = tmp_path / "logging.config"
+    config.write_text(f"""[loggers]
+keys=root,gear
+
+[handlers]
+keys=console,debug,info
+
+[formatters]
+keys=simple
+
+[logger_root]
+level=WARNING
+handlers=console
+
+[logger_gear]
+level=INFO
+handlers=debug,info
+qualname=gear
+
+[handler_console]
+level=WARNING
+class=StreamHandler
+formatter=simple
+args=(sys.stdout,)
+
+[handler_debug]
+level=DEBUG
+class=logging.handlers.TimedRotatingFileHandler
+formatter=simple
+args=('{log_dir}/debug.log', 'midnight', 1, 30,)
+
+[handler_info]
+level=INFO
+class=logging.handlers.WatchedFileHandler
+formatter=simple
+args=('{log_dir}/info.log',)
+
+[formatter_simple]
+format=%(asctime)s %(levelname)s %(name)s: %(message)s
+datefmt=
+""")
+    process, port = geard("--log-config", str(config))
+    try:
+        assert (log_dir / "debug.log").exists()
+        os.rename(log_dir / "debug.log", log_dir / "debug.log.1")
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not (log_dir / "debug.log").exists() and time.monotonic() < deadline:
+            with Wire("127.0.0.1", port) as w:
+                w.admin("version")
+            time.sleep(0.05)
+        assert (log_dir / "debug.log").exists()
+    finally:
+        stop_process(process)
+
+
+def test_geard_daemonizes_without_d(tmp_path):
+    port = free_port()
+    pidfile = tmp_path / "geard.pid"
+    launcher = subprocess.run(
+        [sys.executable, "-m", "geartrain.server.cli", "--listen-address", "127.0.0.1", "-p", str(port),
+         "--pidfile", str(pidfile)], timeout=30)
+    assert launcher.returncode == 0
+    wait_for_port("127.0.0.1", port)
+    pid = int(pidfile.read_text())
+    try:
+        with Wire("127.0.0.1", port) as w:
+            assert w.admin("getpid").lines == (b"OK %d" % pid,)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pidfile.exists()
+
+
+def test_geard_version_and_bad_acl_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "geartrain.server.cli", "--version"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and "geartrain" in out.stdout
+    bad = tmp_path / "acl"
+    bad.write_text("[worker]\nregister=(\n")
+    out = subprocess.run([sys.executable, "-m", "geartrain.server.cli", "-d", "--acl", str(bad)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "geard:" in out.stderr and "register" in out.stderr
