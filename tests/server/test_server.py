@@ -11,11 +11,11 @@ import sys
 import time
 
 import pytest
-from conftest import free_port, stop_process, wait_for_port
-from wire import Wire
 
+from conftest import free_port, stop_process, wait_for_port
 from geartrain.protocol import constants as C
 from geartrain.server import Server, ServerConfig
+from wire import Wire
 
 
 def test_round_trip_and_admin_lines_mixed_on_one_connection(geartrain_server):

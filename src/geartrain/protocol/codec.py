@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from .constants import (
     ARG_COUNTS,
@@ -46,7 +46,7 @@ class PacketError(NamedTuple):
     ptype: int
 
 
-Event = Union[Packet, AdminLine, PacketError]
+Event = Packet | AdminLine | PacketError
 
 
 class ProtocolError(Exception):

@@ -8,7 +8,7 @@ order, so a face never parses the wire itself.
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from .codec import AdminLine, Decoder, Packet, PacketError, encode_request
 from .constants import DEFAULT_MAX_PACKET_SIZE, RES, admin_answer_is_multiline
@@ -26,7 +26,7 @@ class AdminResponse(NamedTuple):
         return not (self.lines and self.lines[0].startswith(b"ERR"))
 
 
-ClientEvent = Union[Packet, PacketError, AdminResponse, AdminLine]
+ClientEvent = Packet | PacketError | AdminResponse | AdminLine
 
 
 class ClientConnection:

@@ -114,7 +114,7 @@ class Admin:
         else:
             return err("INVALID_ARGUMENTS", "use maxqueue FUNCTION [N] or maxqueue FUNCTION HIGH NORMAL LOW")
         self.broker.set_max_queue(words[0], limits)
-        log.info("maxqueue %r %s", words[0], dict(zip(PRIORITY_NAMES, limits)))
+        log.info("maxqueue %r %s", words[0], dict(zip(PRIORITY_NAMES, limits, strict=True)))
         return OK
 
     def cancel(self, peer: Peer, words: list[bytes]) -> bytes:
