@@ -337,6 +337,7 @@ class GearmanClient(GearmanConnectionManager):
         state.awaiting.clear()
         state.handles.clear()
         state.status_waiters.clear()
+        state.down_since = time.monotonic()  # a re-send tries the other servers first for a while
 
     def handle_event(self, connection: GearmanConnection, event: Any) -> None:
         if isinstance(event, (AdminResponse, PacketError)) or not isinstance(event, Packet):
