@@ -24,7 +24,7 @@ import socket
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,9 +125,9 @@ def _describe(ev: object) -> str:
 class ForegroundClient(asyncio.Protocol):
     """Keeps ``inflight`` SUBMIT_JOBs outstanding until ``quota`` jobs are submitted or time is up."""
 
-    def __init__(self, func: bytes, tag: str, actor: int, payload: int, quota: int, inflight: int,
+    def __init__(self, funcs: list[bytes], tag: str, actor: int, payload: int, quota: int, inflight: int,
                  stop_submitting_at: float, done: asyncio.Future[None]) -> None:
-        self.func = func
+        self.prefixes = [f + b"\x00" for f in funcs]
         self.tag = tag
         self.payload = payload
         self.quota = quota
@@ -142,15 +142,16 @@ class ForegroundClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closing = False  # we closed it: not the server's doing
         self.seq = 0
-        self.prefix = func + b"\x00"
 
     def _submit(self) -> bytes:
-        unique = make_unique(self.tag, self.report.actor, self.seq)
-        self.seq += 1
+        seq = self.seq
+        unique = make_unique(self.tag, self.report.actor, seq)
+        self.seq = seq + 1
         data = make_payload(unique, self.payload)
         self.awaiting_handle.append((unique, transform(unique, data), time.perf_counter()))
         self.report.submitted += 1
-        return pack(REQ, C.SUBMIT_JOB, self.prefix + unique + b"\x00" + data)
+        prefixes = self.prefixes
+        return pack(REQ, C.SUBMIT_JOB, prefixes[seq % len(prefixes)] + unique + b"\x00" + data)
 
     def _may_submit(self) -> bool:
         return self.report.submitted < self.quota and time.perf_counter() < self.stop_submitting_at
@@ -231,9 +232,9 @@ class ForegroundClient(asyncio.Protocol):
 class BackgroundSubmitter(asyncio.Protocol):
     """Pipelines SUBMIT_JOB_BG with up to ``window`` JOB_CREATED outstanding; counts the handles."""
 
-    def __init__(self, func: bytes, tag: str, actor: int, payload: int, quota: int, window: int,
+    def __init__(self, funcs: list[bytes], tag: str, actor: int, payload: int, quota: int, window: int,
                  done: asyncio.Future[None]) -> None:
-        self.func = func
+        self.prefixes = [f + b"\x00" for f in funcs]
         self.tag = tag
         self.payload = payload
         self.quota = quota
@@ -245,15 +246,16 @@ class BackgroundSubmitter(asyncio.Protocol):
         self.seen_handles: set[bytes] = set()
         self.transport: asyncio.Transport | None = None
         self.closing = False  # we closed it: not the server's doing
-        self.prefix = func + b"\x00"
 
     def _submit_batch(self, count: int) -> bytes:
         out = []
         report = self.report
         for _ in range(count):
-            unique = make_unique(self.tag, report.actor, report.submitted)
+            seq = report.submitted
+            unique = make_unique(self.tag, report.actor, seq)
             report.submitted += 1
-            body = self.prefix + unique + b"\x00" + make_payload(unique, self.payload)
+            prefix = self.prefixes[seq % len(self.prefixes)]
+            body = prefix + unique + b"\x00" + make_payload(unique, self.payload)
             out.append(pack(REQ, C.SUBMIT_JOB_BG, body))
         self.outstanding += count
         return b"".join(out)
@@ -312,9 +314,10 @@ class Worker(asyncio.Protocol):
     as it is the only checker of background jobs, verifies each job's data and keeps every unique it ran.
     """
 
-    def __init__(self, func: bytes, actor: int, drain: bool, payload: int, ready: asyncio.Future[None],
+    def __init__(self, funcs: list[bytes], actor: int, drain: bool, payload: int, ready: asyncio.Future[None],
                  done: asyncio.Future[None]) -> None:
-        self.func = func
+        self.funcs = funcs
+        self.func_set = frozenset(funcs)
         self.drain = drain
         self.payload = payload
         self.ready = ready
@@ -330,7 +333,7 @@ class Worker(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         _nodelay(transport)
         self.report.started = time.perf_counter()
-        transport.write(encode_request(C.CAN_DO, self.func) + self.grab)
+        transport.write(b"".join(encode_request(C.CAN_DO, f) for f in self.funcs) + self.grab)
 
     def _fail(self, message: str) -> None:
         self.report.errors.append(message)
@@ -353,8 +356,8 @@ class Worker(asyncio.Protocol):
             ptype = ev.ptype
             if ptype == C.JOB_ASSIGN_UNIQ:
                 handle, func, unique, job_data = ev.args
-                if func != self.func:
-                    report.errors.append(f"assigned a job for {func!r}, registered only {self.func!r}")
+                if func not in self.func_set:
+                    report.errors.append(f"assigned a job for {func!r}, which this worker never registered")
                 if self.drain:
                     if job_data != make_payload(unique, self.payload):
                         report.errors.append(f"job {unique!r}: data corrupted in the queue")
@@ -408,9 +411,17 @@ class Plan:
     jobs: int
     duration: float
     window: int = 1000
+    functions: int = 1  # >1: jobs spread round-robin over this many functions, workers register them all
     client_procs: int = 1
     worker_procs: int = 1
     timeout: float = 120.0  # hard limit for the whole load
+
+
+def function_names(func: bytes, count: int) -> list[bytes]:
+    """The functions of a load: ``func`` alone, or ``func-0`` .. ``func-(count-1)``."""
+    if count <= 1:
+        return [func]
+    return [func + b"-%d" % i for i in range(count)]
 
 
 def _split(items: int, parts: int, index: int) -> list[int]:
@@ -448,11 +459,12 @@ async def _clients_async(plan: Plan, actors: list[int], start_at: float) -> list
         done: asyncio.Future[None] = loop.create_future()
         quota = _quota(plan, actor)
         proto: ForegroundClient | BackgroundSubmitter
+        funcs = function_names(plan.func, plan.functions)
         if plan.mode == "foreground":
-            proto = ForegroundClient(plan.func, plan.tag, actor, plan.payload, quota, plan.inflight,
+            proto = ForegroundClient(funcs, plan.tag, actor, plan.payload, quota, plan.inflight,
                                      stop_submitting_at, done)
         else:
-            proto = BackgroundSubmitter(plan.func, plan.tag, actor, plan.payload, quota, plan.window, done)
+            proto = BackgroundSubmitter(funcs, plan.tag, actor, plan.payload, quota, plan.window, done)
         protocols.append(proto)
         futures.append(done)
         transports.append(await _connect(lambda p=proto: p, plan.port))  # type: ignore[misc]
@@ -483,7 +495,7 @@ async def _workers_async(plan: Plan, actors: list[int], drain: bool, stop: Any, 
         for actor in actors:
             ready: asyncio.Future[None] = loop.create_future()
             done: asyncio.Future[None] = loop.create_future()
-            proto = Worker(plan.func, actor, drain, plan.payload, ready, done)
+            proto = Worker(function_names(plan.func, plan.functions), actor, drain, plan.payload, ready, done)
             protocols.append(proto)
             transports.append(await _connect(lambda p=proto: p, plan.port))  # type: ignore[misc]
         if not drain:
@@ -713,6 +725,34 @@ def run_background(plan: Plan, between: Callable[[], dict[str, float]] | None = 
                   "submit_s": submit_s, "drain_s": drain_s})
     return LoadOutcome(jobs=created, seconds=submit_s + drain_s, jobs_per_s=extra["submit_per_s"],
                        extra=extra, errors=errors)
+
+
+@contextlib.contextmanager
+def idle_connections(port: int, count: int, timeout: float = 60.0) -> Iterator[list[socket.socket]]:
+    """Hold ``count`` connections open and silent; each answered one GET_STATUS first (geard has no ECHO)."""
+    socks: list[socket.socket] = []
+    probe = encode_request(C.GET_STATUS, b"H:idle:0")
+    deadline = time.monotonic() + timeout
+    try:
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"opened only {len(socks)} of {count} idle connections in {timeout:g} s")
+            sock = socket.create_connection((HOST, port), timeout=10)
+            socks.append(sock)
+            sock.sendall(probe)
+            decoder = Decoder(accept=RES)
+            events: list[Any] = []
+            while not events:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("server closed an idle connection at once")
+                events = decoder.feed(chunk)
+            if not (isinstance(events[0], Packet) and events[0].ptype == C.STATUS_RES):
+                raise ConnectionError(f"idle connection: expected STATUS_RES, got {_describe(events[0])}")
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def new_tag(label: str) -> str:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -29,149 +29,12 @@ if str(HERE) not in sys.path:
 
 import loadgen  # noqa: E402
 import servers  # noqa: E402
-from loadgen import LoadOutcome, Plan  # noqa: E402
-from servers import RunningServer, ServerOptions, ServerUnavailable  # noqa: E402
+from loads import CORE_LOADS, QUICK, LoadDef, Row, Settings  # noqa: E402
+from scale import SCALE_LOADS  # noqa: E402
+from servers import ServerOptions, ServerUnavailable  # noqa: E402
 
-MIB = 1024 * 1024
-
-
-@dataclass
-class Settings:
-    """Sizes of a run; --quick and the command line adjust them."""
-
-    duration: float = 15.0  # seconds cap of the timed loads
-    jobs: int = 300_000  # job cap of the foreground and lock-step loads
-    bg_jobs: int = 200_000  # background jobs submitted then drained
-    large_jobs: int = 600  # 1 MiB jobs
-    client_procs: int = 1
-    worker_procs: int = 1
-    timeout: float = 180.0  # hard limit of one load
-
-
-QUICK = {"duration": 4.0, "jobs": 150_000, "bg_jobs": 40_000, "large_jobs": 100}
-
-
-@dataclass
-class Row:
-    server: str
-    load: str
-    jobs: int = 0
-    seconds: float = 0.0
-    jobs_per_s: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    ratio: float | None = None  # jobs_per_s / gearmand's jobs_per_s for the same load
-    cpu_us_per_job: float | None = None  # server CPU time (user + system, all threads) per job
-    note: str = ""
-    ok: bool = True
-    errors: list[str] = field(default_factory=list)
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-# A load takes the running server and the settings and returns one or more rows (without the server name).
-LoadFn = Callable[[RunningServer, Settings], list[Row]]
-
-
-def _plan(server: RunningServer, label: str, settings: Settings, **kw: object) -> Plan:
-    tag = loadgen.new_tag(label)
-    base: dict[str, object] = {
-        "port": server.port, "func": f"bench_{tag}".encode(), "tag": tag, "duration": settings.duration,
-        "client_procs": settings.client_procs, "worker_procs": settings.worker_procs,
-        "timeout": settings.timeout,
-    }
-    base.update(kw)
-    return Plan(**base)  # type: ignore[arg-type]
-
-
-def _row(load: str, outcome: LoadOutcome, note: str = "") -> Row:
-    return Row(
-        server="", load=load, jobs=outcome.jobs, seconds=outcome.seconds,
-        jobs_per_s=outcome.jobs_per_s if not outcome.errors else None,
-        p50_ms=outcome.p50_ms, p99_ms=outcome.p99_ms, note=note, ok=not outcome.errors,
-        errors=outcome.errors, extra=dict(outcome.extra),
-    )
-
-
-def _cpu_per_job(server: RunningServer, before: float | None, jobs: int) -> float | None:
-    after = server.cpu_seconds()
-    if before is None or after is None or jobs <= 0:
-        return None
-    return (after - before) / jobs * 1e6
-
-
-def _foreground_row(server: RunningServer, load: str, plan: Plan, note: str) -> Row:
-    cpu0 = server.cpu_seconds()
-    outcome = loadgen.run_foreground(plan)
-    row = _row(load, outcome, note)
-    row.cpu_us_per_job = _cpu_per_job(server, cpu0, outcome.jobs)
-    return row
-
-
-def load_foreground(server: RunningServer, s: Settings) -> list[Row]:
-    plan = _plan(server, "fg", s, mode="foreground", clients=4, workers=4, inflight=16, payload=64,
-                 jobs=s.jobs)
-    return [_foreground_row(server, "foreground", plan, "4 clients x 16 in flight, 4 workers, 64 B")]
-
-
-def load_lockstep(server: RunningServer, s: Settings) -> list[Row]:
-    plan = _plan(server, "ls", s, mode="foreground", clients=1, workers=1, inflight=1, payload=64,
-                 jobs=s.jobs)
-    return [_foreground_row(server, "lockstep", plan, "1 client x 1 job, 1 worker, 64 B")]
-
-
-def load_background(server: RunningServer, s: Settings) -> list[Row]:
-    plan = _plan(server, "bg", s, mode="background", clients=4, workers=4, inflight=0, payload=64,
-                 jobs=s.bg_jobs, window=1000)
-    rss_before = server.rss_kib()
-    cpu0 = server.cpu_seconds()
-    cpu1: list[float | None] = [None]
-
-    def between() -> dict[str, float]:
-        cpu1[0] = server.cpu_seconds()
-        rss = server.rss_kib()
-        if rss is None or rss_before is None:
-            return {}
-        return {"rss_kib_queued": float(rss), "bytes_per_queued_job": (rss - rss_before) * 1024 / plan.jobs}
-
-    outcome = loadgen.run_background(plan, between)
-    cpu2 = server.cpu_seconds()
-    submit = _row("bg-submit", outcome, f"{plan.jobs} SUBMIT_JOB_BG over 4 conns, no worker")
-    drain = _row("bg-drain", outcome, "then 4 workers drain the queue")
-    if outcome.errors:
-        drain.errors = []  # reported once, on the submit row
-    else:
-        submit.jobs_per_s = outcome.extra["submit_per_s"]
-        submit.seconds = outcome.extra["submit_s"]
-        drain.jobs_per_s = outcome.extra["drain_per_s"]
-        drain.seconds = outcome.extra["drain_s"]
-        if cpu0 is not None and cpu1[0] is not None and cpu2 is not None:
-            submit.cpu_us_per_job = (cpu1[0] - cpu0) / outcome.jobs * 1e6
-            drain.cpu_us_per_job = (cpu2 - cpu1[0]) / outcome.jobs * 1e6
-        per_job = outcome.extra.get("bytes_per_queued_job")
-        if per_job is not None:
-            submit.note += f"; RSS +{per_job:.0f} B/job"
-    return [submit, drain]
-
-
-def load_large(server: RunningServer, s: Settings) -> list[Row]:
-    plan = _plan(server, "lg", s, mode="foreground", clients=1, workers=1, inflight=1, payload=MIB,
-                 jobs=s.large_jobs)
-    row = _foreground_row(server, "large-1MiB", plan, "")
-    outcome = loadgen.LoadOutcome(row.jobs, row.seconds, row.jobs_per_s or 0.0, errors=row.errors)
-    if not outcome.errors:
-        # Bytes that pass through the server per second: the 1 MiB submitted and the result sent back.
-        mb_s = outcome.jobs_per_s * 2 * MIB / 1e6
-        row.extra["mb_per_s"] = mb_s
-        row.note = f"1 client, 1 worker, 1 MiB each way: {mb_s:.0f} MB/s through the server"
-    return [row]
-
-
-LOADS: dict[str, LoadFn] = {
-    "foreground": load_foreground,
-    "lockstep": load_lockstep,
-    "background": load_background,
-    "large": load_large,
-}
+LOADS: dict[str, LoadDef] = {d.name: d for d in [*CORE_LOADS, *SCALE_LOADS]}
+DEFAULT_LOADS = [d.name for d in CORE_LOADS + SCALE_LOADS]
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -255,11 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run: ~3 s per timed load, fewer jobs")
     p.add_argument("--servers", default="geartrain,gearmand,geard",
                    help="comma-separated, from: " + ",".join(servers.SERVERS))
-    p.add_argument("--loads", default=",".join(LOADS), help="comma-separated, from: " + ",".join(LOADS))
+    p.add_argument("--loads", default=",".join(DEFAULT_LOADS),
+                   help="comma-separated, from: " + ",".join(LOADS))
     p.add_argument("--duration", type=float, help="seconds cap of each timed load")
     p.add_argument("--jobs", type=int, help="job cap of the foreground and lock-step loads")
     p.add_argument("--bg-jobs", type=int, help="jobs of the background load")
     p.add_argument("--large-jobs", type=int, help="jobs of the 1 MiB load")
+    p.add_argument("--durable-jobs", type=int, help="jobs of the durable (SQLite) background load")
     p.add_argument("--client-procs", type=int, default=1, help="processes that run the clients (default 1)")
     p.add_argument("--worker-procs", type=int, default=1, help="processes that run the workers (default 1)")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine line as JSON")
@@ -278,7 +143,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         for key, value in QUICK.items():
             setattr(s, key, value)
-    for key in ("duration", "jobs", "bg_jobs", "large_jobs"):
+    for key in ("duration", "jobs", "bg_jobs", "large_jobs", "durable_jobs"):
         value = getattr(args, key)
         if value is not None:
             setattr(s, key, value)
@@ -291,22 +156,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
-def run_server(name: str, loads: list[str], settings: Settings, log: Callable[[str], None]) -> list[Row]:
-    spec = servers.SERVERS[name]
-    reason = spec.check()
-    if reason is not None:
-        log(f"{name}: skipped: {reason}")
-        return [Row(name, load, ok=False, note=f"skipped: {reason}") for load in loads]
+def _run_group(name: str, spec: servers.ServerSpec, queue: str, defs: list[LoadDef], settings: Settings,
+               log: Callable[[str], None]) -> list[Row]:
+    """Start the server with one queue type, run its loads in order, stop it."""
     rows: list[Row] = []
     try:
-        with servers.running(spec, ServerOptions()) as server:
-            log(f"{name}: listening on {servers.HOST}:{server.port} (pid {server.pid})")
-            for load in loads:
+        with servers.running(spec, ServerOptions(queue=queue)) as server:
+            log(f"{name}: {queue} queue, listening on {servers.HOST}:{server.port} (pid {server.pid})")
+            for d in defs:
                 t0 = time.monotonic()
                 try:
-                    produced = LOADS[load](server, settings)
+                    produced = d.fn(server, settings)
                 except Exception as exc:  # a broken load must not hide the others
-                    produced = [Row("", load, ok=False, errors=[f"{type(exc).__name__}: {exc}"])]
+                    produced = [Row("", d.name, ok=False, errors=[f"{type(exc).__name__}: {exc}"])]
                 if server.proc.poll() is not None:
                     for r in produced:
                         r.ok = False
@@ -327,9 +189,25 @@ def run_server(name: str, loads: list[str], settings: Settings, log: Callable[[s
                     break
     except ServerUnavailable as exc:
         log(f"{name}: could not start: {exc}")
-        done = {r.load for r in rows}
-        rows += [Row(name, load, ok=False, errors=[f"could not start: {exc}"])
-                 for load in loads if load not in done]
+        rows.append(Row(name, ",".join(d.name for d in defs), ok=False, errors=[f"could not start: {exc}"]))
+    return rows
+
+
+def run_server(name: str, loads: list[str], settings: Settings, log: Callable[[str], None]) -> list[Row]:
+    spec = servers.SERVERS[name]
+    reason = spec.check()
+    if reason is not None:
+        log(f"{name}: skipped: {reason}")
+        return [Row(name, load, ok=False, note=f"skipped: {reason}") for load in loads]
+    groups: dict[str, list[LoadDef]] = {}
+    for load in loads:
+        groups.setdefault(LOADS[load].queue, []).append(LOADS[load])
+    rows: list[Row] = []
+    for queue, defs in groups.items():
+        if queue not in spec.queues:
+            rows += [Row(name, d.name, ok=False, note=f"skipped: {name} has no {queue} queue") for d in defs]
+            continue
+        rows += _run_group(name, spec, queue, defs, settings, log)
     return rows
 
 
@@ -352,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"settings: {'quick' if args.quick else 'full'}, duration cap {settings.duration:g} s, "
           f"job cap {settings.jobs}, background {settings.bg_jobs} jobs, large {settings.large_jobs} jobs, "
+          f"durable {settings.durable_jobs} jobs, {settings.functions} functions, "
+          f"{settings.idle} idle conns, "
           f"client procs {settings.client_procs}, worker procs {settings.worker_procs}; "
           f"run took {time.monotonic() - started:.0f} s")
     print(format_table(rows))

@@ -320,7 +320,8 @@ def running(spec: ServerSpec, options: ServerOptions | None = None, start_timeou
                 try:
                     wait_for_port(port, proc, time.monotonic() + start_timeout)
                 except ServerUnavailable as exc:
-                    last_error = ServerUnavailable(f"{spec.name}: {exc}; log: {server.log_tail(500)!r}")
+                    tail = server.log_tail(2000).strip().splitlines()
+                    last_error = ServerUnavailable(f"{spec.name}: {exc}; log ends: {' | '.join(tail[-2:])}")
                     continue
                 yield server
                 return
