@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ def start_gearmand(*extra: str, host: str = "127.0.0.1") -> RunningServer:
     last: Exception | None = None
     for _ in range(5):
         port = free_port(host)
-        cmd = [GEARMAND, "-p", str(port), "-L", host, "-l", "none", "-P", os.devnull, "-t", "2", *extra]
+        # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
+        pidfile = os.path.join(tempfile.mkdtemp(prefix="gearmand-"), "gearmand.pid")
+        cmd = [GEARMAND, "-p", str(port), "-L", host, "-l", "none", "-P", pidfile, "-t", "2", *extra]
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_for_port(host, port, process=process)

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from conftest import free_port, stop_process, wait_for_port
 from geartrain.protocol import constants as C
 from geartrain.server import Server, ServerConfig
+
+from conftest import free_port, stop_process, wait_for_port
 from wire import Wire
 
 

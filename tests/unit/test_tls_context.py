@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from certs import PKI, make_pki
 from geartrain.server.tls import client_context, peer_common_name, server_context
+
+from certs import PKI, make_pki
 
 TIMEOUT = 10.0
 
