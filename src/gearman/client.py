@@ -248,9 +248,11 @@ class GearmanClient(GearmanConnectionManager):
         """The request's server: hash of its unique over the pool, then the next ones; failed ones last."""
         if not self.connection_list:
             raise ServerUnavailable("Found no valid connections: the host list is empty")
-        count = len(self.connection_list)
+        # Hash over the pool in a canonical order, so clients listing the same servers in another order agree.
+        pool = sorted(self.connection_list, key=lambda c: (c.gearman_host, c.gearman_port))
+        count = len(pool)
         start = zlib.crc32(to_wire(current_request.job.unique, "unique")) % count
-        ordered = [self.connection_list[(start + i) % count] for i in range(count)]
+        ordered = [pool[(start + i) % count] for i in range(count)]
         now = time.monotonic()
 
         def recently_down(connection: GearmanConnection) -> bool:
