@@ -113,7 +113,12 @@ def start_geartrain(host: str = "127.0.0.1", **options) -> RunningServer:
 
 
 def start_geard_process(*args: str, host: str = "127.0.0.1", env: dict | None = None) -> RunningServer:
-    """Start geartrain's `geard` command as a subprocess in the foreground on an ephemeral port."""
+    """Start geartrain's `geard` command as a subprocess in the foreground on an ephemeral port.
+
+    Without a queue option in args it runs in memory, so tests never share geard's default SQLite file.
+    """
+    if not any(a.startswith(("--queue-type", "-q", "--sqlite-db", "--libsqlite3-db")) for a in args):
+        args = ("--queue-type", "memory", *args)
     last: Exception | None = None
     for _ in range(5):
         port = free_port(host)

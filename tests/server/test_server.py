@@ -189,7 +189,7 @@ def test_max_connections_refuses_the_extra_one():
 def geard(*args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [sys.executable, "-m", "geartrain.server.cli", "-d", "--listen-address", "127.0.0.1", "-p", str(port),
-           *args]
+           "--queue-type", "memory", *args]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_port("127.0.0.1", port, process=process)
     return process, port
@@ -290,7 +290,7 @@ def test_geard_daemonizes_without_d(tmp_path):
     pidfile = tmp_path / "geard.pid"
     launcher = subprocess.run(
         [sys.executable, "-m", "geartrain.server.cli", "--listen-address", "127.0.0.1", "-p", str(port),
-         "--pidfile", str(pidfile)], timeout=30)
+         "--queue-type", "memory", "--pidfile", str(pidfile)], timeout=30)
     assert launcher.returncode == 0
     wait_for_port("127.0.0.1", port)
     pid = int(pidfile.read_text())
