@@ -29,6 +29,7 @@ if str(HERE) not in sys.path:
 
 import loadgen  # noqa: E402
 import servers  # noqa: E402
+from faces import format_faces, run_faces  # noqa: E402
 from loads import CORE_LOADS, QUICK, LoadDef, Row, Settings  # noqa: E402
 from scale import SCALE_LOADS  # noqa: E402
 from servers import ServerOptions, ServerUnavailable  # noqa: E402
@@ -127,6 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--durable-jobs", type=int, help="jobs of the durable (SQLite) background load")
     p.add_argument("--client-procs", type=int, default=1, help="processes that run the clients (default 1)")
     p.add_argument("--worker-procs", type=int, default=1, help="processes that run the workers (default 1)")
+    p.add_argument("--no-faces", action="store_true",
+                   help="skip the client-face table (gear / gearman: this checkout against the originals)")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine line as JSON")
     args = p.parse_args(argv)
     for name in args.servers.split(","):
@@ -225,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         rows += run_server(name, loads, settings, log)
     add_ratios(rows)
+    face_rows = [] if args.no_faces else run_faces(
+        jobs=5000 if args.quick else 20000, duration=2.0 if args.quick else 5.0, log=log
+    )
     info = machine_info()
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
@@ -235,16 +241,25 @@ def main(argv: list[str] | None = None) -> int:
           f"client procs {settings.client_procs}, worker procs {settings.worker_procs}; "
           f"run took {time.monotonic() - started:.0f} s")
     print(format_table(rows))
+    if face_rows:
+        print("\nclient faces on gearmand (client and worker threads in one process; ours/this = our jobs/s over its):")
+        print(format_faces(face_rows))
     failed = [r for r in rows if not r.ok and r.errors]
     for r in failed:
         print(f"\n{r.server} {r.load} FAILED:")
         for e in r.errors[:10]:
             print(f"  {e}")
+    face_failed = [r for r in face_rows if r.errors and r.impl.startswith("geartrain")]
+    for r in face_failed:
+        print(f"\nface {r.impl} {r.mode} FAILED:")
+        for e in r.errors[:10]:
+            print(f"  {e}")
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"machine": info, "settings": asdict(settings), "rows": [asdict(r) for r in rows]}, indent=2
+            {"machine": info, "settings": asdict(settings), "rows": [asdict(r) for r in rows],
+             "faces": [asdict(r) for r in face_rows]}, indent=2
         ) + "\n")
-    return 1 if failed else 0
+    return 1 if failed or face_failed else 0
 
 
 if __name__ == "__main__":
