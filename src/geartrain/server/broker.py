@@ -757,13 +757,18 @@ class Broker:
         return True
 
     def restore(self, name: bytes, unique: bytes, data: bytes, priority: int, when: float,
-                store_ref: Any) -> Job:
-        """Put back a background job read from the store at start (no peer, no answer)."""
+                store_ref: Any, reducer: bytes = b"") -> Job:
+        """Put back a background job read from the store at start (no peer, no answer).
+
+        When (function, unique) coalesces onto a job restored earlier, that job comes back with its own
+        store_ref kept: the caller sees a different ref and deletes its duplicate row.
+        """
         store, self.store = self.store, None
         try:
-            job = self.submit(None, name, unique, data, priority, True, when=when)
+            job = self.submit(None, name, unique, data, priority, True, when=when, reducer=reducer)
         finally:
             self.store = store
         assert job is not None
-        job.store_ref = store_ref
+        if job.store_ref is None:
+            job.store_ref = store_ref
         return job
