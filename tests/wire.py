@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections import deque
 
@@ -13,9 +14,16 @@ from geartrain.protocol import constants as C
 class Wire:
     """One TCP connection speaking raw packets and admin lines, with deadlines on every wait."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, host: str, port: int, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.conn = ClientConnection()
         self.timeout = timeout
         self.events: deque = deque()
@@ -70,7 +78,7 @@ class Wire:
         try:
             while self._fill(deadline):
                 pass
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):
             pass
         return True
 

@@ -172,6 +172,4 @@ class Admin:
     def acl(self, peer: Peer, words: list[bytes]) -> bytes:
         from .acl import acl_admin_command
 
-        return acl_admin_command(
-            self.broker.acl, peer.subject, [w.decode("utf-8", "replace") for w in words]
-        )
+        return acl_admin_command(self.broker.acl, peer.subject, words)

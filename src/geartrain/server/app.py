@@ -119,8 +119,8 @@ class Server:
             secure = [(host, port, tls) for host, port in config.ssl_listen]
         for host, port, context in plain + secure:
             listener = await loop.create_server(
-                lambda: GearmanProtocol(self), host or None, port, reuse_address=True, backlog=1024, ssl=context,
-                ssl_handshake_timeout=config.handshake_timeout if context is not None else None,
+                lambda context=context: GearmanProtocol(self, context), host or None, port,
+                reuse_address=True, backlog=1024,
                 family=socket.AF_INET6 if ":" in host else socket.AF_UNSPEC,
             )
             self.listeners.append(listener)

@@ -10,7 +10,7 @@ import os
 import ssl
 from typing import Any
 
-__all__ = ["client_context", "peer_common_name", "server_context"]
+__all__ = ["ServerTLSSession", "client_context", "peer_common_name", "server_context"]
 
 StrPath = str | os.PathLike[str]
 
@@ -77,3 +77,53 @@ def peer_common_name(ssl_object: Any) -> str | None:
             if key == "commonName":
                 common_name = value
     return common_name
+
+
+class ServerTLSSession:
+    """The server side of one TLS connection over memory BIOs, driven by the connection's own protocol object.
+
+    Sans-I/O like the rest of the server: ciphertext in, (plaintext, ciphertext to send) out. Doing the
+    handshake here rather than in the event loop's TLS layer keeps it non-blocking on any loop, lets the
+    server log a refused peer by address, and puts the handshake under the server's own timeout.
+    """
+
+    __slots__ = ("_in", "_out", "ssl_object", "established", "closed")
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(self._in, self._out, server_side=True)
+        self.established = False
+        self.closed = False
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        """Feed ciphertext; return (plaintext, ciphertext to send). Raises ssl.SSLError on a failed handshake."""
+        self._in.write(data)
+        if not self.established:
+            try:
+                self.ssl_object.do_handshake()
+            except ssl.SSLWantReadError:
+                return b"", self._out.read()
+            self.established = True
+        chunks = []
+        while True:
+            try:
+                chunk = self.ssl_object.read(1 << 18)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.closed = True
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), self._out.read()
+
+    def send(self, plaintext: bytes) -> bytes:
+        """Encrypt application data; return the ciphertext to write."""
+        self.ssl_object.write(plaintext)
+        return self._out.read()
+
+    def alert(self) -> bytes:
+        """Whatever the TLS layer still has to say (a failed handshake's alert)."""
+        return self._out.read()

@@ -6,10 +6,12 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
 from .broker import Peer, error_packet
+from .tls import ServerTLSSession, peer_common_name
 
 if TYPE_CHECKING:
     from .app import Server
@@ -35,9 +37,10 @@ def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval
 class GearmanProtocol(asyncio.Protocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
-    __slots__ = ("server", "transport", "decoder", "peer", "handlers", "paused", "idle_handle")
+    __slots__ = ("server", "transport", "decoder", "peer", "handlers", "paused", "idle_handle", "ssl_context",
+                 "address", "tls", "handshake_timer")
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, ssl_context: ssl.SSLContext | None = None) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         config = server.config
@@ -46,6 +49,10 @@ class GearmanProtocol(asyncio.Protocol):
         self.handlers = server.broker.handlers
         self.paused = False
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.ssl_context = ssl_context
+        self.address = "-"
+        self.tls: ServerTLSSession | None = None
+        self.handshake_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ connection life
 
@@ -54,32 +61,45 @@ class GearmanProtocol(asyncio.Protocol):
         server = self.server
         config = server.config
         peername = transport.get_extra_info("peername")
-        address = peername[0] if peername else "-"
+        self.address = peername[0] if peername else "-"
         limit = config.max_connections
         if limit and len(server.connections) >= limit:
-            log.warning("refused connection from %s: %d connections is the limit", address, limit)
+            log.warning("refused connection from %s: %d connections is the limit", self.address, limit)
             transport.abort()
             return
+        server.connections.add(self)
         tune_socket(transport.get_extra_info("socket"), config.keepalive, config.tcp_keepidle,
                     config.tcp_keepintvl, config.tcp_keepcnt)
-        subject = None
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            from .tls import peer_common_name
+        transport.set_write_buffer_limits(high=config.output_high_water)  # type: ignore[attr-defined]
+        if self.ssl_context is not None:
+            # The handshake is driven by data_received under our own timeout: a silent peer holds nobody up.
+            self.tls = ServerTLSSession(self.ssl_context)
+            self.handshake_timer = asyncio.get_running_loop().call_later(
+                config.handshake_timeout, self._handshake_timed_out)
+            return
+        self._open(None)
 
-            subject = peer_common_name(ssl_object)
-        sock = transport.get_extra_info("socket")
+    def _handshake_timed_out(self) -> None:
+        if self.peer is None and self.transport is not None:
+            log.warning("TLS handshake with %s refused: no handshake within %ss", self.address,
+                        self.server.config.handshake_timeout)
+            self.transport.abort()
+
+    def _open(self, subject: str | None) -> None:
+        server = self.server
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
         peer_id = sock.fileno() if sock is not None and sock.fileno() >= 0 else next(_ids)
         if peer_id in server.broker.peers:
             peer_id = next(_ids) + 1_000_000
-        self.peer = server.broker.connect(peer_id, address, subject)
+        self.peer = server.broker.connect(peer_id, self.address, subject)
         self.peer.conn = self
-        server.connections.add(self)
-        transport.set_write_buffer_limits(high=config.output_high_water)
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
         if self.peer is not None:
@@ -117,6 +137,10 @@ class GearmanProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ input
 
     def data_received(self, data: bytes) -> None:
+        if self.tls is not None:
+            data = self._decrypt(data)
+            if not data:
+                return
         peer = self.peer
         if peer is None:
             return
@@ -134,6 +158,31 @@ class GearmanProtocol(asyncio.Protocol):
         if self.idle_handle is not None:
             self._arm_idle_timer()
         self.server.schedule_flush()
+
+    def _decrypt(self, data: bytes) -> bytes:
+        tls, transport = self.tls, self.transport
+        assert tls is not None and transport is not None
+        try:
+            plaintext, reply = tls.receive(data)
+        except ssl.SSLError as exc:
+            what = "TLS error from" if tls.established else "TLS handshake with"
+            log.warning("%s %s refused: %s", what, self.address, exc.reason or exc)
+            alert = tls.alert()
+            if alert:
+                transport.write(alert)
+            transport.close()
+            return b""
+        if reply:
+            transport.write(reply)
+        if self.peer is None and tls.established:
+            if self.handshake_timer is not None:
+                self.handshake_timer.cancel()
+            subject = peer_common_name(tls.ssl_object)
+            log.info("TLS connection from %s, subject %s", self.address, subject)
+            self._open(subject)
+        if tls.closed:
+            transport.close()
+        return plaintext
 
     def _dispatch(self, peer: Peer, events: list) -> None:
         handlers = self.handlers
@@ -160,6 +209,8 @@ class GearmanProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.tls is not None:
+            data = self.tls.send(data)
         transport.write(data)
         limit = self.server.config.output_limit
         if limit and transport.get_write_buffer_size() > limit:
