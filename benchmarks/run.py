@@ -108,7 +108,16 @@ def machine_info() -> dict[str, str]:
         "gear": servers.GEAR_VERSION,
         "geartrain_commit": commit,
         "kernel": platform.release(),
+        "loadavg": _loadavg(),
     }
+
+
+def _loadavg() -> str:
+    """The 1-minute load average before the run: other work on the machine makes the numbers noisy."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -223,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    info = machine_info()  # before the run: its load average is the machine's, not ours
     started = time.monotonic()
     rows: list[Row] = []
     for name in names:
@@ -231,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     face_rows = [] if args.no_faces else run_faces(
         jobs=5000 if args.quick else 20000, duration=2.0 if args.quick else 5.0, log=log
     )
-    info = machine_info()
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"settings: {'quick' if args.quick else 'full'}, duration cap {settings.duration:g} s, "
