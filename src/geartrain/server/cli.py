@@ -54,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queued-bytes", type=int, default=2 * 1024 ** 3,
                    help="total queued job data; submits past it get QUEUE_ERROR (2 GiB; 0: no limit)")
     p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "builtin", "libsqlite3"],
-                   default=None, help="where background jobs are kept: memory, or sqlite (durable)")
+                   default=None, help="where background jobs are kept: sqlite (durable, the default) or "
+                   "memory (lost when the server stops)")
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
-                   help="SQLite file for the durable queue (implies --queue-type sqlite)")
+                   help="SQLite file for the durable queue (default: $XDG_STATE_HOME/geartrain/queue.sqlite3, "
+                   "else ~/.local/state/geartrain/queue.sqlite3; the directory is created)")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
     p.add_argument("--version", action="version", version=f"geard (geartrain) {__version__}")
@@ -67,7 +69,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     hosts = args.listen or [""]
     queue_type = {"builtin": "memory", "libsqlite3": "sqlite"}.get(args.queue_type, args.queue_type)
     if queue_type is None:
-        queue_type = "sqlite" if args.sqlite_db else "memory"
+        queue_type = "sqlite"  # a plain geard keeps background jobs across restarts
+    sqlite_db = None
+    if queue_type == "sqlite":
+        from .store import default_sqlite_path
+
+        # Absolute: daemonizing changes the working directory.
+        sqlite_db = os.path.abspath(args.sqlite_db) if args.sqlite_db else str(default_sqlite_path())
     acl = None
     if args.acl:
         from .acl import load_acl_file
@@ -84,7 +92,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         worker_wakeup=args.worker_wakeup, max_packet_size=args.max_packet_size,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
-        queue_type=queue_type, sqlite_db=args.sqlite_db, verbose=args.verbose,
+        queue_type=queue_type, sqlite_db=sqlite_db, verbose=args.verbose,
     )
 
 
@@ -135,9 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
+    from .store import StoreError
+
     try:
         Server(config).run()
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         log.error("geard: %s", exc)
         print(f"geard: {exc}", file=sys.stderr)
         return 1
