@@ -30,6 +30,7 @@ class Settings:
     client_procs: int = 1
     worker_procs: int = 1
     timeout: float = 180.0  # hard limit of one load
+    repeat: int = 1  # runs per load; the median run is reported
 
 
 QUICK = {"duration": 4.0, "jobs": 150_000, "bg_jobs": 40_000, "large_jobs": 100, "durable_jobs": 5_000}
@@ -49,7 +50,7 @@ class Row:
     note: str = ""
     ok: bool = True
     errors: list[str] = field(default_factory=list)
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 # A load takes the running server and the settings and returns one or more rows (without the server name).
