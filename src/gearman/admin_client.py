@@ -21,9 +21,7 @@ DEFAULT_ADMIN_CLIENT_TIMEOUT = 10.0
 class GearmanAdminClient(GearmanConnectionManager):
     """Talks to the first reachable server of its list; every call waits at most poll_timeout seconds."""
 
-    def __init__(
-        self, host_list: Iterable[Any] | None = None, poll_timeout: float = DEFAULT_ADMIN_CLIENT_TIMEOUT
-    ):
+    def __init__(self, host_list: Iterable[Any] | None = None, poll_timeout: float = DEFAULT_ADMIN_CLIENT_TIMEOUT):
         super().__init__(host_list)
         self.poll_timeout = poll_timeout
         self.current_connection: GearmanConnection | None = None

@@ -226,8 +226,7 @@ class GearmanClient(GearmanConnectionManager):
         """Send one request to its server (chosen by its unique); raises when its attempts are used up."""
         if current_request.connection_attempts >= current_request.max_connection_attempts:
             raise ExceededConnectionAttempts(
-                f"Exceeded {current_request.max_connection_attempts} connection attempt(s) :: "
-                f"{current_request!r}"
+                f"Exceeded {current_request.max_connection_attempts} connection attempt(s) :: {current_request!r}"
             )
         job = current_request.job
         ptype = _SUBMIT_TYPES[(bool(current_request.background), _normal_priority(current_request.priority))]
@@ -306,9 +305,7 @@ class GearmanClient(GearmanConnectionManager):
             status = request.status
             return status.get("time_received") == status.get("last_time_received")
 
-        while any(
-            not_updated(r) and r.job.connection is not None and r.job.connection.connected for r in asked
-        ):
+        while any(not_updated(r) and r.job.connection is not None and r.job.connection.connected for r in asked):
             remaining = _remaining(deadline)
             if remaining == 0.0:
                 break

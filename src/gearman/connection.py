@@ -97,9 +97,7 @@ class GearmanConnection:
             return
         self.close()
         try:
-            sock = socket.create_connection(
-                (self.gearman_host, self.gearman_port), timeout=self.connect_timeout
-            )
+            sock = socket.create_connection((self.gearman_host, self.gearman_port), timeout=self.connect_timeout)
         except OSError as exc:
             raise ConnectionError(f"could not connect to {self.address}: {exc}") from exc
         try:

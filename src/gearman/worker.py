@@ -80,9 +80,7 @@ class GearmanWorker(GearmanConnectionManager):
         return state
 
     # -- abilities -------------------------------------------------------------------------------------
-    def register_task(
-        self, task: str | bytes, callback_function: Callable, timeout: float | None = None
-    ) -> Any:
+    def register_task(self, task: str | bytes, callback_function: Callable, timeout: float | None = None) -> Any:
         """Run callback_function(worker, job) for jobs of task; its return value completes the job."""
         wire = to_wire(task, "task")
         self.worker_abilities[task] = callback_function
@@ -138,9 +136,7 @@ class GearmanWorker(GearmanConnectionManager):
                 retry_in = self._next_reconnect_in()
                 if retry_in is not None:
                     wait = retry_in if wait is None else min(wait, retry_in)
-                any_activity = self.poll_connections_once(
-                    self.connection_list, wait, extra=self._wake_pair[0]
-                )
+                any_activity = self.poll_connections_once(self.connection_list, wait, extra=self._wake_pair[0])
                 self._run_assigned_jobs()
                 if self._shutdown or self._stop_after_job:
                     break
@@ -334,9 +330,7 @@ class GearmanWorker(GearmanConnectionManager):
 
     def on_job_exception(self, current_job: GearmanJob, exc_info: Any) -> bool:
         """Report the error to the client (WORK_EXCEPTION, then WORK_FAIL) and keep working."""
-        log.error(
-            "task %r raised:\n%s", current_job.task, "".join(traceback.format_exception(*exc_info)).rstrip()
-        )
+        log.error("task %r raised:\n%s", current_job.task, "".join(traceback.format_exception(*exc_info)).rstrip())
         description = "".join(traceback.format_exception_only(exc_info[0], exc_info[1])).strip()
         try:
             self.send_job_exception(current_job, description)
@@ -361,9 +355,7 @@ class GearmanWorker(GearmanConnectionManager):
             poll_timeout=poll_timeout,
         )
 
-    def send_job_complete(
-        self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None
-    ) -> None:
+    def send_job_complete(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
         if getattr(current_job, "_gearman_finished", False):
             log.debug("job %r already finished; result not sent", current_job)
             return
@@ -377,21 +369,15 @@ class GearmanWorker(GearmanConnectionManager):
         current_job._gearman_finished = True  # type: ignore[attr-defined]
         self._send_for_job(current_job, P.WORK_FAIL, poll_timeout=poll_timeout)
 
-    def send_job_exception(
-        self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None
-    ) -> None:
+    def send_job_exception(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
         encoded = self.data_encoder.encode(data)
         self._send_for_job(current_job, P.WORK_EXCEPTION, encoded, poll_timeout=poll_timeout)
 
     def send_job_data(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
-        self._send_for_job(
-            current_job, P.WORK_DATA, self.data_encoder.encode(data), poll_timeout=poll_timeout
-        )
+        self._send_for_job(current_job, P.WORK_DATA, self.data_encoder.encode(data), poll_timeout=poll_timeout)
 
     def send_job_warning(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
-        self._send_for_job(
-            current_job, P.WORK_WARNING, self.data_encoder.encode(data), poll_timeout=poll_timeout
-        )
+        self._send_for_job(current_job, P.WORK_WARNING, self.data_encoder.encode(data), poll_timeout=poll_timeout)
 
     def _send_for_job(
         self, current_job: GearmanJob, ptype: int, *args: bytes, poll_timeout: float | None = None
