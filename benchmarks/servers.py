@@ -176,9 +176,12 @@ def _geartrain_check() -> str | None:
 
 def _geartrain_command(port: int, options: ServerOptions) -> list[str]:
     argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST]
+    # Always name the queue: geartrain's default is a durable SQLite file in the user's state directory.
+    assert options.workdir is not None
     if options.queue == "sqlite":
-        assert options.workdir is not None
         argv += ["--queue-type", "sqlite", "--sqlite-db", str(options.workdir / "geartrain-queue.sqlite3")]
+    else:
+        argv += ["--queue-type", "memory"]
     return argv
 
 
