@@ -6,12 +6,13 @@ durable-queue loads get a server of their own. scale.py adds more loads to the s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import loadgen
 from loadgen import LoadOutcome, Plan
-from servers import RunningServer
+from servers import RunningServer, count_stored_jobs
 
 MIB = 1024 * 1024
 
@@ -104,36 +105,57 @@ def load_lockstep(server: RunningServer, s: Settings) -> list[Row]:
     return [foreground_row(server, "lockstep", plan, "1 client x 1 job, 1 worker, 64 B")]
 
 
-def background_rows(server: RunningServer, plan: Plan, label: str, note: str) -> list[Row]:
-    """Submit then drain (loadgen.run_background); a submit row and a drain row, with RSS per queued job."""
+def background_rows(server: RunningServer, plan: Plan, label: str, note: str, crash: bool = False
+                    ) -> list[Row]:
+    """Submit then drain (loadgen.run_background); a submit row and a drain row, with RSS per queued job.
+
+    With crash (durable queues), the server is SIGKILLed once every JOB_CREATED arrived: the SQLite file must
+    then hold every job, and after a restart on the same file the drain must run each of them exactly once.
+    """
     rss_before = server.rss_kib()
     cpu0 = server.cpu_seconds()
     cpu1: list[float | None] = [None]
+    db = server.options.db_path if crash else None
 
     def between() -> dict[str, float]:
         cpu1[0] = server.cpu_seconds()
+        out: dict[str, float] = {}
         rss = server.rss_kib()
-        if rss is None or rss_before is None:
-            return {}
-        return {"rss_kib_queued": float(rss), "bytes_per_queued_job": (rss - rss_before) * 1024 / plan.jobs}
+        if rss is not None and rss_before is not None:
+            out["rss_kib_queued"] = float(rss)
+            out["bytes_per_queued_job"] = (rss - rss_before) * 1024 / plan.jobs
+        if db is not None:
+            t0 = time.perf_counter()
+            server.crash_and_restart()
+            out["restart_s"] = time.perf_counter() - t0
+            cpu1[0] = 0.0  # the new process starts from zero; its replay counts towards the drain
+        return out
 
     outcome = loadgen.run_background(plan, between)
     cpu2 = server.cpu_seconds()
+    if db is not None and not outcome.errors:
+        left = count_stored_jobs(db)  # None while the server holds an exclusive lock (geartrain)
+        if left not in (None, 0):
+            outcome.errors.append(f"{left} jobs still in the SQLite file after the drain")
     submit = make_row(f"{label}-submit", outcome, note)
     drain = make_row(f"{label}-drain", outcome, f"then {plan.workers} workers drain the queue")
     if outcome.errors:
         drain.errors = []  # reported once, on the submit row
+        drain.note = f"see {label}-submit"
     else:
-        submit.jobs_per_s = outcome.extra["submit_per_s"]
-        submit.seconds = outcome.extra["submit_s"]
-        drain.jobs_per_s = outcome.extra["drain_per_s"]
-        drain.seconds = outcome.extra["drain_s"]
+        submit.jobs_per_s = float(outcome.extra["submit_per_s"])
+        submit.seconds = float(outcome.extra["submit_s"])
+        drain.jobs_per_s = float(outcome.extra["drain_per_s"])
+        drain.seconds = float(outcome.extra["drain_s"])
         if cpu0 is not None and cpu1[0] is not None and cpu2 is not None:
-            submit.cpu_us_per_job = (cpu1[0] - cpu0) / outcome.jobs * 1e6
+            submit.cpu_us_per_job = (cpu1[0] - cpu0) / outcome.jobs * 1e6 if db is None else None
             drain.cpu_us_per_job = (cpu2 - cpu1[0]) / outcome.jobs * 1e6
         per_job = outcome.extra.get("bytes_per_queued_job")
         if per_job is not None:
             submit.note += f"; RSS +{per_job:.0f} B/job"
+        if db is not None:
+            drain.note = (f"SIGKILL, restart ({outcome.extra['restart_s']:.1f} s), then {plan.workers} workers "
+                          f"drain every job")
     return [submit, drain]
 
 

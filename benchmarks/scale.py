@@ -15,7 +15,7 @@ def load_durable(server: RunningServer, s: Settings) -> list[Row]:
     plan = make_plan(server, "du", s, mode="background", clients=4, workers=4, inflight=0, payload=64,
                      jobs=s.durable_jobs, window=1000)
     return background_rows(server, plan, "durable",
-                           f"{plan.jobs} SUBMIT_JOB_BG into the SQLite queue over 4 conns")
+                           f"{plan.jobs} SUBMIT_JOB_BG into the SQLite queue over 4 conns", crash=True)
 
 
 def load_functions(server: RunningServer, s: Settings) -> list[Row]:

@@ -62,6 +62,7 @@ class ServerOptions:
 
     queue: str = "memory"  # "memory" or "sqlite"
     workdir: Path | None = None
+    db_path: Path | None = None  # the SQLite file, set by the command builder
 
 
 @dataclass
@@ -83,10 +84,26 @@ class RunningServer:
     proc: subprocess.Popen[bytes]
     log_path: Path
     options: ServerOptions = field(default_factory=ServerOptions)
+    argv: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def crash_and_restart(self, start_timeout: float = 30.0) -> None:
+        """SIGKILL the server (no chance to flush anything), then start it again on the same port and files."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        with open(self.log_path, "ab") as log_fh:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            wait_for_port(self.port, self.proc, time.monotonic() + start_timeout)
+        except ServerUnavailable as exc:
+            tail = self.log_tail(2000).strip().splitlines()
+            raise ServerUnavailable(f"{self.spec.name} restart: {exc}; log ends: {' | '.join(tail[-2:])}")
 
     def rss_kib(self) -> int | None:
         """Resident set size of the server process in KiB, from /proc/PID/status."""
@@ -127,6 +144,26 @@ def read_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def count_stored_jobs(db_path: Path) -> int | None:
+    """Rows in the job tables of a SQLite queue file (read-only), or None when it cannot be read."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return None
+    try:
+        tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if ("queue" in name or "job" in name) and "invalid" not in name]
+        if not tables:
+            return None
+        return sum(int(conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]) for t in tables)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
 def free_port() -> int:
     """An ephemeral loopback port that was free a moment ago (the server may still lose a race; we retry)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -150,7 +187,8 @@ def _gearmand_command(port: int, options: ServerOptions) -> list[str]:
     argv += ["-P", str(options.workdir / "gearmand.pid")]
     if options.queue == "sqlite":
         assert options.workdir is not None
-        argv += ["-q", "libsqlite3", "--libsqlite3-db", str(options.workdir / "gearmand-queue.sqlite3")]
+        options.db_path = options.workdir / "gearmand-queue.sqlite3"
+        argv += ["-q", "libsqlite3", "--libsqlite3-db", str(options.db_path)]
     return argv
 
 
@@ -179,7 +217,8 @@ def _geartrain_command(port: int, options: ServerOptions) -> list[str]:
     # Always name the queue: geartrain's default is a durable SQLite file in the user's state directory.
     assert options.workdir is not None
     if options.queue == "sqlite":
-        argv += ["--queue-type", "sqlite", "--sqlite-db", str(options.workdir / "geartrain-queue.sqlite3")]
+        options.db_path = options.workdir / "geartrain-queue.sqlite3"
+        argv += ["--queue-type", "sqlite", "--sqlite-db", str(options.db_path)]
     else:
         argv += ["--queue-type", "memory"]
     return argv
@@ -318,7 +357,7 @@ def running(spec: ServerSpec, options: ServerOptions | None = None, start_timeou
                 proc = subprocess.Popen(
                     argv, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
                 )
-            server = RunningServer(spec, port, proc, log_path, options)
+            server = RunningServer(spec, port, proc, log_path, options, argv)
             try:
                 try:
                     wait_for_port(port, proc, time.monotonic() + start_timeout)
@@ -329,6 +368,6 @@ def running(spec: ServerSpec, options: ServerOptions | None = None, start_timeou
                 yield server
                 return
             finally:
-                stop_server(proc)
+                stop_server(server.proc)  # the current process: crash_and_restart() replaces it
         assert last_error is not None
         raise last_error
