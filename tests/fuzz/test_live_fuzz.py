@@ -295,10 +295,6 @@ def test_live_server_survives_hostile_streams_and_keeps_serving(fuzz_server, rec
     assert not failures and not tracebacks, (seed, failures[:5], tracebacks[:5])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a decimal number too large for a float (over 308 digits) in "
-                   "CAN_DO_TIMEOUT or SUBMIT_JOB_EPOCH raises OverflowError in the broker (float(int(...)), "
-                   "milliseconds / 1000.0): the peer gets SERVER_ERROR and a traceback is logged instead of "
-                   "ERROR INVALID_ARGUMENT")
 def test_numbers_too_large_for_a_float_get_a_clear_error(geartrain_server):
     huge = b"1" + b"0" * 400
     with Wire(geartrain_server.host, geartrain_server.port) as peer:

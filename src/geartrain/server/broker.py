@@ -27,6 +27,8 @@ RUNNING = 1
 SCHEDULED = 2  # an epoch job waiting for its time
 DONE = 3
 
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
+
 _NOOP = pack(RES, C.NOOP, b"")
 _NO_JOB = pack(RES, C.NO_JOB, b"")
 
@@ -304,7 +306,10 @@ class Broker:
         try:
             milliseconds = int(args[1])
         except ValueError:
-            peer.send(error_packet(b"INVALID_ARGUMENT", f"CAN_DO_TIMEOUT timeout {args[1]!r} is no integer"))
+            milliseconds = -1
+        if not 0 <= milliseconds < 2**32:
+            peer.send(error_packet(b"INVALID_ARGUMENT",
+                                   f"CAN_DO_TIMEOUT timeout {args[1][:40]!r} is no millisecond count below 2**32"))
             return
         # Milliseconds, at least one second, as gearmand; 0 or less means no timeout.
         self._register(peer, args[0], max(milliseconds / 1000.0, 1.0) if milliseconds > 0 else 0.0)
@@ -381,10 +386,13 @@ class Broker:
 
     def _submit_epoch(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         try:
-            when = float(int(args[2]))
+            epoch = int(args[2])
         except ValueError:
-            peer.send(error_packet(b"INVALID_ARGUMENT", f"epoch {args[2]!r} is not an integer"))
+            epoch = -1
+        if not 0 <= epoch <= MAX_EPOCH:
+            peer.send(error_packet(b"INVALID_ARGUMENT", f"epoch {args[2][:40]!r} is no time in seconds up to 9999"))
             return
+        when = float(epoch)
         self.submit(peer, args[0], args[1], args[3], C.PRIORITY_NORMAL, True, when=when)
 
     def _make_submit_reduce(self, background: bool) -> Callable[[Peer, tuple[bytes, ...]], None]:

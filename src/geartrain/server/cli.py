@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..protocol.constants import DEFAULT_MAX_PACKET_SIZE
+from ..protocol.constants import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PACKET_SIZE
 from .config import ServerConfig
 
 log = logging.getLogger("geartrain.server")
@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest packet body accepted, in bytes ({DEFAULT_MAX_PACKET_SIZE})")
     p.add_argument("--worker-wakeup", type=int, default=0,
                    help="sleeping workers woken per new job (0: one, chained while work remains)")
+    p.add_argument("--max-line-length", type=int, default=DEFAULT_MAX_LINE_LENGTH,
+                   help=f"longest admin text line, in bytes ({DEFAULT_MAX_LINE_LENGTH})")
+    p.add_argument("--max-unique-length", type=int, default=64, help="longest unique, in bytes (64, as gearmand)")
+    p.add_argument("--max-function-length", type=int, default=512, help="longest function name, in bytes (512)")
+    p.add_argument("--output-high-water", type=int, default=4 * 1024 ** 2,
+                   help="unsent bytes to a peer past which its requests are no longer read (4 MiB)")
+    p.add_argument("--output-limit", type=int, default=256 * 1024 ** 2,
+                   help="unsent bytes to a peer past which it is cut off; its jobs are kept (256 MiB; 0: none)")
     p.add_argument("--max-connections", type=int, default=0, help="connection limit (0: none)")
     p.add_argument("--idle-timeout", type=float, default=0.0,
                    help="close connections silent this many seconds that hold no job or registration (0: off)")
@@ -90,6 +98,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         keepalive=args.keepalive, tcp_keepidle=args.keepalive_idle, tcp_keepintvl=args.keepalive_interval,
         tcp_keepcnt=args.keepalive_count, job_retries=args.job_retries, job_handle_prefix=args.job_handle_prefix,
         worker_wakeup=args.worker_wakeup, max_packet_size=args.max_packet_size,
+        max_line_length=args.max_line_length, max_unique_length=args.max_unique_length,
+        max_function_length=args.max_function_length, output_high_water=args.output_high_water,
+        output_limit=args.output_limit,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
         queue_type=queue_type, sqlite_db=sqlite_db, verbose=args.verbose,

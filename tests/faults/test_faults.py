@@ -1,0 +1,371 @@
+"""Faults: peers killed mid-job, clients that stop reading, crowds of silent connections, server restarts.
+
+Workers and clients that get killed run as small Python subprocesses (raw protocol through tests/wire.py) so that
+SIGKILL takes them down without a goodbye, as a crash or an OOM kill would.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from geartrain.protocol import constants as C
+
+from conftest import free_port, start_geard_process, stop_process, wait_for_port
+from wire import Wire
+
+TESTS_DIR = str(Path(__file__).resolve().parent.parent)
+
+# A worker that takes one job, says so, and holds it until killed (stdin never closes before the kill).
+HOLDING_WORKER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from wire import Wire
+host, port, name = sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+w = Wire(host, port, timeout=60)
+w.register(name)
+job = w.grab(timeout=60)
+print("GOT", job.args[0].decode(), flush=True)
+sys.stdin.read()
+"""
+
+# A client that submits foreground jobs (and one background job), says so, and waits until killed.
+SUBMITTING_CLIENT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from wire import Wire
+from geartrain.protocol import constants as C
+host, port, name, count = sys.argv[2], int(sys.argv[3]), sys.argv[4].encode(), int(sys.argv[5])
+c = Wire(host, port, timeout=60)
+handles = [c.submit(name, b"fg %d" % i) for i in range(count)]
+handles.append(c.submit(name, b"bg", ptype=C.SUBMIT_JOB_BG))
+print(" ".join(h.decode() for h in handles), flush=True)
+sys.stdin.read()
+"""
+
+# geard's own code path (argument parser, config, logging, Server.run) with the output limits set, which geard
+# has no flags for yet (see test_geard_has_a_flag_for_every_limit).
+GEARD_WITH_OUTPUT_LIMITS = r"""
+import dataclasses, sys
+from geartrain.server import cli
+from geartrain.server.app import Server
+high_water, limit = int(sys.argv[1]), int(sys.argv[2])
+args = cli.build_parser().parse_args(sys.argv[3:])
+config = dataclasses.replace(cli.config_from_args(args), output_high_water=high_water, output_limit=limit)
+cli.setup_logging(args)
+Server(config).run()
+"""
+
+
+def spawn(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script, TESTS_DIR, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def first_line(process: subprocess.Popen, deadline: float = 20.0) -> str:
+    """The first stdout line of a helper process, read under a deadline."""
+    result: list[bytes] = []
+    reader = threading.Thread(target=lambda: result.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(deadline)
+    if not result or not result[0]:
+        process.kill()
+        process.wait(10)
+        raise AssertionError(f"helper said nothing: {process.stderr.read().decode(errors='replace')[-2000:]}")
+    return result[0].decode().strip()
+
+
+def kill9(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def wait_until(predicate, deadline: float = 10.0, what: str = "condition"):
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached in {deadline}s (last: {value!r})")
+        time.sleep(0.02)
+
+
+def read_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def round_trip(host: str, port: int, name: bytes, payload: bytes = b"ping") -> None:
+    with Wire(host, port) as worker, Wire(host, port) as client:
+        worker.register(name)
+        handle = client.submit(name, payload)
+        job = worker.grab()
+        assert job.args[0] == handle and job.args[3] == payload
+        worker.send(C.WORK_COMPLETE, handle, b"pong")
+        assert client.expect(C.WORK_COMPLETE).args == (handle, b"pong")
+
+
+# ------------------------------------------------------------------------------------------- killed peers
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
+def test_worker_killed_mid_job_the_job_is_requeued_and_done_by_another(geartrain_server, background):
+    s = geartrain_server
+    name = b"fault-requeue"
+    with Wire(s.host, s.port) as client:
+        handle = client.submit(name, b"payload", ptype=C.SUBMIT_JOB_BG if background else C.SUBMIT_JOB)
+        doomed = spawn(HOLDING_WORKER, s.host, str(s.port), name.decode())
+        try:
+            assert first_line(doomed) == f"GOT {handle.decode()}"
+            client.send(C.GET_STATUS, handle)
+            assert client.expect(C.STATUS_RES).args[1:3] == (b"1", b"1")  # known, running
+        finally:
+            kill9(doomed)
+        with Wire(s.host, s.port) as rescuer:
+            rescuer.register(name)
+            job = rescuer.grab()
+            assert job.args[0] == handle and job.args[3] == b"payload"
+            rescuer.send(C.WORK_COMPLETE, handle, b"done")
+            if not background:
+                assert client.expect(C.WORK_COMPLETE).args == (handle, b"done")
+            wait_until(lambda: client.admin("show jobs").lines == (), what="no jobs left")
+    assert not s.server.broker.jobs
+
+
+def test_client_killed_with_jobs_in_flight_leaks_nothing(geartrain_server):
+    s = geartrain_server
+    name = b"fault-client"
+    broker = s.server.broker
+    with Wire(s.host, s.port) as worker, Wire(s.host, s.port) as admin:
+        doomed = spawn(SUBMITTING_CLIENT, s.host, str(s.port), name.decode(), "5")
+        try:
+            handles = [h.encode() for h in first_line(doomed).split()]
+            assert len(handles) == 6
+            worker.register(name)
+            running = worker.grab()  # the first foreground job is now running
+            assert running.args[0] == handles[0]
+            assert len(admin.admin("show jobs").lines) == 6
+        finally:
+            kill9(doomed)
+        # The queued foreground jobs go with their only client; the running one and the background one stay.
+        wait_until(lambda: sorted(line.split(b"\t")[0] for line in admin.admin("show jobs").lines)
+                   == sorted([handles[0], handles[5]]), what="queued foreground jobs dropped")
+        worker.send(C.WORK_COMPLETE, handles[0], b"nobody listens")
+        background = worker.grab()
+        assert background.args[0] == handles[5]
+        worker.send(C.WORK_COMPLETE, handles[5], b"done")
+        worker.send(C.ECHO_REQ, b"no error before me")  # a result for a departed client is no error
+        assert worker.expect(C.ECHO_RES).args == (b"no error before me",)
+        assert admin.admin("show jobs").lines == ()
+        assert admin.admin("status").lines in ((), (name + b"\t0\t0\t1",))
+        assert not broker.jobs and not broker.by_unique and broker.queued_bytes == 0
+        assert wait_until(lambda: len(broker.peers) == 2, what="the killed client's peer forgotten")
+
+
+# ------------------------------------------------------------------------------------------- slow readers
+
+
+def start_limited_geard(high_water: int, limit: int) -> tuple[subprocess.Popen, int]:
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-c", GEARD_WITH_OUTPUT_LIMITS, str(high_water), str(limit), "-d", "-q", "memory",
+             "-L", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port("127.0.0.1", port, process=process)
+            return process, port
+        except (RuntimeError, TimeoutError):
+            stop_process(process)
+    raise RuntimeError("the limited geard did not start")
+
+
+def test_client_that_stops_reading_a_data_stream_is_cut_off_and_memory_stays_bounded():
+    limit = 16 * 1024 * 1024
+    chunk = b"d" * (1024 * 1024)
+    total_chunks = 256  # 256 MB streamed: far past the limit, so an unbounded server would show it in RSS
+    process, port = start_limited_geard(high_water=1024 * 1024, limit=limit)
+    host = "127.0.0.1"
+    try:
+        round_trip(host, port, b"warm-up")
+        baseline = read_kb(process.pid, "VmRSS")
+        slow = socket.create_connection((host, port), timeout=10)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        try:
+            with Wire(host, port, timeout=30) as worker:
+                slow.sendall(worker.conn.send_packet(C.SUBMIT_JOB, b"stream", b"", b""))
+                worker.register(b"stream")
+                handle = worker.grab().args[0]
+                sent = 0
+                for sent in range(1, total_chunks + 1):  # noqa: B007
+                    try:
+                        worker.send(C.WORK_DATA, handle, chunk)
+                    except OSError:
+                        break
+                    if sent % 32 == 0:  # other clients are served while the stream goes on
+                        round_trip(host, port, b"bystander-%d" % sent)
+                worker.send(C.WORK_COMPLETE, handle, b"end")
+                worker.send(C.ECHO_REQ, b"worker still served")
+                assert worker.expect(C.ECHO_RES).args == (b"worker still served",)
+            # The slow client was cut off: reading now ends early, long before the whole stream.
+            received = 0
+            cut_off = False
+            slow.settimeout(10)
+            try:
+                while True:
+                    data = slow.recv(1 << 20)
+                    if not data:
+                        cut_off = True
+                        break
+                    received += len(data)
+            except ConnectionResetError:
+                cut_off = True
+            except TimeoutError:
+                pass  # still connected: not cut off
+            assert cut_off and received < total_chunks * len(chunk) // 2, (cut_off, received)
+            peak = read_kb(process.pid, "VmHWM")
+            print(f"slow reader: RSS baseline {baseline} kB, peak {peak} kB, slow client received {received} bytes")
+            assert peak < baseline + 160 * 1024, (baseline, peak)
+        finally:
+            slow.close()
+        round_trip(host, port, b"after")
+        assert process.poll() is None
+    finally:
+        stop_process(process)
+
+
+def test_client_that_sends_but_never_reads_is_paused_not_buffered(geartrain_server):
+    """Echo requests from a peer that reads nothing: the server stops reading it once its output backs up."""
+    s = geartrain_server
+    high_water = s.server.config.output_high_water
+    flood = socket.create_connection((s.host, s.port), timeout=10)
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    echo = Wire(s.host, s.port).conn.send_packet(C.ECHO_REQ, b"e" * 65536)
+    try:
+        flood.settimeout(0.5)
+        sent = 0
+        try:
+            for _ in range(4 * 1024):  # up to 256 MB; the kernel buffers stop it far sooner once we are paused
+                flood.sendall(echo)
+                sent += len(echo)
+        except TimeoutError:
+            pass
+        assert sent < 4 * 1024 * len(echo), "the server read everything from a peer that reads nothing"
+        local_port = flood.getsockname()[1]
+        conn = next(c for c in list(s.server.connections)
+                    if c.transport is not None and c.transport.get_extra_info("peername")[1] == local_port)
+        assert conn.paused
+        # One read's worth of echoes may land past the high-water mark before reading pauses.
+        assert conn.transport.get_write_buffer_size() < high_water + 4 * 1024 * 1024
+        round_trip(s.host, s.port, b"while-flooded")
+    finally:
+        flood.close()
+
+
+# ------------------------------------------------------------------------------------------- crowds
+
+
+def test_two_thousand_silent_connections_do_not_stop_a_normal_client():
+    count = 2000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * count + 256
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.fail(f"RLIMIT_NOFILE hard limit {hard} is below the {need} this test needs")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    sockets: list[socket.socket] = []
+    server = None
+    try:
+        server = start_geard_process()  # inherits the raised limit
+        for _ in range(count):
+            sockets.append(socket.create_connection((server.host, server.port), timeout=10))
+        with Wire(server.host, server.port) as admin:
+            wait_until(lambda: len(admin.admin("workers").lines) >= count + 1, deadline=30,
+                       what="every silent connection accepted")
+        round_trip(server.host, server.port, b"crowded")
+        for sock in sockets:
+            sock.close()
+        sockets.clear()
+        with Wire(server.host, server.port) as admin:
+            wait_until(lambda: len(admin.admin("workers").lines) <= 2, deadline=30, what="the crowd forgotten")
+    finally:
+        for sock in sockets:
+            sock.close()
+        if server is not None:
+            server.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ------------------------------------------------------------------------------------------- limits
+
+
+def test_geard_has_a_flag_for_every_limit():
+    from geartrain.server.cli import build_parser
+
+    help_text = build_parser().format_help()
+    wanted = ["--max-packet-size", "--max-line-length", "--max-unique-length", "--max-function-length",
+              "--max-connections", "--idle-timeout", "--handshake-timeout", "--output-high-water", "--output-limit",
+              "--max-queued-bytes"]
+    missing = [flag for flag in wanted if flag not in help_text]
+    assert not missing, f"geard has no flag for: {missing}"
+
+
+def test_each_limit_answers_with_a_clear_error(server_factory):
+    s = server_factory("geartrain", max_packet_size=4096, max_line_length=256, max_unique_length=64,
+                       max_function_length=32, max_queued_bytes=1000)
+    with Wire(s.host, s.port) as w:
+        w.send(C.SUBMIT_JOB, b"f", b"u" * 65, b"")
+        assert w.expect(C.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+        w.send(C.SUBMIT_JOB, b"f" * 33, b"", b"")
+        assert w.expect(C.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+        w.send(C.CAN_DO, b"f" * 33)
+        assert w.expect(C.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+        w.submit(b"f", b"x" * 900, ptype=C.SUBMIT_JOB_BG)
+        w.send(C.SUBMIT_JOB_BG, b"f", b"", b"x" * 200)
+        assert w.expect(C.ERROR).args[0] == b"QUEUE_ERROR"
+        assert w.admin("version").ok  # none of these is fatal
+    with Wire(s.host, s.port) as w:
+        w.send_raw(b"status " + b"x" * 300 + b"\n")
+        assert w.expect(C.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+        assert w.closed_by_server()
+    with Wire(s.host, s.port) as w:
+        w.send(C.ECHO_REQ, b"e" * 5000)
+        assert w.expect(C.ERROR).args[0] == b"ARGUMENT_TOO_LARGE"
+        assert w.closed_by_server()
+
+
+def test_max_connections_on_geard_refuses_extras_and_serves_again_when_they_leave(server_factory):
+    s = server_factory("geard", "--max-connections", "3")
+    held = [Wire(s.host, s.port) for _ in range(3)]
+    try:
+        assert held[0].admin("version").ok
+        with Wire(s.host, s.port) as extra:
+            assert extra.closed_by_server()
+    finally:
+        for w in held:
+            w.close()
+    wait_until(lambda: _serves(s.host, s.port), what="served again once the crowd left")
+
+
+def _serves(host: str, port: int) -> bool:
+    try:
+        with Wire(host, port, timeout=2) as w:
+            return w.admin("version").ok
+    except (OSError, AssertionError, ConnectionError):
+        return False
+
