@@ -27,6 +27,7 @@ RUNNING = 1
 SCHEDULED = 2  # an epoch job waiting for its time
 DONE = 3
 
+NO_CLIENTS: tuple[()] = ()
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 
 _NOOP = pack(RES, C.NOOP, b"")
@@ -116,7 +117,7 @@ class Job:
 
     __slots__ = (
         "handle", "function", "unique", "key", "data", "priority", "background", "clients", "worker",
-        "numerator", "denominator", "retries", "when", "reducer", "state", "seq", "store_ref", "deadline",
+        "numerator", "denominator", "retries", "when", "reducer", "state", "store_ref", "deadline",
     )
 
     def __init__(
@@ -130,7 +131,8 @@ class Job:
         self.data = data
         self.priority = priority
         self.background = background
-        self.clients: list[Peer] = []
+        #: Clients waiting on the job: a shared empty tuple until one joins (saves a list per background job).
+        self.clients: list[Peer] | tuple[()] = NO_CLIENTS
         self.worker: Peer | None = None
         self.numerator = b"0"
         self.denominator = b"0"
@@ -138,7 +140,6 @@ class Job:
         self.when = when
         self.reducer = reducer
         self.state = QUEUED
-        self.seq = 0
         self.store_ref: Any = None
         self.deadline = 0.0
 
@@ -238,8 +239,8 @@ class Broker:
         peer.abilities.clear()
         for job in peer.waiting:
             try:
-                job.clients.remove(peer)
-            except ValueError:
+                job.clients.remove(peer)  # type: ignore[union-attr]
+            except (ValueError, AttributeError):
                 pass
             if not job.clients and not job.background and job.state == QUEUED:
                 self._drop_queued(job)
@@ -432,8 +433,7 @@ class Broker:
             if job is not None:
                 if peer is not None:
                     if not background and peer not in job.clients:
-                        job.clients.append(peer)
-                        peer.waiting.add(job)
+                        self._add_client(job, peer)
                     self._created(peer, job)
                 return job
         if peer is not None:
@@ -456,8 +456,7 @@ class Broker:
             function.uniques[key] = job
             self.by_unique[unique] = job
         if not background and peer is not None:
-            job.clients.append(peer)
-            peer.waiting.add(job)
+            self._add_client(job, peer)
         if background and self.store is not None:
             job.store_ref = self.store.add(job)
         if peer is not None:
@@ -467,6 +466,14 @@ class Broker:
         else:
             self._enqueue(job)
         return job
+
+    @staticmethod
+    def _add_client(job: Job, peer: Peer) -> None:
+        if job.clients is NO_CLIENTS:
+            job.clients = [peer]
+        else:
+            job.clients.append(peer)  # type: ignore[union-attr]
+        peer.waiting.add(job)
 
     def _created(self, peer: Peer, job: Job) -> None:
         if job.background and self.store is not None and peer is not None:
@@ -676,7 +683,7 @@ class Broker:
             del self.by_unique[job.unique]
         for client in job.clients:
             client.waiting.discard(job)
-        job.clients = []
+        job.clients = NO_CLIENTS
         if job.store_ref is not None and self.store is not None:
             self.store.remove(job)
             job.store_ref = None
