@@ -19,7 +19,7 @@ import pytest
 
 from geartrain.protocol import constants as C
 
-from conftest import free_port, start_geard_process, stop_process, wait_for_port
+from conftest import start_geard_process
 from wire import Wire
 
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
@@ -50,20 +50,6 @@ handles.append(c.submit(name, b"bg", ptype=C.SUBMIT_JOB_BG))
 print(" ".join(h.decode() for h in handles), flush=True)
 sys.stdin.read()
 """
-
-# geard's own code path (argument parser, config, logging, Server.run) with the output limits set, which geard
-# has no flags for yet (see test_geard_has_a_flag_for_every_limit).
-GEARD_WITH_OUTPUT_LIMITS = r"""
-import dataclasses, sys
-from geartrain.server import cli
-from geartrain.server.app import Server
-high_water, limit = int(sys.argv[1]), int(sys.argv[2])
-args = cli.build_parser().parse_args(sys.argv[3:])
-config = dataclasses.replace(cli.config_from_args(args), output_high_water=high_water, output_limit=limit)
-cli.setup_logging(args)
-Server(config).run()
-"""
-
 
 def spawn(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script, TESTS_DIR, *args], stdin=subprocess.PIPE,
@@ -181,26 +167,12 @@ def test_client_killed_with_jobs_in_flight_leaks_nothing(geartrain_server):
 # ------------------------------------------------------------------------------------------- slow readers
 
 
-def start_limited_geard(high_water: int, limit: int) -> tuple[subprocess.Popen, int]:
-    for _ in range(5):
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-c", GEARD_WITH_OUTPUT_LIMITS, str(high_water), str(limit), "-d", "-q", "memory",
-             "-L", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port("127.0.0.1", port, process=process)
-            return process, port
-        except (RuntimeError, TimeoutError):
-            stop_process(process)
-    raise RuntimeError("the limited geard did not start")
-
-
 def test_client_that_stops_reading_a_data_stream_is_cut_off_and_memory_stays_bounded():
     limit = 16 * 1024 * 1024
     chunk = b"d" * (1024 * 1024)
     total_chunks = 256  # 256 MB streamed: far past the limit, so an unbounded server would show it in RSS
-    process, port = start_limited_geard(high_water=1024 * 1024, limit=limit)
-    host = "127.0.0.1"
+    server = start_geard_process("--output-high-water", str(1024 * 1024), "--output-limit", str(limit))
+    process, host, port = server.process, server.host, server.port
     try:
         round_trip(host, port, b"warm-up")
         baseline = read_kb(process.pid, "VmRSS")
@@ -246,7 +218,7 @@ def test_client_that_stops_reading_a_data_stream_is_cut_off_and_memory_stays_bou
         round_trip(host, port, b"after")
         assert process.poll() is None
     finally:
-        stop_process(process)
+        server.stop()
 
 
 def test_client_that_sends_but_never_reads_is_paused_not_buffered(geartrain_server):
