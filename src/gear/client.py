@@ -1,0 +1,276 @@
+"""The gear Client: submits jobs round-robin over its servers and updates them as the servers report."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+from . import constants
+from .base import BaseClient, OptionReqTask, SubmitJobTask, _fraction, _StatusWaiter
+from .connection import Connection, _name
+from .errors import ConfigurationError, ConnectionError, GearmanError, TimeoutError
+from .job import Job, submit_args, to_bytes
+from .packet import Packet
+
+__all__ = ["Client", "PRECEDENCE_HIGH", "PRECEDENCE_LOW", "PRECEDENCE_NORMAL"]
+
+PRECEDENCE_NORMAL = 0
+PRECEDENCE_LOW = 1
+PRECEDENCE_HIGH = 2
+
+_SUBMIT = {
+    (False, PRECEDENCE_NORMAL): constants.SUBMIT_JOB,
+    (False, PRECEDENCE_LOW): constants.SUBMIT_JOB_LOW,
+    (False, PRECEDENCE_HIGH): constants.SUBMIT_JOB_HIGH,
+    (True, PRECEDENCE_NORMAL): constants.SUBMIT_JOB_BG,
+    (True, PRECEDENCE_LOW): constants.SUBMIT_JOB_LOW_BG,
+    (True, PRECEDENCE_HIGH): constants.SUBMIT_JOB_HIGH_BG,
+}
+
+
+class Client(BaseClient):
+    """A Gearman client.
+
+    Subclass it to react to events by overriding the handlers (handleWorkComplete, handleWorkFail,
+    handleWorkException, handleWorkData, handleWorkWarning, handleWorkStatus, handleStatusRes,
+    handleDisconnect, ...); call the superclass handler so the job is kept up to date. Each returns the job.
+    Handlers run in the client's background thread.
+
+    :arg str client_id: appended to the logger name (e.g. gear.Client.client_id). Defaults to 'unknown'.
+    """
+
+    def __init__(self, client_id: Any = "unknown") -> None:
+        super().__init__(client_id)
+        self.log = logging.getLogger(f"gear.Client.{_name(self.client_id)}")
+        self.options: set[bytes] = set()
+
+    def __repr__(self) -> str:
+        return f"<gear.Client 0x{id(self):x}>"
+
+    def _onConnect(self, conn: Connection) -> None:
+        with self.broadcast_lock:
+            super()._onConnect(conn)
+            for name in self.options:
+                self._setOptionConnection(name, conn)
+
+    def _setOptionConnection(self, name: bytes, conn: Connection) -> OptionReqTask | None:
+        packet = Packet(constants.REQ, constants.OPTION_REQ, name)
+        task = OptionReqTask()
+        try:
+            with conn.send_lock:
+                conn.pending_tasks.append(task)
+                self.sendPacket(packet, conn)
+        except Exception:
+            return None
+        return task
+
+    def setOption(self, name: Any, timeout: float | None = 30) -> bool:
+        """Set an option (e.g. "exceptions") on every connection, now and after each reconnect.
+
+        :returns: True if every connected server accepted it.
+        """
+        name = to_bytes(name)
+        tasks: dict[OptionReqTask, Connection] = {}
+        with self.broadcast_lock:
+            self.options.add(name)
+            for connection in list(self.active_connections):
+                task = self._setOptionConnection(name, connection)
+                if task is not None:
+                    tasks[task] = connection
+        success = True
+        for task, conn in tasks.items():
+            if not task.wait(timeout):
+                self.log.error("Connection %s timed out waiting for a response to an option request: %s",
+                               conn, name)
+                self._lostConnection(conn)
+                continue
+            if name not in conn.options:
+                success = False
+        return success
+
+    def submitJob(
+        self,
+        job: Job,
+        background: bool = False,
+        precedence: int = PRECEDENCE_NORMAL,
+        timeout: float | None = 30,
+    ) -> None:
+        """Submit a job to the next server in the round-robin pool; wait until the server created it.
+
+        On return ``job.handle`` and ``job.connection`` are set; a foreground job is then updated as results
+        arrive (see :py:meth:`Job.waitForCompletion`).
+
+        :arg bool background: submit a background job.
+        :arg int precedence: PRECEDENCE_NORMAL, PRECEDENCE_LOW or PRECEDENCE_HIGH.
+        :arg timeout: seconds to wait for each server's JOB_CREATED before trying the next one.
+        :raises ConfigurationError: on an invalid precedence.
+        :raises NoConnectedServersError: if no server is connected.
+        :raises GearmanError: if no connected server accepted the job.
+        """
+        ptype = _SUBMIT.get((bool(background), precedence))
+        if ptype is None:
+            raise ConfigurationError("Invalid precedence value")
+        packet = Packet._build(ptype, *submit_args(job))
+        if hasattr(job, "_reset_for_submit"):
+            job._reset_for_submit()
+        attempted: set[Connection] = set()
+        while True:
+            conn = self.getConnection()
+            if conn in attempted:
+                untried = [c for c in list(self.active_connections) if c not in attempted]
+                if not untried:
+                    break
+                conn = untried[0]
+            attempted.add(conn)
+            task = SubmitJobTask(job)
+            try:
+                with conn.send_lock:
+                    conn.pending_tasks.append(task)
+                    self.sendPacket(packet, conn)
+            except Exception:
+                self.log.info("Sending packet failed")
+                continue
+            if not task.wait(timeout):
+                self.log.error("Connection %s timed out waiting for a response to a submit job request: %s",
+                               conn, job)
+                # Answers are matched in order: a late JOB_CREATED would be taken for the next submit's.
+                self._lostConnection(conn)
+                continue
+            if not job.handle:
+                self.log.error("Connection %s sent an error in response to a submit job request: %s",
+                               conn, job)
+                continue
+            job.connection = conn
+            return
+        raise GearmanError("Unable to submit job to any connected servers")
+
+    def getStatus(self, job: Job, timeout: float | None = 30) -> Job:
+        """Ask the job's server for its status (GET_STATUS) and wait for the answer (STATUS_RES).
+
+        New in this implementation (gear has none). Updates and returns the job: ``known`` and ``running``
+        (bools), ``numerator``, ``denominator`` and ``fraction_complete``. handleStatusRes is called as well.
+
+        :raises ConfigurationError: if the job was not submitted.
+        :raises TimeoutError: if no answer came within timeout seconds.
+        :raises ConnectionError: if the connection was lost first.
+        """
+        conn = job.connection
+        if conn is None or not job.handle:
+            raise ConfigurationError("the job has not been submitted")
+        waiter = _StatusWaiter(job)
+        with conn.send_lock:
+            conn._status_waiters.setdefault(job.handle, deque()).append(waiter)
+            self.sendPacket(Packet(constants.REQ, constants.GET_STATUS, job.handle), conn)
+        if not waiter.event.wait(timeout):
+            # Keep the waiter queued: the late STATUS_RES must not be taken as the answer to a later query.
+            raise TimeoutError(f"no status answer within {timeout}s")
+        if not waiter.answered:
+            raise ConnectionError("connection lost before the status answer")
+        return job
+
+    def handleJobCreated(self, packet: Packet) -> Job:
+        """Handle JOB_CREATED: the oldest pending submit on the connection gets its handle."""
+        conn = packet.connection
+        task = conn.pending_tasks.pop(0) if conn.pending_tasks else None
+        if not isinstance(task, SubmitJobTask):
+            msg = f"Unexpected response received to submit job request: {packet!r}"
+            self.log.error(msg)
+            self._lostConnection(conn)
+            raise GearmanError(msg)
+        job = task.job
+        job.handle = packet.data
+        job.connection = conn
+        conn.related_jobs[job.handle] = job
+        task.setComplete()
+        self.log.debug("Job created; %s", job)
+        return job
+
+    def handleWorkComplete(self, packet: Packet) -> Job:
+        """Handle WORK_COMPLETE: append the data, mark the job complete and forget it."""
+        job = packet.getJob()
+        data = packet.getArgument(1, True)
+        if data:
+            job.data.append(data)
+        job.complete = True
+        job.failure = False
+        packet.connection.related_jobs.pop(job.handle, None)
+        self.log.debug("Job complete; %s data: %s", job, job.data)
+        return job
+
+    def handleWorkFail(self, packet: Packet) -> Job:
+        """Handle WORK_FAIL: mark the job complete and failed and forget it."""
+        job = packet.getJob()
+        job.complete = True
+        job.failure = True
+        packet.connection.related_jobs.pop(job.handle, None)
+        self.log.debug("Job failed; %s", job)
+        return job
+
+    def handleWorkException(self, packet: Packet) -> Job:
+        """Handle WORK_EXCEPTION: store the exception data, mark the job complete and failed."""
+        job = packet.getJob()
+        job.exception = packet.getArgument(1, True)
+        job.complete = True
+        job.failure = True
+        packet.connection.related_jobs.pop(job.handle, None)
+        self.log.debug("Job exception; %s exception: %s", job, job.exception)
+        return job
+
+    def handleWorkData(self, packet: Packet) -> Job:
+        """Handle WORK_DATA: append the data to the job."""
+        job = packet.getJob()
+        data = packet.getArgument(1, True)
+        if data:
+            job.data.append(data)
+        self.log.debug("Job data; job: %s data: %s", job, job.data)
+        return job
+
+    def handleWorkWarning(self, packet: Packet) -> Job:
+        """Handle WORK_WARNING: append the data and set ``warning``."""
+        job = packet.getJob()
+        data = packet.getArgument(1, True)
+        if data:
+            job.data.append(data)
+        job.warning = True
+        self.log.debug("Job warning; %s data: %s", job, job.data)
+        return job
+
+    def handleWorkStatus(self, packet: Packet) -> Job:
+        """Handle WORK_STATUS: set numerator, denominator and fraction_complete."""
+        job = packet.getJob()
+        job.numerator = packet.getArgument(1)
+        job.denominator = packet.getArgument(2, True)
+        job.fraction_complete = _fraction(job.numerator, job.denominator)
+        self.log.debug("Job status; %s complete: %s/%s", job, job.numerator, job.denominator)
+        return job
+
+    def handleStatusRes(self, packet: Packet) -> Job:
+        """Handle STATUS_RES: set known, running (bools), numerator, denominator, fraction_complete."""
+        job = packet.getJob()
+        job.known = packet.getArgument(1) == b"1"
+        job.running = packet.getArgument(2) == b"1"
+        job.numerator = packet.getArgument(3)
+        job.denominator = packet.getArgument(4, True)
+        job.fraction_complete = _fraction(job.numerator, job.denominator)
+        return job
+
+    def handleOptionRes(self, packet: Packet) -> None:
+        """Handle OPTION_RES: record the option on the connection."""
+        conn = packet.connection
+        task = conn.pending_tasks.pop(0) if conn.pending_tasks else None
+        if not isinstance(task, OptionReqTask):
+            msg = f"Unexpected response received to option request: {packet!r}"
+            self.log.error(msg)
+            self._lostConnection(conn)
+            raise GearmanError(msg)
+        conn.handleOptionRes(packet.getArgument(0))
+        task.setComplete()
+
+    def handleDisconnect(self, job: Job) -> Job:
+        """Called for each job of a server connection that was lost; returns the job.
+
+        After it returns, unless the job was resubmitted meanwhile, ``job.disconnect`` and ``job.failure``
+        are set and :py:meth:`Job.waitForCompletion` returns.
+        """
+        return job

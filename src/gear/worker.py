@@ -1,0 +1,276 @@
+"""The gear Worker: registers functions on every server and hands assigned jobs to threads in getJob()."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from . import constants
+from .base import BaseClient
+from .connection import Connection, _name
+from .errors import ConfigurationError, InterruptedError, InvalidDataError
+from .job import FunctionRecord, TextWorkerJob, WorkerJob, to_bytes
+from .packet import Packet
+
+__all__ = ["TextWorker", "Worker"]
+
+
+def _timeout_ms(timeout: Any) -> bytes:
+    """CAN_DO_TIMEOUT's argument: gear takes seconds, servers (gearmand, geartrain) read milliseconds."""
+    return str(max(int(round(float(timeout) * 1000)), 1)).encode("ascii")
+
+
+class Worker(BaseClient):
+    """A Gearman worker.
+
+    Register functions with :py:meth:`registerFunction` (or :py:meth:`setFunctions`), then call
+    :py:meth:`getJob` to wait for work; it may be called from several threads at once. The client id and the
+    functions are sent again after every reconnection, and the worker asks a server for work (GRAB_JOB_UNIQ)
+    only while some thread waits in getJob(); after NO_JOB it sleeps (PRE_SLEEP) until the server's NOOP.
+
+    :arg str client_id: the id the servers show for this worker ("workers" admin command); also appended to
+        the logger name. Required.
+    :arg str worker_id: deprecated alias of client_id.
+    """
+
+    job_class: type = WorkerJob
+
+    def __init__(self, client_id: Any = None, worker_id: Any = None) -> None:
+        client_id = client_id or worker_id
+        if not client_id:
+            raise ConfigurationError("A client_id must be provided")
+        self.functions: dict[bytes, FunctionRecord] = {}
+        self.job_lock = threading.Lock()
+        self.waiting_for_jobs = 0
+        self.job_queue: queue.Queue = queue.Queue()
+        super().__init__(client_id)
+        self.log = logging.getLogger(f"gear.Worker.{_name(self.client_id)}")
+        self.worker_id = client_id
+
+    def __repr__(self) -> str:
+        return f"<gear.Worker 0x{id(self):x}>"
+
+    # -- functions ------------------------------------------------------------------------------------------
+
+    def registerFunction(self, name: Any, timeout: Any = None) -> None:
+        """Register a function on every server (now and after each reconnection).
+
+        :arg name: the function name (str or bytes).
+        :arg timeout: optional seconds after which the server may hand the job to another worker;
+            sent as CAN_DO_TIMEOUT (in milliseconds, as servers read it).
+        """
+        name = to_bytes(name)
+        with self.broadcast_lock:
+            self.functions[name] = FunctionRecord(name, timeout)
+            if timeout:
+                self._sendCanDoTimeout(name, timeout)
+            else:
+                self._sendCanDo(name)
+        with self.job_lock:
+            for connection in list(self.active_connections):
+                if connection.state == "SLEEP":
+                    connection.changeState("IDLE")
+            self._updateStateMachines()
+
+    def unRegisterFunction(self, name: Any) -> None:
+        """Remove a function from every server (CANT_DO)."""
+        name = to_bytes(name)
+        with self.broadcast_lock:
+            self.functions.pop(name, None)
+            self._sendCantDo(name)
+
+    def setFunctions(self, functions: Any) -> None:
+        """Replace the registered functions with a list of :py:class:`FunctionRecord` (RESET_ABILITIES,
+        then CAN_DO or CAN_DO_TIMEOUT for each); an empty list unregisters everything."""
+        records = list(functions)
+        for record in records:
+            if not isinstance(record, FunctionRecord):
+                raise InvalidDataError("An iterable of FunctionRecords is required.")
+        with self.broadcast_lock:
+            self._sendResetAbilities()
+            self.functions = {record.name: record for record in records}
+            for record in self.functions.values():
+                if record.timeout:
+                    self._sendCanDoTimeout(record.name, record.timeout)
+                else:
+                    self._sendCanDo(record.name)
+        with self.job_lock:
+            for connection in list(self.active_connections):
+                if connection.state == "SLEEP":
+                    connection.changeState("IDLE")
+            self._updateStateMachines()
+
+    def _abilityPacket(self, record: FunctionRecord) -> Packet:
+        if record.timeout:
+            return Packet._build(constants.CAN_DO_TIMEOUT, record.name, _timeout_ms(record.timeout))
+        return Packet._build(constants.CAN_DO, record.name)
+
+    def _sendCanDo(self, name: bytes) -> None:
+        with self.broadcast_lock:
+            self.broadcast(Packet._build(constants.CAN_DO, name))
+
+    def _sendCanDoTimeout(self, name: bytes, timeout: Any) -> None:
+        with self.broadcast_lock:
+            self.broadcast(Packet._build(constants.CAN_DO_TIMEOUT, name, _timeout_ms(timeout)))
+
+    def _sendCantDo(self, name: bytes) -> None:
+        with self.broadcast_lock:
+            self.broadcast(Packet._build(constants.CANT_DO, name))
+
+    def _sendResetAbilities(self) -> None:
+        with self.broadcast_lock:
+            self.broadcast(Packet(constants.REQ, constants.RESET_ABILITIES, b""))
+
+    def _sendPreSleep(self, connection: Connection) -> None:
+        self.sendPacket(Packet(constants.REQ, constants.PRE_SLEEP, b""), connection)
+
+    def _sendGrabJobUniq(self, connection: Connection | None = None) -> None:
+        packet = Packet(constants.REQ, constants.GRAB_JOB_UNIQ, b"")
+        if connection is not None:
+            self.sendPacket(packet, connection)
+        else:
+            self.broadcast(packet)
+
+    # -- connections -----------------------------------------------------------------------------------------
+
+    def _onConnect(self, conn: Connection) -> None:
+        # Runs in the poll thread on every (re)connection, under broadcast_lock: id and abilities first.
+        with self.broadcast_lock:
+            conn.sendPacket(Packet._build(constants.SET_CLIENT_ID, self.client_id))
+            super()._onConnect(conn)
+            for record in self.functions.values():
+                conn.sendPacket(self._abilityPacket(record))
+            conn.changeState("IDLE")
+
+    def _onActiveConnection(self, conn: Connection) -> None:
+        with self.job_lock:
+            if self.waiting_for_jobs > 0:
+                self._updateStateMachines()
+
+    def _updateStateMachines(self) -> None:
+        # Call with job_lock held.
+        for connection in list(self.active_connections):
+            if connection.state == "IDLE" and self.waiting_for_jobs > 0:
+                try:
+                    self._sendGrabJobUniq(connection)
+                except Exception:
+                    continue
+                connection.changeState("GRAB_WAIT")
+            if connection.state != "IDLE" and self.waiting_for_jobs < 1:
+                connection.changeState("IDLE")
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+
+    def getJob(self) -> WorkerJob:
+        """Wait for a job (blocking). Safe to call from several threads: each job goes to one of them.
+
+        :returns: the assigned :py:class:`WorkerJob` (of ``job_class``).
+        :raises InterruptedError: when :py:meth:`stopWaitingForJobs` or :py:meth:`shutdown` is called.
+        """
+        with self.job_lock:
+            # running is cleared by _shutdown() under job_lock: no window between the check and the count.
+            if not self.running:
+                raise InterruptedError()
+            self.waiting_for_jobs += 1
+            self.log.debug("Get job; number of threads waiting for jobs: %s", self.waiting_for_jobs)
+            try:
+                job = self.job_queue.get_nowait()
+            except queue.Empty:
+                job = None
+            if job is None:
+                self._updateStateMachines()
+        if job is None:
+            job = self.job_queue.get()
+        self.log.debug("Received job: %s", job)
+        if job is None:
+            raise InterruptedError()
+        return job
+
+    def stopWaitingForJobs(self) -> None:
+        """Make every thread waiting in :py:meth:`getJob` raise InterruptedError."""
+        self.job_lock.acquire()
+        try:
+            while self.running:
+                # A grab in flight may still bring a job: give the server a moment to answer it.
+                now = time.time()
+                busy = False
+                for connection in list(self.active_connections):
+                    if connection.state == "GRAB_WAIT":
+                        if now - connection.state_time > 5:
+                            self._lostConnection(connection)
+                        else:
+                            busy = True
+                if not busy:
+                    break
+                self.job_lock.release()
+                try:
+                    time.sleep(0.05)
+                finally:
+                    self.job_lock.acquire()
+            while self.waiting_for_jobs > 0:
+                self.waiting_for_jobs -= 1
+                self.job_queue.put(None)
+            self._updateStateMachines()
+        finally:
+            self.job_lock.release()
+
+    def _shutdown(self) -> None:
+        with self.job_lock:
+            super()._shutdown()
+        self.stopWaitingForJobs()
+
+    def handleNoop(self, packet: Packet) -> None:
+        """Handle NOOP: a sleeping connection has work; grab it (GRAB_JOB_UNIQ)."""
+        with self.job_lock:
+            if packet.connection.state == "SLEEP":
+                self.log.debug("Sending GRAB_JOB_UNIQ")
+                self._sendGrabJobUniq(packet.connection)
+                packet.connection.changeState("GRAB_WAIT")
+            else:
+                self.log.debug("Received unexpected NOOP packet on %s", packet.connection)
+
+    def handleNoJob(self, packet: Packet) -> None:
+        """Handle NO_JOB: go to sleep on that connection (PRE_SLEEP) until the server sends NOOP."""
+        with self.job_lock:
+            if packet.connection.state == "GRAB_WAIT":
+                self.log.debug("Sending PRE_SLEEP")
+                self._sendPreSleep(packet.connection)
+                packet.connection.changeState("SLEEP")
+            else:
+                self.log.debug("Received unexpected NO_JOB packet on %s", packet.connection)
+
+    def handleJobAssign(self, packet: Packet) -> WorkerJob:
+        """Handle JOB_ASSIGN: queue the job for a thread in :py:meth:`getJob`."""
+        handle = packet.getArgument(0)
+        name = packet.getArgument(1)
+        arguments = packet.getArgument(2, True)
+        return self._handleJobAssignment(packet, handle, name, arguments, None)
+
+    def handleJobAssignUnique(self, packet: Packet) -> WorkerJob:
+        """Handle JOB_ASSIGN_UNIQ: queue the job (an empty unique becomes None) for :py:meth:`getJob`."""
+        handle = packet.getArgument(0)
+        name = packet.getArgument(1)
+        unique = packet.getArgument(2) or None
+        arguments = packet.getArgument(3, True)
+        return self._handleJobAssignment(packet, handle, name, arguments, unique)
+
+    def _handleJobAssignment(self, packet: Packet, handle: bytes, name: bytes, arguments: bytes,
+                             unique: bytes | None) -> WorkerJob:
+        job = self.job_class(handle, name, arguments, unique)
+        job.connection = packet.connection
+        with self.job_lock:
+            packet.connection.changeState("IDLE")
+            self.waiting_for_jobs -= 1
+            self.log.debug("Job assigned; number of threads waiting for jobs: %s", self.waiting_for_jobs)
+            self.job_queue.put(job)
+            self._updateStateMachines()
+        return job
+
+
+class TextWorker(Worker):
+    """A Worker whose jobs (TextWorkerJob) read arguments as str and send str results as UTF-8."""
+
+    job_class = TextWorkerJob
