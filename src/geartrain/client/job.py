@@ -1,0 +1,161 @@
+"""Job: the Client's handle on one submitted job, updated as the server relays the worker's packets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+from .errors import JobError, JobException, JobFailed
+
+PENDING = "pending"  # submitted, no JOB_CREATED yet
+CREATED = "created"  # acknowledged, running or queued
+COMPLETE = "complete"
+FAILED = "failed"
+EXCEPTION = "exception"
+LOST = "lost"
+FINAL_STATES = (COMPLETE, FAILED, EXCEPTION, LOST)
+
+
+class JobStatus(NamedTuple):
+    """A STATUS_RES answer to GET_STATUS."""
+
+    handle: bytes
+    known: bool
+    running: bool
+    numerator: int
+    denominator: int
+
+
+class UniqueStatus(NamedTuple):
+    """A STATUS_RES_UNIQUE answer to GET_STATUS_UNIQUE."""
+
+    unique: bytes
+    known: bool
+    running: bool
+    numerator: int
+    denominator: int
+    waiting: int
+
+
+def to_int(value: bytes) -> int:
+    """An integer field of a status packet; a value that is no number counts as 0."""
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+class Job:
+    """One submitted job: its handle once acknowledged, the data, warnings and status seen so far, its outcome."""
+
+    def __init__(
+        self, function: bytes, arguments: bytes, unique: bytes, ptype: int, packet_args: tuple[bytes, ...],
+        background: bool, priority: str,
+    ) -> None:
+        self.function = function
+        #: The job's input bytes (``data`` holds the WORK_DATA chunks received, as in gear).
+        self.arguments = arguments
+        self.unique = unique
+        self.background = background
+        self.priority = priority
+        self.handle: bytes | None = None
+        #: "host:port" of the server that acknowledged the job.
+        self.server: str | None = None
+        self.state = PENDING
+        self.data: list[bytes] = []
+        self.warnings: list[bytes] = []
+        #: (numerator, denominator) of the last WORK_STATUS, None before the first.
+        self.status: tuple[int, int] | None = None
+        self.exception: bytes | None = None
+        self._ptype = ptype
+        self._packet_args = packet_args
+        loop = asyncio.get_running_loop()
+        self._created: asyncio.Future[None] = loop.create_future()
+        self._outcome: asyncio.Future[bytes] = loop.create_future()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._abandoned = False
+
+    def __repr__(self) -> str:
+        return f"<Job {self.function!r} handle={self.handle!r} state={self.state}>"
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    async def result(self) -> bytes:
+        """The WORK_COMPLETE data; raises JobFailed, JobException or JobLost when the job ended otherwise."""
+        if self.background:
+            raise JobError("a background job sends its result to nobody: there is nothing to wait for", self)
+        return await asyncio.shield(self._outcome)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Every WORK_DATA chunk, the ones already received first, until the job ends (then await result())."""
+        index = 0
+        while True:
+            while index < len(self.data):
+                yield self.data[index]
+                index += 1
+            if self.done or self.background:
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    # ------------------------------------------------------------------ updates from the Client
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _acknowledge(self, handle: bytes, server: str) -> None:
+        self.handle = handle
+        self.server = server
+        self.state = CREATED
+        if not self._created.done():
+            self._created.set_result(None)
+
+    def _reject(self, exc: BaseException) -> None:
+        self.state = FAILED
+        if not self._created.done():
+            self._created.set_exception(exc)
+        self._notify()
+
+    def _finish(self, state: str, value: bytes | None = None, exc: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.state = state
+        if not self._outcome.done():
+            if exc is not None:
+                self._outcome.set_exception(exc)
+                self._outcome.exception()  # retrieved: an unread outcome is no "never retrieved" warning
+            else:
+                self._outcome.set_result(value or b"")
+        self._notify()
+
+    def _packet(self, ptype: int, args: tuple[bytes, ...]) -> bool:
+        """Apply one WORK_* packet; True when it ended the job."""
+        from ..protocol import constants as C
+
+        if ptype == C.WORK_DATA:
+            self.data.append(args[1])
+            self._notify()
+        elif ptype == C.WORK_WARNING:
+            self.warnings.append(args[1])
+            self._notify()
+        elif ptype == C.WORK_STATUS:
+            self.status = (to_int(args[1]), to_int(args[2]))
+            self._notify()
+        elif ptype == C.WORK_COMPLETE:
+            self._finish(COMPLETE, args[1])
+            return True
+        elif ptype == C.WORK_EXCEPTION:
+            self.exception = args[1]
+            self._finish(EXCEPTION, exc=JobException(args[1], self))
+            return True
+        elif ptype == C.WORK_FAIL:
+            self._finish(FAILED, exc=JobFailed(f"job {self.handle!r} on {self.server} failed", self))
+            return True
+        return False

@@ -1,0 +1,277 @@
+"""Link: one server address held open by asyncio, reconnecting with exponential backoff and jitter.
+
+A Link owns the socket and a geartrain.protocol.ClientConnection; it hands decoded events to its owner (the
+Client or the Worker) through three callbacks and batches writes into one transport.write per loop pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..protocol import ClientConnection, ClientEvent, ProtocolError
+from ..protocol.constants import DEFAULT_PORT
+
+log = logging.getLogger("geartrain.client")
+
+#: Reconnect delays: the first retry waits about INITIAL_BACKOFF, each failure doubles it up to MAX_BACKOFF.
+INITIAL_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
+Address = tuple[str, int]
+ServerSpec = tuple[str, int] | str
+
+
+def parse_server(spec: ServerSpec) -> Address:
+    """(host, port) from a (host, port) pair, "host:port", "[v6]:port" or "host" (port 4730)."""
+    if isinstance(spec, tuple):
+        host, port = spec
+        return str(host), int(port)
+    text = spec.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, int(port)
+    return text, DEFAULT_PORT
+
+
+def parse_servers(specs: Sequence[ServerSpec] | ServerSpec) -> list[Address]:
+    """Addresses from a list of server specs (a single spec is accepted too)."""
+    if isinstance(specs, str) or (isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], int)):
+        specs = [specs]  # type: ignore[list-item]
+    addresses = [parse_server(spec) for spec in specs]  # type: ignore[union-attr]
+    if not addresses:
+        raise ValueError("at least one server address is needed")
+    return addresses
+
+
+def backoff_delay(attempt_delay: float) -> float:
+    """The delay actually slept: between half and all of the nominal delay (jitter spreads reconnect storms)."""
+    return attempt_delay * random.uniform(0.5, 1.0)
+
+
+class _LinkProtocol(asyncio.Protocol):
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.link._made(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.link._received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link._gone(exc)
+
+    def pause_writing(self) -> None:
+        self.link._paused = True
+
+    def resume_writing(self) -> None:
+        self.link._resume()
+
+
+class Link:
+    """One server connection that stays open: connects, reconnects after loss, and batches writes."""
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        on_connected: Callable[[Link], None],
+        on_events: Callable[[Link, list[ClientEvent]], None],
+        on_lost: Callable[[Link, Exception | None], None],
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.host, self.port = address
+        self.ssl_context = ssl_context
+        self.connect_timeout = connect_timeout
+        self.conn = ClientConnection()
+        #: Owner's per-connection state, replaced by the owner on every (re)connect.
+        self.state: Any = None
+        #: Counts connections made: work tied to an older connection must not be sent on a newer one.
+        self.generation = 0
+        self.transport: asyncio.Transport | None = None
+        self._on_connected = on_connected
+        self._on_events = on_events
+        self._on_lost = on_lost
+        self._buffer: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._lost: asyncio.Future[None] | None = None
+        self._first: asyncio.Future[bool] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._delay = INITIAL_BACKOFF
+
+    @property
+    def name(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None
+
+    def __repr__(self) -> str:
+        return f"<Link {self.name} {'up' if self.connected else 'down'}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Begin connecting (and reconnecting after every loss) in a background task."""
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._first = loop.create_future()
+            self._task = loop.create_task(self._run(), name=f"geartrain-link-{self.name}")
+
+    async def first_attempt(self) -> bool:
+        """Wait for the outcome of the first connection attempt: whether it connected."""
+        assert self._first is not None, "start() first"
+        return await asyncio.shield(self._first)
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the connection after writing what is buffered."""
+        self._closing = True
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self.transport is not None:  # close() did not finish within the task: do not leave it open
+            self.transport.abort()
+        self._resolve_first(False)
+
+    def abort(self) -> None:
+        """Drop the current connection at once (it will be reopened unless the link is closing)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _LinkProtocol(self), self.host, self.port,
+                        ssl=self.ssl_context, server_hostname=self.host if self.ssl_context else None,
+                    ),
+                    self.connect_timeout,
+                )
+            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                log.debug("connect to %s failed: %s", self.name, exc or type(exc).__name__)
+                self._resolve_first(False)
+                await asyncio.sleep(backoff_delay(self._delay))
+                self._delay = min(self._delay * 2, MAX_BACKOFF)
+                continue
+            lost = self._lost
+            if lost is not None and not lost.done():
+                await lost
+            if self._closing:
+                break
+            # Wait a little before reconnecting: a server that accepts and drops at once gets no busy loop.
+            await asyncio.sleep(backoff_delay(self._delay))
+            self._delay = min(self._delay * 2, MAX_BACKOFF)
+
+    def _resolve_first(self, value: bool) -> None:
+        if self._first is not None and not self._first.done():
+            self._first.set_result(value)
+
+    # ------------------------------------------------------------------ protocol callbacks
+
+    def _made(self, transport: asyncio.Transport) -> None:
+        if self._closing:
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.transport = transport
+        self._lost = asyncio.get_running_loop().create_future()
+        self._buffer.clear()
+        self._paused = False
+        self.conn.reset()
+        self.generation += 1
+        log.debug("connected to %s", self.name)
+        try:
+            self._on_connected(self)
+        finally:
+            self._resolve_first(True)
+
+    def _received(self, data: bytes) -> None:
+        self._delay = INITIAL_BACKOFF  # the server talks: the next loss starts the backoff afresh
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            log.warning("undecodable data from %s (%s): dropping the connection", self.name, exc.message)
+            events = exc.events
+            if self.transport is not None:
+                self.transport.abort()
+        if events:
+            self._on_events(self, events)
+
+    def _gone(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return
+        self.transport = None
+        self._buffer.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.conn.reset()
+        self._resume()
+        if not self._closing:
+            log.info("connection to %s lost%s", self.name, f": {exc}" if exc else "")
+        try:
+            self._on_lost(self, exc)
+        finally:
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(None)
+
+    def _resume(self) -> None:
+        self._paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------ output
+
+    def write(self, data: bytes) -> bool:
+        """Queue bytes for this loop pass's single write; False (nothing queued) while disconnected."""
+        if self.transport is None:
+            return False
+        self._buffer.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._buffer and self.transport is not None:
+            data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+            self._buffer.clear()
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        if self._paused and self.transport is not None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter

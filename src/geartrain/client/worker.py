@@ -1,0 +1,333 @@
+"""Worker: registers functions with Gearman servers over asyncio, grabs jobs and runs their handlers.
+
+Per server connection the worker keeps one GRAB_JOB_UNIQ in flight while fewer than ``concurrency`` jobs run,
+sleeps with PRE_SLEEP after NO_JOB and grabs again on NOOP. After a reconnect it sends SET_CLIENT_ID and every
+CAN_DO / CAN_DO_TIMEOUT again. WorkerJob is the handler's view of one assigned job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from ..protocol import ClientEvent, Packet
+from ..protocol import constants as C
+from .client import to_bytes
+from .errors import ConnectionLost
+from .link import Link, ServerSpec, parse_servers
+
+log = logging.getLogger("geartrain.worker")
+
+Result = bytes | bytearray | memoryview | str | None
+Handler = Callable[["WorkerJob"], Awaitable[Result] | Result]
+
+
+class WorkerJob:
+    """One job assigned to this worker: its handle, function, unique and input, and ways to report progress."""
+
+    def __init__(self, link: Link, generation: int, handle: bytes, function: bytes, unique: bytes,
+                 arguments: bytes) -> None:
+        self.handle = handle
+        self.function = function
+        self.unique = unique
+        #: The job's input bytes.
+        self.arguments = arguments
+        #: "host:port" of the server that assigned the job.
+        self.server = link.name
+        self._link = link
+        self._generation = generation
+
+    def __repr__(self) -> str:
+        return f"<WorkerJob {self.function!r} handle={self.handle!r} server={self.server}>"
+
+    @property
+    def connection_lost(self) -> bool:
+        """Whether the connection that assigned this job is gone (the server has requeued the job)."""
+        return self._link.generation != self._generation or not self._link.connected
+
+    async def _send(self, ptype: int, *args: bytes) -> None:
+        if self.connection_lost:
+            raise ConnectionLost(f"the connection to {self.server} that assigned job {self.handle!r} was lost")
+        self._link.write(self._link.conn.send_packet(ptype, self.handle, *args))
+        await self._link.drain()
+
+    async def send_data(self, data: bytes | str) -> None:
+        """WORK_DATA: a chunk of partial output for the waiting clients."""
+        await self._send(C.WORK_DATA, to_bytes(data, "data"))
+
+    async def send_warning(self, data: bytes | str) -> None:
+        """WORK_WARNING: a warning for the waiting clients."""
+        await self._send(C.WORK_WARNING, to_bytes(data, "data"))
+
+    async def send_status(self, numerator: int, denominator: int) -> None:
+        """WORK_STATUS: progress as numerator out of denominator."""
+        await self._send(C.WORK_STATUS, str(int(numerator)).encode(), str(int(denominator)).encode())
+
+
+@dataclass
+class _Ability:
+    handler: Handler
+    timeout: float | None
+
+
+class _Session:
+    """The grab loop's state on one live connection."""
+
+    def __init__(self) -> None:
+        self.grabbing = False
+        self.sleeping = False
+        self.running = 0
+
+
+def _is_async(handler: Handler) -> bool:
+    """An async def function, a partial of one, or an object whose __call__ is one."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
+
+
+def _result_bytes(value: Result) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"a handler must return bytes, str or None, not {type(value).__name__}")
+
+
+class Worker:
+    """An asyncio Gearman worker over one or more servers; see the module docstring."""
+
+    def __init__(
+        self,
+        servers: Sequence[ServerSpec] | ServerSpec,
+        client_id: bytes | str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.addresses = parse_servers(servers)
+        self.client_id = to_bytes(client_id, "client_id") if client_id is not None else None
+        self.ssl_context = ssl_context
+        self.connect_timeout = connect_timeout
+        self.abilities: dict[bytes, _Ability] = {}
+        self.links: list[Link] = []
+        self.concurrency = 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._changed: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ abilities
+
+    def register(self, function: bytes | str, handler: Handler, timeout: float | None = None) -> None:
+        """Handle ``function`` with ``handler``: an ``async def handler(job)``, or a plain function (run in the
+        loop's default executor). ``timeout`` in seconds is sent as CAN_DO_TIMEOUT (milliseconds)."""
+        name = to_bytes(function, "function")
+        self.abilities[name] = _Ability(handler, timeout)
+        for link in self.links:
+            if link.connected:
+                link.write(self._can_do(link, name))
+                link.state.sleeping = False  # a sleeping worker is not woken for a new ability: ask
+                self._grab(link)
+
+    def unregister(self, function: bytes | str) -> None:
+        """Stop taking ``function`` (CANT_DO); jobs of it already running finish normally."""
+        name = to_bytes(function, "function")
+        if self.abilities.pop(name, None) is not None:
+            for link in self.links:
+                if link.connected:
+                    link.write(link.conn.send_packet(C.CANT_DO, name))
+
+    def _can_do(self, link: Link, name: bytes) -> bytes:
+        timeout = self.abilities[name].timeout
+        if timeout is None:
+            return link.conn.send_packet(C.CAN_DO, name)
+        return link.conn.send_packet(C.CAN_DO_TIMEOUT, name, str(max(1, round(timeout * 1000))).encode())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, concurrency: int = 1) -> None:
+        """Connect to every server (retrying those down) and work until stop() is called."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self._stopping = False
+        self._changed = asyncio.Event()
+        self._done = asyncio.Event()
+        self.links = [
+            Link(address, on_connected=self._connected, on_events=self._events, on_lost=self._lost,
+                 ssl_context=self.ssl_context, connect_timeout=self.connect_timeout)
+            for address in self.addresses
+        ]
+        for link in self.links:
+            link.start()
+        try:
+            await self._done.wait()
+        finally:
+            if not self._done.is_set():  # run() was cancelled: do not leave connections behind
+                await self._shutdown()
+
+    async def wait_connected(self, count: int | None = None, timeout: float | None = None) -> None:
+        """Wait until ``count`` servers (default: all) are connected and registered; for tests and start-up."""
+        want = len(self.addresses) if count is None else count
+
+        async def wait() -> None:
+            while sum(1 for link in self.links if link.connected) < want:
+                await self._wait_change()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    async def _wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _signal(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Take no more jobs, let running jobs finish and send their results (cancelled after ``timeout``),
+        then close the connections and let run() return."""
+        self._stopping = True
+
+        async def drain() -> None:
+            while self._tasks or any(link.connected and link.state.grabbing for link in self.links):
+                await self._wait_change()
+
+        try:
+            await asyncio.wait_for(drain(), timeout)
+        except asyncio.TimeoutError:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        await asyncio.gather(*(link.close() for link in self.links))
+        if self._done is not None:
+            self._done.set()
+
+    # ------------------------------------------------------------------ grab loop
+
+    def _grab(self, link: Link) -> None:
+        session: _Session = link.state
+        if (self._stopping or session.grabbing or session.sleeping or session.running >= self.concurrency
+                or not self.abilities):
+            return
+        session.grabbing = True
+        link.write(link.conn.send_packet(C.GRAB_JOB_UNIQ))
+
+    def _connected(self, link: Link) -> None:
+        link.state = _Session()
+        if self.client_id is not None:
+            link.write(link.conn.send_packet(C.SET_CLIENT_ID, self.client_id))
+        for name in self.abilities:
+            link.write(self._can_do(link, name))
+        self._grab(link)
+        self._signal()
+
+    def _lost(self, link: Link, exc: Exception | None) -> None:
+        link.state = None
+        self._signal()
+
+    def _events(self, link: Link, events: list[ClientEvent]) -> None:
+        session: _Session = link.state
+        for event in events:
+            if type(event) is not Packet:
+                continue
+            ptype, args = event.ptype, event.args
+            if ptype == C.NOOP:
+                session.sleeping = False
+                self._grab(link)
+            elif ptype == C.NO_JOB:
+                session.grabbing = False
+                if not self._stopping:
+                    session.sleeping = True
+                    link.write(link.conn.send_packet(C.PRE_SLEEP))
+                self._signal()
+            elif ptype in (C.JOB_ASSIGN_UNIQ, C.JOB_ASSIGN, C.JOB_ASSIGN_ALL):
+                session.grabbing = False
+                if ptype == C.JOB_ASSIGN_UNIQ:
+                    handle, function, unique, data = args
+                elif ptype == C.JOB_ASSIGN:
+                    (handle, function, data), unique = args, b""
+                else:
+                    handle, function, unique, _reducer, data = args
+                self._start(link, session, WorkerJob(link, link.generation, handle, function, unique, data))
+                self._grab(link)
+            elif ptype == C.ERROR and args[0] == b"JOB_NOT_FOUND":
+                # gearmand ends a job on WORK_EXCEPTION, so the WORK_FAIL sent after it finds no job.
+                log.debug("ERROR from %s: %r %r", link.name, args[0], args[1])
+            elif ptype == C.ERROR:
+                log.warning("ERROR from %s: %s %s", link.name, args[0].decode("utf-8", "replace"),
+                            args[1].decode("utf-8", "replace"))
+            elif ptype == C.ECHO_RES or ptype == C.OPTION_RES:
+                pass
+            else:
+                log.debug("ignoring %s from %s", event.name, link.name)
+
+    def _start(self, link: Link, session: _Session, job: WorkerJob) -> None:
+        session.running += 1
+        task = asyncio.get_running_loop().create_task(self._work(link, session, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _work(self, link: Link, session: _Session, job: WorkerJob) -> None:
+        try:
+            ability = self.abilities.get(job.function)
+            if ability is None:
+                log.warning("%s assigned %r, which this worker no longer does: failing it", link.name, job.function)
+                if not job.connection_lost:
+                    link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                return
+            try:
+                result = await self._call(ability.handler, job)
+                packet = link.conn.send_packet(C.WORK_COMPLETE, job.handle, _result_bytes(result))
+            except asyncio.CancelledError:
+                if not job.connection_lost:
+                    link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                raise
+            except Exception as exc:
+                if job.connection_lost:
+                    log.info("job %r failed after its connection to %s was lost: %r", job.handle, link.name, exc)
+                    return
+                log.exception("handler for %r failed on job %r", job.function, job.handle)
+                text = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
+                link.write(link.conn.send_packet(C.WORK_EXCEPTION, job.handle, text))
+                link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                return
+            if job.connection_lost:
+                log.info("job %r finished after its connection to %s was lost: result dropped (the server "
+                         "requeued it)", job.handle, link.name)
+                return
+            link.write(packet)
+        finally:
+            session.running -= 1
+            if link.state is session:
+                self._grab(link)
+            self._signal()
+
+    async def _call(self, handler: Handler, job: WorkerJob) -> Result:
+        if _is_async(handler):
+            return await handler(job)  # type: ignore[misc]
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, functools.partial(handler, job))
+        if inspect.isawaitable(result):
+            return await result
+        return result  # type: ignore[return-value]
+
+    async def __aenter__(self) -> Worker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
