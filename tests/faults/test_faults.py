@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+import gear
+import gearman
 from geartrain.protocol import constants as C
 
-from conftest import start_geard_process
+from conftest import free_port, start_geard_process, stop_process, wait_for_port
 from wire import Wire
 
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
@@ -341,3 +343,70 @@ def _serves(host: str, port: int) -> bool:
     except (OSError, AssertionError, ConnectionError):
         return False
 
+
+
+# ------------------------------------------------------------------------------------------- server restarts
+
+
+def start_geard_on(port: int) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "geartrain.server.cli", "-d", "-q", "memory", "-L", "127.0.0.1",
+                                "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, process=process)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
+def test_gear_and_gearman_workers_come_back_by_themselves_after_geard_is_killed_and_restarted():
+    host, port = "127.0.0.1", free_port()
+    server = start_geard_on(port)
+    gear_worker = gear.Worker("fault-gear-worker")
+    gm_worker = gearman.GearmanWorker([f"{host}:{port}"])
+    threads: list[threading.Thread] = []
+
+    def serve_gear() -> None:
+        while True:
+            try:
+                job = gear_worker.getJob()
+            except gear.InterruptedError:
+                return
+            job.sendWorkComplete(job.arguments[::-1])
+
+    def jobs_come_back(label: bytes) -> None:
+        with Wire(host, port) as client:
+            for name in (b"fault-gear", b"fault-gearman"):
+                handle = client.submit(name, label + name)
+                assert client.expect(C.WORK_COMPLETE, timeout=30).args == (handle, (label + name)[::-1]), name
+
+    def both_registered() -> bool:
+        try:
+            with Wire(host, port, timeout=5) as admin:
+                rows = {line.split(b"\t")[0]: line.split(b"\t")[3] for line in admin.admin("status").lines}
+        except OSError:
+            return False
+        return rows.get(b"fault-gear") == b"1" and rows.get(b"fault-gearman") == b"1"
+
+    try:
+        gear_worker.addServer(host, port)
+        gear_worker.waitForServer(30)
+        gear_worker.registerFunction("fault-gear")
+        gm_worker.register_task("fault-gearman", lambda worker, job: job.data[::-1])
+        threads = [threading.Thread(target=serve_gear, daemon=True),
+                   threading.Thread(target=gm_worker.work, kwargs={"poll_timeout": 0.5}, daemon=True)]
+        for thread in threads:
+            thread.start()
+        wait_until(both_registered, deadline=30, what="both workers registered")
+        jobs_come_back(b"before ")
+        kill9(server)  # a crash: no goodbye to anyone
+        server = start_geard_on(port)
+        wait_until(both_registered, deadline=60, what="both workers registered again after the restart")
+        jobs_come_back(b"after ")
+    finally:
+        gear_worker.shutdown()
+        gm_worker.shutdown()
+        for thread in threads:
+            thread.join(30)
+        stop_process(server)
+    assert not any(thread.is_alive() for thread in threads)
