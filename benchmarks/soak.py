@@ -264,6 +264,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         [sys.executable, "-m", "geartrain.server.cli", "-d", "-L", HOST, "-p", str(port), "-q", args.queue_type,
          *(["--sqlite-db", str(work / "soak.db")] if args.queue_type == "sqlite" else [])],
         stdout=server_log, stderr=subprocess.STDOUT)
+    worker_output = open(work / "workers.log", "ab")  # not /dev/null: a stray gearmand may unlink it
     workers: dict[str, subprocess.Popen] = {}
     killed: set[str] = set()
     started = 0
@@ -277,7 +278,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         wid = f"w{started}"
         workers[wid] = subprocess.Popen(
             [sys.executable, __file__, "--role", "worker", "--port", str(port), "--wid", wid,
-             "--log", str(work / "executions.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--log", str(work / "executions.log")], stdout=worker_output, stderr=subprocess.STDOUT)
 
     print(f"soak: seed {seed}, {args.duration:.0f} s, {args.clients} clients, {args.workers} workers, "
           f"geard pid {server.pid} port {port}, files in {work}", flush=True)
@@ -346,6 +347,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 server.kill()
                 server.wait(10)
         server_log.close()
+        worker_output.close()
 
     runs: dict[bytes, list[str]] = {}
     log_path = work / "executions.log"
