@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..protocol import constants as C
-from ..protocol.codec import pack
+from ..protocol.codec import _pack_header, pack
 
 log = logging.getLogger("geartrain.broker")
 
@@ -415,7 +415,8 @@ class Broker:
     ) -> Job | None:
         """Create or join a job and answer JOB_CREATED (or ERROR) to the submitting peer."""
         if peer is not None:
-            if not self._check_name(peer, name):
+            if not name or len(name) > self.max_function_length:
+                self._check_name(peer, name)
                 return None
             if len(unique) > self.max_unique_length:
                 peer.send(error_packet(
@@ -426,7 +427,7 @@ class Broker:
                 log.info("%r (%s) may not invoke %r", peer, peer.subject, name)
                 peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not invoke {name!r}"))
                 return None
-        function = self.function(name)
+        function = self.functions.get(name) or self.function(name)
         key = data if unique == b"-" else unique
         if key:
             job = function.uniques.get(key)
@@ -448,20 +449,24 @@ class Broker:
                 self._maybe_forget(function)
                 return None
         self.counter += 1
-        handle = self.prefix + str(self.counter).encode()
+        handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
         self.queued_bytes += len(data)
         if key:
             function.uniques[key] = job
             self.by_unique[unique] = job
-        if not background and peer is not None:
-            self._add_client(job, peer)
-        if background and self.store is not None:
-            job.store_ref = self.store.add(job)
         if peer is not None:
-            self._created(peer, job)
-        if when > self.clock():
+            if background:
+                if self.store is not None:
+                    job.store_ref = self.store.add(job)
+                    self.store.hold(peer)
+            else:
+                self._add_client(job, peer)
+            peer.send(_pack_header(RES, C.JOB_CREATED, len(handle)) + handle)
+        elif background and self.store is not None:
+            job.store_ref = self.store.add(job)
+        if when and when > self.clock():
             self._schedule(job)
         else:
             self._enqueue(job)
