@@ -20,6 +20,7 @@ import pytest
 import gear
 import gearman
 from geartrain.protocol import constants as C
+from geartrain.protocol import encode_request
 
 from conftest import free_port, start_geard_process, stop_process, wait_for_port
 from wire import Wire
@@ -45,6 +46,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from wire import Wire
 from geartrain.protocol import constants as C
+from geartrain.protocol import encode_request
 host, port, name, count = sys.argv[2], int(sys.argv[3]), sys.argv[4].encode(), int(sys.argv[5])
 c = Wire(host, port, timeout=60)
 handles = [c.submit(name, b"fg %d" % i) for i in range(count)]
@@ -227,23 +229,25 @@ def test_client_that_sends_but_never_reads_is_paused_not_buffered(geartrain_serv
     """Echo requests from a peer that reads nothing: the server stops reading it once its output backs up."""
     s = geartrain_server
     high_water = s.server.config.output_high_water
+    budget = 256 * 1024 * 1024
+    echoes = encode_request(C.ECHO_REQ, b"e" * 65536) * 16  # sent round and round: one unbroken packet stream
     flood = socket.create_connection((s.host, s.port), timeout=10)
     flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    echo = Wire(s.host, s.port).conn.send_packet(C.ECHO_REQ, b"e" * 65536)
     try:
+        local_port = flood.getsockname()[1]
+        conn = wait_until(lambda: next((c for c in list(s.server.connections) if c.transport is not None
+                                        and c.transport.get_extra_info("peername")[1] == local_port), None),
+                          what="the server sees the flooding connection")
+        view = memoryview(echoes)
         flood.settimeout(0.5)
         sent = 0
-        try:
-            for _ in range(4 * 1024):  # up to 256 MB; the kernel buffers stop it far sooner once we are paused
-                flood.sendall(echo)
-                sent += len(echo)
-        except TimeoutError:
-            pass
-        assert sent < 4 * 1024 * len(echo), "the server read everything from a peer that reads nothing"
-        local_port = flood.getsockname()[1]
-        conn = next(c for c in list(s.server.connections)
-                    if c.transport is not None and c.transport.get_extra_info("peername")[1] == local_port)
-        assert conn.paused
+        while sent < budget:
+            try:
+                sent += flood.send(view[sent % len(echoes):])
+            except TimeoutError:
+                if conn.paused:  # the kernel buffers are full because the server stopped reading: as it should
+                    break
+        assert sent < budget, "the server read everything from a peer that reads nothing"
         # One read's worth of echoes may land past the high-water mark before reading pauses.
         assert conn.transport.get_write_buffer_size() < high_water + 4 * 1024 * 1024
         round_trip(s.host, s.port, b"while-flooded")
