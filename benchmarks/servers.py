@@ -316,9 +316,15 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> 
             raise ServerUnavailable(f"exited with status {proc.returncode} before listening on port {port}")
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
-                return
+                pass
         except OSError:
             pass
+        else:
+            # Something listens; make sure it is ours (a server that lost the port race exits at once).
+            time.sleep(0.05)
+            if proc.poll() is not None:
+                raise ServerUnavailable(f"exited with status {proc.returncode}: port {port} taken by another")
+            return
         if time.monotonic() >= deadline:
             raise ServerUnavailable(f"not listening on {HOST}:{port} after the start deadline")
         time.sleep(delay)
