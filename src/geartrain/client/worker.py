@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..protocol import ClientEvent, Packet
 from ..protocol import constants as C
 from .client import to_bytes
-from .errors import ConnectionLost
+from .errors import ConnectionLost, JobFailed
 from .link import Link, ServerSpec, parse_servers
 
 log = logging.getLogger("geartrain.worker")
@@ -127,7 +127,9 @@ class Worker:
 
     def register(self, function: bytes | str, handler: Handler, timeout: float | None = None) -> None:
         """Handle ``function`` with ``handler``: an ``async def handler(job)``, or a plain function (run in the
-        loop's default executor). ``timeout`` in seconds is sent as CAN_DO_TIMEOUT (milliseconds)."""
+        loop's default executor). Its return value is the WORK_COMPLETE data; raising JobFailed sends WORK_FAIL,
+        any other exception WORK_EXCEPTION then WORK_FAIL. ``timeout`` in seconds goes out as CAN_DO_TIMEOUT
+        (milliseconds)."""
         name = to_bytes(function, "function")
         self.abilities[name] = _Ability(handler, timeout)
         for link in self.links:
@@ -279,7 +281,11 @@ class Worker:
         session.running += 1
         task = asyncio.get_running_loop().create_task(self._work(link, session, job))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._signal()
 
     async def _work(self, link: Link, session: _Session, job: WorkerJob) -> None:
         try:
@@ -296,6 +302,11 @@ class Worker:
                 if not job.connection_lost:
                     link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
                 raise
+            except JobFailed:
+                # The handler's way to fail a job without an exception: WORK_FAIL alone.
+                if not job.connection_lost:
+                    link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                return
             except Exception as exc:
                 if job.connection_lost:
                     log.info("job %r failed after its connection to %s was lost: %r", job.handle, link.name, exc)
