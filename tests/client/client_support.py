@@ -92,10 +92,14 @@ class SubmitSwallowingProxy:
     """A TCP proxy to a server whose FIRST connection drops, unanswered, at the first SUBMIT_JOB it carries.
 
     That makes a submit that was sent but never acknowledged, deterministically; later connections are piped.
+    With ``garbage`` the first connection answers that submit with undecodable bytes and stays open instead.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    GARBAGE = b"\x00XYZ" + b"\xff" * 20
+
+    def __init__(self, target_host: str, target_port: int, garbage: bool = False) -> None:
         self.target = (target_host, target_port)
+        self.garbage = garbage
         self.connections = 0
         self.swallowed = 0
         self.server: asyncio.base_events.Server | None = None
@@ -138,6 +142,11 @@ class SubmitSwallowingProxy:
                         assert type(event) is Packet, event
                         if event.ptype == C.SUBMIT_JOB:
                             self.swallowed += 1
+                            if self.garbage:
+                                await up_writer.drain()
+                                writer.write(self.GARBAGE)
+                                await writer.drain()
+                                await reader.read()  # until the client hangs up on the garbage
                             return
                         up_writer.write(encode_request(event.ptype, *event.args))
                 await up_writer.drain()

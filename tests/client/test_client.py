@@ -468,3 +468,76 @@ def test_worker_stop_finishes_running_jobs(geartrain_server):
             assert await job.result() == b"finished"
 
     run(body())
+
+
+def test_undecodable_reply_drops_the_connection_and_the_submit_is_sent_again(any_server):
+    async def body():
+        proxy = SubmitSwallowingProxy(any_server.host, any_server.port, garbage=True)
+        await proxy.start()
+        try:
+            async with Client([f"127.0.0.1:{proxy.port}"]) as client, running_worker(
+                    [any_server.address], {"up": upper}):
+                assert await client.run("up", "after garbage") == b"AFTER GARBAGE"
+                assert proxy.swallowed == 1 and proxy.connections >= 2
+        finally:
+            await proxy.close()
+
+    run(body())
+
+
+def test_function_registered_while_running_is_served(any_server):
+    async def body():
+        async with Client([any_server.address]) as client, running_worker(
+                [any_server.address], {"first": upper}) as worker:
+            assert await client.run("first", "a") == b"A"  # the worker then sleeps
+            worker.register("second", upper)
+            assert await client.run("second", "b") == b"B"
+            worker.unregister("first")
+            assert await client.run("second", "c") == b"C"
+
+    run(body())
+
+
+def test_plain_function_handler_reports_progress_through_the_loop(any_server):
+    async def body():
+        def progress(job: WorkerJob) -> bytes:
+            asyncio.run_coroutine_threadsafe(job.send_data("half"), job.loop).result(DEADLINE)
+            return b"whole"
+
+        async with Client([any_server.address]) as client, running_worker(
+                [any_server.address], {"prog": progress}):
+            job = await client.submit("prog", "")
+            assert await job.result() == b"whole"
+            assert job.data == [b"half"]
+
+    run(body())
+
+
+def test_client_and_worker_over_verified_tls(tmp_path):
+    from geartrain.server import Server, ServerConfig
+    from geartrain.server.tls import client_context
+
+    from certs import make_pki
+
+    pki = make_pki(tmp_path)
+    key, cert, ca = pki.server_files()
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], ssl_key=key, ssl_cert=cert, ssl_ca=ca))
+    server.start_in_thread()
+
+    async def body():
+        address = f"127.0.0.1:{server.port}"
+        worker = Worker([address], ssl_context=client_context(*pki.client_files("tls-worker")))
+        worker.register("up", upper)
+        task = asyncio.create_task(worker.run())
+        try:
+            await worker.wait_connected(timeout=DEADLINE)
+            async with Client([address], ssl_context=client_context(*pki.client_files("tls-client"))) as client:
+                assert await client.run("up", "secret") == b"SECRET"
+        finally:
+            await worker.stop(timeout=DEADLINE)
+            await asyncio.wait_for(task, DEADLINE)
+
+    try:
+        run(body())
+    finally:
+        server.stop()

@@ -39,6 +39,9 @@ class WorkerJob:
         self.arguments = arguments
         #: "host:port" of the server that assigned the job.
         self.server = link.name
+        #: The worker's event loop: a plain-function handler (in an executor thread) reports progress with
+        #: ``asyncio.run_coroutine_threadsafe(job.send_data(b"..."), job.loop).result()``.
+        self.loop = asyncio.get_running_loop()
         self._link = link
         self._generation = generation
 
