@@ -16,7 +16,7 @@ from geartrain.protocol import ProtocolError
 
 from . import constants
 from .connection import Connection, _Closed, _Connector, _name
-from .errors import ConfigurationError, ConnectionError, NoConnectedServersError, TimeoutError
+from .errors import ConfigurationError, ConnectionError, NoConnectedServersError, TimeoutError, UnknownJobError
 from .job import to_bytes
 from .packet import AdminRequest, Packet
 
@@ -134,16 +134,20 @@ class BaseClientServer:
         self._selector.register(self.wake_read, selectors.EVENT_READ, None)
         self._to_close: list[Any] = []
         self._cleaned = False
+        self._wake_lock = threading.Lock()
         self.poll_thread = threading.Thread(name="Gearman client poll", target=self._run, daemon=True)
         self.poll_thread.start()
 
     # -- the poll loop (runs in poll_thread) ----------------------------------------------------------------
 
     def _wake(self) -> None:
-        try:
-            os.write(self.wake_write, b"\n")
-        except (BlockingIOError, OSError):
-            pass
+        with self._wake_lock:
+            if self._cleaned:
+                return  # the pipe is closed (its descriptor number may already belong to another file)
+            try:
+                os.write(self.wake_write, b"\n")
+            except OSError:  # full (the loop will wake anyway) or closed
+                pass
 
     def _run(self) -> None:
         while self.running:
@@ -196,6 +200,8 @@ class BaseClientServer:
                 self._connectFailed(conn)
 
     def _forget(self, sock: Any) -> None:
+        if sock is None:
+            return
         try:
             self._selector.unregister(sock)
         except (KeyError, ValueError):
@@ -314,6 +320,8 @@ class BaseClientServer:
                     self._dispatch(obj)
                 else:
                     self.handleAdminRequest(obj)
+            except UnknownJobError:
+                self.log.warning("Received %s for a job this connection does not hold", obj)
             except Exception:
                 self.log.exception("Exception while handling %s from %s:", obj, conn)
 
@@ -546,12 +554,13 @@ class BaseClientServer:
                     job.disconnect = True
                     job.failure = True
                     job._gear_done.set()
-        if not self._cleaned:
-            self._cleaned = True
-            if threading.current_thread() is not self.poll_thread:
-                self._selector.close()
-                os.close(self.wake_read)
-                os.close(self.wake_write)
+        if threading.current_thread() is not self.poll_thread:
+            with self._wake_lock:
+                if not self._cleaned:
+                    self._cleaned = True
+                    self._selector.close()
+                    os.close(self.wake_read)
+                    os.close(self.wake_write)
 
 
 def _fraction(numerator: Any, denominator: Any) -> float | None:

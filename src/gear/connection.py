@@ -250,24 +250,38 @@ class Connection:
             sock = self.conn
             if sock is None:
                 raise ConnectionError(f"{self!r} is not connected")
-            view = memoryview(data)
-            deadline = None if self.send_timeout is None else time.monotonic() + self.send_timeout
-            while view:
-                try:
-                    with self._io_lock:
-                        sent = sock.send(view)
-                except self._would_block:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise builtins.TimeoutError(f"send to {self.host}:{self.port} timed out") from None
-                    wait = 1.0 if remaining is None else remaining
-                    if self.use_ssl:
-                        wait = min(wait, 0.05)  # TLS may want to read first: look again soon
-                    with selectors.DefaultSelector() as selector:
-                        selector.register(sock, selectors.EVENT_WRITE)
-                        selector.select(wait)
-                    continue
-                view = view[sent:]
+            try:
+                self._sendAll(sock, data)
+                return
+            except BaseException as exc:
+                if self._owner is None or self.conn is not sock:
+                    raise
+                error = exc
+        # Part of a packet may have gone out: the stream is unusable; the owner drops it and reconnects.
+        try:
+            self._owner._lostConnection(self)
+        finally:
+            raise error
+
+    def _sendAll(self, sock: Any, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = None if self.send_timeout is None else time.monotonic() + self.send_timeout
+        while view:
+            try:
+                with self._io_lock:
+                    sent = sock.send(view)
+            except self._would_block:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise builtins.TimeoutError(f"send to {self.host}:{self.port} timed out") from None
+                wait = 1.0 if remaining is None else remaining
+                if self.use_ssl:
+                    wait = min(wait, 0.05)  # TLS may want to read first: look again soon
+                with selectors.DefaultSelector() as selector:
+                    selector.register(sock, selectors.EVENT_WRITE)
+                    selector.select(wait)
+                continue
+            view = view[sent:]
 
     def sendPacket(self, packet: Packet) -> None:
         """Send a :py:class:`Packet` to the server."""

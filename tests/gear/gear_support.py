@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -121,7 +122,9 @@ def start_on_port(kind: str, host: str, port: int) -> RunningServer:
     while True:
         try:
             if kind == "gearmand":
-                cmd = [GEARMAND, "-p", str(port), "-L", host, "-l", "none", "-P", os.devnull, "-t", "2"]
+                # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
+                pidfile = os.path.join(tempfile.mkdtemp(prefix="gearmand-"), "gearmand.pid")
+                cmd = [GEARMAND, "-p", str(port), "-L", host, "-l", "none", "-P", pidfile, "-t", "2"]
                 process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 try:
                     wait_for_port(host, port, deadline=5.0, process=process)
