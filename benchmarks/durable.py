@@ -1,0 +1,319 @@
+"""Background submit throughput into a durable queue, side by side, in one run.
+
+Servers: geartrain with its SQLite store (--queue-type sqlite), geartrain in memory, gearmand with its
+libsqlite3 queue (-q libsqlite3 --libsqlite3-db FILE) and gearmand in memory, each on an ephemeral loopback
+port with a fresh work directory. Load: a few client connections (in one or more processes, uvloop when
+installed) keep a window of SUBMIT_JOB_BG pipelined each and count JOB_CREATED for a fixed time; then they stop
+submitting and wait for every answer still due. A submit counts once its JOB_CREATED arrived.
+
+Checks: the server's `status` holds exactly the jobs acknowledged, and after the server stops its SQLite file
+holds a row for each of them (for the durable queues).
+
+    python benchmarks/durable.py [--duration 5] [--connections 4] [--procs 1] [--window 256] [--size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
+SUBMIT_JOB_BG = 18
+JOB_CREATED = 8
+
+
+def submit_packets(function: bytes, prefix: bytes, first: int, count: int, data: bytes) -> bytes:
+    """`count` SUBMIT_JOB_BG with uniques prefix+number: gearmand's SQLite queue keys rows by unique (an empty
+    one would overwrite a single row), so every job gets one of its own."""
+    out = []
+    head = function + b"\x00" + prefix
+    for n in range(first, first + count):
+        body = b"%s%d\x00%s" % (head, n, data)
+        out.append(b"\x00REQ" + struct.pack(">II", SUBMIT_JOB_BG, len(body)) + body)
+    return b"".join(out)
+
+
+class Submitter(asyncio.Protocol):
+    """Keeps `window` submits outstanding until told to stop, then waits for the answers still due."""
+
+    def __init__(self, prefix: bytes, data: bytes, window: int, done: asyncio.Future) -> None:
+        self.prefix = prefix
+        self.data = data
+        self.sent = 0
+        self.window = window
+        self.done = done
+        self.buffer = b""
+        self.outstanding = 0
+        self.created = 0
+        self.stopping = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def start(self) -> None:
+        self.outstanding = self.window
+        assert self.transport is not None
+        self.send(self.window)
+
+    def send(self, count: int) -> None:
+        assert self.transport is not None
+        self.transport.write(submit_packets(b"bench", self.prefix, self.sent, count, self.data))
+        self.sent += count
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data
+        pos, n = 0, 0
+        end = len(buf)
+        while end - pos >= 12:
+            ptype, size = struct.unpack_from(">II", buf, pos + 4)
+            if end - pos < 12 + size:
+                break
+            if ptype != JOB_CREATED:
+                raise RuntimeError(f"unexpected packet type {ptype}: {buf[pos + 12:pos + 12 + size][:200]!r}")
+            pos += 12 + size
+            n += 1
+        self.buffer = buf[pos:]
+        self.created += n
+        self.outstanding -= n
+        if not self.stopping:
+            self.outstanding += n
+            self.send(n)
+        elif self.outstanding == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.outstanding == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"the server closed the connection: {exc}"))
+
+
+async def _client_main(port: int, connections: int, window: int, size: int, duration: float,
+                       start_at: float) -> tuple[int, float, float]:
+    loop = asyncio.get_running_loop()
+    data = (bytes(range(1, 256)) * (size // 255 + 1))[:size]
+    protocols = []
+    for _ in range(connections):
+        done = loop.create_future()
+        prefix = b"%d-%d-" % (os.getpid(), len(protocols))
+        _, protocol = await loop.create_connection(
+            lambda done=done, prefix=prefix: Submitter(prefix, data, window, done), HOST, port)
+        protocols.append(protocol)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    for protocol in protocols:
+        protocol.start()
+    await asyncio.sleep(duration)
+    for protocol in protocols:
+        protocol.stop()
+    await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), timeout=600)
+    finished = time.perf_counter()
+    for protocol in protocols:
+        protocol.transport.close()
+    return sum(p.created for p in protocols), started, finished
+
+
+def _client_process(args: tuple, results: mp.Queue) -> None:
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        results.put(("ok", run(_client_main(*args))))
+    except BaseException as exc:  # reported to the parent
+        results.put(("error", repr(exc)))
+
+
+@dataclass
+class Result:
+    name: str
+    created: int
+    seconds: float
+    stored: int | None  # rows in the SQLite file after the server stopped, for the durable queues
+    queued: int  # TOTAL of `status` at the end
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.created / self.seconds if self.seconds else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def admin_status(port: int) -> int:
+    """Sum of TOTAL over the functions of `status`."""
+    with socket.create_connection((HOST, port), timeout=60) as sock:
+        sock.sendall(b"status\n")
+        data = b""
+        while not (data.endswith(b"\n.\n") or data == b".\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return sum(int(line.split(b"\t")[1]) for line in data.splitlines() if b"\t" in line)
+
+
+def count_rows(path: Path, table: str) -> int:
+    conn = sqlite3.connect(str(path))
+    try:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def server_command(name: str, port: int, workdir: Path) -> tuple[list[str], Path | None, str | None]:
+    """argv, the SQLite file and its table (None for memory)."""
+    if name.startswith("geartrain"):
+        argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST]
+        if name == "geartrain-sqlite":
+            db = workdir / "geartrain.sqlite3"
+            return argv + ["--queue-type", "sqlite", "--sqlite-db", str(db)], db, "geartrain_jobs"
+        return argv + ["--queue-type", "memory"], None, None
+    # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
+    argv = [GEARMAND, "-p", str(port), "-L", HOST, "-t", "2", "-l", "none", "-P", str(workdir / "gearmand.pid")]
+    if name == "gearmand-sqlite":
+        db = workdir / "gearmand.sqlite3"
+        return argv + ["-q", "libsqlite3", "--libsqlite3-db", str(db)], db, "gearman_queue"
+    return argv, None, None
+
+
+def run_clients(port: int, opts: argparse.Namespace) -> tuple[int, float]:
+    """Run the client processes against a port: (JOB_CREATED counted, seconds from first submit to last answer)."""
+    results: mp.Queue = mp.Queue()
+    per_proc = [opts.connections // opts.procs + (i < opts.connections % opts.procs) for i in range(opts.procs)]
+    start_at = time.time() + 1.0
+    procs = [mp.Process(target=_client_process,
+                        args=((port, n, opts.window, opts.size, opts.duration, start_at), results))
+             for n in per_proc if n]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=opts.duration + 700) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    errors = [o[1] for o in outcomes if o[0] != "ok"]
+    if errors:
+        raise RuntimeError(f"port {port}: a client failed: {errors[0]}")
+    created = sum(o[1][0] for o in outcomes)
+    seconds = max(o[1][2] for o in outcomes) - min(o[1][1] for o in outcomes)
+    return created, seconds
+
+
+def run_one(name: str, opts: argparse.Namespace) -> Result:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        for _ in range(5):
+            port = free_port()
+            argv, db, table = server_command(name, port, workdir)
+            process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                wait_for_port(port, process)
+                break
+            except (RuntimeError, TimeoutError):
+                process.kill()
+                process.wait()
+        else:
+            raise RuntimeError(f"{name} did not start: {process.stderr.read().decode(errors='replace')[-500:]}")
+        try:
+            created, seconds = run_clients(port, opts)
+            queued = admin_status(port)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+        stored = count_rows(db, table) if db is not None else None
+        return Result(name, created, seconds, stored, queued)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of submitting per server (5)")
+    p.add_argument("--connections", type=int, default=4, help="client connections (4)")
+    p.add_argument("--procs", type=int, default=1, help="client processes the connections are spread over (1)")
+    p.add_argument("--window", type=int, default=256, help="submits outstanding per connection (256)")
+    p.add_argument("--size", type=int, default=64, help="bytes of data per job (64)")
+    p.add_argument("--servers", default="geartrain-sqlite,geartrain-memory,gearmand-sqlite,gearmand-memory",
+                   help="comma-separated list of the servers to run")
+    p.add_argument("--against", type=int, metavar="PORT",
+                   help="only run the clients against a server already listening on this loopback port")
+    opts = p.parse_args(argv)
+    if opts.against:
+        created, seconds = run_clients(opts.against, opts)
+        print(f"port {opts.against}: {created} acknowledged in {seconds:.2f}s: {created / seconds:.0f} submits/s")
+        return 0
+    names = [n for n in opts.servers.split(",") if n]
+    print(f"background submit throughput: {opts.connections} connections in {opts.procs} process(es), window "
+          f"{opts.window}, {opts.size}-byte jobs, {opts.duration:g}s per server, {os.cpu_count()} CPUs")
+    results = []
+    failed = False
+    for name in names:
+        if name.startswith("gearmand") and not os.access(GEARMAND, os.X_OK):
+            print(f"{name}: skipped, {GEARMAND} is not installed")
+            continue
+        result = run_one(name, opts)
+        results.append(result)
+        ok = result.queued == result.created and result.stored in (None, result.created)
+        failed |= not ok
+        result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
+    by_name = {r.name: r for r in results}
+    print()
+    print(f"{'server':<18} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'stored rows':>12}  check")
+    for r in results:
+        stored = "-" if r.stored is None else str(r.stored)
+        print(f"{r.name:<18} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {stored:>12}  {r.note}")
+    print()
+    for a, b in (("geartrain-sqlite", "gearmand-sqlite"), ("geartrain-sqlite", "geartrain-memory"),
+                 ("geartrain-sqlite", "gearmand-memory"), ("geartrain-memory", "gearmand-memory")):
+        if a in by_name and b in by_name and by_name[b].rate:
+            print(f"{a} / {b}: {by_name[a].rate / by_name[b].rate:.2f}x")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
