@@ -210,6 +210,7 @@ def test_admin_and_echo(any_server):
         async with Client([any_server.address]) as client, running_worker([any_server.address], {"adm": upper}):
             assert await client.echo("ping") == b"ping"
             assert await client.echo(b"\x00with nul") == b"\x00with nul"
+            assert await client.run("adm", "registered") == b"REGISTERED"  # the server has seen CAN_DO
             status = await client.admin("status")
             assert status.ok
             assert any(line.split(b"\t")[0] == b"adm" for line in status.lines)
@@ -541,3 +542,17 @@ def test_client_and_worker_over_verified_tls(tmp_path):
         run(body())
     finally:
         server.stop()
+
+
+def test_close_fails_waiting_foreground_jobs_with_job_lost(geartrain_server):
+    async def body():
+        client = Client([geartrain_server.address])
+        await client.connect()
+        job = await client.submit("nobody-does-this", "x")
+        await client.close()
+        with pytest.raises(JobLost):
+            await asyncio.wait_for(job.result(), DEADLINE)
+        with pytest.raises(Exception, match="closed"):
+            await client.submit("f", "x")
+
+    run(body())

@@ -141,9 +141,11 @@ class Link:
     async def close(self) -> None:
         """Stop reconnecting and close the connection after writing what is buffered."""
         self._closing = True
-        if self.transport is not None:
+        transport = self.transport
+        if transport is not None:
             self._flush()
-            self.transport.close()
+            transport.close()  # still writes what is buffered
+            self._gone(None)  # settle the owner's waiters now, not on a later loop pass
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -151,8 +153,6 @@ class Link:
                 await task
             except asyncio.CancelledError:
                 pass
-        if self.transport is not None:  # close() did not finish within the task: do not leave it open
-            self.transport.abort()
         self._resolve_first(False)
 
     def abort(self) -> None:
