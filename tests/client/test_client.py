@@ -358,16 +358,22 @@ def test_submit_while_server_down_is_sent_after_restart(kind):
 
     async def body():
         addr = [server.address]
-        async with Client(addr) as client:
+        async def boom(job: WorkerJob) -> bytes:
+            raise RuntimeError("boom after restart")
+
+        async with Client(addr, client_id="survivor") as client:
             assert await client.echo("up") == b"up"
             await asyncio.to_thread(server.stop)
             await eventually(lambda: not client.connected_servers, "the client saw the server go")
             pending = asyncio.create_task(client.run("up", "queued while down"))
-            await asyncio.sleep(0)  # let the submit reach the client's hold queue
-            assert not pending.done()
             await asyncio.to_thread(server.start)
-            async with running_worker(addr, {"up": upper}):
+            async with running_worker(addr, {"up": upper, "boom": boom}):
                 assert await asyncio.wait_for(pending, DEADLINE) == b"QUEUED WHILE DOWN"
+                # SET_CLIENT_ID and OPTION_REQ exceptions were sent again on the new connection.
+                workers = await client.admin("workers")
+                assert any(b" survivor " in line + b" " for line in workers.lines), workers.lines
+                with pytest.raises(JobException):
+                    await client.run("boom", "")
 
     try:
         run(body())
