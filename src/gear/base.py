@@ -548,6 +548,7 @@ class BaseClientServer:
             self.connections_condition.notify_all()
         for conn in connections:
             jobs = list(conn.related_jobs.values())
+            conn._owner = None
             conn.disconnect()
             for job in jobs:
                 if hasattr(job, "_gear_done") and not job._gear_done.is_set():

@@ -35,7 +35,8 @@ class Client(BaseClient):
     Subclass it to react to events by overriding the handlers (handleWorkComplete, handleWorkFail,
     handleWorkException, handleWorkData, handleWorkWarning, handleWorkStatus, handleStatusRes,
     handleDisconnect, ...); call the superclass handler so the job is kept up to date. Each returns the job.
-    Handlers run in the client's background thread.
+    Handlers run in the client's background thread, which reads every connection: they must not wait for
+    the server themselves (no submitJob() or getStatus() from inside a handler).
 
     :arg str client_id: appended to the logger name (e.g. gear.Client.client_id). Defaults to 'unknown'.
     """

@@ -223,7 +223,15 @@ class Connection:
             waiter.event.set()
 
     def disconnect(self) -> None:
-        """Close the connection and drop its state (jobs, pending requests, options)."""
+        """Close the connection and drop its state (jobs, pending requests, options).
+
+        On a connection of a running Client or Worker, its poll loop closes the socket and reconnects.
+        """
+        owner = self._owner
+        if owner is not None and owner.running and self.connected:
+            owner._lostConnection(self)
+            self._init()
+            return
         sock = self._detach()
         if sock is not None:
             try:
@@ -234,9 +242,12 @@ class Connection:
         self._init()
 
     def reconnect(self) -> None:
-        """Close and reopen the connection, dropping its state."""
+        """Close and reopen the connection, dropping its state (on a connection of a running Client or
+        Worker the poll loop reopens it in the background)."""
+        owner = self._owner
         self.disconnect()
-        self.connect()
+        if owner is None or not owner.running:
+            self.connect()
 
     # -- sending ---------------------------------------------------------------------------------------------
 

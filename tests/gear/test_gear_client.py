@@ -377,3 +377,20 @@ def test_echo_and_standalone_connection(any_server):
     finally:
         conn.disconnect()
     assert not conn.connected and conn.conn is None
+
+
+def test_disconnecting_a_pool_connection_makes_the_client_reconnect(any_server, pool):  # noqa: F811
+    client = pool.client(any_server, cls=RecordingClient)
+    waiting = gear.Job("nobody-runs-this", b"")
+    client.submitJob(waiting)
+    conn = client.getConnection()
+    conn.disconnect()
+    assert client.wait_for("disconnect") is waiting and waiting.disconnect
+    assert conn.related_jobs == {}
+    client.waitForServer(WAIT)
+    assert client.getConnection() is conn and conn.connected
+    worker = pool.worker(any_server, "after-disconnect")
+    pool.serve(worker, reverse)
+    job = gear.Job("after-disconnect", b"abc")
+    client.submitJob(job)
+    assert job.waitForCompletion(WAIT) and job.data == [b"cba"]
