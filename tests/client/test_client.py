@@ -562,3 +562,29 @@ def test_close_fails_waiting_foreground_jobs_with_job_lost(geartrain_server):
             await client.submit("f", "x")
 
     run(body())
+
+
+def test_function_registered_with_a_timeout_runs(any_server):
+    async def body():
+        worker = Worker([any_server.address], client_id="timed")
+        worker.register("timed", upper, timeout=30)
+        task = asyncio.create_task(worker.run(concurrency=2))
+        try:
+            await worker.wait_connected(timeout=DEADLINE)
+            async with Client([any_server.address]) as client:
+                assert await client.run("timed", "in time") == b"IN TIME"
+                workers = await client.admin("workers")
+                assert any(line.endswith(b" timed") and b" timed " in line for line in workers.lines), workers.lines
+        finally:
+            await worker.stop(timeout=DEADLINE)
+            await asyncio.wait_for(task, DEADLINE)
+
+    run(body())
+
+
+def test_worker_rejects_zero_concurrency(geartrain_server):
+    async def body():
+        with pytest.raises(ValueError):
+            await Worker([geartrain_server.address]).run(concurrency=0)
+
+    run(body())
