@@ -48,6 +48,16 @@ _INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run
 _DELETE = f"DELETE FROM {TABLE} WHERE id = ?"
 
 
+def chunk_sizes(count: int, most: int) -> list[int]:
+    """Split count into chunks of `most`, then powers of two: few distinct statements, each prepared once."""
+    sizes = []
+    while count:
+        size = most if count >= most else 1 << (count.bit_length() - 1)
+        sizes.append(size)
+        count -= size
+    return sizes
+
+
 def _as_bytes(value: object) -> bytes | None:
     if isinstance(value, bytes):
         return value
@@ -80,6 +90,8 @@ class SQLiteStore(GroupCommitStore):
         self.path = Path(path).absolute()
         super().__init__(str(self.path))
         self.conn: sqlite3.Connection | None = None
+        self._rows_per_statement = 512
+        self._statements: dict[tuple[str, int], str] = {}
 
     # ------------------------------------------------------------------ writer thread
 
@@ -125,6 +137,9 @@ class SQLiteStore(GroupCommitStore):
             conn.close()
             raise StoreError(f"the queue file {path} is not a usable SQLite database ({exc}); no job was read. "
                              "Move it aside (with its -wal file) or name another file with --sqlite-db") from exc
+        getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
+        variables = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit is not None else 999
+        self._rows_per_statement = max(1, min(512, variables // 7))
         self.conn = conn
 
     def _take_over_gearmand(self, conn: sqlite3.Connection) -> None:
@@ -176,18 +191,35 @@ class SQLiteStore(GroupCommitStore):
         return jobs
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
+        # Many rows per statement: the sqlite3 module lets go of the GIL around every step, and taking it back
+        # while the event loop thread is busy can cost a whole switch interval, so few steps it is.
         conn = self._conn()
         conn.execute("BEGIN")
         try:
-            if adds:
-                conn.executemany(_INSERT, adds)
-            if removes:
-                conn.executemany(_DELETE, [(ref,) for ref in removes])
+            start = 0
+            for size in chunk_sizes(len(adds), self._rows_per_statement):
+                params = [value for row in adds[start:start + size] for value in row]
+                conn.execute(self._statement("insert", size), params)
+                start += size
+            start = 0
+            for size in chunk_sizes(len(removes), self._rows_per_statement * 7):
+                conn.execute(self._statement("delete", size), removes[start:start + size])
+                start += size
             conn.execute("COMMIT")  # synchronous=FULL: the log is synced before this returns
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _statement(self, kind: str, rows: int) -> str:
+        sql = self._statements.get((kind, rows))
+        if sql is None:
+            if kind == "insert":
+                sql = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (rows - 1)
+            else:
+                sql = f"DELETE FROM {TABLE} WHERE id IN ({', '.join('?' * rows)})"
+            self._statements[(kind, rows)] = sql
+        return sql
 
     def close_engine(self) -> None:
         conn, self.conn = self.conn, None
