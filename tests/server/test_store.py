@@ -399,3 +399,26 @@ def test_open_store_uses_the_configured_path_or_the_default(tmp_path, monkeypatc
     assert default_sqlite_path() == tmp_path / "home" / ".local" / "state" / "geartrain" / "queue.sqlite3"
     assert open_store(SimpleNamespace(queue_type="sqlite", sqlite_db=str(tmp_path / "x.db"))).location == str(
         tmp_path / "x.db")
+
+
+def test_big_batches_are_split_into_statements_and_applied_whole(tmp_path):
+    from geartrain.server.store.sqlite import chunk_sizes
+
+    assert chunk_sizes(0, 512) == []
+    assert chunk_sizes(1300, 512) == [512, 512, 256, 16, 4]
+    db = tmp_path / "q.db"
+
+    async def main() -> None:
+        broker, store = await started(db)
+        client = broker.connect(1)
+        for i in range(1300):
+            broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"u%d" % i, b"%d" % i))
+        await durable(store)
+        for job in list(broker.jobs.values())[:1100]:
+            broker.cancel(job.handle)
+        await durable(store)
+        assert store.commits == 2
+        await store.close()
+
+    run(main())
+    assert [r[2] for r in rows(db)] == [b"u%d" % i for i in range(1100, 1300)]
