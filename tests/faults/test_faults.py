@@ -327,9 +327,6 @@ def test_each_limit_answers_with_a_clear_error(server_factory):
         assert w.closed_by_server()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the admin commands `create function NAME` and `maxqueue NAME N` "
-                   "skip the max_function_length check that CAN_DO and SUBMIT_JOB apply: they answer OK and keep "
-                   "a function record with an over-long name (any connection can add such records without bound)")
 def test_admin_commands_apply_the_function_name_limit(server_factory):
     s = server_factory("geartrain", max_function_length=32)
     with Wire(s.host, s.port) as admin:

@@ -158,3 +158,13 @@ def test_client_connection_decodes_packets_between_admin_answers():
     data = b"1 ::1 - :\n" + encode_response(C.NOOP) + b".\n"
     events = conn.receive_data(data)
     assert events == [Packet(C.RES, C.NOOP, ()), AdminResponse(b"workers", (b"1 ::1 - :",), b"1 ::1 - :\n.\n")]
+
+
+def test_large_bodies_split_the_same_as_small_ones():
+    big = b"x\x00y" * 20_000
+    stream = encode_request(C.SUBMIT_JOB, b"f", b"u", big) + encode_request(C.ECHO_REQ, big)
+    decoder = Decoder()
+    events = decoder.feed(stream[:1000]) + decoder.feed(stream[1000:])
+    assert events == [Packet(C.REQ, C.SUBMIT_JOB, (b"f", b"u", big)), Packet(C.REQ, C.ECHO_REQ, (big,))]
+    short = struct.pack(">4sII", C.REQ, C.SUBMIT_JOB, 40_000) + b"f" * 40_000
+    assert Decoder().feed(short)[0].code == b"INVALID_PACKET"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,14 @@ def err(code: str, message: str = "") -> bytes:
     """gearmand's ERR line: the message with spaces written as '+'."""
     text = message.replace(" ", "+")
     return f"ERR {code} {text}\r\n".encode() if text else f"ERR {code}\r\n".encode()
+
+
+_UNSAFE = re.compile(rb"[\x00-\x1f\x7f\\]")
+
+
+def printable(value: bytes) -> bytes:
+    """A unique as it may appear in a listing: control characters and backslashes escaped as \\xNN."""
+    return _UNSAFE.sub(lambda m: b"\\x%02x" % m[0][0], value)
 
 
 def listing(lines: list[bytes]) -> bytes:
@@ -93,7 +102,7 @@ class Admin:
             ]
             return listing(lines)
         if kind == [b"unique", b"jobs"]:
-            return listing([job.unique for job in self.broker.jobs.values() if job.unique])
+            return listing([printable(job.unique) for job in self.broker.jobs.values() if job.unique])
         return err("UNKNOWN_COMMAND", "Unknown server command")
 
     # ------------------------------------------------------------------ changes
@@ -113,6 +122,9 @@ class Admin:
             limits = numbers
         else:
             return err("INVALID_ARGUMENTS", "use maxqueue FUNCTION [N] or maxqueue FUNCTION HIGH NORMAL LOW")
+        problem = self.broker.name_problem(words[0]) if words[0] not in self.broker.functions else None
+        if problem is not None:
+            return err(problem[0].decode(), problem[1])
         self.broker.set_max_queue(words[0], limits)
         log.info("maxqueue %r %s", words[0], dict(zip(PRIORITY_NAMES, limits, strict=True)))
         return OK
@@ -133,6 +145,9 @@ class Admin:
     def create(self, peer: Peer, words: list[bytes]) -> bytes:
         if len(words) != 2 or words[0].lower() != b"function":
             return err("INVALID_ARGUMENTS", "use create function NAME")
+        problem = self.broker.name_problem(words[1]) if words[1] not in self.broker.functions else None
+        if problem is not None:
+            return err(problem[0].decode(), problem[1])
         self.broker.function(words[1])
         return OK
 

@@ -264,7 +264,7 @@ class Server:
         self.broker.dirty = []
         for peer in dirty:
             if peer.out and not peer.closed and (store is None or not store.holds(peer)):
-                peer.conn.write(peer.take_output())
+                peer.conn.write(peer.take_chunks())
             elif peer.out and not peer.closed:
                 self.broker.dirty.append(peer)
 

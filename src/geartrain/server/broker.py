@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -28,10 +29,23 @@ SCHEDULED = 2  # an epoch job waiting for its time
 DONE = 3
 
 NO_CLIENTS: tuple[()] = ()
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 
 _NOOP = pack(RES, C.NOOP, b"")
 _NO_JOB = pack(RES, C.NO_JOB, b"")
+
+
+#: Payloads at least this large travel as their own output chunk: never copied into a joined packet.
+LARGE = 16 * 1024
+
+
+def frame(ptype: int, head: bytes, data: bytes = b"") -> tuple[bytes, ...]:
+    """A response packet as output chunks: its header and leading arguments (`head`, NUL-terminated), then data."""
+    header = _pack_header(RES, ptype, len(head) + len(data))
+    if len(data) >= LARGE:
+        return (header + head, data)
+    return (header + head + data,)
 
 
 def error_packet(code: bytes, message: str) -> bytes:
@@ -42,7 +56,7 @@ class Peer:
     """One connection as the broker sees it: what it may do, what it waits on, what it runs."""
 
     __slots__ = (
-        "id", "address", "out", "out_size", "broker", "client_id", "abilities", "sleeping", "noop_sent",
+        "id", "address", "out", "large", "broker", "client_id", "abilities", "sleeping", "noop_sent",
         "woken_for", "exceptions", "running", "waiting", "subject", "closed", "last_exception", "conn",
         "__weakref__",
     )
@@ -52,8 +66,10 @@ class Peer:
         self.id = peer_id
         self.address = address
         self.subject = subject
+        #: Output chunks waiting for the transport's flush, in order.
         self.out: list[bytes] = []
-        self.out_size = 0
+        #: Whether `out` holds a large payload chunk (then it is written without joining).
+        self.large = False
         self.client_id = b"-"
         #: {Function: timeout in seconds or 0}
         self.abilities: dict[Function, float] = {}
@@ -76,13 +92,31 @@ class Peer:
         if not self.out:
             self.broker.dirty.append(self)
         self.out.append(data)
-        self.out_size += len(data)
+
+    def send_all(self, chunks: tuple[bytes, ...]) -> None:
+        """Queue the chunks of one packet (see frame())."""
+        if self.closed:
+            return
+        if not self.out:
+            self.broker.dirty.append(self)
+        if len(chunks) > 1:
+            self.large = True
+        self.out.extend(chunks)
 
     def take_output(self) -> bytes:
         data = b"".join(self.out)
         self.out.clear()
-        self.out_size = 0
+        self.large = False
         return data
+
+    def take_chunks(self) -> list[bytes]:
+        """The output as few chunks as possible without copying large payloads."""
+        out = self.out
+        self.out = []
+        if self.large:
+            self.large = False
+            return out
+        return [out[0] if len(out) == 1 else b"".join(out)]
 
     def __repr__(self) -> str:
         return f"<Peer {self.id} {self.address}>"
@@ -274,14 +308,24 @@ class Broker:
         ):
             self.functions.pop(function.name, None)
 
-    def _check_name(self, peer: Peer, name: bytes) -> bool:
+    def name_problem(self, name: bytes) -> tuple[bytes, str] | None:
+        """Why a new function name is refused (error code, message), or None. Control characters are refused
+        because names are written into admin listings, where they could forge lines."""
         if not name:
-            peer.send(error_packet(b"INVALID_FUNCTION_NAME", "function name is empty"))
-            return False
+            return b"INVALID_FUNCTION_NAME", "function name is empty"
         if len(name) > self.max_function_length:
-            peer.send(error_packet(
-                b"ARGUMENT_TOO_LARGE",
-                f"function name of {len(name)} bytes exceeds the limit of {self.max_function_length}"))
+            return b"ARGUMENT_TOO_LARGE", f"function name of {len(name)} bytes exceeds the limit of " \
+                                          f"{self.max_function_length}"
+        if _CONTROL.search(name):
+            return b"INVALID_FUNCTION_NAME", f"function name {name[:64]!r} holds control characters"
+        return None
+
+    def _check_name(self, peer: Peer, name: bytes) -> bool:
+        if name in self.functions:
+            return True  # validated when it was created
+        problem = self.name_problem(name)
+        if problem is not None:
+            peer.send(error_packet(*problem))
             return False
         return True
 
@@ -415,8 +459,7 @@ class Broker:
     ) -> Job | None:
         """Create or join a job and answer JOB_CREATED (or ERROR) to the submitting peer."""
         if peer is not None:
-            if not name or len(name) > self.max_function_length:
-                self._check_name(peer, name)
+            if name not in self.functions and not self._check_name(peer, name):
                 return None
             if len(unique) > self.max_unique_length:
                 peer.send(error_packet(
@@ -585,26 +628,26 @@ class Broker:
         if job is None:
             peer.send(_NO_JOB)
         else:
-            peer.send(pack(RES, C.JOB_ASSIGN, job.handle + b"\x00" + job.function.name + b"\x00" + job.data))
+            peer.send_all(frame(C.JOB_ASSIGN, job.handle + b"\x00" + job.function.name + b"\x00", job.data))
 
     def _grab_job_uniq(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._grab(peer)
         if job is None:
             peer.send(_NO_JOB)
         else:
-            peer.send(pack(RES, C.JOB_ASSIGN_UNIQ, b"\x00".join(
-                (job.handle, job.function.name, job.unique, job.data))))
+            peer.send_all(frame(C.JOB_ASSIGN_UNIQ, b"\x00".join(
+                (job.handle, job.function.name, job.unique, b"")), job.data))
 
     def _grab_job_all(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._grab(peer)
         if job is None:
             peer.send(_NO_JOB)
         elif job.reducer:
-            peer.send(pack(RES, C.JOB_ASSIGN_ALL, b"\x00".join(
-                (job.handle, job.function.name, job.unique, job.reducer, job.data))))
+            peer.send_all(frame(C.JOB_ASSIGN_ALL, b"\x00".join(
+                (job.handle, job.function.name, job.unique, job.reducer, b"")), job.data))
         else:
-            peer.send(pack(RES, C.JOB_ASSIGN_UNIQ, b"\x00".join(
-                (job.handle, job.function.name, job.unique, job.data))))
+            peer.send_all(frame(C.JOB_ASSIGN_UNIQ, b"\x00".join(
+                (job.handle, job.function.name, job.unique, b"")), job.data))
 
     # ----------------------------------------------------------------- work results
 
@@ -618,11 +661,11 @@ class Broker:
                                                       "to this connection"))
         return job
 
-    def _relay(self, job: Job, ptype: int, body: bytes) -> None:
+    def _relay(self, job: Job, ptype: int, head: bytes, data: bytes = b"") -> None:
         if job.clients:
-            packet = pack(RES, ptype, body)
+            chunks = frame(ptype, head, data)
             for client in job.clients:
-                client.send(packet)
+                client.send_all(chunks)
 
     def _work_status(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_STATUS)
@@ -634,17 +677,17 @@ class Broker:
     def _work_data(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_DATA)
         if job is not None:
-            self._relay(job, C.WORK_DATA, args[0] + b"\x00" + args[1])
+            self._relay(job, C.WORK_DATA, args[0] + b"\x00", args[1])
 
     def _work_warning(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_WARNING)
         if job is not None:
-            self._relay(job, C.WORK_WARNING, args[0] + b"\x00" + args[1])
+            self._relay(job, C.WORK_WARNING, args[0] + b"\x00", args[1])
 
     def _work_complete(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_COMPLETE)
         if job is not None:
-            self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00" + args[1])
+            self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
             self._finish(job)
 
     def _work_fail(self, peer: Peer, args: tuple[bytes, ...]) -> None:
@@ -738,7 +781,7 @@ class Broker:
         peer.send(pack(RES, C.ECHO_RES, args[0]))
 
     def _set_client_id(self, peer: Peer, args: tuple[bytes, ...]) -> None:
-        client_id = args[0][:127].replace(b" ", b"_").replace(b"\n", b"_")
+        client_id = _CONTROL.sub(b"_", args[0][:127].replace(b" ", b"_"))
         peer.client_id = client_id or b"-"
 
     def _option(self, peer: Peer, args: tuple[bytes, ...]) -> None:

@@ -34,7 +34,13 @@ def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-class GearmanProtocol(asyncio.Protocol):
+#: One receive buffer shared by every connection of the process: the loop fills it and calls buffer_updated()
+#: at once, and the decoder copies what it keeps, so no read allocates a bytes object of its own.
+_read_buffer = bytearray(256 * 1024)
+_read_view = memoryview(_read_buffer)
+
+
+class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
     __slots__ = ("server", "transport", "decoder", "peer", "handlers", "paused", "idle_handle", "ssl_context",
@@ -136,9 +142,15 @@ class GearmanProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ input
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.tls is not None:
-            data = self._decrypt(data)
+            data = self._decrypt(bytes(data))
             if not data:
                 return
         peer = self.peer
@@ -205,13 +217,17 @@ class GearmanProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ output
 
-    def write(self, data: bytes) -> None:
+    def write(self, chunks: list[bytes]) -> None:
+        """Send one flush's output: usually one joined chunk, or a few around large payloads."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         if self.tls is not None:
-            data = self.tls.send(data)
-        transport.write(data)
+            transport.write(self.tls.send(b"".join(chunks)))
+        elif len(chunks) == 1:
+            transport.write(chunks[0])
+        else:
+            transport.writelines(chunks)
         limit = self.server.config.output_limit
         if limit and transport.get_write_buffer_size() > limit:
             peer = self.peer
