@@ -202,3 +202,34 @@ def test_gear_server_serves_on_construction_with_port_zero(pool):  # noqa: F811
         pool.close()
         server.shutdown()
         server.shutdown()
+
+
+def test_acl_server_example_denies_what_was_not_granted(tmp_path, pool):  # noqa: F811
+    # The seed's ACL example: my_worker may register, my_client may invoke (subjects are certificate CNs).
+    from certs import make_pki
+
+    pki = make_pki(tmp_path)
+    acl = gear.ACL()
+    acl.add(gear.ACLEntry("my_worker", register=".*"))
+    acl.add(gear.ACLEntry("my_client", invoke=".*"))
+    server = gear.Server(0, *pki.server_files(), acl=acl, host="127.0.0.1")
+    try:
+        worker = gear.Worker("my_worker")
+        pool.objects.append(worker)
+        worker.addServer("127.0.0.1", server.port, *pki.client_files("my_worker"))
+        worker.registerFunction("reverse")
+        pool.serve(worker, lambda job: job.sendWorkComplete(job.arguments[::-1]))
+        allowed = pool.client()
+        allowed.addServer("127.0.0.1", server.port, *pki.client_files("my_client"))
+        denied = pool.client()
+        denied.addServer("127.0.0.1", server.port, *pki.client_files("stranger"))
+        for obj in (worker, allowed, denied):
+            obj.waitForServer(WAIT)
+        job = gear.Job("reverse", "granted")
+        allowed.submitJob(job)
+        assert job.waitForCompletion(WAIT) and job.data == [b"detnarg"]
+        with pytest.raises(gear.GearmanError):
+            denied.submitJob(gear.Job("reverse", "not granted"))
+    finally:
+        pool.close()
+        server.shutdown()

@@ -251,3 +251,24 @@ def test_worker_resends_identity_and_abilities_on_every_connection():
         (constants.CAN_DO, (b"plain",)),
         (constants.CAN_DO_TIMEOUT, (b"timed", b"30000")),
     ]
+
+
+def test_zuul_style_worker_delays_grabs_in_handle_noop(any_server, pool):  # noqa: F811
+    class DelayingWorker(gear.TextWorker):
+        noops = 0
+
+        def handleNoop(self, packet):
+            type(self).noops += 1
+            time.sleep(0.01)  # Zuul's executor delays its grab by its current load
+            return super().handleNoop(packet)
+
+    worker = pool.worker(any_server, "delayed", cls=DelayingWorker)
+    pool.serve(worker, lambda job: job.sendWorkComplete(job.arguments.upper()))
+    wait_until(lambda: worker.active_connections[0].state == "SLEEP")
+    client = pool.client(any_server)
+    job = gear.TextJob("delayed", "text")
+    client.submitJob(job)
+    assert job.waitForCompletion(WAIT) and job.data == ["TEXT"]
+    assert DelayingWorker.noops >= 1
+    # A bare grab on every connection, as Zuul sends when it accepts work again, is harmless.
+    worker._sendGrabJobUniq()
