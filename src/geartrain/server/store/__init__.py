@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ class GroupCommitStore(Store):
 
     async def start(self, server: Any) -> None:
         loop = self.loop = asyncio.get_running_loop()
+        began = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geartrain-store")
@@ -176,7 +178,8 @@ class GroupCommitStore(Store):
             log.warning("%d stored jobs repeated the function and unique of an earlier one: removed",
                         len(duplicates))
             await loop.run_in_executor(self._executor, self.write, [], duplicates)
-        log.info("replayed %d jobs from %s", len(jobs) - len(duplicates), self.location)
+        log.info("replayed %d jobs from %s in %.2fs", len(jobs) - len(duplicates), self.location,
+                 time.monotonic() - began)
 
     async def close(self) -> None:
         if self._executor is None or self._closing:
