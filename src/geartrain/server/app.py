@@ -176,7 +176,8 @@ class Server:
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self.start())
+            # Handlers first: a signal that arrives as soon as the port is open must find them in place.
+            self.loop = loop
             for signum, action in (
                 (signal.SIGTERM, lambda: self.request_shutdown(False)),
                 (signal.SIGINT, lambda: self.request_shutdown(False)),
@@ -184,6 +185,9 @@ class Server:
                 (signal.SIGHUP, reopen_log_files),
             ):
                 loop.add_signal_handler(signum, action)
+            loop.run_until_complete(self.start())
+            if self._stopped is not None and self._stopped.is_set():
+                loop.run_until_complete(self.close())  # stopped while starting: close what start() opened
             if on_started is not None:
                 on_started(self)
             # A server process holds millions of long-lived, acyclic job objects: collect the young
