@@ -135,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bg-jobs", type=int, help="jobs of the background load")
     p.add_argument("--large-jobs", type=int, help="jobs of the 1 MiB load")
     p.add_argument("--durable-jobs", type=int, help="jobs of the durable (SQLite) background load")
+    p.add_argument("--functions", type=int, help="functions of the many-functions load (10000)")
+    p.add_argument("--idle", type=int, help="idle connections held open during the idle load (10000)")
     p.add_argument("--repeat", type=int, default=1, help="run each load N times, report the median run")
     p.add_argument("--client-procs", type=int, default=1, help="processes that run the clients (default 1)")
     p.add_argument("--worker-procs", type=int, default=1, help="processes that run the workers (default 1)")
@@ -156,7 +158,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         for key, value in QUICK.items():
             setattr(s, key, value)
-    for key in ("duration", "jobs", "bg_jobs", "large_jobs", "durable_jobs"):
+    for key in ("duration", "jobs", "bg_jobs", "large_jobs", "durable_jobs", "functions", "idle"):
         value = getattr(args, key)
         if value is not None:
             setattr(s, key, value)
