@@ -28,6 +28,7 @@ class GearmanConnectionManager:
 
     def __init__(self, host_list: Iterable[Any] | None = None) -> None:
         self.connection_list: list[GearmanConnection] = []
+        self._selector: selectors.BaseSelector | None = None
         for entry in host_list or []:
             self.add_connection(entry)
 
@@ -56,6 +57,7 @@ class GearmanConnectionManager:
     def shutdown(self) -> None:
         for connection in self.connection_list:
             connection.close()
+        # The selector stays: shutdown() may be called from another thread while work() is inside select().
 
     # -- the loop --------------------------------------------------------------------------------------
     def _lose(self, connection: GearmanConnection, reason: Exception) -> None:
@@ -98,13 +100,14 @@ class GearmanConnectionManager:
             if timeout:
                 time.sleep(timeout)  # nothing to wait on; honour the caller's pacing
             return False
-        with selectors.DefaultSelector() as selector:
-            for connection in live:
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.writable else 0)
-                selector.register(connection.gearman_socket, events, connection)
-            if extra is not None:
-                selector.register(extra, selectors.EVENT_READ, None)
-            ready = selector.select(timeout)
+        wanted: dict[Any, tuple[int, Any]] = {
+            connection.gearman_socket: (
+                selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.writable else 0), connection)
+            for connection in live
+        }
+        if extra is not None:
+            wanted[extra] = (selectors.EVENT_READ, None)
+        ready = self._select(wanted, timeout)
         activity = False
         for key, mask in ready:
             connection = key.data
@@ -123,6 +126,31 @@ class GearmanConnectionManager:
             if mask & selectors.EVENT_READ and connection.connected:
                 self._read(connection)
         return activity
+
+    def _select(self, wanted: dict[Any, tuple[int, Any]], timeout: float | None) -> list:
+        """Select on one selector kept across polls, re-registering only what changed since the last poll."""
+        selector = self._selector
+        if selector is None:
+            selector = self._selector = selectors.DefaultSelector()
+        try:
+            for key in list(selector.get_map().values()):
+                if key.fileobj not in wanted:
+                    selector.unregister(key.fileobj)
+            for fileobj, (events, data) in wanted.items():
+                try:
+                    key = selector.get_key(fileobj)
+                except KeyError:
+                    selector.register(fileobj, events, data)
+                    continue
+                if key.events != events or key.data is not data:
+                    selector.modify(fileobj, events, data)
+        except (KeyError, ValueError, OSError):
+            # A socket was closed behind our back: start over with a fresh selector.
+            selector.close()
+            selector = self._selector = selectors.DefaultSelector()
+            for fileobj, (events, data) in wanted.items():
+                selector.register(fileobj, events, data)
+        return selector.select(timeout)
 
     def poll_connections_until_stopped(
         self,

@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -314,3 +315,35 @@ def test_geard_version_and_bad_acl_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "geartrain.server.cli", "-d", "--acl", str(bad)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "geard:" in out.stderr and "register" in out.stderr
+
+
+def test_servers_in_one_process_do_not_share_receive_buffers():
+    servers = [Server(ServerConfig(listen=[("127.0.0.1", 0)])) for _ in range(3)]
+    for server in servers:
+        server.start_in_thread()
+    failures: list[str] = []
+
+    def hammer(port: int, tag: bytes) -> None:
+        try:
+            with Wire("127.0.0.1", port) as w:
+                for round_ in range(30):
+                    payloads = [tag + b"-%d-%d-" % (round_, i) + b"x" * 3000 for i in range(50)]
+                    w.send_raw(b"".join(w.conn.send_packet(C.ECHO_REQ, p) for p in payloads))
+                    for p in payloads:
+                        got = w.expect(C.ECHO_RES).args[0]
+                        if got != p:
+                            failures.append(f"{tag!r}: sent {p[:20]!r}, got {got[:20]!r}")
+                            return
+        except Exception as exc:  # reported below
+            failures.append(f"{tag!r}: {exc!r}")
+
+    threads = [threading.Thread(target=hammer, args=(s.port, b"s%d" % i)) for i, s in enumerate(servers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not failures, failures[:3]
+    finally:
+        for server in servers:
+            server.stop()

@@ -59,6 +59,8 @@ class Server:
         )
         self.admin = Admin(self.broker, self)
         self.connections: set[GearmanProtocol] = set()
+        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
+        self.read_view = memoryview(bytearray(256 * 1024))
         self.listeners: list[asyncio.base_events.Server] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False

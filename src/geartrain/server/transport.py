@@ -34,12 +34,6 @@ def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-#: One receive buffer shared by every connection of the process: the loop fills it and calls buffer_updated()
-#: at once, and the decoder copies what it keeps, so no read allocates a bytes object of its own.
-_read_buffer = bytearray(256 * 1024)
-_read_view = memoryview(_read_buffer)
-
-
 class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
@@ -143,10 +137,12 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ input
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _read_view
+        # One receive buffer per server (per event loop): the loop fills it and calls buffer_updated() at once,
+        # and the decoder copies what it keeps, so no read allocates a bytes object of its own.
+        return self.server.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_read_view[:nbytes])
+        self.data_received(self.server.read_view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.tls is not None:
