@@ -82,55 +82,65 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: 
             stream.close()
 
 
-def start_gearmand(*extra: str, host: str = "127.0.0.1") -> RunningServer:
-    """Start Debian's gearmand on an ephemeral loopback port (retrying if the port was taken meanwhile)."""
-    if GEARMAND is None:
-        pytest.fail("gearmand is not installed: apt-get install gearman-job-server (.ci/run does)")
+def _start_process(kind: str, command, host: str, port: int | None, stdout=subprocess.DEVNULL) -> RunningServer:
+    """Start a server process on `port` (or a free one) and wait until it listens.
+
+    A fixed port may still be held for a moment by the server it replaces: then keep trying for a while.
+    """
     last: Exception | None = None
-    for _ in range(5):
-        port = free_port(host)
-        # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
-        pidfile = os.path.join(tempfile.mkdtemp(prefix="gearmand-"), "gearmand.pid")
-        cmd = [GEARMAND, "-p", str(port), "-L", host, "-l", "none", "-P", pidfile, "-t", "2", *extra]
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(5 if port is None else 50):
+        chosen = free_port(host) if port is None else port
+        process = subprocess.Popen(command(chosen), stdout=stdout, stderr=subprocess.PIPE)
         try:
-            wait_for_port(host, port, process=process)
-            return RunningServer("gearmand", host, port, process=process)
+            wait_for_port(host, chosen, process=process)
+            return RunningServer(kind, host, chosen, process=process)
         except (RuntimeError, TimeoutError) as exc:
             last = exc
             stop_process(process)
-    raise RuntimeError(f"gearmand did not start: {last}")
+            if port is not None:
+                time.sleep(0.1)
+    raise RuntimeError(f"{kind} did not start: {last}")
 
 
-def start_geartrain(host: str = "127.0.0.1", **options) -> RunningServer:
-    """Start geartrain's server in this process, in a thread, on port 0."""
+def start_gearmand(*extra: str, host: str = "127.0.0.1", port: int | None = None) -> RunningServer:
+    """Start Debian's gearmand on a loopback port (an ephemeral one unless `port` is given)."""
+    if GEARMAND is None:
+        pytest.fail("gearmand is not installed: apt-get install gearman-job-server (.ci/run does)")
+    # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
+    pidfile = os.path.join(tempfile.mkdtemp(prefix="gearmand-"), "gearmand.pid")
+    return _start_process(
+        "gearmand",
+        lambda p: [GEARMAND, "-p", str(p), "-L", host, "-l", "none", "-P", pidfile, "-t", "2", *extra],
+        host, port)
+
+
+def start_geartrain(host: str = "127.0.0.1", port: int | None = None, **options) -> RunningServer:
+    """Start geartrain's server in this process, in a thread, on `port` (default: an ephemeral one)."""
     from geartrain.server import Server, ServerConfig
 
-    config = ServerConfig(listen=[(host, 0)], **options)
-    server = Server(config)
-    server.start_in_thread()
-    return RunningServer("geartrain", host, server.port, server=server)
+    last: Exception | None = None
+    for _ in range(1 if port is None else 50):
+        server = Server(ServerConfig(listen=[(host, port or 0)], **options))
+        try:
+            server.start_in_thread()
+            return RunningServer("geartrain", host, server.port, server=server)
+        except OSError as exc:  # the previous server on this port has not let go of it yet
+            last = exc
+            time.sleep(0.1)
+    raise RuntimeError(f"geartrain could not listen on {host}:{port}: {last}")
 
 
-def start_geard_process(*args: str, host: str = "127.0.0.1", env: dict | None = None) -> RunningServer:
-    """Start geartrain's `geard` command as a subprocess in the foreground on an ephemeral port.
+def start_geard_process(*args: str, host: str = "127.0.0.1", port: int | None = None) -> RunningServer:
+    """Start geartrain's `geard` command as a subprocess in the foreground on a loopback port.
 
     Without a queue option in args it runs in memory, so tests never share geard's default SQLite file.
     """
     if not any(a.startswith(("--queue-type", "-q", "--sqlite-db", "--libsqlite3-db")) for a in args):
         args = ("--queue-type", "memory", *args)
-    last: Exception | None = None
-    for _ in range(5):
-        port = free_port(host)
-        cmd = [sys.executable, "-m", "geartrain.server.cli", "-d", "--listen-address", host, "-p", str(port), *args]
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        try:
-            wait_for_port(host, port, process=process)
-            return RunningServer("geard", host, port, process=process)
-        except (RuntimeError, TimeoutError) as exc:
-            last = exc
-            stop_process(process)
-    raise RuntimeError(f"geard did not start: {last}")
+    return _start_process(
+        "geard",
+        lambda p: [sys.executable, "-m", "geartrain.server.cli", "-d", "--listen-address", host, "-p", str(p), *args],
+        host, port, stdout=subprocess.PIPE)
 
 
 @pytest.fixture

@@ -7,11 +7,8 @@ module named "conftest" that other test directories import from).
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +28,8 @@ RunningServer = _root.RunningServer
 free_port = _root.free_port
 stop_process = _root.stop_process
 wait_for_port = _root.wait_for_port
+start_gearmand = _root.start_gearmand
+start_geartrain = _root.start_geartrain
 
 DEADLINE = 20.0  # generous bound for anything a test waits on
 
@@ -53,34 +52,8 @@ def dead_address() -> str:
 def start_server_on_port(kind: str, port: int) -> RunningServer:
     """Start a server of the given kind on a fixed loopback port (to restart one where clients expect it)."""
     if kind == "geartrain":
-        from geartrain.server import Server, ServerConfig
-
-        last: Exception | None = None
-        for _ in range(50):  # the port may still be held briefly after the previous server closed it
-            try:
-                server = Server(ServerConfig(listen=[("127.0.0.1", port)]))
-                server.start_in_thread()
-                return RunningServer("geartrain", "127.0.0.1", port, server=server)
-            except OSError as exc:
-                last = exc
-                time.sleep(0.1)
-        raise RuntimeError(f"geartrain could not listen on {port}: {last}")
-    if GEARMAND is None:
-        pytest.fail("gearmand is not installed")
-    pid_dir = tempfile.mkdtemp(prefix="gearmand-pid-")
-    pid_file = os.path.join(pid_dir, "gearmand.pid")
-    last_error = ""
-    for _ in range(20):
-        cmd = [GEARMAND, "-p", str(port), "-L", "127.0.0.1", "-l", "none", "-P", pid_file, "-t", "2"]
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_for_port("127.0.0.1", port, process=process)
-            return RunningServer("gearmand", "127.0.0.1", port, process=process)
-        except (RuntimeError, TimeoutError) as exc:
-            last_error = str(exc)
-            stop_process(process)
-            time.sleep(0.2)
-    raise RuntimeError(f"gearmand could not listen on {port}: {last_error}")
+        return start_geartrain(port=port)
+    return start_gearmand(port=port)
 
 
 @pytest.fixture(params=["geartrain", "gearmand"])
