@@ -3,10 +3,7 @@ on the same port, and a scripted fake server for behaviours no real server shows
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +14,7 @@ import gear
 from geartrain.protocol import AdminLine, Decoder, Packet
 from geartrain.protocol import constants as C
 
-from conftest import GEARMAND, RunningServer, stop_process, wait_for_port
+from conftest import RunningServer, start_gearmand, start_geartrain
 
 WAIT = 10.0
 
@@ -118,35 +115,9 @@ def status_of(client: gear.Client, function: str) -> tuple[int, int, int] | None
 
 def start_on_port(kind: str, host: str, port: int) -> RunningServer:
     """Start a server of this kind on a given port (retrying while the old one lets go of it)."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            if kind == "gearmand":
-                # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
-                pidfile = os.path.join(tempfile.mkdtemp(prefix="gearmand-"), "gearmand.pid")
-                cmd = [GEARMAND, "-p", str(port), "-L", host, "-l", "none", "-P", pidfile, "-t", "2"]
-                process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                try:
-                    wait_for_port(host, port, deadline=5.0, process=process)
-                except (RuntimeError, TimeoutError):
-                    stop_process(process)
-                    raise
-                return RunningServer("gearmand", host, port, process=process)
-            from geartrain.server import Server, ServerConfig
-
-            server = Server(ServerConfig(listen=[(host, port)]))
-            server.start_in_thread()
-            return RunningServer("geartrain", host, port, server=server)
-        except (OSError, RuntimeError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    if kind == "gearmand":
+        return start_gearmand(host=host, port=port)
+    return start_geartrain(host=host, port=port)
 
 
 # -- a scripted fake server ----------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest's importlib mode does not put this directory on sys.path
 pytest.register_assert_rewrite("gear_support")
-from gear_support import WAIT, free_port, pool, reverse, status_of, wait_until  # noqa: E402, F401
+from gear_support import WAIT, pool, reverse, status_of, wait_until  # noqa: E402, F401
 
 import gear  # noqa: E402
 from gear import constants  # noqa: E402
+
+from conftest import free_port  # noqa: E402
 
 
 class RecordingClient(gear.Client):

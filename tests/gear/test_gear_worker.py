@@ -215,7 +215,7 @@ def test_reconnection_attempts_back_off(monkeypatch):
 
     client = QuickClient()
     try:
-        from gear_support import free_port
+        from conftest import free_port
 
         client.addServer("127.0.0.1", free_port())
         time.sleep(1.5)
