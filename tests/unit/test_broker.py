@@ -465,3 +465,17 @@ def test_admin_misc_commands(h):
     assert h.admin_cmd(b"bogus") == b"ERR UNKNOWN_COMMAND Unknown+server+command\r\n"
     assert h.admin_cmd(b"maxqueue").startswith(b"ERR INVALID_ARGUMENTS")
     assert h.admin_cmd(b"maxqueue f x").startswith(b"ERR INVALID_ARGUMENTS")
+
+
+def test_a_function_with_only_a_scheduled_job_is_not_forgotten(h):
+    client, worker = h.peer(), h.peer()
+    h.send(client, C.SUBMIT_JOB_EPOCH, b"f", b"", str(int(h.now + 60)).encode(), b"later")
+    h.recv(client)
+    h.send(worker, C.CAN_DO, b"f")
+    h.send(worker, C.CANT_DO, b"f")  # the last worker leaves: the record must stay for the scheduled job
+    assert b"f\t0\t0\t0" in h.admin_cmd(b"status")
+    assert h.admin_cmd(b"drop function f").startswith(b"ERR")
+    h.send(worker, C.CAN_DO, b"f")
+    h.now += 61
+    h.broker.run_timers()
+    assert h.grab(worker).args[3] == b"later"

@@ -125,7 +125,7 @@ class Peer:
 class Function:
     """One function name: its three priority queues, its workers and its unique index."""
 
-    __slots__ = ("name", "queues", "counts", "running", "workers", "sleepers", "uniques", "max_queue")
+    __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -133,6 +133,8 @@ class Function:
         #: Jobs really queued per priority (the deques may also hold stale entries, skipped when popped).
         self.counts = [0, 0, 0]
         self.running = 0
+        #: Live jobs of this function in any state (queued, running, waiting for their epoch).
+        self.jobs = 0
         #: Workers that registered this function (ordered set).
         self.workers: dict[Peer, None] = {}
         #: Workers that may be asleep waiting for this function (entries may be stale).
@@ -301,11 +303,7 @@ class Broker:
 
     def _maybe_forget(self, function: Function) -> None:
         """Drop a function record nobody uses (keeps memory bounded under churn of names)."""
-        if (
-            not function.workers and not function.running and not function.queued
-            and not function.uniques and function.max_queue == [0, 0, 0]
-            and not any(function.queues)
-        ):
+        if not function.jobs and not function.workers and function.max_queue == [0, 0, 0]:
             self.functions.pop(function.name, None)
 
     def name_problem(self, name: bytes) -> tuple[bytes, str] | None:
@@ -495,6 +493,7 @@ class Broker:
         handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
+        function.jobs += 1
         self.queued_bytes += len(data)
         if key:
             function.uniques[key] = job
@@ -722,9 +721,11 @@ class Broker:
         self._end(job)
 
     def _end(self, job: Job) -> None:
-        self.jobs.pop(job.handle, None)
+        if self.jobs.pop(job.handle, None) is None:
+            return  # ended already
         self.queued_bytes -= len(job.data)
         function = job.function
+        function.jobs -= 1
         if job.key and function.uniques.get(job.key) is job:
             del function.uniques[job.key]
         if job.unique and self.by_unique.get(job.unique) is job:
@@ -814,7 +815,7 @@ class Broker:
 
     def drop_function(self, name: bytes) -> bool:
         function = self.functions.get(name)
-        if function is None or function.workers or function.running or function.queued:
+        if function is None or function.workers or function.jobs:
             return False
         del self.functions[name]
         return True
