@@ -479,3 +479,12 @@ def test_a_function_with_only_a_scheduled_job_is_not_forgotten(h):
     h.now += 61
     h.broker.run_timers()
     assert h.grab(worker).args[3] == b"later"
+
+
+def test_a_function_registered_while_asleep_wakes_the_worker_later(h):
+    client, worker = h.peer(), h.worker(b"g")
+    h.send(worker, C.PRE_SLEEP)
+    h.send(worker, C.CAN_DO, b"f")
+    assert h.recv(worker) == []
+    h.submit(client, b"f", ptype=C.SUBMIT_JOB_BG)
+    assert h.one(worker).ptype == C.NOOP

@@ -339,8 +339,11 @@ class Broker:
         function = self.function(name)
         peer.abilities[function] = timeout
         function.workers[peer] = None
-        if peer.sleeping and not peer.noop_sent and function.queued:
-            self._wake(peer, function)
+        if peer.sleeping and not peer.noop_sent:
+            if function.queued:
+                self._wake(peer, function)
+            else:
+                function.sleepers[peer] = None  # asleep already: wake it for this function too
 
     def _can_do(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         self._register(peer, args[0], 0.0)
