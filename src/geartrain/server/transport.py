@@ -165,7 +165,12 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self._dispatch(peer, events)
         if self.idle_handle is not None:
             self._arm_idle_timer()
-        self.server.schedule_flush()
+        if peer.pending > self.server.config.output_high_water:
+            # The loop may read again before the pass ends: write now, so that pause_writing() can stop
+            # reading from a peer that does not read its answers.
+            self.server.flush()
+        else:
+            self.server.schedule_flush()
 
     def _decrypt(self, data: bytes) -> bytes:
         tls, transport = self.tls, self.transport
