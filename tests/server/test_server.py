@@ -347,3 +347,20 @@ def test_servers_in_one_process_do_not_share_receive_buffers():
     finally:
         for server in servers:
             server.stop()
+
+
+def test_keepalive_options_reach_the_server_sockets():
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], keepalive=True, tcp_keepidle=123, tcp_keepintvl=17,
+                                 tcp_keepcnt=4))
+    server.start_in_thread()
+    try:
+        with Wire("127.0.0.1", server.port) as w:
+            w.admin("version")
+            (conn,) = list(server.connections)
+            sock = conn.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 123
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 17
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+    finally:
+        server.stop()
