@@ -29,6 +29,8 @@ class GearmanConnectionManager:
     def __init__(self, host_list: Iterable[Any] | None = None) -> None:
         self.connection_list: list[GearmanConnection] = []
         self._selector: selectors.BaseSelector | None = None
+        #: What the selector holds now, as (socket, events, connection) in order: unchanged polls skip re-registering.
+        self._registered: list[tuple[Any, int, Any]] = []
         for entry in host_list or []:
             self.add_connection(entry)
 
@@ -132,6 +134,10 @@ class GearmanConnectionManager:
         selector = self._selector
         if selector is None:
             selector = self._selector = selectors.DefaultSelector()
+        signature = [(fileobj, events, data) for fileobj, (events, data) in wanted.items()]
+        if signature == self._registered:
+            return selector.select(timeout)
+        self._registered = signature
         try:
             for key in list(selector.get_map().values()):
                 if key.fileobj not in wanted:
