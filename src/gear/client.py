@@ -170,15 +170,21 @@ class Client(BaseClient):
             raise ConnectionError("connection lost before the status answer")
         return job
 
-    def handleJobCreated(self, packet: Packet) -> Job:
-        """Handle JOB_CREATED: the oldest pending submit on the connection gets its handle."""
+    def _oldestTask(self, packet: Packet, kind: type, what: str) -> Any:
+        """The oldest pending task on the packet's connection, which must be of `kind`; else drop the link."""
         conn = packet.connection
         task = conn.pending_tasks.pop(0) if conn.pending_tasks else None
-        if not isinstance(task, SubmitJobTask):
-            msg = f"Unexpected response received to submit job request: {packet!r}"
+        if not isinstance(task, kind):
+            msg = f"Unexpected response received to {what}: {packet!r}"
             self.log.error(msg)
             self._lostConnection(conn)
             raise GearmanError(msg)
+        return task
+
+    def handleJobCreated(self, packet: Packet) -> Job:
+        """Handle JOB_CREATED: the oldest pending submit on the connection gets its handle."""
+        conn = packet.connection
+        task = self._oldestTask(packet, SubmitJobTask, "submit job request")
         job = task.job
         job.handle = packet.data
         job.connection = conn
@@ -259,12 +265,7 @@ class Client(BaseClient):
     def handleOptionRes(self, packet: Packet) -> None:
         """Handle OPTION_RES: record the option on the connection."""
         conn = packet.connection
-        task = conn.pending_tasks.pop(0) if conn.pending_tasks else None
-        if not isinstance(task, OptionReqTask):
-            msg = f"Unexpected response received to option request: {packet!r}"
-            self.log.error(msg)
-            self._lostConnection(conn)
-            raise GearmanError(msg)
+        task = self._oldestTask(packet, OptionReqTask, "option request")
         conn.handleOptionRes(packet.getArgument(0))
         task.setComplete()
 
