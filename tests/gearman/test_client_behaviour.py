@@ -196,3 +196,14 @@ def test_host_entry_forms():
     assert connection.use_ssl and connection.ca_certs == "ca.pem"
     with pytest.raises(gearman.errors.GearmanError):
         parse_host({"hostname": "h"})
+
+
+def test_an_acknowledged_job_lost_with_its_server_ends_the_wait_as_unknown(server_factory):
+    server = server_factory("geartrain")
+    client = gearman.GearmanClient([server.address])
+    request = client.submit_job("gm_orphan", "data", wait_until_complete=False)  # no worker: it stays queued
+    assert request.state == gearman.JOB_CREATED and request.job.handle
+    server.stop()
+    client.wait_until_jobs_completed([request], poll_timeout=20)
+    assert request.state == gearman.JOB_UNKNOWN  # "connection failed", as the seed's check_request_status says
+    assert not request.timed_out and not request.complete
