@@ -56,7 +56,7 @@ class Peer:
     """One connection as the broker sees it: what it may do, what it waits on, what it runs."""
 
     __slots__ = (
-        "id", "address", "out", "pending", "large", "broker", "client_id", "abilities", "sleeping", "noop_sent",
+        "id", "address", "out", "large", "broker", "client_id", "abilities", "sleeping", "noop_sent",
         "woken_for", "exceptions", "running", "waiting", "subject", "closed", "last_exception", "conn",
         "__weakref__",
     )
@@ -68,8 +68,6 @@ class Peer:
         self.subject = subject
         #: Output chunks waiting for the transport's flush, in order.
         self.out: list[bytes] = []
-        #: Bytes in `out`, so the transport can stop reading a peer whose answers pile up within one pass.
-        self.pending = 0
         #: Whether `out` holds a large payload chunk (then it is written without joining).
         self.large = False
         self.client_id = b"-"
@@ -94,7 +92,6 @@ class Peer:
         if not self.out:
             self.broker.dirty.append(self)
         self.out.append(data)
-        self.pending += len(data)
 
     def send_all(self, chunks: tuple[bytes, ...]) -> None:
         """Queue the chunks of one packet (see frame())."""
@@ -104,22 +101,18 @@ class Peer:
             self.broker.dirty.append(self)
         if len(chunks) > 1:
             self.large = True
-            self.pending += len(chunks[1])
-        self.pending += len(chunks[0])
         self.out.extend(chunks)
 
     def take_output(self) -> bytes:
         data = b"".join(self.out)
         self.out.clear()
         self.large = False
-        self.pending = 0
         return data
 
     def take_chunks(self) -> list[bytes]:
         """The output as few chunks as possible without copying large payloads."""
         out = self.out
         self.out = []
-        self.pending = 0
         if self.large:
             self.large = False
             return out

@@ -165,12 +165,13 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self._dispatch(peer, events)
         if self.idle_handle is not None:
             self._arm_idle_timer()
-        if peer.pending > self.server.config.output_high_water:
-            # The loop may read again before the pass ends: write now, so that pause_writing() can stop
-            # reading from a peer that does not read its answers.
-            self.server.flush()
-        else:
-            self.server.schedule_flush()
+        store = self.server.store
+        if peer.out and (store is None or not store.holds(peer)):
+            # Answers to this peer's own requests go out at once (one write, as they would at the end of the
+            # pass); what it caused for other peers still waits for the pass's flush. Writing now also lets
+            # pause_writing() stop reading a peer that does not read its answers before the loop reads again.
+            self.write(peer.take_chunks())
+        self.server.schedule_flush()
 
     def _decrypt(self, data: bytes) -> bytes:
         tls, transport = self.tls, self.transport
