@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from geartrain.protocol import to_bytes as _require_bytes
+
 from . import constants
 from .errors import InvalidDataError
 
@@ -34,13 +36,6 @@ def to_bytes(value: Any) -> Any:
         return value.encode("utf-8")
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
-    return value
-
-
-def _require_bytes(value: Any, what: str) -> bytes:
-    value = to_bytes(value)
-    if not isinstance(value, bytes):
-        raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
     return value
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from geartrain.protocol import to_bytes
+
 
 class DataEncoder:
     """Turns job data into bytes and back; subclass it and set ``data_encoder`` on a client or worker.
@@ -32,11 +34,7 @@ class DataEncoder:
 
 def to_wire(value: str | bytes | bytearray, what: str = "value") -> bytes:
     """A task name, unique, handle or client id as wire bytes (str is UTF-8)."""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"the {what} must be str or bytes, not {type(value).__name__}")
+    return to_bytes(value, f"the {what}")
 
 
 def from_wire(value: bytes) -> str:

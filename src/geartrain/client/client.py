@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import AdminResponse, ClientEvent, Packet, PacketError
+from ..protocol import AdminResponse, ClientEvent, Packet, PacketError, to_bytes
 from ..protocol import constants as C
 from .errors import ConnectionLost, GearmanError, JobLost, NoServerAvailable, ServerError
 from .job import CREATED, LOST, PENDING, Job, JobStatus, UniqueStatus, to_int
@@ -30,15 +30,6 @@ log = logging.getLogger("geartrain.client")
 _PRIORITIES = {"high": C.PRIORITY_HIGH, "normal": C.PRIORITY_NORMAL, "low": C.PRIORITY_LOW}
 _REPLIES = frozenset({C.JOB_CREATED, C.ERROR, C.OPTION_RES, C.STATUS_RES, C.STATUS_RES_UNIQUE, C.ECHO_RES})
 _WORK = frozenset({C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION})
-
-
-def to_bytes(value: bytes | bytearray | memoryview | str, what: str = "value") -> bytes:
-    """Bytes from bytes or str (UTF-8)."""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
 @dataclass

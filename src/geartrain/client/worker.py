@@ -15,9 +15,8 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from ..protocol import ClientEvent, Packet
+from ..protocol import ClientEvent, Packet, to_bytes
 from ..protocol import constants as C
-from .client import to_bytes
 from .errors import ConnectionLost, JobFailed
 from .link import Link, ServerSpec, parse_servers
 

@@ -15,6 +15,7 @@ from .codec import (
 )
 from .connection import AdminResponse, ClientConnection, ClientEvent
 from .constants import REQ, RES
+from .text import to_bytes
 
 __all__ = [
     "REQ",
@@ -33,4 +34,5 @@ __all__ = [
     "encode_request",
     "encode_response",
     "pack",
+    "to_bytes",
 ]
