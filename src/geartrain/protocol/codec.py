@@ -16,7 +16,8 @@ from .constants import (
 )
 
 _HEADER = struct.Struct(">4sII")
-_pack_header = _HEADER.pack
+#: Pack a 12-byte header (magic, type, body size): for callers that send the body as separate chunks.
+pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 
 
@@ -71,7 +72,7 @@ def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
         if b"\x00" in arg:
             raise ValueError(f"{TYPE_NAMES[ptype]}: only the last argument may contain NUL bytes")
     body = b"\x00".join(args)
-    return _pack_header(magic, ptype, len(body)) + body
+    return pack_header(magic, ptype, len(body)) + body
 
 
 def encode_request(ptype: int, *args: bytes) -> bytes:
@@ -86,7 +87,7 @@ def encode_response(ptype: int, *args: bytes) -> bytes:
 
 def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
     """Frame an already joined body: the hot-path twin of encode() for callers that built the body."""
-    return _pack_header(magic, ptype, len(body)) + body
+    return pack_header(magic, ptype, len(body)) + body
 
 
 #: Bodies at least this large are split straight out of the receive buffer: one copy per byte, not three.

@@ -67,7 +67,6 @@ class Server:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._stopped: asyncio.Event | None = None
-        self._draining = False
         self._thread: threading.Thread | None = None
 
     def _open_store(self) -> Any:
@@ -160,7 +159,6 @@ class Server:
         if not graceful:
             loop.call_soon(lambda: asyncio.ensure_future(self.close()))
             return
-        self._draining = True
         for listener in self.listeners:
             listener.close()
         self._check_drained()

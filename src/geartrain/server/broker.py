@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..protocol import constants as C
-from ..protocol.codec import _pack_header, pack
+from ..protocol.codec import pack, pack_header
 
 log = logging.getLogger("geartrain.broker")
 
@@ -42,7 +42,7 @@ LARGE = 16 * 1024
 
 def frame(ptype: int, head: bytes, data: bytes = b"") -> tuple[bytes, ...]:
     """A response packet as output chunks: its header and leading arguments (`head`, NUL-terminated), then data."""
-    header = _pack_header(RES, ptype, len(head) + len(data))
+    header = pack_header(RES, ptype, len(head) + len(data))
     if len(data) >= LARGE:
         return (header + head, data)
     return (header + head + data,)
@@ -508,7 +508,7 @@ class Broker:
                     self.store.hold(peer)
             else:
                 self._add_client(job, peer)
-            peer.send(_pack_header(RES, C.JOB_CREATED, len(handle)) + handle)
+            peer.send(pack_header(RES, C.JOB_CREATED, len(handle)) + handle)
         elif background and self.store is not None:
             job.store_ref = self.store.add(job)
         if when and when > self.clock():

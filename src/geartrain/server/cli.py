@@ -103,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         output_limit=args.output_limit,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
-        queue_type=queue_type, sqlite_db=sqlite_db, verbose=args.verbose,
+        queue_type=queue_type, sqlite_db=sqlite_db,
     )
 
 

@@ -55,7 +55,6 @@ class ServerConfig:
     #: "memory" or "sqlite".
     queue_type: str = "memory"
     sqlite_db: str | None = None
-    verbose: str = "INFO"
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"
