@@ -68,6 +68,16 @@ class GearmanAdminClient(GearmanConnectionManager):
             raise AdminCommandError(f"{command!r}: {from_wire(response.lines[0])}")
         return response
 
+    def _table(self, command: str, width: int) -> list[list[str]]:
+        """The tab-separated lines of a listing, each with at least `width` fields."""
+        rows = []
+        for line in self._command(command).lines:
+            fields = from_wire(line).split("\t")
+            if len(fields) < width:
+                raise AdminCommandError(f"{command}: bad line {line!r}")
+            rows.append(fields)
+        return rows
+
     def _ok(self, command: str) -> str:
         line = from_wire(self._command(command).lines[0])
         if not line.startswith("OK"):
@@ -97,20 +107,10 @@ class GearmanAdminClient(GearmanConnectionManager):
 
     def get_status(self) -> tuple[dict, ...]:
         """Per task: {'task', 'queued' (queued + running), 'running', 'workers'}."""
-        rows = []
-        for line in self._command("status").lines:
-            fields = from_wire(line).split("\t")
-            if len(fields) < 4:
-                raise AdminCommandError(f"status: bad line {line!r}")
-            rows.append(
-                {
-                    "task": fields[0],
-                    "queued": int(fields[1]),
-                    "running": int(fields[2]),
-                    "workers": int(fields[3]),
-                }
-            )
-        return tuple(rows)
+        return tuple(
+            {"task": f[0], "queued": int(f[1]), "running": int(f[2]), "workers": int(f[3])}
+            for f in self._table("status", 4)
+        )
 
     def get_version(self) -> str:
         line = from_wire(self._command("version").lines[0])
@@ -146,20 +146,11 @@ class GearmanAdminClient(GearmanConnectionManager):
 
     def get_jobs(self) -> tuple[dict, ...]:
         """Per job: {'handle', 'retries', 'ignore_job', 'job_queued'}."""
-        rows = []
-        for line in self._command("show jobs").lines:
-            fields = from_wire(line).split("\t")
-            if len(fields) < 4:
-                raise AdminCommandError(f"show jobs: bad line {line!r}")
-            rows.append(
-                {
-                    "handle": fields[0],
-                    "retries": int(fields[1]),
-                    "ignore_job": fields[2] not in ("0", ""),
-                    "job_queued": fields[3] not in ("0", ""),
-                }
-            )
-        return tuple(rows)
+        return tuple(
+            {"handle": f[0], "retries": int(f[1]), "ignore_job": f[2] not in ("0", ""),
+             "job_queued": f[3] not in ("0", "")}
+            for f in self._table("show jobs", 4)
+        )
 
     def get_unique_jobs(self) -> tuple[str, ...]:
         return tuple(from_wire(line) for line in self._command("show unique jobs").lines)

@@ -49,33 +49,16 @@ def dead_address() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
-def start_server_on_port(kind: str, port: int) -> RunningServer:
-    """Start a server of the given kind on a fixed loopback port (to restart one where clients expect it)."""
-    if kind == "geartrain":
-        return start_geartrain(port=port)
-    return start_gearmand(port=port)
-
-
 @pytest.fixture(params=["geartrain", "gearmand"])
 def server_kind(request) -> str:
     return request.param
 
 
 @pytest.fixture
-def port_servers() -> Iterator[Callable[[str, int], RunningServer]]:
-    """Start servers on chosen ports; every one still running is stopped at the end."""
-    started: list[RunningServer] = []
-
-    def make(kind: str, port: int) -> RunningServer:
-        server = start_server_on_port(kind, port)
-        started.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in reversed(started):
-            server.stop()
+def port_servers(server_factory) -> Callable[[str, int], RunningServer]:
+    """Start a server of a kind on a chosen port (to restart one where clients expect it); tests/conftest.py's
+    server_factory stops every one at the end."""
+    return lambda kind, port: server_factory(kind, port=port)
 
 
 class WorkerThread:
