@@ -122,7 +122,41 @@ def _describe(ev: object) -> str:
 # --- the foreground client ------------------------------------------------------------------------
 
 
-class ForegroundClient(asyncio.Protocol):
+class _LoadPeer(asyncio.Protocol):
+    """What every load-generating connection shares: its report, its done future(s), failing, finishing."""
+
+    report: ClientReport | WorkerReport
+    done: asyncio.Future[None]
+    transport: asyncio.Transport | None
+    closing: bool  # we closed it: not the server's doing
+
+    def _futures(self) -> tuple[asyncio.Future[None], ...]:
+        return (self.done,)
+
+    def _open(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        _nodelay(transport)
+        self.report.started = time.perf_counter()
+
+    def _fail(self, message: str) -> None:
+        self.report.errors.append(message)
+        for fut in self._futures():
+            if not fut.done():
+                fut.set_result(None)
+
+    def _finish(self, handles: int) -> None:
+        assert isinstance(self.report, ClientReport)
+        self.report.finished = time.perf_counter()
+        self.report.handles = handles
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done() and not self.closing:
+            self._fail(f"server closed the connection ({exc!r})")
+
+
+class ForegroundClient(_LoadPeer):
     """Keeps ``inflight`` SUBMIT_JOBs outstanding until ``quota`` jobs are submitted or time is up."""
 
     def __init__(self, funcs: list[bytes], tag: str, actor: int, payload: int, quota: int, inflight: int,
@@ -157,16 +191,9 @@ class ForegroundClient(asyncio.Protocol):
         return self.report.submitted < self.quota and time.perf_counter() < self.stop_submitting_at
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        _nodelay(transport)
-        self.report.started = time.perf_counter()
+        self._open(transport)
         out = [self._submit() for _ in range(min(self.inflight, self.quota))]
         transport.write(b"".join(out))
-
-    def _fail(self, message: str) -> None:
-        self.report.errors.append(message)
-        if not self.done.done():
-            self.done.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         out: list[bytes] = []
@@ -216,20 +243,12 @@ class ForegroundClient(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
         if not self.awaiting_handle and not self.running and not self._may_submit():
-            report.finished = time.perf_counter()
-            report.handles = len(self.seen_handles)
-            if not self.done.done():
-                self.done.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done() and not self.closing:
-            self._fail(f"server closed the connection ({exc!r})")
-
+            self._finish(len(self.seen_handles))
 
 # --- the background submitter ---------------------------------------------------------------------
 
 
-class BackgroundSubmitter(asyncio.Protocol):
+class BackgroundSubmitter(_LoadPeer):
     """Pipelines SUBMIT_JOB_BG with up to ``window`` JOB_CREATED outstanding; counts the handles."""
 
     def __init__(self, funcs: list[bytes], tag: str, actor: int, payload: int, quota: int, window: int,
@@ -261,15 +280,8 @@ class BackgroundSubmitter(asyncio.Protocol):
         return b"".join(out)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        _nodelay(transport)
-        self.report.started = time.perf_counter()
+        self._open(transport)
         transport.write(self._submit_batch(min(self.window, self.quota)))
-
-    def _fail(self, message: str) -> None:
-        self.report.errors.append(message)
-        if not self.done.done():
-            self.done.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -294,20 +306,12 @@ class BackgroundSubmitter(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(self._submit_batch(room))
         if report.created >= self.quota:
-            report.finished = time.perf_counter()
-            report.handles = len(self.seen_handles)
-            if not self.done.done():
-                self.done.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done() and not self.closing:
-            self._fail(f"server closed the connection ({exc!r})")
-
+            self._finish(len(self.seen_handles))
 
 # --- the worker -----------------------------------------------------------------------------------
 
 
-class Worker(asyncio.Protocol):
+class Worker(_LoadPeer):
     """CAN_DO, then the GRAB_JOB_UNIQ / PRE_SLEEP / NOOP loop; answers WORK_COMPLETE with transform(data).
 
     In drain mode it stops at the first NO_JOB (the queue is empty: nothing new arrives during a drain) and,
@@ -330,16 +334,11 @@ class Worker(asyncio.Protocol):
         self.pre_sleep = encode_request(C.PRE_SLEEP)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        _nodelay(transport)
-        self.report.started = time.perf_counter()
+        self._open(transport)
         transport.write(b"".join(encode_request(C.CAN_DO, f) for f in self.funcs) + self.grab)
 
-    def _fail(self, message: str) -> None:
-        self.report.errors.append(message)
-        for fut in (self.ready, self.done):
-            if not fut.done():
-                fut.set_result(None)
+    def _futures(self) -> tuple[asyncio.Future[None], ...]:
+        return (self.ready, self.done)
 
     def data_received(self, data: bytes) -> None:
         out: list[bytes] = []
@@ -387,11 +386,6 @@ class Worker(asyncio.Protocol):
                 return
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done() and not self.closing:
-            self._fail(f"server closed the connection ({exc!r})")
-
 
 # --- process entry points -------------------------------------------------------------------------
 
