@@ -1,175 +1,177 @@
-"""One client-library ("face") measurement, run by faces.py under a chosen interpreter.
+"""One side of a client-library ("face") measurement, run by faces.py under a chosen interpreter.
 
 It imports only the library under test (``gear`` or ``gearman``), so the same file measures this checkout's
-faces and the originals installed in throwaway virtualenvs. A worker thread in the same process answers every
-job with its data reversed; the client checks each result. Prints one JSON line.
+faces and the originals installed in throwaway virtualenvs. Two roles, each in its own process:
 
-    python face_script.py --api gear --port 4730 --jobs 2000 --mode lockstep
+- ``worker``: registers the function, prints ``ready`` and answers every job with its data reversed until it
+  is terminated (SIGTERM from faces.py);
+- ``client``: submits jobs ``--batch`` at a time and waits for each batch, checks every result, and prints one
+  JSON line (jobs, seconds, its own CPU time, errors).
+
+    python face_script.py --api gear --role worker --port 4730 --function f
+    python face_script.py --api gear --role client --port 4730 --function f --jobs 2000 --batch 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 HOST = "127.0.0.1"
+_ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
+_BLOCKS: dict[int, bytes] = {}
 
 
-def payload(seq: int) -> bytes:
-    """64 ASCII bytes that differ per job (ASCII so that str-only forks can carry them too)."""
-    return (f"{seq:08d}-" + "abcdefghijklmnopqrstuvwxyz0123456789" * 2)[:64].encode()
+def payload(seq: int, size: int) -> bytes:
+    """``size`` ASCII bytes that start with the job's number (ASCII so that str-only forks carry them too)."""
+    block = _BLOCKS.get(size)
+    if block is None:
+        block = _BLOCKS[size] = bytes(random.Random(size).choices(_ALPHABET, k=size))
+    head = b"%08d-" % seq
+    return head + block[len(head):size]
 
 
-def run_gear(port: int, jobs: int, batch: int, duration: float, timeout: float, fname: str,
-             task_bytes: bool) -> dict[str, object]:
-    import gear
-
-    del task_bytes  # gear takes str names everywhere
-    cond = threading.Condition()
-
-    class Client(gear.Client):
-        def handleWorkComplete(self, packet):  # noqa: N802 - gear's hook name
-            job = super().handleWorkComplete(packet)
-            with cond:
-                cond.notify_all()
-            return job
-
-        def handleWorkFail(self, packet):  # noqa: N802
-            job = super().handleWorkFail(packet)
-            with cond:
-                cond.notify_all()
-            return job
-
-    client = Client("bench-client")
-    worker = gear.Worker("bench-worker")
-    stop = threading.Event()
+def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
+               timeout: float, task_bytes: bool) -> dict[str, object]:
+    submit = _gear_client if api == "gear" else _gearman_client
     errors: list[str] = []
-    try:
-        client.addServer(HOST, port)
-        worker.addServer(HOST, port)
-        client.waitForServer(timeout)
-        worker.waitForServer(timeout)
-        worker.registerFunction(fname)
-
-        def work() -> None:
-            while not stop.is_set():
-                try:
-                    job = worker.getJob()
-                except gear.InterruptedError:
-                    return
-                except Exception as exc:  # report, do not hang
-                    errors.append(f"worker: {exc!r}")
-                    return
-                job.sendWorkComplete(bytes(job.arguments)[::-1])
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        time.sleep(0.2)  # let the worker register and sleep
-        deadline = time.monotonic() + timeout
-        stop_at = time.monotonic() + duration
-        done = 0
-        t0 = time.perf_counter()
-        seq = 0
-        while seq < jobs and time.monotonic() < stop_at:
-            group = []
-            for _ in range(min(batch, jobs - seq)):
-                job = gear.Job(fname, payload(seq), unique=f"u{os.getpid()}-{seq}".encode())
-                client.submitJob(job, timeout=timeout)
-                group.append((seq, job))
-                seq += 1
-            with cond:
-                cond.wait_for(lambda g=group: all(j.complete for _, j in g),
-                              timeout=max(0.0, deadline - time.monotonic()))
-            for s, job in group:
-                if not job.complete:
-                    errors.append(f"job {s} did not complete")
-                elif job.failure or b"".join(job.data) != payload(s)[::-1]:
-                    errors.append(f"job {s}: wrong result {b''.join(job.data)[:40]!r}")
-                else:
-                    done += 1
-            if errors:
-                break
-        seconds = time.perf_counter() - t0
-    finally:
-        stop.set()
-        worker.stopWaitingForJobs()
-        worker.shutdown()
-        client.shutdown()
-    return {"jobs": done, "seconds": seconds, "errors": errors[:5], "version": _version("gear")}
-
-
-def run_gearman(port: int, jobs: int, batch: int, duration: float, timeout: float, fname: str,
-                task_bytes: bool) -> dict[str, object]:
-    import gearman
-
-    stop = threading.Event()
-    errors: list[str] = []
-
-    class Worker(gearman.GearmanWorker):
-        def after_poll(self, any_activity):  # python-gearman's hook: keep working until told to stop
-            return not stop.is_set()
-
-    def reverse(_worker, job):
-        data = job.data
-        return data[::-1]
-
-    task: str | bytes = fname.encode() if task_bytes else fname
-    worker = Worker([f"{HOST}:{port}"])
-    worker.set_client_id("bench-worker")
-    worker.register_task(task, reverse)
-
-    def work() -> None:
-        try:
-            worker.work(poll_timeout=0.1)
-        except Exception as exc:
-            errors.append(f"worker: {exc!r}")
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    client = gearman.GearmanClient([f"{HOST}:{port}"])
     done = 0
-    deadline = time.monotonic() + timeout
-    stop_at = time.monotonic() + duration
-    t0 = time.perf_counter()
     seq = 0
-    try:
-        while seq < jobs and time.monotonic() < stop_at:
-            n = min(batch, jobs - seq)
-            specs = [(seq + i, payload(seq + i)) for i in range(n)]
-            seq += n
-            left = max(0.1, deadline - time.monotonic())
-            if n == 1:
-                requests = [client.submit_job(task, specs[0][1], unique=f"u{os.getpid()}-{specs[0][0]}",
-                                              poll_timeout=left)]
-            else:
-                requests = client.submit_multiple_jobs(
-                    [{"task": task, "data": d, "unique": f"u{os.getpid()}-{s}"} for s, d in specs],
-                    poll_timeout=left,
-                )
-            for (s, data), req in zip(specs, requests, strict=True):
-                result = req.result
+    with submit(port, function, timeout, task_bytes) as run_batch:
+        stop_at = time.monotonic() + duration
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        while seq < jobs and time.monotonic() < stop_at and not errors:
+            specs = [(s, payload(s, size)) for s in range(seq, min(seq + batch, jobs))]
+            seq += len(specs)
+            for (s, data), result in zip(specs, run_batch(specs), strict=True):
                 if isinstance(result, str):
-                    result = result.encode()
-                if req.state != gearman.JOB_COMPLETE:
-                    errors.append(f"job {s}: state {req.state}")
+                    errors.append(f"job {s}: {result}")
                 elif result != data[::-1]:
-                    errors.append(f"job {s}: wrong result {result!r:.40}")
+                    errors.append(f"job {s}: wrong result {result[:40]!r}")
                 else:
                     done += 1
-            if errors:
-                break
         seconds = time.perf_counter() - t0
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        worker.shutdown()
-        client.shutdown()
-    version = _version("gearman", "pygearman", "gearman3")
-    return {"jobs": done, "seconds": seconds, "errors": errors[:5], "version": version}
+        cpu = time.process_time() - cpu0
+    return {"jobs": done, "seconds": seconds, "cpu": cpu, "errors": errors[:5]}
+
+
+BatchRunner = Callable[[list[tuple[int, bytes]]], list["bytes | str"]]
+
+
+class _gear_client:  # noqa: N801 - a context manager used like a function
+    """gear.Client: submitJob() for each job of a batch, then wait for their WORK_COMPLETE."""
+
+    def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+        import gear
+
+        self.function, self.timeout = function, timeout
+        self.cond = threading.Condition()
+        cond = self.cond
+
+        class Client(gear.Client):
+            def handleWorkComplete(self, packet):  # noqa: N802 - gear's hook name
+                job = super().handleWorkComplete(packet)
+                with cond:
+                    cond.notify_all()
+                return job
+
+            def handleWorkFail(self, packet):  # noqa: N802
+                job = super().handleWorkFail(packet)
+                with cond:
+                    cond.notify_all()
+                return job
+
+        self.gear = gear
+        self.client = Client("bench-client")
+        self.client.addServer(HOST, port)
+        self.client.waitForServer(timeout)
+
+    def __enter__(self) -> BatchRunner:
+        return self.run
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.shutdown()
+
+    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+        group = []
+        for s, data in specs:
+            job = self.gear.Job(self.function, data, unique=f"u{s}".encode())
+            self.client.submitJob(job, timeout=self.timeout)
+            group.append(job)
+        with self.cond:
+            self.cond.wait_for(lambda: all(j.complete for j in group), timeout=self.timeout)
+        return [b"".join(j.data) if j.complete and not j.failure else f"complete={j.complete} failure={j.failure}"
+                for j in group]
+
+
+class _gearman_client:  # noqa: N801
+    """GearmanClient: submit_job() for a batch of one, submit_multiple_jobs() for larger batches."""
+
+    def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+        import gearman
+
+        self.gearman = gearman
+        self.task: str | bytes = function.encode() if task_bytes else function
+        self.timeout = timeout
+        self.client = gearman.GearmanClient([f"{HOST}:{port}"])
+
+    def __enter__(self) -> BatchRunner:
+        return self.run
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.shutdown()
+
+    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+        # poll_timeout is always given: pygearman 0.2.6 returns at JOB_CREATED, without waiting for the
+        # result, when it is None (its submit_multiple_requests tests `time_remaining is not None`).
+        if len(specs) == 1:
+            s, data = specs[0]
+            requests = [self.client.submit_job(self.task, data, unique=f"u{s}", poll_timeout=self.timeout)]
+        else:
+            requests = self.client.submit_multiple_jobs(
+                [{"task": self.task, "data": data, "unique": f"u{s}"} for s, data in specs],
+                poll_timeout=self.timeout,
+            )
+        results: list[bytes | str] = []
+        for req in requests:
+            result = req.result
+            if req.state != self.gearman.JOB_COMPLETE:
+                results.append(f"state {req.state}")
+            else:
+                results.append(result.encode() if isinstance(result, str) else result)
+        return results
+
+
+def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+    """Answer jobs until killed; ``ready`` on stdout once the function is registered."""
+    if api == "gear":
+        import gear
+
+        worker = gear.Worker("bench-worker")
+        worker.addServer(HOST, port)
+        worker.waitForServer(timeout)
+        worker.registerFunction(function)
+        print("ready", flush=True)
+        while True:
+            job = worker.getJob()
+            job.sendWorkComplete(bytes(job.arguments)[::-1])
+    else:
+        import gearman
+
+        def reverse(_worker: object, job: object) -> bytes:
+            return job.data[::-1]  # type: ignore[attr-defined]
+
+        worker = gearman.GearmanWorker([f"{HOST}:{port}"])
+        worker.set_client_id("bench-worker")
+        worker.register_task(function.encode() if task_bytes else function, reverse)
+        print("ready", flush=True)
+        worker.work(poll_timeout=1.0)
 
 
 def _version(*dists: str) -> str:
@@ -186,21 +188,27 @@ def _version(*dists: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--api", choices=("gear", "gearman"), required=True)
+    p.add_argument("--role", choices=("client", "worker"), required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--function", required=True)
     p.add_argument("--jobs", type=int, default=2000)
     p.add_argument("--batch", type=int, default=1, help="jobs submitted before waiting for their results")
+    p.add_argument("--size", type=int, default=64, help="payload bytes")
     p.add_argument("--duration", type=float, default=5.0, help="stop submitting after this many seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="hard limit, after which a job is lost")
     p.add_argument("--task-bytes", action="store_true", help="pass task names as bytes (Python 3 forks)")
-    p.add_argument("--function", default=f"face_{os.getpid()}")
     args = p.parse_args()
-    run = run_gear if args.api == "gear" else run_gearman
+    if args.role == "worker":
+        run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes)
+        return 0
     try:
-        result = run(args.port, args.jobs, args.batch, args.duration, args.timeout, args.function,
-                     args.task_bytes)
+        result = run_client(args.api, args.port, args.function, args.jobs, args.batch, args.size,
+                            args.duration, args.timeout, args.task_bytes)
     except Exception as exc:
-        result = {"jobs": 0, "seconds": 0.0, "errors": [f"{type(exc).__name__}: {exc}"]}
+        result = {"jobs": 0, "seconds": 0.0, "cpu": 0.0, "errors": [f"{type(exc).__name__}: {exc}"]}
     result["module"] = getattr(sys.modules.get(args.api), "__file__", "?")
+    result["version"] = _version("gear", "pygearman", "gearman3") if "site-packages" in str(
+        result["module"]) else "this checkout"
     print(json.dumps(result), flush=True)
     return 0 if not result["errors"] else 1
 

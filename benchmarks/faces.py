@@ -2,8 +2,12 @@
 
 The originals run from throwaway virtualenvs under /tmp/geartrain-bench-venvs: gear 0.16.0 and pygearman
 0.2.6, a Python 3 fork of python-gearman (gearman3 0.2.1 is also tried: it does not import on Python 3.9+).
-Each measurement is face_script.py in a subprocess of the right interpreter: a client and a worker thread in
-one process, every result checked.
+Each measurement runs face_script.py twice under the right interpreter: a worker process of the library, and
+then a client process of the same library, which checks every result. The client and the worker are separate
+processes, as they are in a deployment.
+
+Each mode is also run with the load generator's raw protocol client and worker (loadgen.py) in the same shape:
+that is the protocol limit the faces are compared with ("of raw").
 
     python benchmarks/faces.py --quick
 """
@@ -11,12 +15,16 @@ one process, every result checked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import selectors
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,11 +32,14 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import loadgen  # noqa: E402
 import servers  # noqa: E402
-from servers import ServerUnavailable  # noqa: E402
+from servers import ServerUnavailable, read_cpu_seconds  # noqa: E402
 
 SCRIPT = HERE / "face_script.py"
 SRC = HERE.parent / "src"
+RAW = "raw protocol"
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,21 @@ IMPLS = [
     Impl("gearman", "gearman3 0.2.1", "gearman3-0.2.1", "gearman3==0.2.1", "import gearman", task_bytes=True),
 ]
 
-MODES = {"lockstep": 1, "batch100": 100}
+
+@dataclass(frozen=True)
+class Mode:
+    batch: int  # jobs submitted before waiting for them
+    size: int  # payload bytes
+    jobs_share: float  # share of the job cap this mode may run (large payloads run fewer jobs)
+    note: str
+
+
+MODES = {
+    "lockstep": Mode(1, 64, 1.0, "1 job at a time, 64 B"),
+    "batch100": Mode(100, 64, 1.0, "100 submitted, then waited for, 64 B"),
+    "batch5000": Mode(5000, 64, 1.0, "5,000 submitted, then waited for, 64 B"),
+    "1mib": Mode(1, MIB, 0.005, "1 job at a time, 1 MiB"),
+}
 
 
 @dataclass
@@ -60,7 +85,10 @@ class FaceRow:
     jobs: int = 0
     seconds: float = 0.0
     jobs_per_s: float | None = None
+    client_cpu_us: float | None = None  # client process CPU per job
+    worker_cpu_us: float | None = None  # worker process CPU per job
     ratio: float | None = None  # this checkout's jobs/s over the original's (on the original's rows)
+    of_raw: float | None = None  # jobs/s over the raw protocol's in the same mode
     ok: bool = True
     note: str = ""
     errors: list[str] = field(default_factory=list)
@@ -77,21 +105,82 @@ def _python_for(impl: Impl, log: Callable[[str], None]) -> tuple[str | None, str
     return str(bin_dir / "python"), None
 
 
-def run_one(python: str, impl: Impl, mode: str, port: int, jobs: int, duration: float) -> FaceRow:
-    row = FaceRow(impl.api, impl.name, mode)
-    argv = [python, str(SCRIPT), "--api", impl.api, "--port", str(port), "--jobs", str(jobs),
-            "--batch", str(MODES[mode]), "--duration", str(duration), "--timeout", str(duration + 20)]
+def _env(impl: Impl) -> dict[str, str]:
+    if impl.venv is None:  # this checkout's faces, whether or not it is pip-installed
+        return dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def _available_workers(port: int, function: str) -> int:
+    """The "available workers" column of the server's ``status`` for function (0 when it is not listed)."""
+    with socket.create_connection((servers.HOST, port), timeout=5) as sock:
+        sock.sendall(b"status\n")
+        data = b""
+        while not data.endswith(b".\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.split("\t")
+        if len(fields) == 4 and fields[0] == function:
+            return int(fields[3])
+    return 0
+
+
+@contextlib.contextmanager
+def face_worker(python: str, impl: Impl, port: int, function: str, timeout: float) -> Iterator[int]:
+    """A worker process of the face, registered with the server; yields its pid and always kills it."""
+    argv = [python, str(SCRIPT), "--api", impl.api, "--role", "worker", "--port", str(port),
+            "--function", function, "--timeout", str(timeout)]
     if impl.task_bytes:
         argv.append("--task-bytes")
-    if impl.venv is None:  # this checkout's faces, whether or not it is pip-installed
-        env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    else:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_env(impl), cwd="/tmp")
+
+        def failed(what: str) -> ServerUnavailable:
+            proc.kill()
+            proc.wait(timeout=10)
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-2:]
+            return ServerUnavailable(f"{what}: {' | '.join(tail)}")
+
+        try:
+            deadline = time.monotonic() + timeout
+            assert proc.stdout is not None
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                if not sel.select(timeout) or proc.stdout.readline().strip() != b"ready":
+                    raise failed("the worker did not start")
+            while _available_workers(port, function) < 1:  # its CAN_DO has reached the server
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise failed(f"the worker never registered {function}")
+                time.sleep(0.01)
+            yield proc.pid
+        finally:
+            proc.kill()  # our own child, by its handle
+            proc.wait(timeout=10)
+            proc.stdout.close()  # type: ignore[union-attr]
+
+
+def run_one(python: str, impl: Impl, mode: str, port: int, jobs: int, duration: float) -> FaceRow:
+    row = FaceRow(impl.api, impl.name, mode)
+    m = MODES[mode]
+    function = f"face_{loadgen.new_tag(mode)}"
+    timeout = duration + 30
+    argv = [python, str(SCRIPT), "--api", impl.api, "--role", "client", "--port", str(port),
+            "--function", function, "--jobs", str(jobs), "--batch", str(m.batch), "--size", str(m.size),
+            "--duration", str(duration), "--timeout", str(timeout)]
+    if impl.task_bytes:
+        argv.append("--task-bytes")
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=duration + 60, env=env, cwd="/tmp")
-    except subprocess.TimeoutExpired:
+        with face_worker(python, impl, port, function, timeout) as worker_pid:
+            worker_cpu0 = read_cpu_seconds(worker_pid)
+            proc = subprocess.run(argv, capture_output=True, timeout=timeout + 30, env=_env(impl), cwd="/tmp")
+            worker_cpu1 = read_cpu_seconds(worker_pid)
+    except (ServerUnavailable, subprocess.TimeoutExpired) as exc:
         row.ok = False
-        row.errors.append(f"no answer within {duration + 60:g} s")
+        row.errors.append(str(exc))
         return row
     lines = proc.stdout.decode(errors="replace").strip().splitlines()
     try:
@@ -107,50 +196,90 @@ def run_one(python: str, impl: Impl, mode: str, port: int, jobs: int, duration: 
     row.ok = not row.errors and row.jobs > 0
     if row.ok:
         row.jobs_per_s = row.jobs / max(row.seconds, 1e-9)
+        row.client_cpu_us = float(result["cpu"]) / row.jobs * 1e6
+        if worker_cpu0 is not None and worker_cpu1 is not None:
+            row.worker_cpu_us = (worker_cpu1 - worker_cpu0) / row.jobs * 1e6
     return row
 
 
-def run_faces(jobs: int, duration: float, log: Callable[[str], None] = print) -> list[FaceRow]:
+def run_raw(mode: str, port: int, jobs: int, duration: float) -> FaceRow:
+    """The load generator's client and worker in the mode's shape: a window of ``batch`` jobs in flight."""
+    m = MODES[mode]
+    tag = loadgen.new_tag(f"raw{mode}")
+    plan = loadgen.Plan(port=port, func=f"face_{tag}".encode(), tag=tag, mode="foreground", clients=1,
+                        workers=1, inflight=m.batch, payload=m.size, jobs=jobs, duration=duration,
+                        timeout=duration + 60)
+    outcome = loadgen.run_foreground(plan)
+    row = FaceRow("-", RAW, mode, jobs=outcome.jobs, seconds=outcome.seconds, errors=outcome.errors[:5])
+    row.ok = not row.errors and row.jobs > 0
+    row.jobs_per_s = outcome.jobs_per_s if row.ok else None
+    return row
+
+
+def run_faces(jobs: int, duration: float, log: Callable[[str], None] = print,
+              modes: list[str] | None = None) -> list[FaceRow]:
+    modes = modes or list(MODES)
     rows: list[FaceRow] = []
     spec = servers.SERVERS["gearmand"]
     reason = spec.check()
     if reason is not None:
-        return [FaceRow(i.api, i.name, m, ok=False, note=f"skipped: {reason}") for i in IMPLS for m in MODES]
+        return [FaceRow(i.api, i.name, m, ok=False, note=f"skipped: {reason}") for i in IMPLS for m in modes]
     with servers.running(spec) as server:
         log(f"faces: gearmand on {servers.HOST}:{server.port}")
+        for mode in modes:
+            cap = max(10, int(jobs * MODES[mode].jobs_share))
+            row = run_raw(mode, server.port, cap, duration)
+            log(f"faces: {RAW} {mode}: " + (f"{row.jobs_per_s:,.0f} jobs/s" if row.ok else f"FAILED {row.errors[:1]}"))
+            rows.append(row)
         for impl in IMPLS:
             python, why = _python_for(impl, log)
-            for mode in MODES:
+            for mode in modes:
                 if python is None:
                     rows.append(FaceRow(impl.api, impl.name, mode, ok=False, note=f"skipped: {why}"))
                     continue
                 t0 = time.monotonic()
-                row = run_one(python, impl, mode, server.port, jobs, duration)
+                cap = max(10, int(jobs * MODES[mode].jobs_share))
+                row = run_one(python, impl, mode, server.port, cap, duration)
                 log(f"faces: {impl.name} {mode}: "
                     + (f"{row.jobs_per_s:,.0f} jobs/s" if row.ok else f"FAILED {row.errors[:1]}")
                     + f" ({time.monotonic() - t0:.1f} s)")
                 rows.append(row)
-    ours = {(r.api, r.mode): r.jobs_per_s for r in rows if r.impl.startswith("geartrain") and r.ok}
-    for r in rows:
-        mine = ours.get((r.api, r.mode))
-        if r.ok and r.jobs_per_s and mine and not r.impl.startswith("geartrain"):
-            r.ratio = mine / r.jobs_per_s
+    add_ratios(rows)
     return rows
 
 
+def add_ratios(rows: list[FaceRow]) -> None:
+    ours = {(r.api, r.mode): r.jobs_per_s for r in rows if r.impl.startswith("geartrain") and r.ok}
+    raw = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW and r.ok}
+    for r in rows:
+        if not r.ok or not r.jobs_per_s:
+            continue
+        if r.impl != RAW and raw.get(r.mode):
+            r.of_raw = r.jobs_per_s / raw[r.mode]
+        mine = ours.get((r.api, r.mode))
+        if mine and r.impl != RAW and not r.impl.startswith("geartrain"):
+            r.ratio = mine / r.jobs_per_s
+
+
 def format_faces(rows: list[FaceRow]) -> str:
-    header = ["api", "implementation", "mode", "jobs", "jobs/s", "ours/this", "notes"]
+    header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "client us/job", "worker us/job",
+              "ours/this", "notes"]
+
+    def num(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
     body = []
     for r in rows:
         if r.ok:
-            ratio = "-" if r.ratio is None else f"{r.ratio:.1f}x"
-            body.append([r.api, r.impl, r.mode, str(r.jobs), f"{r.jobs_per_s:,.0f}", ratio, r.note])
+            body.append([r.api, r.impl, r.mode, str(r.jobs), f"{r.jobs_per_s:,.0f}", num(r.of_raw, ".2f"),
+                         num(r.client_cpu_us, ",.0f"), num(r.worker_cpu_us, ",.0f"),
+                         "-" if r.ratio is None else f"{r.ratio:.1f}x", r.note or MODES[r.mode].note])
         else:
             why = r.errors[0] if r.errors else r.note
-            body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-",
-                         why.splitlines()[0][:100]])
+            body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-", "-", "-",
+                         "-", why.splitlines()[0][:100]])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    right = {3, 4, 5}
+    right = {3, 4, 5, 6, 7, 8}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
@@ -162,17 +291,22 @@ def format_faces(rows: list[FaceRow]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--jobs", type=int, help="job cap per measurement")
+    p.add_argument("--jobs", type=int, help="job cap per measurement (1 MiB modes run a 200th of it)")
     p.add_argument("--duration", type=float, help="seconds cap per measurement")
+    p.add_argument("--modes", help=f"comma-separated, from: {','.join(MODES)}")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
-    jobs = args.jobs or (5000 if args.quick else 20000)
+    jobs = args.jobs or (10000 if args.quick else 20000)
     duration = args.duration or (2.0 if args.quick else 5.0)
-    rows = run_faces(jobs, duration, log=lambda m: print(m, file=sys.stderr, flush=True))
+    modes = args.modes.split(",") if args.modes else None
+    unknown = set(modes or ()) - set(MODES)
+    if unknown:
+        p.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    rows = run_faces(jobs, duration, log=lambda m: print(m, file=sys.stderr, flush=True), modes=modes)
     print(format_faces(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    return 1 if any(r.errors for r in rows if r.impl.startswith("geartrain")) else 0
+    return 1 if any(r.errors for r in rows if r.impl.startswith("geartrain") or r.impl == RAW) else 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ log = logging.getLogger("gearman.worker")
 POLL_TIMEOUT_IN_SECONDS = 60.0
 
 _DOWN, _IDLE, _GRABBING, _SLEEPING, _WORKING = "down", "idle", "grabbing", "sleeping", "working"
+_FINAL = frozenset((P.WORK_COMPLETE, P.WORK_FAIL))
 
 
 class _WorkerConnectionState:
@@ -66,6 +67,7 @@ class GearmanWorker(GearmanConnectionManager):
         self._grab_inflight: GearmanConnection | None = None
         self._assigned: list[tuple[GearmanConnection, GearmanJob]] = []
         self._current_job: GearmanJob | None = None
+        self._task_returned = False  # the current job's task has returned: its result can wait for the loop
         self._rotation = 0
         self._shutdown = False
         self._working = False
@@ -281,7 +283,8 @@ class GearmanWorker(GearmanConnectionManager):
             if not connection.connected:
                 continue
             self._run_job(connection, job)
-            if self._stop_after_job:
+            if self._stop_after_job or self._shutdown:
+                self._drain(connection, None)  # work() closes the connections next: send the result first
                 return
             self._schedule_grab()
             for live in self._live_connections():
@@ -289,6 +292,7 @@ class GearmanWorker(GearmanConnectionManager):
 
     def _run_job(self, connection: GearmanConnection, job: GearmanJob) -> None:
         self._current_job = job
+        self._task_returned = False
         try:
             try:
                 job.data = self.data_encoder.decode(job._gearman_raw)  # type: ignore[attr-defined]
@@ -325,7 +329,9 @@ class GearmanWorker(GearmanConnectionManager):
             function_callback = self.worker_abilities[current_job.task]
             job_result = function_callback(self, current_job)
         except Exception:
+            self._task_returned = True
             return self.on_job_exception(current_job, sys.exc_info())
+        self._task_returned = True
         return self.on_job_complete(current_job, job_result)
 
     def on_job_exception(self, current_job: GearmanJob, exc_info: Any) -> bool:
@@ -388,6 +394,12 @@ class GearmanWorker(GearmanConnectionManager):
             log.warning("connection of job %r is gone: %s not sent", current_job, P.TYPE_NAMES[ptype])
             return
         connection.send_command(ptype, to_wire_lossless(current_job.handle), *args)
+        if self._task_returned and current_job is self._current_job and ptype in _FINAL:
+            return  # the loop sends it at once, in one write with the next GRAB_JOB
+        self._drain(connection, poll_timeout)
+
+    def _drain(self, connection: GearmanConnection, poll_timeout: float | None) -> None:
+        """Write the connection's queued output, waiting up to poll_timeout (None: until it is all out)."""
         deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
         while connection.connected and connection.writable:
             self.flush_connection(connection)

@@ -212,3 +212,39 @@ def test_admin_client_commands(any_server):
     wait_until(lambda: not any(job["job_queued"] for job in admin.get_jobs()))
     with pytest.raises(AdminCommandError):
         admin.cancel_job("H:nowhere:1")
+
+
+def test_result_of_the_last_job_is_sent_before_work_returns(any_server):
+    """Results wait for the loop (to share a write with the next GRAB_JOB); leaving work() must not drop them."""
+
+    class OneJobWorker(gearman.GearmanWorker):
+        def after_job(self):
+            return False
+
+    big = bytes(range(256)) * 4096  # 1 MiB: more than one socket write
+    worker = OneJobWorker([any_server.address])
+    worker.register_task("gm_last", lambda worker, job: big)
+    thread = threading.Thread(target=worker.work, kwargs={"poll_timeout": 1.0}, daemon=True)
+    thread.start()
+    wait_for_workers(any_server.address, "gm_last")
+    request = gearman.GearmanClient([any_server.address]).submit_job("gm_last", b"x", poll_timeout=20)
+    assert (request.state, request.result == big) == (gearman.JOB_COMPLETE, True)
+    thread.join(20)
+    assert not thread.is_alive(), "after_job() returned False but work() did not return"
+
+
+def test_shutdown_called_by_the_task_still_sends_its_result(any_server):
+    worker = gearman.GearmanWorker([any_server.address])
+
+    def stop_then_answer(w, job):
+        w.shutdown()
+        return b"answered " + job.data
+
+    worker.register_task("gm_stop", stop_then_answer)
+    thread = threading.Thread(target=worker.work, kwargs={"poll_timeout": 1.0}, daemon=True)
+    thread.start()
+    wait_for_workers(any_server.address, "gm_stop")
+    request = gearman.GearmanClient([any_server.address]).submit_job("gm_stop", b"once", poll_timeout=20)
+    assert request.result == b"answered once"
+    thread.join(20)
+    assert not thread.is_alive()
