@@ -17,6 +17,7 @@ from typing import Any
 
 from geartrain.protocol import AdminLine, AdminResponse, ClientConnection, PacketError, ProtocolError
 from geartrain.protocol import Packet as WirePacket
+from geartrain.sockets import recv_some
 
 from . import constants
 from .errors import ConnectionError, InvalidDataError, TimeoutError
@@ -26,7 +27,6 @@ from .packet import AdminRequest, Packet
 __all__ = ["Connection"]
 
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY, 0}
-_RECV_SIZE = 256 * 1024
 
 
 class _Closed(Exception):
@@ -377,7 +377,7 @@ class Connection:
             raise _Closed()
         with self._io_lock:
             try:
-                data = sock.recv(_RECV_SIZE)
+                data = recv_some(sock)
             except self._would_block:
                 return b""  # e.g. a TLS record without application data (a session ticket)
             if not data:

@@ -12,12 +12,11 @@ import ssl
 from typing import Any
 
 from geartrain.protocol import ClientConnection, ClientEvent
+from geartrain.sockets import RECV_SIZE, recv_some
 
 from .constants import DEFAULT_CONNECT_TIMEOUT, DEFAULT_GEARMAN_PORT
 from .encoding import to_wire
 from .errors import ConnectionError, GearmanError
-
-_RECV_SIZE = 256 * 1024
 
 
 def parse_host(entry: Any) -> dict:
@@ -175,7 +174,7 @@ class GearmanConnection:
         events: list[ClientEvent] = []
         while True:
             try:
-                chunk = sock.recv(_RECV_SIZE)
+                chunk = recv_some(sock)
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 break
             except OSError as exc:
@@ -191,7 +190,7 @@ class GearmanConnection:
                 events.extend(self.protocol.receive_data(chunk))
             except Exception as exc:  # geartrain.protocol.ProtocolError: the stream is unusable
                 raise ConnectionError(f"{self.address} sent an undecodable stream: {exc}") from exc
-            if len(chunk) < _RECV_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            if len(chunk) < RECV_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 break
         return events
 
