@@ -33,6 +33,7 @@ from faces import format_faces, run_faces  # noqa: E402
 from loads import CORE_LOADS, QUICK, LoadDef, Row, Settings  # noqa: E402
 from scale import SCALE_LOADS  # noqa: E402
 from servers import ServerOptions, ServerUnavailable  # noqa: E402
+from startup import format_startup, run_startup  # noqa: E402
 
 LOADS: dict[str, LoadDef] = {d.name: d for d in [*CORE_LOADS, *SCALE_LOADS]}
 DEFAULT_LOADS = [d.name for d in CORE_LOADS + SCALE_LOADS]
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     face_rows = [] if args.no_faces else run_faces(
         jobs=5000 if args.quick else 20000, duration=2.0 if args.quick else 5.0, log=log
     )
+    startup_rows = run_startup(3 if args.quick else 5)
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"settings: {'quick' if args.quick else 'full'}, duration cap {settings.duration:g} s, "
@@ -273,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
           f"run took {time.monotonic() - started:.0f} s")
     print(format_table(rows))
     if face_rows:
-        print("\nclient faces on gearmand (client and worker threads in one process; ours/this = our jobs/s over its):")
+        print("\nclient faces on gearmand (a worker process and a client process of each library; of raw = jobs/s "
+              "over the load generator's in the same mode; ours/this = our jobs/s over its):")
         print(format_faces(face_rows))
+    print("\nstart-up:")
+    print(format_startup(startup_rows))
     failed = [r for r in rows if not r.ok and r.errors]
     for r in failed:
         print(f"\n{r.server} {r.load} FAILED:")
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "settings": asdict(settings), "rows": [asdict(r) for r in rows],
-             "faces": [asdict(r) for r in face_rows]}, indent=2
+             "faces": [asdict(r) for r in face_rows], "startup": [asdict(r) for r in startup_rows]}, indent=2
         ) + "\n")
     return 1 if failed or face_failed else 0
 
