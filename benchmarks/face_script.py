@@ -106,7 +106,8 @@ class _gear_client:  # noqa: N801 - a context manager used like a function
             group.append(job)
         with self.cond:
             self.cond.wait_for(lambda: all(j.complete for j in group), timeout=self.timeout)
-        return [b"".join(j.data) if j.complete and not j.failure else f"complete={j.complete} failure={j.failure}"
+        return [b"".join(j.data) if j.complete and not j.failure
+                else "failed" if j.complete else f"no result within the {self.timeout:g} s limit"
                 for j in group]
 
 
