@@ -217,35 +217,56 @@ def run_raw(mode: str, port: int, jobs: int, duration: float) -> FaceRow:
 
 
 def run_faces(jobs: int, duration: float, log: Callable[[str], None] = print,
-              modes: list[str] | None = None) -> list[FaceRow]:
+              modes: list[str] | None = None, repeat: int = 1) -> list[FaceRow]:
+    """Every implementation in every mode, ``repeat`` times; the median run of each is reported.
+
+    Runs are interleaved (mode by mode, then round by round, then implementation by implementation), so that
+    the machine's slow drifts fall on every implementation alike rather than on whichever ran last.
+    """
     modes = modes or list(MODES)
-    rows: list[FaceRow] = []
     spec = servers.SERVERS["gearmand"]
     reason = spec.check()
     if reason is not None:
         return [FaceRow(i.api, i.name, m, ok=False, note=f"skipped: {reason}") for i in IMPLS for m in modes]
+    pythons = {impl: _python_for(impl, log) for impl in IMPLS}
+    rows: list[FaceRow] = []
     with servers.running(spec) as server:
         log(f"faces: gearmand on {servers.HOST}:{server.port}")
         for mode in modes:
             cap = max(10, int(jobs * MODES[mode].jobs_share))
-            row = run_raw(mode, server.port, cap, duration)
-            log(f"faces: {RAW} {mode}: " + (f"{row.jobs_per_s:,.0f} jobs/s" if row.ok else f"FAILED {row.errors[:1]}"))
-            rows.append(row)
-        for impl in IMPLS:
-            python, why = _python_for(impl, log)
-            for mode in modes:
-                if python is None:
-                    rows.append(FaceRow(impl.api, impl.name, mode, ok=False, note=f"skipped: {why}"))
-                    continue
-                t0 = time.monotonic()
-                cap = max(10, int(jobs * MODES[mode].jobs_share))
-                row = run_one(python, impl, mode, server.port, cap, duration)
-                log(f"faces: {impl.name} {mode}: "
-                    + (f"{row.jobs_per_s:,.0f} jobs/s" if row.ok else f"FAILED {row.errors[:1]}")
-                    + f" ({time.monotonic() - t0:.1f} s)")
-                rows.append(row)
+            runs: dict[str, list[FaceRow]] = {}
+            for _ in range(repeat):
+                for impl in [None, *IMPLS]:
+                    name = RAW if impl is None else impl.name
+                    if any(not r.ok for r in runs.get(name, ())):
+                        continue  # failed once: not again (a time-out would only cost another 35 s)
+                    t0 = time.monotonic()
+                    if impl is None:
+                        row = run_raw(mode, server.port, cap, duration)
+                    else:
+                        python, why = pythons[impl]
+                        if python is None:
+                            row = FaceRow(impl.api, impl.name, mode, ok=False, note=f"skipped: {why}")
+                        else:
+                            row = run_one(python, impl, mode, server.port, cap, duration)
+                    log(f"faces: {name} {mode}: "
+                        + (f"{row.jobs_per_s:,.0f} jobs/s" if row.ok else f"FAILED {(row.errors or [row.note])[:1]}")
+                        + f" ({time.monotonic() - t0:.1f} s)")
+                    runs.setdefault(name, []).append(row)
+            rows += [median_row(group) for group in runs.values()]
     add_ratios(rows)
     return rows
+
+
+def median_row(group: list[FaceRow]) -> FaceRow:
+    """The median run by jobs/s (a failed run, if any, stands for the group); the spread goes in its note."""
+    failed = [r for r in group if not r.ok]
+    if failed or len(group) == 1:
+        return failed[0] if failed else group[0]
+    ordered = sorted(group, key=lambda r: r.jobs_per_s or 0.0)
+    row = ordered[len(ordered) // 2]
+    row.note = f"{MODES[row.mode].note}; median of " + ", ".join(f"{r.jobs_per_s:,.0f}" for r in group)
+    return row
 
 
 def add_ratios(rows: list[FaceRow]) -> None:
@@ -294,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, help="job cap per measurement (1 MiB modes run a 200th of it)")
     p.add_argument("--duration", type=float, help="seconds cap per measurement")
     p.add_argument("--modes", help=f"comma-separated, from: {','.join(MODES)}")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is reported")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     jobs = args.jobs or (10000 if args.quick else 20000)
@@ -302,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(modes or ()) - set(MODES)
     if unknown:
         p.error(f"unknown modes: {', '.join(sorted(unknown))}")
-    rows = run_faces(jobs, duration, log=lambda m: print(m, file=sys.stderr, flush=True), modes=modes)
+    rows = run_faces(jobs, duration, log=lambda m: print(m, file=sys.stderr, flush=True), modes=modes,
+                     repeat=args.repeat)
     print(format_faces(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += run_server(name, loads, settings, log)
     add_ratios(rows)
     face_rows = [] if args.no_faces else run_faces(
-        jobs=5000 if args.quick else 20000, duration=2.0 if args.quick else 5.0, log=log
+        jobs=5000 if args.quick else 20000, duration=2.0 if args.quick else 5.0, log=log, repeat=settings.repeat
     )
     startup_rows = run_startup(3 if args.quick else 5)
     print()
