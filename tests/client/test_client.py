@@ -588,3 +588,28 @@ def test_worker_rejects_zero_concurrency(geartrain_server):
             await Worker([geartrain_server.address]).run(concurrency=0)
 
     run(body())
+
+
+def test_worker_run_twice_is_refused_and_run_again_after_stop(geartrain_server):
+    async def body():
+        worker = Worker([geartrain_server.address])
+        worker.register("again", lambda job: job.arguments)
+        first = asyncio.ensure_future(worker.run())
+        await worker.wait_connected(timeout=DEADLINE)
+        links = list(worker.links)
+        with pytest.raises(RuntimeError, match="already running"):
+            await worker.run()
+        assert worker.links == links  # the running links were neither replaced nor leaked
+        await worker.stop(timeout=DEADLINE)
+        await asyncio.wait_for(first, DEADLINE)
+
+        second = asyncio.ensure_future(worker.run())
+        try:
+            await worker.wait_connected(timeout=DEADLINE)
+            async with Client([geartrain_server.address]) as client:
+                assert await client.run("again", b"twice") == b"twice"
+        finally:
+            await worker.stop(timeout=DEADLINE)
+            await asyncio.wait_for(second, DEADLINE)
+
+    run(body())

@@ -160,6 +160,8 @@ class Worker:
         """Connect to every server (retrying those down) and work until stop() is called."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self._done is not None and not self._done.is_set():
+            raise RuntimeError("this Worker is already running: stop() it before run() again")
         self.concurrency = concurrency
         self._stopping = False
         self._changed = asyncio.Event()
