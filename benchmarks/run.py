@@ -11,6 +11,7 @@ did not all come back intact is reported as FAILED and the command exits non-zer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -173,76 +174,95 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
-def _repeated(d: LoadDef, server: servers.RunningServer, settings: Settings) -> list[Row]:
-    """Run a load settings.repeat times; keep the run with the median jobs/s of its first row (any failure wins)."""
-    runs: list[list[Row]] = []
-    for _ in range(settings.repeat):
-        try:
-            produced = d.fn(server, settings)
-        except Exception as exc:  # a broken load must not hide the others
-            produced = [Row("", d.name, ok=False, errors=[f"{type(exc).__name__}: {exc}"])]
-        if not all(r.ok for r in produced) or server.proc.poll() is not None:
+def _run_once(d: LoadDef, server: servers.RunningServer, settings: Settings) -> list[Row]:
+    try:
+        produced = d.fn(server, settings)
+    except Exception as exc:  # a broken load must not hide the others
+        produced = [Row("", d.name, ok=False, errors=[f"{type(exc).__name__}: {exc}"])]
+    if server.proc.poll() is not None:
+        for r in produced:
+            r.ok = False
+            r.errors.append(f"server exited with {server.proc.returncode}: {server.log_tail(300)}")
+    return produced
+
+
+def _median_run(runs: list[list[Row]]) -> list[Row]:
+    """The run with the median jobs/s of its first row (a failed run, if any, stands for them all)."""
+    for produced in runs:
+        if not all(r.ok for r in produced):
             return produced
-        runs.append(produced)
-    runs.sort(key=lambda rows: rows[0].jobs_per_s or 0.0)
-    chosen = runs[(len(runs) - 1) // 2]
+    ordered = sorted(runs, key=lambda rows: rows[0].jobs_per_s or 0.0)
+    chosen = ordered[(len(ordered) - 1) // 2]
     if len(runs) > 1:
-        spread = [f"{rows[0].jobs_per_s:,.0f}" for rows in runs]
         chosen[0].extra["repeat_jobs_per_s"] = [rows[0].jobs_per_s for rows in runs]
-        chosen[0].note += f"; median of {', '.join(spread)}"
+        chosen[0].note += "; median of " + ", ".join(f"{rows[0].jobs_per_s:,.0f}" for rows in runs)
     return chosen
 
 
-def _run_group(name: str, spec: servers.ServerSpec, queue: str, defs: list[LoadDef], settings: Settings,
+def _run_queue(names: list[str], queue: str, defs: list[LoadDef], settings: Settings,
                log: Callable[[str], None]) -> list[Row]:
-    """Start the server with one queue type, run its loads in order, stop it."""
+    """Start every server that has this queue type, side by side, and run each load on each in turn.
+
+    A load's repeats are interleaved (round 1 on every server, then round 2, ...), so that the machine's slow
+    drifts fall on every server alike; the median run of each server is kept.
+    """
     rows: list[Row] = []
-    try:
-        with servers.running(spec, ServerOptions(queue=queue)) as server:
-            log(f"{name}: {queue} queue, listening on {servers.HOST}:{server.port} (pid {server.pid})")
-            for d in defs:
-                t0 = time.monotonic()
-                produced = _repeated(d, server, settings)
-                if server.proc.poll() is not None:
+    with contextlib.ExitStack() as stack:
+        running: dict[str, servers.RunningServer] = {}
+        for name in names:
+            spec = servers.SERVERS[name]
+            if queue not in spec.queues:
+                rows += [Row(name, d.name, ok=False, note=f"skipped: {name} has no {queue} queue") for d in defs]
+                continue
+            try:
+                running[name] = stack.enter_context(servers.running(spec, ServerOptions(queue=queue)))
+            except ServerUnavailable as exc:
+                log(f"{name}: could not start: {exc}")
+                rows.append(Row(name, ",".join(d.name for d in defs), ok=False, errors=[f"could not start: {exc}"]))
+                continue
+            log(f"{name}: {queue} queue, listening on {servers.HOST}:{running[name].port} "
+                f"(pid {running[name].pid})")
+        for d in defs:
+            runs: dict[str, list[list[Row]]] = {name: [] for name in running}
+            for _ in range(settings.repeat):
+                for name, server in running.items():
+                    done = runs[name]
+                    if server.proc.poll() is not None or any(not r.ok for run in done for r in run):
+                        continue  # failed or exited: its failure is what gets reported
+                    t0 = time.monotonic()
+                    produced = _run_once(d, server, settings)
+                    rss = server.rss_kib()
                     for r in produced:
-                        r.ok = False
-                        r.errors.append(
-                            f"server exited with {server.proc.returncode}: {server.log_tail(300)}"
-                        )
-                rss = server.rss_kib()
-                for r in produced:
-                    r.server = name
-                    if rss is not None:
-                        r.extra["server_rss_kib"] = float(rss)
-                    log(f"{name}: {r.load}: " + (f"{_fmt(r.jobs_per_s, 0)} jobs/s" if r.ok else "FAILED")
-                        + f" ({time.monotonic() - t0:.1f} s)")
-                    for e in r.errors[:3]:
-                        log(f"    {e}")
-                rows.extend(produced)
-                if server.proc.poll() is not None:
-                    break
-    except ServerUnavailable as exc:
-        log(f"{name}: could not start: {exc}")
-        rows.append(Row(name, ",".join(d.name for d in defs), ok=False, errors=[f"could not start: {exc}"]))
+                        r.server = name
+                        if rss is not None:
+                            r.extra["server_rss_kib"] = float(rss)
+                        log(f"{name}: {r.load}: " + (f"{_fmt(r.jobs_per_s, 0)} jobs/s" if r.ok else "FAILED")
+                            + f" ({time.monotonic() - t0:.1f} s)")
+                        for e in r.errors[:3]:
+                            log(f"    {e}")
+                    done.append(produced)
+            rows += [r for name in running if runs[name] for r in _median_run(runs[name])]
     return rows
 
 
-def run_server(name: str, loads: list[str], settings: Settings, log: Callable[[str], None]) -> list[Row]:
-    spec = servers.SERVERS[name]
-    reason = spec.check()
-    if reason is not None:
-        log(f"{name}: skipped: {reason}")
-        return [Row(name, load, ok=False, note=f"skipped: {reason}") for load in loads]
+def run_servers(names: list[str], loads: list[str], settings: Settings, log: Callable[[str], None]) -> list[Row]:
+    """Every load on every available server; rows ordered by server, then load."""
+    rows: list[Row] = []
+    available: list[str] = []
+    for name in names:
+        reason = servers.SERVERS[name].check()
+        if reason is None:
+            available.append(name)
+        else:
+            log(f"{name}: skipped: {reason}")
+            rows += [Row(name, load, ok=False, note=f"skipped: {reason}") for load in loads]
     groups: dict[str, list[LoadDef]] = {}
     for load in loads:
         groups.setdefault(LOADS[load].queue, []).append(LOADS[load])
-    rows: list[Row] = []
     for queue, defs in groups.items():
-        if queue not in spec.queues:
-            rows += [Row(name, d.name, ok=False, note=f"skipped: {name} has no {queue} queue") for d in defs]
-            continue
-        rows += _run_group(name, spec, queue, defs, settings, log)
-    return rows
+        rows += _run_queue(available, queue, defs, settings, log)
+    position = {name: i for i, name in enumerate(names)}
+    return sorted(rows, key=lambda r: position.get(r.server, len(names)))  # stable: loads keep their order
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()  # before the run: its load average is the machine's, not ours
     started = time.monotonic()
-    rows: list[Row] = []
-    for name in names:
-        rows += run_server(name, loads, settings, log)
+    rows = run_servers(names, loads, settings, log)
     add_ratios(rows)
     face_rows = [] if args.no_faces else run_faces(
         jobs=5000 if args.quick else 20000, duration=2.0 if args.quick else 5.0, log=log, repeat=settings.repeat
