@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from geartrain.protocol import Packet
+from geartrain.protocol import JOB_ASSIGNMENTS, Packet, assignment
 from geartrain.protocol import constants as P
 
 from .connection import GearmanConnection
@@ -248,18 +248,11 @@ class GearmanWorker(GearmanConnectionManager):
             connection.send_command(P.PRE_SLEEP)
             state.phase = _SLEEPING
             self._schedule_grab()
-        elif ptype in (P.JOB_ASSIGN, P.JOB_ASSIGN_UNIQ, P.JOB_ASSIGN_ALL):
+        elif ptype in JOB_ASSIGNMENTS:
             if self._grab_inflight is connection:
                 self._grab_inflight = None
             state.phase = _WORKING
-            if ptype == P.JOB_ASSIGN:
-                handle, function, data = args
-                unique = b""
-            elif ptype == P.JOB_ASSIGN_UNIQ:
-                handle, function, unique, data = args
-            else:
-                handle, function, unique, _reducer, data = args
-            self._assigned.append((connection, self._make_job(connection, handle, function, unique, data)))
+            self._assigned.append((connection, self._make_job(connection, *assignment(event))))
         elif ptype == P.ERROR:
             log.info("%s answered ERROR %s: %s", connection.address, args[0], args[1])
         elif ptype in (P.ECHO_RES, P.OPTION_RES):

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geartrain.protocol import (
+    JOB_ASSIGNMENTS,
     AdminLine,
     AdminResponse,
     ClientConnection,
@@ -16,6 +17,7 @@ from geartrain.protocol import (
     Packet,
     PacketError,
     ProtocolError,
+    assignment,
     encode_request,
     encode_response,
 )
@@ -168,3 +170,22 @@ def test_large_bodies_split_the_same_as_small_ones():
     assert events == [Packet(C.REQ, C.SUBMIT_JOB, (b"f", b"u", big)), Packet(C.REQ, C.ECHO_REQ, (big,))]
     short = struct.pack(">4sII", C.REQ, C.SUBMIT_JOB, 40_000) + b"f" * 40_000
     assert Decoder().feed(short)[0].code == b"INVALID_PACKET"
+
+
+@pytest.mark.parametrize(
+    ("ptype", "args", "expected"),
+    [
+        (C.JOB_ASSIGN, (b"H:1", b"f", b"data\x00x"), (b"H:1", b"f", b"", b"data\x00x")),
+        (C.JOB_ASSIGN_UNIQ, (b"H:2", b"f", b"u", b"d"), (b"H:2", b"f", b"u", b"d")),
+        (C.JOB_ASSIGN_ALL, (b"H:3", b"f", b"u", b"reducer", b"d"), (b"H:3", b"f", b"u", b"d")),
+    ],
+)
+def test_assignment_reads_every_job_assign_variant(ptype, args, expected):
+    assert ptype in JOB_ASSIGNMENTS
+    job = assignment(Packet(C.RES, ptype, args))
+    assert tuple(job) == expected and job.unique == expected[2]
+
+
+def test_assignment_refuses_other_packets():
+    with pytest.raises(ValueError, match="NO_JOB does not assign a job"):
+        assignment(Packet(C.RES, C.NO_JOB, ()))

@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from ..protocol import ClientEvent, Packet, to_bytes
+from ..protocol import JOB_ASSIGNMENTS, ClientEvent, Packet, assignment, to_bytes
 from ..protocol import constants as C
 from .errors import ConnectionLost, JobFailed
 from .link import Link, ServerSpec, parse_servers
@@ -260,15 +260,9 @@ class Worker:
                     session.sleeping = True
                     link.write(link.conn.send_packet(C.PRE_SLEEP))
                 self._signal()
-            elif ptype in (C.JOB_ASSIGN_UNIQ, C.JOB_ASSIGN, C.JOB_ASSIGN_ALL):
+            elif ptype in JOB_ASSIGNMENTS:
                 session.grabbing = False
-                if ptype == C.JOB_ASSIGN_UNIQ:
-                    handle, function, unique, data = args
-                elif ptype == C.JOB_ASSIGN:
-                    (handle, function, data), unique = args, b""
-                else:
-                    handle, function, unique, _reducer, data = args
-                self._start(link, session, WorkerJob(link, link.generation, handle, function, unique, data))
+                self._start(link, session, WorkerJob(link, link.generation, *assignment(event)))
                 self._grab(link)
             elif ptype == C.ERROR and args[0] == b"JOB_NOT_FOUND":
                 # gearmand ends a job on WORK_EXCEPTION, so the WORK_FAIL sent after it finds no job.

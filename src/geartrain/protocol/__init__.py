@@ -13,15 +13,17 @@ from .codec import (
     encode_response,
     pack,
 )
-from .connection import AdminResponse, ClientConnection, ClientEvent
+from .connection import JOB_ASSIGNMENTS, AdminResponse, Assignment, ClientConnection, ClientEvent, assignment
 from .constants import REQ, RES
 from .text import to_bytes
 
 __all__ = [
+    "JOB_ASSIGNMENTS",
     "REQ",
     "RES",
     "AdminLine",
     "AdminResponse",
+    "Assignment",
     "ClientConnection",
     "ClientEvent",
     "Decoder",
@@ -33,6 +35,7 @@ __all__ = [
     "encode",
     "encode_request",
     "encode_response",
+    "assignment",
     "pack",
     "to_bytes",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
+from . import constants as C
 from .codec import AdminLine, Decoder, Packet, PacketError, encode_request
 from .constants import DEFAULT_MAX_PACKET_SIZE, RES, admin_answer_is_multiline
 
@@ -27,6 +28,30 @@ class AdminResponse(NamedTuple):
 
 
 ClientEvent = Packet | PacketError | AdminResponse | AdminLine
+
+#: The packet types that hand a worker a job.
+JOB_ASSIGNMENTS = frozenset((C.JOB_ASSIGN, C.JOB_ASSIGN_UNIQ, C.JOB_ASSIGN_ALL))
+
+
+class Assignment(NamedTuple):
+    """A job handed to a worker, whichever JOB_ASSIGN variant brought it (unique is b"" for JOB_ASSIGN)."""
+
+    handle: bytes
+    function: bytes
+    unique: bytes
+    data: bytes
+
+
+def assignment(packet: Packet) -> Assignment:
+    """The job of a JOB_ASSIGN, JOB_ASSIGN_UNIQ or JOB_ASSIGN_ALL packet (its reducer, if any, is dropped)."""
+    args = packet.args
+    if packet.ptype == C.JOB_ASSIGN_UNIQ:
+        return Assignment(*args)
+    if packet.ptype == C.JOB_ASSIGN:
+        return Assignment(args[0], args[1], b"", args[2])
+    if packet.ptype == C.JOB_ASSIGN_ALL:
+        return Assignment(args[0], args[1], args[2], args[4])
+    raise ValueError(f"{packet.name} does not assign a job")
 
 
 class ClientConnection:
