@@ -1,7 +1,8 @@
 """One side of a client-library ("face") measurement, run by faces.py under a chosen interpreter.
 
 It imports only the library under test (``gear`` or ``gearman``), so the same file measures this checkout's
-faces and the originals installed in throwaway virtualenvs. Two roles, each in its own process:
+faces and the originals installed in throwaway virtualenvs (``geartrain`` is this checkout's asyncio
+geartrain.client). Two roles, each in its own process:
 
 - ``worker``: registers the function, prints ``ready`` and answers every job with its data reversed until it
   is terminated (SIGTERM from faces.py);
@@ -38,7 +39,7 @@ def payload(seq: int, size: int) -> bytes:
 
 def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
                timeout: float, task_bytes: bool) -> dict[str, object]:
-    submit = _gear_client if api == "gear" else _gearman_client
+    submit = {"gear": _gear_client, "gearman": _gearman_client, "geartrain": _geartrain_client}[api]
     errors: list[str] = []
     done = 0
     seq = 0
@@ -149,9 +150,67 @@ class _gearman_client:  # noqa: N801
         return results
 
 
+def _event_loop():  # noqa: ANN202 - asyncio is imported only by the geartrain face
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class _geartrain_client:  # noqa: N801
+    """geartrain.client.Client (asyncio): every job of a batch submitted at once (pipelined), then awaited."""
+
+    def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+        from geartrain.client import Client
+
+        self.function, self.timeout = function, timeout
+        self.loop = _event_loop()
+        self.client = Client([(HOST, port)])
+        self.loop.run_until_complete(self.client.connect())
+
+    def __enter__(self) -> BatchRunner:
+        return self.run
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+        import asyncio
+
+        async def one(s: int, data: bytes) -> bytes:
+            return await asyncio.wait_for(self.client.run(self.function, data, unique=f"u{s}"), self.timeout)
+
+        async def batch() -> list[object]:
+            return await asyncio.gather(*(one(s, data) for s, data in specs), return_exceptions=True)
+
+        results = self.loop.run_until_complete(batch())
+        return [r if isinstance(r, bytes) else f"{type(r).__name__}: {r}" for r in results]
+
+
 def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool) -> None:
     """Answer jobs until killed; ``ready`` on stdout once the function is registered."""
-    if api == "gear":
+    if api == "geartrain":
+        from geartrain.client import Worker
+
+        async def reverse(job: object) -> bytes:
+            return job.arguments[::-1]  # type: ignore[attr-defined]
+
+        async def serve() -> None:
+            import asyncio
+
+            worker = Worker([(HOST, port)], client_id="bench-worker")
+            worker.register(function, reverse)
+            running = asyncio.ensure_future(worker.run())
+            await worker.wait_connected(timeout=timeout)
+            print("ready", flush=True)
+            await running
+
+        _event_loop().run_until_complete(serve())
+    elif api == "gear":
         import gear
 
         worker = gear.Worker("bench-worker")
@@ -188,7 +247,7 @@ def _version(*dists: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--api", choices=("gear", "gearman"), required=True)
+    p.add_argument("--api", choices=("gear", "gearman", "geartrain"), required=True)
     p.add_argument("--role", choices=("client", "worker"), required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--function", required=True)

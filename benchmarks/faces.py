@@ -58,6 +58,7 @@ IMPLS = [
     Impl("gearman", "geartrain gearman", None),
     Impl("gearman", "pygearman 0.2.6", "pygearman-0.2.6", "pygearman==0.2.6", "import gearman", task_bytes=True),
     Impl("gearman", "gearman3 0.2.1", "gearman3-0.2.1", "gearman3==0.2.1", "import gearman", task_bytes=True),
+    Impl("geartrain", "geartrain.client", None),  # the asyncio client and worker: no original to compare with
 ]
 
 
