@@ -16,6 +16,7 @@ geartrain.client). Two roles, each in its own process:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import sys
@@ -39,7 +40,7 @@ def payload(seq: int, size: int) -> bytes:
 
 def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
                timeout: float, task_bytes: bool) -> dict[str, object]:
-    submit = {"gear": _gear_client, "gearman": _gearman_client, "geartrain": _geartrain_client}[api]
+    submit = {"gear": GearFace, "gearman": GearmanFace, "geartrain": GeartrainFace}[api]
     errors: list[str] = []
     done = 0
     seq = 0
@@ -65,7 +66,24 @@ def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: 
 BatchRunner = Callable[[list[tuple[int, bytes]]], list["bytes | str"]]
 
 
-class _gear_client:  # noqa: N801 - a context manager used like a function
+class Face:
+    """A connected client of one library: ``with Face(...) as run_batch`` gives run(), close() on the way out."""
+
+    def __enter__(self) -> BatchRunner:
+        return self.run
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+        """Submit the batch, wait for it, return each job's result bytes or a description of its failure."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class GearFace(Face):
     """gear.Client: submitJob() for each job of a batch, then wait for their WORK_COMPLETE."""
 
     def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
@@ -93,10 +111,7 @@ class _gear_client:  # noqa: N801 - a context manager used like a function
         self.client.addServer(HOST, port)
         self.client.waitForServer(timeout)
 
-    def __enter__(self) -> BatchRunner:
-        return self.run
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.client.shutdown()
 
     def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
@@ -112,7 +127,7 @@ class _gear_client:  # noqa: N801 - a context manager used like a function
                 for j in group]
 
 
-class _gearman_client:  # noqa: N801
+class GearmanFace(Face):
     """GearmanClient: submit_job() for a batch of one, submit_multiple_jobs() for larger batches."""
 
     def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
@@ -123,10 +138,7 @@ class _gearman_client:  # noqa: N801
         self.timeout = timeout
         self.client = gearman.GearmanClient([f"{HOST}:{port}"])
 
-    def __enter__(self) -> BatchRunner:
-        return self.run
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.client.shutdown()
 
     def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
@@ -150,9 +162,7 @@ class _gearman_client:  # noqa: N801
         return results
 
 
-def _event_loop():  # noqa: ANN202 - asyncio is imported only by the geartrain face
-    import asyncio
-
+def _event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
     except ImportError:
@@ -160,7 +170,7 @@ def _event_loop():  # noqa: ANN202 - asyncio is imported only by the geartrain f
     return uvloop.new_event_loop()
 
 
-class _geartrain_client:  # noqa: N801
+class GeartrainFace(Face):
     """geartrain.client.Client (asyncio): every job of a batch submitted at once (pipelined), then awaited."""
 
     def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
@@ -171,16 +181,11 @@ class _geartrain_client:  # noqa: N801
         self.client = Client([(HOST, port)])
         self.loop.run_until_complete(self.client.connect())
 
-    def __enter__(self) -> BatchRunner:
-        return self.run
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.loop.run_until_complete(self.client.close())
         self.loop.close()
 
     def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
-        import asyncio
-
         async def one(s: int, data: bytes) -> bytes:
             return await asyncio.wait_for(self.client.run(self.function, data, unique=f"u{s}"), self.timeout)
 
@@ -200,8 +205,6 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
             return job.arguments[::-1]  # type: ignore[attr-defined]
 
         async def serve() -> None:
-            import asyncio
-
             worker = Worker([(HOST, port)], client_id="bench-worker")
             worker.register(function, reverse)
             running = asyncio.ensure_future(worker.run())

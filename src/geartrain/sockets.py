@@ -10,15 +10,15 @@ RECV_SIZE = 256 * 1024
 _local = threading.local()
 
 
-def recv_some(sock: socket.socket, size: int = RECV_SIZE) -> bytes:
-    """``sock.recv(size)`` through one reused buffer per thread.
+def recv_some(sock: socket.socket) -> bytes:
+    """``sock.recv(RECV_SIZE)`` through one reused buffer per thread.
 
     ``recv(256 KiB)`` allocates its result at full size and shrinks it afterwards, which for a buffer that
     large costs glibc an mmap, an mremap and a munmap per read; here only the bytes read are copied out.
     Exceptions are the socket's own (BlockingIOError, ssl.SSLWantReadError, OSError).
     """
     view = getattr(_local, "view", None)
-    if view is None or len(view) < size:
-        view = _local.view = memoryview(bytearray(max(size, RECV_SIZE)))
-    count = sock.recv_into(view, size)
+    if view is None:
+        view = _local.view = memoryview(bytearray(RECV_SIZE))
+    count = sock.recv_into(view)
     return bytes(view[:count])
