@@ -17,6 +17,7 @@ from geartrain.protocol import ProtocolError
 from . import constants
 from .connection import Connection, _Closed, _Connector, _name
 from .errors import ConfigurationError, ConnectionError, NoConnectedServersError, TimeoutError, UnknownJobError
+from .flag import Flag
 from .job import to_bytes
 from .packet import AdminRequest, Packet
 
@@ -27,7 +28,7 @@ class Task:
     """Something waiting for a server's answer on one connection (answers come in order)."""
 
     def __init__(self) -> None:
-        self._wait_event = threading.Event()
+        self._wait_event = Flag()
 
     def setComplete(self) -> None:
         self._wait_event.set()
@@ -52,7 +53,7 @@ class _StatusWaiter:
     __slots__ = ("event", "job", "answered")
 
     def __init__(self, job: Any) -> None:
-        self.event = threading.Event()
+        self.event = Flag()
         self.job = job
         self.answered = False
 

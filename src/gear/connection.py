@@ -395,7 +395,7 @@ class Connection:
         for event in self._protocol.receive_data(data):
             kind = type(event)
             if kind is WirePacket:
-                out.append(Packet(event.magic, event.ptype, b"\x00".join(event.args), self))
+                out.append(Packet._received(event.magic, event.ptype, event.args, self))
             elif kind is AdminResponse:
                 if not self.admin_requests:
                     self.log.warning("Admin answer with no request pending on %s: %r", self, event.raw)

@@ -3,13 +3,15 @@ FunctionRecord. Names, arguments and uniques may be given as str (UTF-8) or byte
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from geartrain.protocol import to_bytes as _require_bytes
 
 from . import constants
 from .errors import InvalidDataError
+from .flag import Flag
+from .packet import Packet
+from .text import to_bytes
 
 __all__ = [
     "BaseBinaryJob",
@@ -28,15 +30,6 @@ __all__ = [
 ]
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
-
-
-def to_bytes(value: Any) -> Any:
-    """str becomes UTF-8 bytes, bytearray and memoryview become bytes; None and bytes pass through."""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    return value
 
 
 def _number(value: Any) -> bytes:
@@ -135,8 +128,6 @@ class WorkerJob(BaseJob):
         super().__init__(name, arguments, unique, handle)
 
     def _send(self, ptype: int, *args: bytes) -> None:
-        from .packet import Packet
-
         self.connection.sendPacket(Packet._build(ptype, *args))
 
     def sendWorkData(self, data: Any = b"") -> None:
@@ -194,7 +185,7 @@ class Job(BaseJob):
         self.fraction_complete = None
         self.known = None
         self.running = None
-        self._gear_done = threading.Event()
+        self._gear_done = Flag()
 
     def waitForCompletion(self, timeout: float | None = None) -> bool:
         """Block until the job ends: completed, failed, raised an exception, or lost with its connection.

@@ -10,7 +10,7 @@ from geartrain.protocol import encode_request, pack
 
 from . import constants
 from .errors import InvalidDataError, UnknownJobError
-from .job import to_bytes
+from .text import to_bytes
 
 __all__ = [
     "AdminRequest",
@@ -74,6 +74,22 @@ class Packet:
         self.data = data
         self.connection = connection
 
+    #: The decoded arguments of a received packet, with the body they were joined into: getArgument() uses
+    #: them while ``data`` is still that body (one split by the protocol core, not one per argument read).
+    _args: tuple[bytes, ...] = ()
+    _args_of: bytes | None = None
+
+    @classmethod
+    def _received(cls, code: bytes, ptype: int, args: tuple[bytes, ...], connection: Any) -> Packet:
+        """A packet as the protocol core decoded (and checked) it, arriving on ``connection``."""
+        packet = cls.__new__(cls)
+        packet.code = code
+        packet.ptype = ptype
+        packet.data = packet._args_of = args[0] if len(args) == 1 else b"\x00".join(args)
+        packet._args = args
+        packet.connection = connection
+        return packet
+
     @classmethod
     def _build(cls, ptype: int, *args: bytes) -> Packet:
         """A request packet from its arguments, checked (count, NUL placement) by the protocol core."""
@@ -128,6 +144,9 @@ class Packet:
 
     def getArgument(self, index: int, last: bool = False) -> bytes:
         """The index-th NUL-separated argument; with last=True, everything from it on (NULs included)."""
+        args = self._args
+        if self._args_of is self.data and (index < len(args) - 1 or (last and index == len(args) - 1)):
+            return args[index]
         parts = self.data.split(b"\x00")
         if not last:
             return parts[index]

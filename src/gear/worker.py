@@ -45,7 +45,8 @@ class Worker(BaseClient):
         self.functions: dict[bytes, FunctionRecord] = {}
         self.job_lock = threading.Lock()
         self.waiting_for_jobs = 0
-        self.job_queue: queue.Queue = queue.Queue()
+        # SimpleQueue: put/get are C calls, where queue.Queue takes a Condition round per job.
+        self.job_queue: queue.SimpleQueue = queue.SimpleQueue()
         super().__init__(client_id)
         self.log = logging.getLogger(f"gear.Worker.{_name(self.client_id)}")
         self.worker_id = client_id
