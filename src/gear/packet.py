@@ -145,7 +145,7 @@ class Packet:
     def getArgument(self, index: int, last: bool = False) -> bytes:
         """The index-th NUL-separated argument; with last=True, everything from it on (NULs included)."""
         args = self._args
-        if self._args_of is self.data and (index < len(args) - 1 or (last and index == len(args) - 1)):
+        if self._args_of is self.data and (index == len(args) - 1 if last else index < len(args) - 1):
             return args[index]
         parts = self.data.split(b"\x00")
         if not last:

@@ -146,6 +146,21 @@ def test_packet_equality_arguments_and_binary_form():
         gear.Packet("\x00REQ", constants.NOOP, b"")
 
 
+def test_received_packets_read_arguments_as_a_split_body_would():
+    args = (b"H:1", b"f", b"u", b"a\x00b\x00")
+    packet = gear.Packet._received(constants.RES, constants.JOB_ASSIGN_UNIQ, args, None)
+    plain = gear.Packet(constants.RES, constants.JOB_ASSIGN_UNIQ, b"\x00".join(args))
+    assert packet == plain
+    for index in range(6):
+        for last in (False, True):
+            if index > 3 and not last:
+                continue
+            assert packet.getArgument(index, last) == plain.getArgument(index, last), (index, last)
+    packet.data = b"x\x00y"  # a changed body is split afresh, not read from the decoded arguments
+    assert packet.getArgument(0) == b"x" and packet.getArgument(1, True) == b"y"
+    assert gear.Packet._received(constants.RES, constants.NOOP, (), None).data == b""
+
+
 def test_packet_get_job_looks_up_the_connections_jobs():
     conn = gear.Connection("127.0.0.1", 1)
     job = gear.Job("f", b"")
