@@ -90,20 +90,25 @@ class GearFace(Face):
         import gear
 
         self.function, self.timeout = function, timeout
-        self.cond = threading.Condition()
-        cond = self.cond
+        # Jobs of the batch not yet ended; the poll thread counts them down and sets `done` at zero.
+        self.left = 0
+        self.done = threading.Event()
+        face = self
+
+        def ended() -> None:
+            face.left -= 1
+            if face.left == 0:
+                face.done.set()
 
         class Client(gear.Client):
             def handleWorkComplete(self, packet):  # noqa: N802 - gear's hook name
                 job = super().handleWorkComplete(packet)
-                with cond:
-                    cond.notify_all()
+                ended()
                 return job
 
             def handleWorkFail(self, packet):  # noqa: N802
                 job = super().handleWorkFail(packet)
-                with cond:
-                    cond.notify_all()
+                ended()
                 return job
 
         self.gear = gear
@@ -116,12 +121,13 @@ class GearFace(Face):
 
     def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
         group = []
+        self.done.clear()
+        self.left = len(specs)
         for s, data in specs:
             job = self.gear.Job(self.function, data, unique=f"u{s}".encode())
             self.client.submitJob(job, timeout=self.timeout)
             group.append(job)
-        with self.cond:
-            self.cond.wait_for(lambda: all(j.complete for j in group), timeout=self.timeout)
+        self.done.wait(self.timeout)
         return [b"".join(j.data) if j.complete and not j.failure
                 else "failed" if j.complete else f"no result within the {self.timeout:g} s limit"
                 for j in group]

@@ -275,6 +275,14 @@ class Connection:
             raise error
 
     def _sendAll(self, sock: Any, data: bytes) -> None:
+        if not self.use_ssl:  # the common case, one send() that takes it all
+            try:
+                sent = sock.send(data)
+            except self._would_block:
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
         view = memoryview(data)
         deadline = None if self.send_timeout is None else time.monotonic() + self.send_timeout
         while view:

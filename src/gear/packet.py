@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from geartrain.protocol import encode_request, pack
+from geartrain.protocol import join_body, pack
 
 from . import constants
 from .errors import InvalidDataError, UnknownJobError
@@ -78,6 +78,10 @@ class Packet:
     #: them while ``data`` is still that body (one split by the protocol core, not one per argument read).
     _args: tuple[bytes, ...] = ()
     _args_of: bytes | None = None
+    #: A built packet's wire form, with the body and type it framed: toBinary() returns it while they stand.
+    _frame = b""
+    _frame_of: bytes | None = None
+    _frame_type = -1
 
     @classmethod
     def _received(cls, code: bytes, ptype: int, args: tuple[bytes, ...], connection: Any) -> Packet:
@@ -94,10 +98,17 @@ class Packet:
     def _build(cls, ptype: int, *args: bytes) -> Packet:
         """A request packet from its arguments, checked (count, NUL placement) by the protocol core."""
         try:
-            frame = encode_request(ptype, *args)
+            body = join_body(ptype, *args)
         except ValueError as exc:
             raise InvalidDataError(str(exc)) from None
-        return cls(constants.REQ, ptype, frame[12:])
+        packet = cls.__new__(cls)
+        packet.code = constants.REQ
+        packet.ptype = ptype
+        packet.data = packet._frame_of = body
+        packet._frame = pack(constants.REQ, ptype, body)
+        packet._frame_type = ptype
+        packet.connection = None
+        return packet
 
     def __repr__(self) -> str:
         ptype = constants.types.get(self.ptype, "UNKNOWN")
@@ -140,6 +151,8 @@ class Packet:
 
     def toBinary(self) -> bytes:
         """The packet on the wire: a 12-byte header and the body."""
+        if self._frame_of is self.data and self._frame_type == self.ptype and self.code == constants.REQ:
+            return self._frame
         return pack(self.code, self.ptype, self.data)
 
     def getArgument(self, index: int, last: bool = False) -> bytes:

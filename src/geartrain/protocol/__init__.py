@@ -11,6 +11,7 @@ from .codec import (
     encode,
     encode_request,
     encode_response,
+    join_body,
     pack,
 )
 from .connection import JOB_ASSIGNMENTS, AdminResponse, Assignment, ClientConnection, ClientEvent, assignment
@@ -36,6 +37,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "assignment",
+    "join_body",
     "pack",
     "to_bytes",
 ]

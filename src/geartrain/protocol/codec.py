@@ -63,6 +63,12 @@ class ProtocolError(Exception):
 
 def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
     """Encode one packet, checking its argument count and that only the last argument holds NULs."""
+    body = join_body(ptype, *args)
+    return pack_header(magic, ptype, len(body)) + body
+
+
+def join_body(ptype: int, *args: bytes) -> bytes:
+    """A packet's body: its arguments joined by NULs, checked as encode() checks them."""
     expected = ARG_COUNTS.get(ptype)
     if expected is None:
         raise ValueError(f"unknown packet type {ptype}")
@@ -71,8 +77,7 @@ def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
     for arg in args[:-1]:
         if b"\x00" in arg:
             raise ValueError(f"{TYPE_NAMES[ptype]}: only the last argument may contain NUL bytes")
-    body = b"\x00".join(args)
-    return pack_header(magic, ptype, len(body)) + body
+    return b"\x00".join(args)
 
 
 def encode_request(ptype: int, *args: bytes) -> bytes:
