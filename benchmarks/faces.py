@@ -218,18 +218,19 @@ def run_raw(mode: str, port: int, jobs: int, duration: float) -> FaceRow:
 
 
 def run_faces(jobs: int, duration: float, log: Callable[[str], None] = print,
-              modes: list[str] | None = None, repeat: int = 1) -> list[FaceRow]:
+              modes: list[str] | None = None, repeat: int = 1, impls: list[Impl] | None = None) -> list[FaceRow]:
     """Every implementation in every mode, ``repeat`` times; the median run of each is reported.
 
     Runs are interleaved (mode by mode, then round by round, then implementation by implementation), so that
     the machine's slow drifts fall on every implementation alike rather than on whichever ran last.
     """
     modes = modes or list(MODES)
+    impls = IMPLS if impls is None else impls
     spec = servers.SERVERS["gearmand"]
     reason = spec.check()
     if reason is not None:
-        return [FaceRow(i.api, i.name, m, ok=False, note=f"skipped: {reason}") for i in IMPLS for m in modes]
-    pythons = {impl: _python_for(impl, log) for impl in IMPLS}
+        return [FaceRow(i.api, i.name, m, ok=False, note=f"skipped: {reason}") for i in impls for m in modes]
+    pythons = {impl: _python_for(impl, log) for impl in impls}
     rows: list[FaceRow] = []
     with servers.running(spec) as server:
         log(f"faces: gearmand on {servers.HOST}:{server.port}")
@@ -237,7 +238,7 @@ def run_faces(jobs: int, duration: float, log: Callable[[str], None] = print,
             cap = max(10, int(jobs * MODES[mode].jobs_share))
             runs: dict[str, list[FaceRow]] = {}
             for _ in range(repeat):
-                for impl in [None, *IMPLS]:
+                for impl in [None, *impls]:
                     name = RAW if impl is None else impl.name
                     if any(not r.ok for r in runs.get(name, ())):
                         continue  # failed once: not again (a time-out would only cost another 35 s)
@@ -317,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="seconds cap per measurement")
     p.add_argument("--modes", help=f"comma-separated, from: {','.join(MODES)}")
     p.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is reported")
+    p.add_argument("--impls", help="comma-separated implementation names to run (the raw protocol always runs): "
+                   + ", ".join(repr(i.name) for i in IMPLS))
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     jobs = args.jobs or (10000 if args.quick else 20000)
@@ -325,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(modes or ()) - set(MODES)
     if unknown:
         p.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    impls = [i for i in IMPLS if i.name in args.impls.split(",")] if args.impls else None
+    if args.impls and len(impls or ()) != len(args.impls.split(",")):
+        p.error(f"unknown implementations in {args.impls!r}")
     rows = run_faces(jobs, duration, log=lambda m: print(m, file=sys.stderr, flush=True), modes=modes,
-                     repeat=args.repeat)
+                     repeat=args.repeat, impls=impls)
     print(format_faces(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
