@@ -140,7 +140,13 @@ def test_get_job_status_and_statuses(any_server, run_worker):
     run_worker(worker)
     try:
         assert started.wait(20)
-        status_request = gm_client.get_job_status(running, poll_timeout=5.0)
+        # The worker's WORK_STATUS and our GET_STATUS travel on different connections: the server may
+        # answer before it has read the status, so ask again (within a deadline) until it has.
+        deadline = time.monotonic() + 20
+        while True:
+            status_request = gm_client.get_job_status(running, poll_timeout=5.0)
+            if running.status.get("numerator") or time.monotonic() > deadline:
+                break
         assert status_request is running and not running.timed_out
         assert running.status["handle"] == running.job.handle
         assert running.status["known"] and running.status["running"]
