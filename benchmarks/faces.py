@@ -7,7 +7,9 @@ then a client process of the same library, which checks every result. The client
 processes, as they are in a deployment.
 
 Each mode is also run with the load generator's raw protocol client and worker (loadgen.py) in the same shape:
-that is the protocol limit the faces are compared with ("of raw").
+that is the protocol limit the faces are compared with ("of raw"). In the batch modes it runs a second time with
+one submit at a time awaiting its JOB_CREATED ("of serial raw"): the limit for an API whose submit call returns
+the job handle, as gear's submitJob does.
 
     python benchmarks/faces.py --quick
 """
@@ -39,6 +41,10 @@ from servers import ServerUnavailable, read_cpu_seconds  # noqa: E402
 SCRIPT = HERE / "face_script.py"
 SRC = HERE.parent / "src"
 RAW = "raw protocol"
+#: The raw protocol with one submit at a time awaiting its JOB_CREATED: the limit for an API whose submit call
+#: returns the job handle (gear's submitJob), in the batch modes.
+RAW_SERIAL = "raw, serial submits"
+RAWS = (RAW, RAW_SERIAL)
 MIB = 1024 * 1024
 
 
@@ -90,6 +96,7 @@ class FaceRow:
     worker_cpu_us: float | None = None  # worker process CPU per job
     ratio: float | None = None  # this checkout's jobs/s over the original's (on the original's rows)
     of_raw: float | None = None  # jobs/s over the raw protocol's in the same mode
+    of_serial_raw: float | None = None  # jobs/s over the raw protocol's with serial submits (batch modes)
     ok: bool = True
     note: str = ""
     errors: list[str] = field(default_factory=list)
@@ -203,15 +210,17 @@ def run_one(python: str, impl: Impl, mode: str, port: int, jobs: int, duration: 
     return row
 
 
-def run_raw(mode: str, port: int, jobs: int, duration: float) -> FaceRow:
-    """The load generator's client and worker in the mode's shape: a window of ``batch`` jobs in flight."""
+def run_raw(mode: str, port: int, jobs: int, duration: float, serial: bool = False) -> FaceRow:
+    """The load generator's client and worker in the mode's shape: a window of ``batch`` jobs in flight
+    (``serial``: of which one submit at a time awaits its JOB_CREATED)."""
     m = MODES[mode]
     tag = loadgen.new_tag(f"raw{mode}")
     plan = loadgen.Plan(port=port, func=f"face_{tag}".encode(), tag=tag, mode="foreground", clients=1,
                         workers=1, inflight=m.batch, payload=m.size, jobs=jobs, duration=duration,
-                        timeout=duration + 60)
+                        timeout=duration + 60, serial_submits=serial)
     outcome = loadgen.run_foreground(plan)
-    row = FaceRow("-", RAW, mode, jobs=outcome.jobs, seconds=outcome.seconds, errors=outcome.errors[:5])
+    row = FaceRow("-", RAW_SERIAL if serial else RAW, mode, jobs=outcome.jobs, seconds=outcome.seconds,
+                  errors=outcome.errors[:5])
     row.ok = not row.errors and row.jobs > 0
     row.jobs_per_s = outcome.jobs_per_s if row.ok else None
     return row
@@ -238,13 +247,15 @@ def run_faces(jobs: int, duration: float, log: Callable[[str], None] = print,
             cap = max(10, int(jobs * MODES[mode].jobs_share))
             runs: dict[str, list[FaceRow]] = {}
             for _ in range(repeat):
-                for impl in [None, *impls]:
-                    name = RAW if impl is None else impl.name
+                for impl in [*RAWS, *impls]:
+                    name = impl if isinstance(impl, str) else impl.name
+                    if name == RAW_SERIAL and MODES[mode].batch == 1:
+                        continue  # one job at a time: the same as the raw protocol row
                     if any(not r.ok for r in runs.get(name, ())):
                         continue  # failed once: not again (a time-out would only cost another 35 s)
                     t0 = time.monotonic()
-                    if impl is None:
-                        row = run_raw(mode, server.port, cap, duration)
+                    if isinstance(impl, str):
+                        row = run_raw(mode, server.port, cap, duration, serial=impl == RAW_SERIAL)
                     else:
                         python, why = pythons[impl]
                         if python is None:
@@ -274,19 +285,22 @@ def median_row(group: list[FaceRow]) -> FaceRow:
 def add_ratios(rows: list[FaceRow]) -> None:
     ours = {(r.api, r.mode): r.jobs_per_s for r in rows if r.impl.startswith("geartrain") and r.ok}
     raw = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW and r.ok}
+    serial = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW_SERIAL and r.ok}
     for r in rows:
-        if not r.ok or not r.jobs_per_s:
+        if not r.ok or not r.jobs_per_s or r.impl == RAW:
             continue
-        if r.impl != RAW and raw.get(r.mode):
+        if raw.get(r.mode):
             r.of_raw = r.jobs_per_s / raw[r.mode]
+        if serial.get(r.mode) and r.impl != RAW_SERIAL:
+            r.of_serial_raw = r.jobs_per_s / serial[r.mode]
         mine = ours.get((r.api, r.mode))
-        if mine and r.impl != RAW and not r.impl.startswith("geartrain"):
+        if mine and r.impl not in RAWS and not r.impl.startswith("geartrain"):
             r.ratio = mine / r.jobs_per_s
 
 
 def format_faces(rows: list[FaceRow]) -> str:
-    header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "client us/job", "worker us/job",
-              "ours/this", "notes"]
+    header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "of serial raw", "client us/job",
+              "worker us/job", "ours/this", "notes"]
 
     def num(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
@@ -295,14 +309,14 @@ def format_faces(rows: list[FaceRow]) -> str:
     for r in rows:
         if r.ok:
             body.append([r.api, r.impl, r.mode, str(r.jobs), f"{r.jobs_per_s:,.0f}", num(r.of_raw, ".2f"),
-                         num(r.client_cpu_us, ",.0f"), num(r.worker_cpu_us, ",.0f"),
+                         num(r.of_serial_raw, ".2f"), num(r.client_cpu_us, ",.0f"), num(r.worker_cpu_us, ",.0f"),
                          "-" if r.ratio is None else f"{r.ratio:.1f}x", r.note or MODES[r.mode].note])
         else:
             why = r.errors[0] if r.errors else r.note
             body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-", "-", "-",
-                         "-", why.splitlines()[0][:100]])
+                         "-", "-", why.splitlines()[0][:100]])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    right = {3, 4, 5, 6, 7, 8}
+    right = {3, 4, 5, 6, 7, 8, 9}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
@@ -336,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_faces(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    return 1 if any(r.errors for r in rows if r.impl.startswith("geartrain") or r.impl == RAW) else 0
+    return 1 if any(r.errors for r in rows if r.impl.startswith("geartrain") or r.impl in RAWS) else 0
 
 
 if __name__ == "__main__":

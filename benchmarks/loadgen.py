@@ -157,10 +157,14 @@ class _LoadPeer(asyncio.Protocol):
 
 
 class ForegroundClient(_LoadPeer):
-    """Keeps ``inflight`` SUBMIT_JOBs outstanding until ``quota`` jobs are submitted or time is up."""
+    """Keeps ``inflight`` SUBMIT_JOBs outstanding until ``quota`` jobs are submitted or time is up.
+
+    With ``serial_submits`` only one submit at a time waits for its JOB_CREATED, as with an API whose submit
+    call returns the job handle (gear's submitJob): the next one goes out when it arrives.
+    """
 
     def __init__(self, funcs: list[bytes], tag: str, actor: int, payload: int, quota: int, inflight: int,
-                 stop_submitting_at: float, done: asyncio.Future[None]) -> None:
+                 stop_submitting_at: float, done: asyncio.Future[None], serial_submits: bool = False) -> None:
         self.prefixes = [f + b"\x00" for f in funcs]
         self.tag = tag
         self.payload = payload
@@ -176,6 +180,7 @@ class ForegroundClient(_LoadPeer):
         self.transport: asyncio.Transport | None = None
         self.closing = False  # we closed it: not the server's doing
         self.seq = 0
+        self.serial_submits = serial_submits
 
     def _submit(self) -> bytes:
         seq = self.seq
@@ -190,10 +195,16 @@ class ForegroundClient(_LoadPeer):
     def _may_submit(self) -> bool:
         return self.report.submitted < self.quota and time.perf_counter() < self.stop_submitting_at
 
+    def _window_open(self) -> bool:
+        """Room for another submit now: under ``inflight`` and, serially, no submit awaiting its handle."""
+        if self.serial_submits and self.awaiting_handle:
+            return False
+        return len(self.awaiting_handle) + len(self.running) < self.inflight and self._may_submit()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._open(transport)
-        out = [self._submit() for _ in range(min(self.inflight, self.quota))]
-        transport.write(b"".join(out))
+        count = 1 if self.serial_submits else min(self.inflight, self.quota)
+        transport.write(b"".join(self._submit() for _ in range(count)))
 
     def data_received(self, data: bytes) -> None:
         out: list[bytes] = []
@@ -219,6 +230,8 @@ class ForegroundClient(_LoadPeer):
                 self.running[handle] = self.awaiting_handle.popleft()
                 self.seen_handles.add(handle)
                 report.created += 1
+                if self.serial_submits and self._window_open():
+                    out.append(self._submit())
             elif ptype == C.WORK_COMPLETE:
                 handle, result = ev.args
                 item = self.running.pop(handle, None)
@@ -234,7 +247,7 @@ class ForegroundClient(_LoadPeer):
                 else:
                     report.completed += 1
                     report.latencies.append(now - t0)
-                if self._may_submit():
+                if self._window_open():
                     out.append(self._submit())
             elif ptype in (C.WORK_FAIL, C.WORK_EXCEPTION, C.ERROR):
                 self._fail(f"server sent {_describe(ev)}")
@@ -409,6 +422,7 @@ class Plan:
     client_procs: int = 1
     worker_procs: int = 1
     timeout: float = 120.0  # hard limit for the whole load
+    serial_submits: bool = False  # foreground: one submit at a time awaits its JOB_CREATED (gear's shape)
 
 
 def function_names(func: bytes, count: int) -> list[bytes]:
@@ -456,7 +470,7 @@ async def _clients_async(plan: Plan, actors: list[int], start_at: float) -> list
         funcs = function_names(plan.func, plan.functions)
         if plan.mode == "foreground":
             proto = ForegroundClient(funcs, plan.tag, actor, plan.payload, quota, plan.inflight,
-                                     stop_submitting_at, done)
+                                     stop_submitting_at, done, plan.serial_submits)
         else:
             proto = BackgroundSubmitter(funcs, plan.tag, actor, plan.payload, quota, plan.window, done)
         protocols.append(proto)

@@ -161,6 +161,20 @@ def test_received_packets_read_arguments_as_a_split_body_would():
     assert gear.Packet._received(constants.RES, constants.NOOP, (), None).data == b""
 
 
+def test_built_packets_frame_what_they_hold_when_changed():
+    packet = gear.Packet._build(constants.SUBMIT_JOB, b"f", b"u", b"a\x00b")
+    assert packet == gear.Packet(constants.REQ, constants.SUBMIT_JOB, b"f\x00u\x00a\x00b")
+    assert packet.toBinary() == b"\x00REQ\x00\x00\x00\x07\x00\x00\x00\x07f\x00u\x00a\x00b"
+    packet.ptype = constants.SUBMIT_JOB_BG
+    assert packet.toBinary()[4:8] == b"\x00\x00\x00\x12"
+    packet.data = b"g\x00v\x00c"
+    assert packet.toBinary().endswith(b"\x00\x00\x00\x05g\x00v\x00c")
+    packet.code = constants.RES
+    assert packet.toBinary().startswith(constants.RES)
+    with pytest.raises(gear.InvalidDataError):
+        gear.Packet._build(constants.SUBMIT_JOB, b"f\x00", b"u", b"a")
+
+
 def test_packet_get_job_looks_up_the_connections_jobs():
     conn = gear.Connection("127.0.0.1", 1)
     job = gear.Job("f", b"")
