@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -145,6 +146,60 @@ class Client(BaseClient):
             job.connection = conn
             return
         raise GearmanError("Unable to submit job to any connected servers")
+
+    def submitJobs(
+        self,
+        jobs: list[Job],
+        background: bool = False,
+        precedence: int = PRECEDENCE_NORMAL,
+        timeout: float | None = 30,
+    ) -> None:
+        """Submit several jobs at once: pipelined, one write per server, then wait for every JOB_CREATED.
+
+        New in this implementation (gear has none). The jobs are spread round-robin over the servers as
+        :py:meth:`submitJob` would; a job that a server did not accept (an ERROR answer, a lost connection, no
+        answer within ``timeout``) is then submitted again with :py:meth:`submitJob`, which tries the others.
+        On return every job has its ``handle`` and ``connection``.
+
+        :raises ConfigurationError: on an invalid precedence.
+        :raises NoConnectedServersError: if no server is connected.
+        :raises GearmanError: if no connected server accepted one of the jobs.
+        """
+        ptype = _SUBMIT.get((bool(background), precedence))
+        if ptype is None:
+            raise ConfigurationError("Invalid precedence value")
+        frames = [Packet._build(ptype, *submit_args(job)).toBinary() for job in jobs]  # all valid, or none sent
+        batches: dict[Connection, list[tuple[Job, SubmitJobTask, bytes]]] = {}
+        for job, frame in zip(jobs, frames, strict=True):
+            if hasattr(job, "_reset_for_submit"):
+                job._reset_for_submit()
+            batches.setdefault(self.getConnection(), []).append((job, SubmitJobTask(job), frame))
+        sent: list[tuple[Connection, Job, SubmitJobTask]] = []
+        retry: list[Job] = []
+        for conn, batch in batches.items():
+            try:
+                with conn.send_lock:
+                    conn.pending_tasks.extend(task for _, task, _ in batch)
+                    conn.sendRaw(b"".join(frame for _, _, frame in batch))
+            except Exception:
+                self.log.info("Sending %s jobs to %s failed", len(batch), conn)
+                self._lostConnection(conn)
+                retry += [job for job, _, _ in batch]
+                continue
+            sent += [(conn, job, task) for job, task, _ in batch]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for conn, job, task in sent:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not task.wait(remaining):
+                self.log.error("Connection %s timed out waiting for a response to a submit job request: %s",
+                               conn, job)
+                self._lostConnection(conn)  # a late JOB_CREATED would be taken for a later submit's
+            if job.handle:
+                job.connection = conn
+            else:
+                retry.append(job)
+        for job in retry:
+            self.submitJob(job, background, precedence, timeout)
 
     def getStatus(self, job: Job, timeout: float | None = 30) -> Job:
         """Ask the job's server for its status (GET_STATUS) and wait for the answer (STATUS_RES).

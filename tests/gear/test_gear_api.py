@@ -260,19 +260,16 @@ def _run(code: str) -> str:
     return result.stdout
 
 
-def test_import_is_fast_and_does_not_load_the_server():
+def test_import_does_not_load_the_server_asyncio_or_ssl():
+    # What keeps `import gear` fast; the time itself is measured by benchmarks/startup.py, not here.
     out = _run("""
-        import sys, time
+        import sys
         before = set(sys.modules)
-        start = time.perf_counter()
         import gear
-        elapsed = time.perf_counter() - start
         loaded = set(sys.modules) - before
-        print(elapsed, 'geartrain.server' in loaded, 'asyncio' in loaded, 'ssl' in loaded)
+        print('geartrain.server' in loaded, 'asyncio' in loaded, 'ssl' in loaded)
     """)
-    elapsed, server_loaded, asyncio_loaded, ssl_loaded = out.split()
-    assert (server_loaded, asyncio_loaded, ssl_loaded) == ("False", "False", "False")
-    assert float(elapsed) < 0.25  # ~25 ms here; generous for a loaded CI machine
+    assert out.split() == ["False", "False", "False"]
 
 
 def test_import_and_poll_loop_work_without_epoll():

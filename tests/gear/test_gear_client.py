@@ -396,3 +396,40 @@ def test_disconnecting_a_pool_connection_makes_the_client_reconnect(any_server, 
     job = gear.Job("after-disconnect", b"abc")
     client.submitJob(job)
     assert job.waitForCompletion(WAIT) and job.data == [b"cba"]
+
+
+def test_submit_jobs_pipelines_a_batch_and_every_job_has_its_handle(any_server, pool):  # noqa: F811
+    worker = pool.worker(any_server, "batch")
+    pool.serve(worker, reverse)
+    client = pool.client(any_server)
+    jobs = [gear.Job("batch", f"job {i}", unique=f"u{i}") for i in range(300)]
+    client.submitJobs(jobs)
+    assert all(job.handle and job.connection is not None for job in jobs)
+    assert len({job.handle for job in jobs}) == 300
+    for i, job in enumerate(jobs):
+        assert job.waitForCompletion(WAIT) and job.data == [f"job {i}".encode()[::-1]] and not job.failure
+
+
+def test_submit_jobs_spreads_over_servers_and_runs_background_jobs(server_factory, pool):  # noqa: F811
+    servers = [server_factory("geartrain"), server_factory("gearmand")]
+    client = pool.client()
+    for server in servers:
+        client.addServer(server.host, server.port)
+    wait_until(lambda: len(client.active_connections) == 2)
+    jobs = [gear.Job("nobody_runs_this", b"x") for _ in range(10)]
+    client.submitJobs(jobs, background=True)
+    assert {job.connection.port for job in jobs} == {s.port for s in servers}
+    assert all(job.handle for job in jobs)
+    for job in jobs:
+        status = client.getStatus(job)
+        assert status.known and not status.running
+
+
+def test_submit_jobs_checks_every_job_before_sending_any(any_server, pool):  # noqa: F811
+    client = pool.client(any_server)
+    good = gear.Job("checked", b"x")
+    with pytest.raises(gear.InvalidDataError):
+        client.submitJobs([good, gear.Job("checked", b"y", unique=b"bad\x00unique")])
+    with pytest.raises(gear.ConfigurationError):
+        client.submitJobs([good], precedence=7)
+    assert good.handle is None and client.active_connections[0].pending_tasks == []
