@@ -40,7 +40,7 @@ def payload(seq: int, size: int) -> bytes:
 
 def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
                timeout: float, task_bytes: bool) -> dict[str, object]:
-    submit = {"gear": GearFace, "gearman": GearmanFace, "geartrain": GeartrainFace}[api]
+    submit = {"gear": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace, "geartrain": GeartrainFace}[api]
     errors: list[str] = []
     done = 0
     seq = 0
@@ -133,6 +133,20 @@ class GearFace(Face):
                 for j in group]
 
 
+class GearBatchFace(GearFace):
+    """gear.Client.submitJobs() (this checkout's addition: the batch pipelined), then wait for the results."""
+
+    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+        group = [self.gear.Job(self.function, data, unique=f"u{s}".encode()) for s, data in specs]
+        self.done.clear()
+        self.left = len(group)
+        self.client.submitJobs(group, timeout=self.timeout)
+        self.done.wait(self.timeout)
+        return [b"".join(j.data) if j.complete and not j.failure
+                else "failed" if j.complete else f"no result within the {self.timeout:g} s limit"
+                for j in group]
+
+
 class GearmanFace(Face):
     """GearmanClient: submit_job() for a batch of one, submit_multiple_jobs() for larger batches."""
 
@@ -219,7 +233,7 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
             await running
 
         _event_loop().run_until_complete(serve())
-    elif api == "gear":
+    elif api in ("gear", "gear-batch"):
         import gear
 
         worker = gear.Worker("bench-worker")
@@ -256,7 +270,7 @@ def _version(*dists: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--api", choices=("gear", "gearman", "geartrain"), required=True)
+    p.add_argument("--api", choices=("gear", "gear-batch", "gearman", "geartrain"), required=True)
     p.add_argument("--role", choices=("client", "worker"), required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--function", required=True)
@@ -275,7 +289,7 @@ def main() -> int:
                             args.duration, args.timeout, args.task_bytes)
     except Exception as exc:
         result = {"jobs": 0, "seconds": 0.0, "cpu": 0.0, "errors": [f"{type(exc).__name__}: {exc}"]}
-    result["module"] = getattr(sys.modules.get(args.api), "__file__", "?")
+    result["module"] = getattr(sys.modules.get(args.api.split("-")[0]), "__file__", "?")
     result["version"] = _version("gear", "pygearman", "gearman3") if "site-packages" in str(
         result["module"]) else "this checkout"
     print(json.dumps(result), flush=True)

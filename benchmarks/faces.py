@@ -65,7 +65,11 @@ IMPLS = [
     Impl("gearman", "pygearman 0.2.6", "pygearman-0.2.6", "pygearman==0.2.6", "import gearman", task_bytes=True),
     Impl("gearman", "gearman3 0.2.1", "gearman3-0.2.1", "gearman3==0.2.1", "import gearman", task_bytes=True),
     Impl("geartrain", "geartrain.client", None),  # the asyncio client and worker: no original to compare with
+    # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
+    Impl("gear-batch", "geartrain gear submitJobs", None),
 ]
+#: The faces compared with the originals of their API ("ours/this").
+OURS = ("geartrain gear", "geartrain gearman")
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,7 @@ def median_row(group: list[FaceRow]) -> FaceRow:
 
 
 def add_ratios(rows: list[FaceRow]) -> None:
-    ours = {(r.api, r.mode): r.jobs_per_s for r in rows if r.impl.startswith("geartrain") and r.ok}
+    ours = {(r.api, r.mode): r.jobs_per_s for r in rows if r.impl in OURS and r.ok}
     raw = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW and r.ok}
     serial = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW_SERIAL and r.ok}
     for r in rows:
