@@ -168,6 +168,7 @@ class Client(BaseClient):
         ptype = _SUBMIT.get((bool(background), precedence))
         if ptype is None:
             raise ConfigurationError("Invalid precedence value")
+        jobs = list(jobs)
         frames = [Packet._build(ptype, *submit_args(job)).toBinary() for job in jobs]  # all valid, or none sent
         batches: dict[Connection, list[tuple[Job, SubmitJobTask, bytes]]] = {}
         for job, frame in zip(jobs, frames, strict=True):

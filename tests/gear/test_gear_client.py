@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest's importlib mode does not put this directory on sys.path
 pytest.register_assert_rewrite("gear_support")
-from gear_support import WAIT, pool, reverse, status_of, wait_until  # noqa: E402, F401
+from gear_support import WAIT, FakeServer, pool, reverse, status_of, wait_until  # noqa: E402, F401
 
 import gear  # noqa: E402
 from gear import constants  # noqa: E402
@@ -433,3 +433,26 @@ def test_submit_jobs_checks_every_job_before_sending_any(any_server, pool):  # n
     with pytest.raises(gear.ConfigurationError):
         client.submitJobs([good], precedence=7)
     assert good.handle is None and client.active_connections[0].pending_tasks == []
+
+
+def test_submit_jobs_resubmits_what_a_silent_server_never_created(any_server, pool):  # noqa: F811
+    stop = threading.Event()
+
+    def silent(peer):
+        peer.expect_packet(constants.SUBMIT_JOB)  # read the batch's first submit, answer nothing
+        stop.wait(WAIT)
+
+    fake = FakeServer(silent)
+    client = pool.client()
+    try:
+        client.addServer(fake.host, fake.port)
+        client.addServer(any_server.host, any_server.port)
+        wait_until(lambda: len(client.active_connections) == 2)
+        jobs = [gear.Job("resubmitted", f"job {i}") for i in range(6)]
+        client.submitJobs(jobs, timeout=1.0)
+        assert all(job.handle for job in jobs)
+        assert {job.connection.port for job in jobs} == {any_server.port}
+    finally:
+        stop.set()
+        fake.close()
+    assert fake.error is None
