@@ -119,14 +119,15 @@ class GearFace(Face):
     def close(self) -> None:
         self.client.shutdown()
 
-    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
-        group = []
-        self.done.clear()
-        self.left = len(specs)
-        for s, data in specs:
-            job = self.gear.Job(self.function, data, unique=f"u{s}".encode())
+    def submit(self, group: list) -> None:
+        for job in group:
             self.client.submitJob(job, timeout=self.timeout)
-            group.append(job)
+
+    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+        group = [self.gear.Job(self.function, data, unique=f"u{s}".encode()) for s, data in specs]
+        self.done.clear()
+        self.left = len(group)
+        self.submit(group)
         self.done.wait(self.timeout)
         return [b"".join(j.data) if j.complete and not j.failure
                 else "failed" if j.complete else f"no result within the {self.timeout:g} s limit"
@@ -136,15 +137,8 @@ class GearFace(Face):
 class GearBatchFace(GearFace):
     """gear.Client.submitJobs() (this checkout's addition: the batch pipelined), then wait for the results."""
 
-    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
-        group = [self.gear.Job(self.function, data, unique=f"u{s}".encode()) for s, data in specs]
-        self.done.clear()
-        self.left = len(group)
+    def submit(self, group: list) -> None:
         self.client.submitJobs(group, timeout=self.timeout)
-        self.done.wait(self.timeout)
-        return [b"".join(j.data) if j.complete and not j.failure
-                else "failed" if j.complete else f"no result within the {self.timeout:g} s limit"
-                for j in group]
 
 
 class GearmanFace(Face):
