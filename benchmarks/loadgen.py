@@ -203,8 +203,10 @@ class ForegroundClient(_LoadPeer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._open(transport)
-        count = 1 if self.serial_submits else min(self.inflight, self.quota)
-        transport.write(b"".join(self._submit() for _ in range(count)))
+        out = []
+        while self._window_open():
+            out.append(self._submit())
+        transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         out: list[bytes] = []
@@ -230,7 +232,7 @@ class ForegroundClient(_LoadPeer):
                 self.running[handle] = self.awaiting_handle.popleft()
                 self.seen_handles.add(handle)
                 report.created += 1
-                if self.serial_submits and self._window_open():
+                if self._window_open():  # only ever open here with serial submits
                     out.append(self._submit())
             elif ptype == C.WORK_COMPLETE:
                 handle, result = ev.args
