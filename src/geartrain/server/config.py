@@ -55,6 +55,15 @@ class ServerConfig:
     #: "memory" or "sqlite".
     queue_type: str = "memory"
     sqlite_db: str | None = None
+    #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.
+    policy_file: str | None = None
+    #: Seconds finished jobs stay visible to `show job`; 0 keeps none.
+    result_ttl: float = 0.0
+    #: Largest WORK_COMPLETE data of a background job kept with its result.
+    result_max_bytes: int = 64 * 1024
+    #: Dead letters kept at most (oldest dropped first; 0: no limit), and for how many seconds (0: no limit).
+    dead_letter_max: int = 10_000
+    dead_letter_max_age: float = 0.0
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"
