@@ -179,6 +179,8 @@ class Lifecycle:
 
     def ended(self, job: Job, state: str, data: bytes = b"", exception: bytes | None = None) -> None:
         """A job ended for good (complete, failed, exception, cancelled): forget its attempts, keep its result."""
+        if not self.attempts and not self.results.ttl:
+            return  # the common case, kept cheap
         info = self.attempts.pop(job.handle, None)
         if info is not None and job.store_ref is not None:
             self._save(ATTEMPTS, str(job.store_ref), None)

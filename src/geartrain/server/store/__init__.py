@@ -106,7 +106,8 @@ class Store(abc.ABC):
         """Keep (or with None forget) one item of server state; by default it is not kept."""
 
     def stored_state(self) -> dict[str, dict[str, bytes]]:
-        """The state kept by earlier runs, {kind: {key: value}}, as read by start(); by default none."""
+        """The state kept by earlier runs, {kind: {key: value}}, as read by start() (handed over once); by default
+        none."""
         return {}
 
 
@@ -249,7 +250,8 @@ class GroupCommitStore(Store):
         self._touch()
 
     def stored_state(self) -> dict[str, dict[str, bytes]]:
-        return self._stored_state
+        state, self._stored_state = self._stored_state, {}  # handed over once: the server keeps it from then on
+        return state
 
     def _touch(self) -> None:
         self._touched = True
