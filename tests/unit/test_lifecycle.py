@@ -236,7 +236,8 @@ def test_finished_jobs_are_kept_by_handle_and_unique(h, ending, state, ptype):
     client, worker = h.peer(), h.worker(b"f")
     handle = h.submit(client, b"f", b"in", b"key", ptype=ptype)
     queued = h.fields("show job unique f key")
-    assert (queued["handle"], queued["state"], queued["attempts"]) == (handle.decode(), "queued", "0")
+    assert (queued["handle"], queued["state"], queued["attempts"], queued["priority"]) == \
+           (handle.decode(), "queued", "0", "normal")
     h.grab(worker)
     assert h.fields(f"show job {handle.decode()}")["state"] == "running"
     h.send(worker, ending[0], handle, *ending[1:])

@@ -91,7 +91,7 @@ class LifecycleCommands:
         fields: list[tuple[str, Any]] = [
             ("handle", job.handle), ("function", job.function.name), ("unique", job.unique),
             ("state", _STATES.get(job.state, "finished")), ("background", int(job.background)),
-            ("priority", PRIORITY_NAMES[job.priority]),
+            ("priority", PRIORITY_NAMES[job.priority].lower()),
             ("attempts", (info.runs if info is not None else 0) + (1 if job.state == RUNNING else 0)),
             ("when", _time(job.when)), ("numerator", job.numerator), ("denominator", job.denominator),
             ("clients", len(job.clients)), ("data_bytes", len(job.data)),
@@ -106,7 +106,7 @@ class LifecycleCommands:
         fields: list[tuple[str, Any]] = [
             ("handle", record.handle), ("function", record.function), ("unique", record.unique),
             ("state", record.state), ("background", int(record.background)),
-            ("priority", PRIORITY_NAMES[record.priority]), ("attempts", record.attempts),
+            ("priority", PRIORITY_NAMES[record.priority].lower()), ("attempts", record.attempts),
             ("first_time", _time(record.first_time)), ("finished", _time(record.finished)),
             ("exception", record.exception), ("result_bytes", record.result_size),
         ]
@@ -186,7 +186,7 @@ class LifecycleCommands:
         """policy list | policy set PATTERN KEY=VALUE...: retry policies by function pattern."""
         verb = words[0].lower() if words else b""
         if verb == b"list" and len(words) == 1:
-            return listing([pattern.encode("utf-8", "surrogateescape") + b"\t" + policy.describe().encode()
+            return listing([printable(pattern.encode("utf-8", "surrogateescape")) + b"\t" + policy.describe().encode()
                              for pattern, policy in self.lifecycle.policies.policies.items()])
         if verb == b"set" and len(words) >= 3:
             acl = self.broker.acl
@@ -215,7 +215,7 @@ class LifecycleCommands:
         lifecycle = self.lifecycle
         if verb == b"list" and len(words) == 1:
             return listing([b"\t".join((
-                name.encode(), printable(s.spec.function), s.spec.cron.text.encode(), _time(s.next_run),
+                printable(name.encode()), printable(s.spec.function), s.spec.cron.text.encode(), _time(s.next_run),
                 s.source.encode(), printable(s.spec.unique), printable(s.spec.data),
             )) for name, s in lifecycle.schedules.items()])
         if verb == b"cancel" and len(words) == 2:
@@ -292,7 +292,7 @@ class LifecycleCommands:
             if function.max_queue != [0, 0, 0]:
                 lines.append(b"maxqueue\t%s\t%d\t%d\t%d" % (function.name, *function.max_queue))
         for pattern, policy in self.lifecycle.policies.policies.items():
-            lines.append(b"policy\t" + pattern.encode("utf-8", "surrogateescape") + b"\t" +
+            lines.append(b"policy\t" + printable(pattern.encode("utf-8", "surrogateescape")) + b"\t" +
                          policy.describe().encode())
         return listing(lines)
 

@@ -33,6 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from ..protocol.constants import PRIORITY_NAMES
 from .cron import CronError, CronSpec
 
 __all__ = ["OUTCOMES", "PolicyError", "PolicyFile", "PolicySet", "RetryPolicy", "ScheduleSpec",
@@ -40,7 +41,7 @@ __all__ = ["OUTCOMES", "PolicyError", "PolicyFile", "PolicySet", "RetryPolicy", 
 
 #: The endings a policy may count as failures.
 OUTCOMES = ("fail", "exception", "worker_lost", "timeout")
-PRIORITY_WORDS = {"high": 0, "normal": 1, "low": 2}
+PRIORITY_WORDS = {name.lower(): i for i, name in enumerate(PRIORITY_NAMES)}
 
 
 class PolicyError(ValueError):
