@@ -387,3 +387,20 @@ def test_settings_lists_limits_maxqueue_and_policies(h):
     assert "job_retries\t0" in lines and "result_ttl\t60" in lines and "result_max_bytes\t16" in lines
     assert any(line.startswith("policy\tg*\tmax_attempts=2\t") for line in lines)
     assert h.cmd("settings now").startswith("ERR INVALID_ARGUMENTS")
+
+
+def test_kept_results_and_dead_letters_are_bounded_by_count_and_bytes():
+    h = Harness(result_ttl=600, result_max_jobs=2, dead_letter_max_bytes=10)
+    retrying(h, "doomed", max_attempts=1)
+    client, worker = h.peer(), h.worker(b"f", b"doomed")
+    handles = []
+    for _ in range(3):
+        handles.append(h.submit(client, b"f"))
+        h.send(worker, C.WORK_COMPLETE, h.grab(worker).args[0], b"")
+    assert h.cmd(f"show job {handles[0].decode()}").startswith("ERR UNKNOWN_JOB")  # the oldest went
+    assert all(h.fields(f"show job {x.decode()}")["state"] == "complete" for x in handles[1:])
+    for data in (b"123456", b"abcdef"):
+        h.submit(client, b"doomed", data)
+        h.send(worker, C.WORK_FAIL, h.grab(worker).args[0])
+    [line] = h.cmd("show failed").splitlines()[:-1]  # 12 payload bytes > 10: the first letter went
+    assert line.split("\t")[6] == "6" and h.lifecycle.dead.bytes == 6 and h.lifecycle.dead.dropped == 1

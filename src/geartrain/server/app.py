@@ -61,8 +61,9 @@ class Server:
         )
         self.lifecycle = Lifecycle(
             self.broker, policy_file=self.config.policy_file, result_ttl=self.config.result_ttl,
-            result_max_bytes=self.config.result_max_bytes, dead_letter_max=self.config.dead_letter_max,
-            dead_letter_max_age=self.config.dead_letter_max_age,
+            result_max_bytes=self.config.result_max_bytes, result_max_jobs=self.config.result_max_jobs,
+            dead_letter_max=self.config.dead_letter_max, dead_letter_max_age=self.config.dead_letter_max_age,
+            dead_letter_max_bytes=self.config.dead_letter_max_bytes,
         )
         self.admin = Admin(self.broker, self)
         LifecycleCommands(self.lifecycle, self).install(self.admin)

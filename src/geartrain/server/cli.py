@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--result-ttl", type=float, default=0.0, help="seconds finished jobs stay visible to show job (0)")
     p.add_argument("--result-max-bytes", type=int, default=64 * 1024, help="largest kept result data (64 KiB)")
     p.add_argument("--dead-letter-max", type=int, default=10_000, help="dead letters kept at most (10000; 0: no limit)")
+    p.add_argument("--result-max-jobs", type=int, default=1_000_000, help="finished jobs kept at most (1000000)")
+    p.add_argument("--dead-letter-max-bytes", type=int, default=256 * 1024 ** 2,
+                   help="payload bytes of all dead letters together (256 MiB; 0: no limit)")
     p.add_argument("--dead-letter-max-age", type=float, default=0.0, help="seconds dead letters are kept (0: ever)")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
@@ -110,8 +113,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
         queue_type=queue_type, sqlite_db=sqlite_db,
         policy_file=checked_policy_file(args.policy_file), result_ttl=args.result_ttl,
-        result_max_bytes=args.result_max_bytes, dead_letter_max=args.dead_letter_max,
-        dead_letter_max_age=args.dead_letter_max_age,
+        result_max_bytes=args.result_max_bytes, result_max_jobs=args.result_max_jobs,
+        dead_letter_max=args.dead_letter_max, dead_letter_max_age=args.dead_letter_max_age,
+        dead_letter_max_bytes=args.dead_letter_max_bytes,
     )
 
 

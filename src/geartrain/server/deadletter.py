@@ -1,6 +1,7 @@
 """The dead-letter store: background jobs that used up their attempts, kept for inspection and requeueing.
 
-Bounded by count and age: when a limit is passed the oldest letters go first, each drop counted and logged.
+Bounded by count, payload bytes and age: when a limit is passed the oldest letters go first, each drop counted
+and logged.
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ class DeadLetter:
 class DeadLetters:
     """Letters in arrival order, by handle; `dropped` counts letters pushed out by the limits."""
 
-    def __init__(self, max_count: int = 10_000, max_age: float = 0.0) -> None:
+    def __init__(self, max_count: int = 10_000, max_age: float = 0.0, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_count = max_count
         self.max_age = max_age
+        self.max_bytes = max_bytes
         self.letters: dict[bytes, DeadLetter] = {}
+        #: Payload bytes held.
+        self.bytes = 0
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -60,8 +64,9 @@ class DeadLetters:
 
     def add(self, letter: DeadLetter, now: float) -> list[DeadLetter]:
         """Keep a letter; returns the letters the limits pushed out (oldest first)."""
-        self.letters.pop(letter.handle, None)
+        self.take(letter.handle)
         self.letters[letter.handle] = letter
+        self.bytes += len(letter.data)
         return self.prune(now)
 
     def prune(self, now: float) -> list[DeadLetter]:
@@ -71,13 +76,14 @@ class DeadLetters:
             oldest = next(iter(letters.values()))
             too_many = self.max_count and len(letters) > self.max_count
             too_old = self.max_age and oldest.last_time + self.max_age <= now
-            if not (too_many or too_old):
+            too_big = self.max_bytes and self.bytes > self.max_bytes
+            if not (too_many or too_old or too_big):
                 break
-            gone.append(letters.pop(oldest.handle))
+            gone.append(self.take(oldest.handle))  # type: ignore[arg-type]
         if gone:
             self.dropped += len(gone)
-            log.warning("dropped %d dead letters past the limits (%d kept at most, for %gs): %d dropped in all",
-                        len(gone), self.max_count, self.max_age, self.dropped)
+            log.warning("dropped %d dead letters past the limits (%d letters, %d bytes, %gs): %d dropped in all",
+                        len(gone), self.max_count, self.max_bytes, self.max_age, self.dropped)
         return gone
 
     def select(self, function: bytes | None = None) -> Iterator[DeadLetter]:
@@ -86,4 +92,7 @@ class DeadLetters:
                 yield letter
 
     def take(self, handle: bytes) -> DeadLetter | None:
-        return self.letters.pop(handle, None)
+        letter = self.letters.pop(handle, None)
+        if letter is not None:
+            self.bytes -= len(letter.data)
+        return letter

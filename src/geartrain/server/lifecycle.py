@@ -88,15 +88,16 @@ class Lifecycle:
 
     def __init__(
         self, broker: Broker, *, policy_file: str | None = None, result_ttl: float = 0.0,
-        result_max_bytes: int = 64 * 1024, dead_letter_max: int = 10_000, dead_letter_max_age: float = 0.0,
+        result_max_bytes: int = 64 * 1024, result_max_jobs: int = 1_000_000, dead_letter_max: int = 10_000,
+        dead_letter_max_age: float = 0.0, dead_letter_max_bytes: int = 256 * 1024 * 1024,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.broker = broker
         broker.lifecycle = self
         self.policy_file = policy_file
         self.policies = PolicySet()
-        self.dead = DeadLetters(dead_letter_max, dead_letter_max_age)
-        self.results = Results(result_ttl, result_max_bytes)
+        self.dead = DeadLetters(dead_letter_max, dead_letter_max_age, dead_letter_max_bytes)
+        self.results = Results(result_ttl, result_max_bytes, result_max_jobs)
         self.attempts: dict[bytes, Attempts] = {}
         self.schedules: dict[str, Schedule] = {}
         #: Peers that sent OPTION_REQ require_worker.
@@ -308,8 +309,10 @@ class Lifecycle:
             "policy_file": self.policy_file or "-",
             "result_ttl": self.results.ttl,
             "result_max_bytes": self.results.max_bytes,
+            "result_max_jobs": self.results.max_jobs,
             "dead_letter_max": self.dead.max_count,
             "dead_letter_max_age": self.dead.max_age,
+            "dead_letter_max_bytes": self.dead.max_bytes,
             "dead_letters": len(self.dead),
             "dead_letters_dropped": self.dead.dropped,
             "schedules": len(self.schedules),

@@ -27,11 +27,13 @@ class JobRecord:
 
 
 class Results:
-    """Records in finishing order; those older than `ttl` seconds are dropped as lookups and inserts pass."""
+    """Records in finishing order; those older than `ttl` seconds are dropped as lookups and inserts pass, and
+    the oldest beyond `max_jobs` as inserts pass."""
 
-    def __init__(self, ttl: float = 0.0, max_bytes: int = 64 * 1024) -> None:
+    def __init__(self, ttl: float = 0.0, max_bytes: int = 64 * 1024, max_jobs: int = 1_000_000) -> None:
         self.ttl = ttl
         self.max_bytes = max_bytes
+        self.max_jobs = max_jobs
         self.by_handle: dict[bytes, JobRecord] = {}
         self.by_unique: dict[tuple[bytes, bytes], JobRecord] = {}
 
@@ -41,6 +43,8 @@ class Results:
 
     def add(self, record: JobRecord, now: float) -> None:
         self.expire(now)
+        while self.max_jobs and len(self.by_handle) >= self.max_jobs:
+            self._drop(next(iter(self.by_handle.values())))
         self.by_handle.pop(record.handle, None)
         self.by_handle[record.handle] = record
         if record.unique:
@@ -53,10 +57,13 @@ class Results:
             oldest = next(iter(by_handle.values()))
             if oldest.finished > limit:
                 break
-            del by_handle[oldest.handle]
-            key = (oldest.function, oldest.unique)
-            if self.by_unique.get(key) is oldest:
-                del self.by_unique[key]
+            self._drop(oldest)
+
+    def _drop(self, record: JobRecord) -> None:
+        del self.by_handle[record.handle]
+        key = (record.function, record.unique)
+        if self.by_unique.get(key) is record:
+            del self.by_unique[key]
 
     def get(self, handle: bytes, now: float) -> JobRecord | None:
         self.expire(now)
