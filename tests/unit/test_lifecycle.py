@@ -108,6 +108,7 @@ def test_failed_background_job_runs_again_after_its_backoff(h):
     result = h.fields(f"show job {handle.decode()}")
     assert (result["state"], result["attempts"], result["result"]) == ("complete", "3", "done")
     assert h.cmd("show failed") == ".\n"
+    assert (h.lifecycle.retried, h.lifecycle.dead_lettered) == (2, 0)
 
 
 def test_job_that_always_fails_becomes_a_dead_letter_and_can_be_requeued(h):
@@ -125,6 +126,7 @@ def test_job_that_always_fails_becomes_a_dead_letter_and_can_be_requeued(h):
     assert fields[6:] == ["7", "disk full"]
     assert float(fields[4]) < float(fields[5])
     assert h.cmd("show failed other") == ".\n"
+    assert (h.lifecycle.retried, h.lifecycle.dead_lettered) == (1, 1)
     assert h.fields(f"show job {handle.decode()}")["state"] == "exception"
     assert h.cmd(f"retry failed {handle.decode()}") == "OK 1\r\n"
     assert h.cmd("show failed") == ".\n"

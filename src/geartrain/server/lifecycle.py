@@ -104,6 +104,9 @@ class Lifecycle:
         self.strict: weakref.WeakSet[Peer] = weakref.WeakSet()
         self.rand = rand
         self.started = False
+        #: Counters for metrics: runs rescheduled by a policy, jobs that became dead letters.
+        self.retried = 0
+        self.dead_lettered = 0
         self._file_schedules: list[ScheduleSpec] = []
         if policy_file:
             self.reload()
@@ -162,6 +165,7 @@ class Lifecycle:
             old_ref = job.store_ref
             self.broker.retry_later(job, now + policy.delay(info.runs, self.rand))
             info.counted = False
+            self.retried += 1
             if old_ref is not None:
                 self._save(ATTEMPTS, str(old_ref), None)
             if job.store_ref is not None:
@@ -173,6 +177,7 @@ class Lifecycle:
                             info.first_time, now, info.last_exception, job.reducer)
         log.warning("job %r of %r: %s on run %d: no attempts left, kept as a dead letter", job.handle,
                     job.function.name, outcome, info.runs)
+        self.dead_lettered += 1
         self._save(DEAD_LETTERS, job.handle.hex(), letter.encode())
         for gone in self.dead.add(letter, now):
             self._save(DEAD_LETTERS, gone.handle.hex(), None)
