@@ -406,3 +406,30 @@ def test_kept_results_and_dead_letters_are_bounded_by_count_and_bytes():
         h.send(worker, C.WORK_FAIL, h.grab(worker).args[0])
     [line] = h.cmd("show failed").splitlines()[:-1]  # 12 payload bytes > 10: the first letter went
     assert line.split("\t")[6] == "6" and h.lifecycle.dead.bytes == 6 and h.lifecycle.dead.dropped == 1
+
+
+def test_with_an_acl_changes_need_invoke_or_grant(h):
+    from geartrain.server.acl import ACL, ACLEntry
+
+    retrying(h, "*", max_attempts=1)
+    client, worker = h.peer(), h.worker(b"secret")
+    handle = h.submit(client, b"secret")
+    h.send(worker, C.WORK_FAIL, h.grab(worker).args[0])
+    acl = ACL()
+    acl.add(ACLEntry("ops", invoke="secret", grant=True))
+    acl.add(ACLEntry("viewer", invoke="public"))
+    h.broker.acl = acl
+    viewer, ops = h.peer(), h.peer()
+    viewer.subject, ops.subject = "viewer", "ops"
+
+    def cmd(peer: Peer, line: str) -> str:
+        return h.admin.handle(peer, line.encode()).decode()
+
+    assert cmd(viewer, "show failed").startswith(handle.decode())  # reading is open, as `status` is
+    for line in (f"retry failed {handle.decode()}", "purge failed all", 'schedule add t secret "* * * * *"',
+                 "policy set x max_attempts=2"):
+        assert cmd(viewer, line).startswith("ERR PERMISSION_DENIED"), line
+    assert cmd(ops, 'schedule add t secret "* * * * *"') == "OK\r\n"
+    assert cmd(viewer, "schedule cancel t").startswith("ERR PERMISSION_DENIED")
+    assert cmd(ops, "policy set x max_attempts=2") == "OK\r\n"
+    assert cmd(ops, f"retry failed {handle.decode()}") == "OK 1\r\n"
