@@ -51,6 +51,20 @@ from .job import (
     TextWorkerJob,
     WorkerJob,
 )
+from .lifecycle_admin import (
+    AdminCommandRequest,
+    PolicyListAdminRequest,
+    PolicySetAdminRequest,
+    PurgeFailedAdminRequest,
+    RetryFailedAdminRequest,
+    ScheduleAddAdminRequest,
+    ScheduleCancelAdminRequest,
+    ScheduleListAdminRequest,
+    SettingsAdminRequest,
+    ShowFailedAdminRequest,
+    ShowJobAdminRequest,
+    ShowJobUniqueAdminRequest,
+)
 from .packet import (
     AdminRequest,
     CancelJobAdminRequest,
@@ -65,6 +79,18 @@ from .server import Server
 from .worker import TextWorker, Worker
 
 __all__ = [
+    "AdminCommandRequest",
+    "PolicyListAdminRequest",
+    "PolicySetAdminRequest",
+    "PurgeFailedAdminRequest",
+    "RetryFailedAdminRequest",
+    "ScheduleAddAdminRequest",
+    "ScheduleCancelAdminRequest",
+    "ScheduleListAdminRequest",
+    "SettingsAdminRequest",
+    "ShowFailedAdminRequest",
+    "ShowJobAdminRequest",
+    "ShowJobUniqueAdminRequest",
     "ACL",
     "ACLEntry",
     "ACLError",

@@ -15,6 +15,8 @@ from typing import Any
 from .admin import Admin
 from .broker import Broker
 from .config import ServerConfig
+from .lifecycle import Lifecycle
+from .lifecycle_admin import LifecycleCommands
 from .transport import GearmanProtocol
 
 log = logging.getLogger("geartrain.server")
@@ -57,7 +59,14 @@ class Server:
             store=self.store,
             acl=self.config.acl,
         )
+        self.lifecycle = Lifecycle(
+            self.broker, policy_file=self.config.policy_file, result_ttl=self.config.result_ttl,
+            result_max_bytes=self.config.result_max_bytes, result_max_jobs=self.config.result_max_jobs,
+            dead_letter_max=self.config.dead_letter_max, dead_letter_max_age=self.config.dead_letter_max_age,
+            dead_letter_max_bytes=self.config.dead_letter_max_bytes,
+        )
         self.admin = Admin(self.broker, self)
+        LifecycleCommands(self.lifecycle, self).install(self.admin)
         self.connections: set[GearmanProtocol] = set()
         #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
         self.read_view = memoryview(bytearray(256 * 1024))
@@ -104,6 +113,7 @@ class Server:
         self.broker.on_timer_change = self._timer_changed
         if self.store is not None:
             await self.store.start(self)
+        self.lifecycle.start(self.store.stored_state() if self.store is not None else {})
         config = self.config
         ssl_context = None
         if config.ssl_key and config.ssl_cert:
@@ -182,7 +192,7 @@ class Server:
                 (signal.SIGTERM, lambda: self.request_shutdown(False)),
                 (signal.SIGINT, lambda: self.request_shutdown(False)),
                 (signal.SIGUSR1, lambda: self.request_shutdown(True)),
-                (signal.SIGHUP, reopen_log_files),
+                (signal.SIGHUP, self.reload),
             ):
                 loop.add_signal_handler(signum, action)
             loop.run_until_complete(self.start())
@@ -198,6 +208,15 @@ class Server:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    def reload(self) -> None:
+        """SIGHUP: reopen log files and reread the policy file (a bad file keeps the policies in effect)."""
+        reopen_log_files()
+        try:
+            self.lifecycle.reload()
+        except ValueError as exc:
+            log.error("policy file not reloaded: %s", exc)
+        self.schedule_flush()
 
     def start_in_thread(self, timeout: float = 30.0) -> None:
         """Serve from a background thread; returns once listening (for tests and embedding)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
+from .cron import CronError, CronSpec
 
 log = logging.getLogger("geartrain.broker")
 
@@ -27,6 +28,7 @@ QUEUED = 0
 RUNNING = 1
 SCHEDULED = 2  # an epoch job waiting for its time
 DONE = 3
+TIMER = 4  # a callback timer (see Broker.add_timer)
 
 NO_CLIENTS: tuple[()] = ()
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
@@ -180,6 +182,20 @@ class Job:
         self.deadline = 0.0
 
 
+class Timer:
+    """A callback the broker runs at `when` from run_timers(); cancel() disarms it."""
+
+    __slots__ = ("state", "when", "callback")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.state = TIMER
+        self.when = when
+        self.callback = callback
+
+    def cancel(self) -> None:
+        self.state = DONE
+
+
 class Broker:
     """The whole job server state and its packet handlers."""
 
@@ -205,7 +221,7 @@ class Broker:
         self.dirty: list[Peer] = []
         #: Functions with queued jobs per priority, in round-robin order.
         self.ready: tuple[dict[Function, None], dict[Function, None], dict[Function, None]] = ({}, {}, {})
-        self.timers: list[tuple[float, int, Job]] = []
+        self.timers: list[tuple[float, int, Any]] = []
         self.prefix = handle_prefix + b":"
         # Handles never repeat across restarts: the counter starts at the start time in microseconds.
         self.counter = int(clock() * 1_000_000)
@@ -220,6 +236,8 @@ class Broker:
         self.store = store
         self.acl = acl
         self.on_timer_change: Callable[[float], None] | None = None
+        #: Retries, dead letters, kept results, schedules (geartrain.server.lifecycle.Lifecycle), when attached.
+        self.lifecycle: Any = None
         self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
             C.CAN_DO: self._can_do,
             C.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -449,10 +467,14 @@ class Broker:
         return submit
 
     def _submit_sched(self, peer: Peer, args: tuple[bytes, ...]) -> None:
-        peer.send(error_packet(
-            b"INVALID_COMMAND",
-            "SUBMIT_JOB_SCHED is not supported: use SUBMIT_JOB_EPOCH with the time to run",
-        ))
+        """A background job for the next time the five cron fields match (empty is any), see cron.py."""
+        try:
+            spec = CronSpec.parse([field.decode("ascii", "replace") for field in args[2:7]])
+        except CronError as exc:
+            peer.send(error_packet(b"INVALID_ARGUMENT", f"SUBMIT_JOB_SCHED {exc}"))
+            return
+        when = spec.next_after(self.clock())
+        self.submit(peer, args[0], args[1], args[7], C.PRIORITY_NORMAL, True, when=when or 0.0)
 
     def submit(
         self, peer: Peer | None, name: bytes, unique: bytes, data: bytes, priority: int, background: bool,
@@ -471,6 +493,11 @@ class Broker:
                 log.info("%r (%s) may not invoke %r", peer, peer.subject, name)
                 peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not invoke {name!r}"))
                 return None
+            if self.lifecycle is not None and self.lifecycle.strict and peer in self.lifecycle.strict:
+                known = self.functions.get(name)
+                if known is None or not known.workers:
+                    peer.send(error_packet(b"NO_WORKER", f"no worker has registered function {name!r}"))
+                    return None
         function = self.functions.get(name) or self.function(name)
         key = data if unique == b"-" else unique
         if key:
@@ -532,10 +559,19 @@ class Broker:
 
     def _schedule(self, job: Job) -> None:
         job.state = SCHEDULED
+        self._push_timer(job.when, job)
+
+    def _push_timer(self, when: float, item: Job | Timer) -> None:
         self.seq += 1
-        heapq.heappush(self.timers, (job.when, self.seq, job))
-        if self.on_timer_change is not None and self.timers[0][2] is job:
-            self.on_timer_change(job.when)
+        heapq.heappush(self.timers, (when, self.seq, item))
+        if self.on_timer_change is not None and self.timers[0][2] is item:
+            self.on_timer_change(when)
+
+    def add_timer(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run callback from run_timers() once the clock reaches `when`."""
+        timer = Timer(when, callback)
+        self._push_timer(when, timer)
+        return timer
 
     def _enqueue(self, job: Job, tail: bool = True) -> None:
         job.state = QUEUED
@@ -575,7 +611,10 @@ class Broker:
                 worker.running.pop(job.handle, None)
                 job.worker = None
                 log.info("job %r ran past its CAN_DO_TIMEOUT on %r: requeued", job.handle, worker)
-                self._requeue(job, "timed out")
+                self._requeue(job, "timed out", "timeout")
+            elif job.state == TIMER:
+                job.state = DONE
+                job.callback()
 
     # ----------------------------------------------------------------- grabbing
 
@@ -597,10 +636,7 @@ class Broker:
         timeout = peer.abilities.get(function)
         if timeout:
             job.deadline = self.clock() + timeout
-            self.seq += 1
-            heapq.heappush(self.timers, (job.deadline, self.seq, job))
-            if self.on_timer_change is not None and self.timers[0][2] is job:
-                self.on_timer_change(job.deadline)
+            self._push_timer(job.deadline, job)
         if function.queued and function.sleepers:
             self._wake_sleepers(function, 1)
         if woken_for is not None and woken_for is not function and woken_for.queued and woken_for.sleepers:
@@ -690,20 +726,24 @@ class Broker:
         job = self._held(peer, args[0], C.WORK_COMPLETE)
         if job is not None:
             self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
-            self._finish(job)
+            self._finish(job, "complete", args[1])
 
     def _work_fail(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_FAIL)
         if job is not None:
+            if self.lifecycle is not None and self.lifecycle.retry(job, "fail") == "retry":
+                return
             self._relay(job, C.WORK_FAIL, args[0])
-            self._finish(job)
+            self._finish(job, "failed")
 
     def _work_exception(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_EXCEPTION)
         if job is not None:
-            self._fail_clients(job, args[1])
             peer.last_exception = job.handle
-            self._finish(job)
+            if self.lifecycle is not None and self.lifecycle.retry(job, "exception", args[1]) == "retry":
+                return
+            self._fail_clients(job, args[1])
+            self._finish(job, "exception", exception=args[1])
 
     def _fail_clients(self, job: Job, exception: bytes | None = None) -> None:
         """WORK_EXCEPTION to clients that asked for exceptions (when there is one), WORK_FAIL to the rest."""
@@ -712,8 +752,10 @@ class Broker:
         for client in job.clients:
             client.send(exc if exc is not None and client.exceptions else fail)
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self, job: Job, state: str, data: bytes = b"", exception: bytes | None = None) -> None:
         """A job ended with a result: free its worker slot, its unique and its stored copy."""
+        if self.lifecycle is not None:
+            self.lifecycle.ended(job, state, data, exception)
         worker = job.worker
         if worker is not None:
             worker.running.pop(job.handle, None)
@@ -741,8 +783,9 @@ class Broker:
             job.store_ref = None
         self._maybe_forget(function)
 
-    def _requeue(self, job: Job, why: str) -> None:
-        """Put a job that lost its worker back at the tail of its queue, or fail it past --job-retries."""
+    def _requeue(self, job: Job, why: str, outcome: str = "worker_lost") -> None:
+        """Put a job that lost its worker back at the tail of its queue (or after its retry policy's backoff), or
+        fail it past --job-retries or its policy's attempts."""
         if job.state == RUNNING:
             job.function.running -= 1
         job.numerator = job.denominator = b"0"
@@ -751,13 +794,35 @@ class Broker:
             job.state = DONE
             self._end(job)
             return
-        if self.job_retries and job.retries > self.job_retries:
-            log.warning("job %r failed: %s, requeued more than %d times", job.handle, why, self.job_retries)
+        exhausted = bool(self.job_retries) and job.retries > self.job_retries
+        verdict = self.lifecycle.retry(job, outcome, exhausted=exhausted) if self.lifecycle is not None else None
+        if verdict == "retry":
+            return
+        if exhausted or verdict == "dead":
+            log.warning("job %r failed: %s, requeued %d times", job.handle, why, job.retries - 1)
             self._fail_clients(job)
+            if self.lifecycle is not None:
+                self.lifecycle.ended(job, "failed")
             job.state = DONE
             self._end(job)
             return
         self._enqueue(job)
+
+    def retry_later(self, job: Job, when: float) -> None:
+        """Run a job again at `when` (a retry policy's backoff): off its worker, kept with its handle and unique,
+        and stored again with its new time."""
+        worker = job.worker
+        if worker is not None:
+            worker.running.pop(job.handle, None)
+            job.worker = None
+            if job.state == RUNNING:
+                job.function.running -= 1
+        job.numerator = job.denominator = b"0"
+        job.when = when
+        if job.store_ref is not None and self.store is not None:
+            self.store.remove(job)
+            job.store_ref = self.store.add(job)
+        self._schedule(job)
 
     # ----------------------------------------------------------------- status and misc
 
@@ -792,6 +857,8 @@ class Broker:
         if args[0] == b"exceptions":
             peer.exceptions = True
             peer.send(pack(RES, C.OPTION_RES, b"exceptions"))
+        elif self.lifecycle is not None and self.lifecycle.set_option(peer, args[0]):
+            peer.send(pack(RES, C.OPTION_RES, args[0]))
         else:
             peer.send(error_packet(b"UNKNOWN_OPTION", f"unknown option {args[0][:64]!r}"))
 
@@ -808,6 +875,8 @@ class Broker:
             return False
         self._drop_queued(job)
         self._fail_clients(job)
+        if self.lifecycle is not None:
+            self.lifecycle.ended(job, "cancelled")
         self._end(job)
         return True
 

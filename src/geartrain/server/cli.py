@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
                    help="SQLite file for the durable queue (default: $XDG_STATE_HOME/geartrain/queue.sqlite3, "
                    "else ~/.local/state/geartrain/queue.sqlite3; the directory is created)")
+    p.add_argument("--policy-file", help="TOML file of retry policies and schedules (reread on SIGHUP)")
+    p.add_argument("--result-ttl", type=float, default=0.0, help="seconds finished jobs stay visible to show job (0)")
+    p.add_argument("--result-max-bytes", type=int, default=64 * 1024, help="largest kept result data (64 KiB)")
+    p.add_argument("--dead-letter-max", type=int, default=10_000, help="dead letters kept at most (10000; 0: no limit)")
+    p.add_argument("--result-max-jobs", type=int, default=1_000_000, help="finished jobs kept at most (1000000)")
+    p.add_argument("--dead-letter-max-bytes", type=int, default=256 * 1024 ** 2,
+                   help="payload bytes of all dead letters together (256 MiB; 0: no limit)")
+    p.add_argument("--dead-letter-max-age", type=float, default=0.0, help="seconds dead letters are kept (0: ever)")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
     p.add_argument("--version", action="version", version=f"geard (geartrain) {__version__}")
@@ -104,7 +112,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
         queue_type=queue_type, sqlite_db=sqlite_db,
+        policy_file=checked_policy_file(args.policy_file), result_ttl=args.result_ttl,
+        result_max_bytes=args.result_max_bytes, result_max_jobs=args.result_max_jobs,
+        dead_letter_max=args.dead_letter_max, dead_letter_max_age=args.dead_letter_max_age,
+        dead_letter_max_bytes=args.dead_letter_max_bytes,
     )
+
+
+def checked_policy_file(path: str | None) -> str | None:
+    """The policy file as an absolute path, read once so that a bad one stops geard with the reason."""
+    if not path:
+        return None
+    from .policy import load_policy_file
+
+    load_policy_file(path)
+    return os.path.abspath(path)
 
 
 def setup_logging(args: argparse.Namespace) -> None:

@@ -55,6 +55,19 @@ class ServerConfig:
     #: "memory" or "sqlite".
     queue_type: str = "memory"
     sqlite_db: str | None = None
+    #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.
+    policy_file: str | None = None
+    #: Seconds finished jobs stay visible to `show job`; 0 keeps none.
+    result_ttl: float = 0.0
+    #: Largest WORK_COMPLETE data of a background job kept with its result.
+    result_max_bytes: int = 64 * 1024
+    #: Finished jobs kept at most (the oldest go first); 0 means no limit.
+    result_max_jobs: int = 1_000_000
+    #: Dead letters kept at most (oldest dropped first; 0: no limit), and for how many seconds (0: no limit).
+    dead_letter_max: int = 10_000
+    dead_letter_max_age: float = 0.0
+    #: Payload bytes of all dead letters together (the oldest go first); 0 means no limit.
+    dead_letter_max_bytes: int = 256 * 1024 * 1024
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"
