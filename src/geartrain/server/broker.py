@@ -274,10 +274,9 @@ class Broker:
             self._maybe_forget(function)
         peer.abilities.clear()
         for job in peer.waiting:
-            try:
-                job.clients.remove(peer)  # type: ignore[union-attr]
-            except (ValueError, AttributeError):
-                pass
+            if peer in job.clients:
+                # Every entry: a connection that submitted one unique N times is N clients (see submit()).
+                job.clients = [client for client in job.clients if client is not peer] or NO_CLIENTS
             if not job.clients and not job.background and job.state == QUEUED:
                 self._drop_queued(job)
                 self._end(job)
@@ -477,7 +476,10 @@ class Broker:
             job = function.uniques.get(key)
             if job is not None:
                 if peer is not None:
-                    if not background and peer not in job.clients:
+                    if not background:
+                        # Once per submit, even from a connection that waits on the job already: gearmand
+                        # answers each submit with its own JOB_CREATED and WORK_* packets, and libgearman
+                        # clients that add one unique twice wait for both.
                         self._add_client(job, peer)
                     self._created(peer, job)
                 return job

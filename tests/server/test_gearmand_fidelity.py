@@ -1,0 +1,64 @@
+"""Behaviours pinned side by side against gearmand: each test runs against geartrain's server and gearmand."""
+
+from __future__ import annotations
+
+from geartrain.protocol import constants as C
+
+from wire import Wire
+
+WAIT = 30.0
+
+
+def packets(wire: Wire, count: int) -> list[tuple[int, tuple[bytes, ...]]]:
+    return [(event.ptype, event.args) for event in (wire.next_event(WAIT) for _ in range(count))]
+
+
+def test_each_submit_of_one_unique_gets_its_own_answers(any_server):
+    """A connection that submits one unique three times gets three JOB_CREATED and three of every WORK_*
+    packet (libgearman clients that add a task twice wait for both answers)."""
+    with Wire(any_server.host, any_server.port, WAIT) as client, \
+            Wire(any_server.host, any_server.port, WAIT) as other, \
+            Wire(any_server.host, any_server.port, WAIT) as worker:
+        handles = [client.submit(b"twice", b"payload", b"u-1") for _ in range(3)]
+        assert len(set(handles)) == 1
+        handle = handles[0]
+        assert other.submit(b"twice", b"payload", b"u-1") == handle
+        worker.register(b"twice")
+        job = worker.grab(WAIT)
+        assert job.args[0] == handle
+        worker.send(C.WORK_DATA, handle, b"part")
+        worker.send(C.WORK_STATUS, handle, b"1", b"2")
+        worker.send(C.WORK_COMPLETE, handle, b"done")
+        expected = [(C.WORK_DATA, (handle, b"part"))] * 3 + [(C.WORK_STATUS, (handle, b"1", b"2"))] * 3 + \
+                   [(C.WORK_COMPLETE, (handle, b"done"))] * 3
+        assert packets(client, 9) == expected
+        assert packets(other, 3) == expected[::3]
+        client.send(C.ECHO_REQ, b"end")  # nothing more came before the echo
+        assert client.expect(C.ECHO_RES, WAIT).args == (b"end",)
+
+
+def test_each_submit_of_one_unique_gets_its_own_failure(any_server):
+    with Wire(any_server.host, any_server.port, WAIT) as client, \
+            Wire(any_server.host, any_server.port, WAIT) as worker:
+        handle = client.submit(b"twice-fail", b"", b"u-2")
+        assert client.submit(b"twice-fail", b"", b"u-2") == handle
+        worker.register(b"twice-fail")
+        worker.grab(WAIT)
+        worker.send(C.WORK_FAIL, handle)
+        assert packets(client, 2) == [(C.WORK_FAIL, (handle,))] * 2
+        client.send(C.ECHO_REQ, b"end")
+        assert client.expect(C.ECHO_RES, WAIT).args == (b"end",)
+
+
+def test_a_client_that_submitted_twice_and_left_no_longer_holds_the_job():
+    """Every entry of a connection goes when it disconnects: the job it alone waited on is dropped."""
+    from geartrain.server.broker import Broker
+
+    broker = Broker(b"H:test", clock=lambda: 1_000_000.0)
+    client, stays = broker.connect(1), broker.connect(2)
+    for _ in range(2):
+        broker.handle(client, C.SUBMIT_JOB, (b"fn", b"u", b""))
+    broker.handle(stays, C.SUBMIT_JOB, (b"fn", b"other", b""))
+    assert len(broker.jobs) == 2
+    broker.disconnect(client)
+    assert [job.unique for job in broker.jobs.values()] == [b"other"]
