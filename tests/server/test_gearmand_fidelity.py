@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from geartrain.protocol import constants as C
 
 from wire import Wire
@@ -62,3 +64,64 @@ def test_a_client_that_submitted_twice_and_left_no_longer_holds_the_job():
     assert len(broker.jobs) == 2
     broker.disconnect(client)
     assert [job.unique for job in broker.jobs.values()] == [b"other"]
+
+
+def status_rows(admin: Wire) -> dict[bytes, tuple[bytes, ...]]:
+    return {fields[0]: tuple(fields[1:]) for fields in (line.split(b"\t") for line in admin.admin("status").lines)}
+
+
+def test_a_function_outlives_its_last_worker_until_dropped(any_server):
+    with Wire(any_server.host, any_server.port, WAIT) as admin:
+        with Wire(any_server.host, any_server.port, WAIT) as worker:
+            worker.register(b"outlives", b"busy")
+            worker.send(C.ECHO_REQ, b"registered")
+            worker.expect(C.ECHO_RES)
+            assert status_rows(admin)[b"outlives"] == (b"0", b"0", b"1")
+            assert admin.admin("drop function busy").lines[0].startswith(b"ERR ")  # a worker has it
+        deadline = time.monotonic() + WAIT
+        while status_rows(admin)[b"outlives"] != (b"0", b"0", b"0"):
+            assert time.monotonic() < deadline, "the worker's disconnection was never noticed"
+            time.sleep(0.02)
+        assert admin.admin("drop function outlives").lines == (b"OK",)
+        rows = status_rows(admin)
+        assert b"outlives" not in rows and rows[b"busy"] == (b"0", b"0", b"0")
+        assert admin.admin("drop function outlives").lines[0].startswith(b"ERR ")
+
+
+def test_a_function_of_finished_jobs_stays_listed(any_server):
+    with Wire(any_server.host, any_server.port, WAIT) as client, \
+            Wire(any_server.host, any_server.port, WAIT) as worker:
+        handle = client.submit(b"finished", b"x")
+        worker.register(b"finished")
+        worker.grab(WAIT)
+        worker.send(C.WORK_COMPLETE, handle, b"")
+        client.expect(C.WORK_COMPLETE, WAIT)
+        worker.send(C.CANT_DO, b"finished")
+        worker.send(C.ECHO_REQ, b"")
+        worker.expect(C.ECHO_RES)
+        assert status_rows(client)[b"finished"] == (b"0", b"0", b"0")
+
+
+def test_idle_functions_past_the_cap_are_forgotten_longest_idle_first():
+    from geartrain.server.broker import Broker
+
+    broker = Broker(b"H:test", max_idle_functions=2)
+    worker = broker.connect(1)
+    for name in (b"a", b"b", b"c", b"busy"):
+        broker.handle(worker, C.CAN_DO, (name,))
+    for name in (b"a", b"b", b"c"):
+        broker.handle(worker, C.CANT_DO, (name,))
+    assert sorted(broker.functions) == [b"b", b"busy", b"c"]  # "a" idled first and went
+    broker.handle(worker, C.CAN_DO, (b"b",))  # busy again: its idle entry is stale
+    broker.handle(worker, C.SUBMIT_JOB_BG, (b"d", b"", b""))
+    broker.disconnect(worker)  # b and busy idle now, after c
+    assert sorted(broker.functions) == [b"b", b"busy", b"d"]
+
+
+def test_geard_takes_the_idle_function_cap():
+    from geartrain.server.cli import build_parser, config_from_args
+    from geartrain.server.config import ServerConfig
+
+    args = build_parser().parse_args(["--queue-type", "memory", "--max-idle-functions", "5"])
+    assert config_from_args(args).max_idle_functions == 5
+    assert ServerConfig().max_idle_functions == 10_000

@@ -54,6 +54,7 @@ class Server:
             max_unique_length=self.config.max_unique_length,
             max_function_length=self.config.max_function_length,
             max_queued_bytes=self.config.max_queued_bytes,
+            max_idle_functions=self.config.max_idle_functions,
             store=self.store,
             acl=self.config.acl,
         )

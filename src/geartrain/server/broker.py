@@ -192,6 +192,7 @@ class Broker:
         max_unique_length: int = 64,
         max_function_length: int = 512,
         max_queued_bytes: int = 0,
+        max_idle_functions: int = 0,
         clock: Callable[[], float] = time.time,
         store: Any = None,
         acl: Any = None,
@@ -216,6 +217,9 @@ class Broker:
         self.max_function_length = max_function_length
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
+        #: Functions with no job and no worker, longest idle first (entries may be stale); 0: no limit.
+        self.idle: dict[bytes, Function] = {}
+        self.max_idle_functions = max_idle_functions
         self.clock = clock
         self.store = store
         self.acl = acl
@@ -301,9 +305,22 @@ class Broker:
         return function
 
     def _maybe_forget(self, function: Function) -> None:
-        """Drop a function record nobody uses (keeps memory bounded under churn of names)."""
-        if not function.jobs and not function.workers and function.max_queue == [0, 0, 0]:
-            self.functions.pop(function.name, None)
+        """Note a function that has no job and no worker left. It stays listed (`status` shows `fn 0 0 0` and
+        `drop function` finds it, as with gearmand); past max_idle_functions the longest idle are forgotten,
+        which keeps memory bounded under churn of names (about 3 KB each)."""
+        if function.jobs or function.workers:
+            return
+        idle = self.idle
+        idle.pop(function.name, None)
+        idle[function.name] = function
+        limit = self.max_idle_functions
+        while limit and len(idle) > limit:
+            name = next(iter(idle))
+            oldest = idle.pop(name)
+            # Entries of functions busy again are stale: skipped, they come back when idle again.
+            if not oldest.jobs and not oldest.workers and oldest.max_queue == [0, 0, 0] \
+                    and self.functions.get(name) is oldest:
+                del self.functions[name]
 
     def name_problem(self, name: bytes) -> tuple[bytes, str] | None:
         """Why a new function name is refused (error code, message), or None. Control characters are refused
@@ -823,6 +840,7 @@ class Broker:
         if function is None or function.workers or function.jobs:
             return False
         del self.functions[name]
+        self.idle.pop(name, None)
         return True
 
     def restore(self, name: bytes, unique: bytes, data: bytes, priority: int, when: float,

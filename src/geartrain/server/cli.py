@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handshake-timeout", type=float, default=10.0, help="TLS handshake timeout, seconds (10)")
     p.add_argument("--max-queued-bytes", type=int, default=2 * 1024 ** 3,
                    help="total queued job data; submits past it get QUEUE_ERROR (2 GiB; 0: no limit)")
+    p.add_argument("--max-idle-functions", type=int, default=10_000,
+                   help="functions with no worker and no job kept listed; past it the longest idle go (0: all)")
     p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "builtin", "libsqlite3"],
                    default=None, help="where background jobs are kept: sqlite (durable, the default) or "
                    "memory (lost when the server stops)")
@@ -103,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         output_limit=args.output_limit,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
-        queue_type=queue_type, sqlite_db=sqlite_db,
+        queue_type=queue_type, sqlite_db=sqlite_db, max_idle_functions=args.max_idle_functions,
     )
 
 
