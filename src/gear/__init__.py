@@ -62,6 +62,7 @@ from .packet import (
     WorkersAdminRequest,
 )
 from .server import Server
+from .server_records import ServerAdminRequest, ServerConnection, ServerJob
 from .worker import TextWorker, Worker
 
 __all__ = [
@@ -94,6 +95,9 @@ __all__ = [
     "Packet",
     "RetryIOError",
     "Server",
+    "ServerAdminRequest",
+    "ServerConnection",
+    "ServerJob",
     "ShowJobsAdminRequest",
     "ShowUniqueJobsAdminRequest",
     "StatusAdminRequest",

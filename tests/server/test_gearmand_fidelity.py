@@ -125,3 +125,28 @@ def test_geard_takes_the_idle_function_cap():
     args = build_parser().parse_args(["--queue-type", "memory", "--max-idle-functions", "5"])
     assert config_from_args(args).max_idle_functions == 5
     assert ServerConfig().max_idle_functions == 10_000
+
+
+def exception_answers(server) -> list[tuple[int, tuple[bytes, ...]]]:
+    """What a client that never sent OPTION_REQ gets when its job's worker sends WORK_EXCEPTION."""
+    with Wire(server.host, server.port, WAIT) as client, Wire(server.host, server.port, WAIT) as worker:
+        handle = client.submit(b"raises", b"x")
+        worker.register(b"raises")
+        worker.grab(WAIT)
+        worker.send(C.WORK_EXCEPTION, handle, b"boom")
+        worker.send(C.WORK_FAIL, handle)  # the sequence some workers send; ignored after the exception
+        answers = [client.next_event(WAIT)]
+        client.send(C.ECHO_REQ, b"end")
+        while (event := client.next_event(WAIT)).ptype != C.ECHO_RES:
+            answers.append(event)
+        return [(event.ptype, event.args) for event in answers]
+
+
+def test_exceptions_flag_passes_work_exception_to_every_client(server_factory):
+    """geard --exceptions as gearmand --exceptions: clients get WORK_EXCEPTION without asking for it."""
+    for kind in ("gearmand", "geard"):
+        plain = exception_answers(server_factory(kind))
+        flagged = exception_answers(server_factory(kind, "--exceptions"))
+        assert [ptype for ptype, _ in plain] == [C.WORK_FAIL], kind
+        assert [ptype for ptype, _ in flagged] == [C.WORK_EXCEPTION], kind
+        assert flagged[0][1][1] == b"boom"

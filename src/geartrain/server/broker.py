@@ -183,6 +183,9 @@ class Job:
 class Broker:
     """The whole job server state and its packet handlers."""
 
+    #: Whether packets of types the protocol does not define reach handle() (gear.Server subclasses add some).
+    decode_unknown_types = False
+
     def __init__(
         self,
         handle_prefix: bytes = b"H:geartrain",
@@ -193,6 +196,7 @@ class Broker:
         max_function_length: int = 512,
         max_queued_bytes: int = 0,
         max_idle_functions: int = 0,
+        exceptions: bool = False,
         clock: Callable[[], float] = time.time,
         store: Any = None,
         acl: Any = None,
@@ -220,6 +224,8 @@ class Broker:
         #: Functions with no job and no worker, longest idle first (entries may be stale); 0: no limit.
         self.idle: dict[bytes, Function] = {}
         self.max_idle_functions = max_idle_functions
+        #: Every connection starts with the exceptions option set (gearmand's --exceptions; gear's Server).
+        self.exceptions = exceptions
         self.clock = clock
         self.store = store
         self.acl = acl
@@ -258,6 +264,7 @@ class Broker:
 
     def connect(self, peer_id: int, address: str = "-", subject: str | None = None) -> Peer:
         peer = Peer(self, peer_id, address, subject)
+        peer.exceptions = self.exceptions
         self.peers[peer_id] = peer
         return peer
 

@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total queued job data; submits past it get QUEUE_ERROR (2 GiB; 0: no limit)")
     p.add_argument("--max-idle-functions", type=int, default=10_000,
                    help="functions with no worker and no job kept listed; past it the longest idle go (0: all)")
+    p.add_argument("--exceptions", action="store_true",
+                   help="pass WORK_EXCEPTION to every client, not only those that asked (as gearmand's)")
+    p.add_argument("--statsd-host", default=os.environ.get("STATSD_HOST"),
+                   help="send gear's statsd metrics to this host (default: $STATSD_HOST; none: off)")
+    p.add_argument("--statsd-port", type=int, default=int(os.environ.get("STATSD_PORT", 8125)),
+                   help="statsd UDP port (default: $STATSD_PORT, else 8125)")
+    p.add_argument("--statsd-prefix", default=os.environ.get("STATSD_PREFIX"),
+                   help="prefix of every statsd key (default: $STATSD_PREFIX)")
     p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "builtin", "libsqlite3"],
                    default=None, help="where background jobs are kept: sqlite (durable, the default) or "
                    "memory (lost when the server stops)")
@@ -106,6 +114,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
         queue_type=queue_type, sqlite_db=sqlite_db, max_idle_functions=args.max_idle_functions,
+        exceptions=args.exceptions,
+        statsd_host=args.statsd_host, statsd_port=args.statsd_port, statsd_prefix=args.statsd_prefix,
     )
 
 
