@@ -202,3 +202,38 @@ def test_without_overrides_the_server_keeps_its_fast_path():
         assert type(fake.server.broker) is not Broker
     finally:
         fake.shutdown()
+
+
+def test_the_gear_model_serves_tls_with_gears_acl(tmp_path):
+    from geartrain.server.tls import client_context
+
+    from certs import make_pki
+
+    pki = make_pki(tmp_path)
+    acl = gear.ACL()
+    acl.add(gear.ACLEntry("worker", register="build:.*"))
+    acl.add(gear.ACLEntry("client", invoke="build:.*"))
+    key, cert, ca = pki.server_files()
+
+    class Secure(FakeGearmanServer):
+        def __init__(self) -> None:
+            self.hold_jobs_in_queue = False
+            self.private_packets = []
+            gear.Server.__init__(self, 0, ssl_key=key, ssl_cert=cert, ssl_ca=ca, acl=acl, host="127.0.0.1")
+
+    server = Secure()
+    try:
+        def connect(cn: str) -> Wire:
+            return Wire("127.0.0.1", server.port, WAIT, ssl_context=client_context(*pki.client_files(cn)))
+
+        with connect("client") as client, connect("worker") as worker:
+            client.send(C.SUBMIT_JOB, b"deploy", b"", b"x")
+            assert client.expect(C.ERROR).args[0] == b"PERMISSION_DENIED"
+            handle = client.submit(b"build:f", b'{"job": "z"}')
+            worker.register(b"deploy", b"build:f")  # deploy is ignored, as gear's Server does
+            assert worker.grab(WAIT).args[0] == handle
+            assert {c.ssl_subject for c in server.active_connections} == {"client", "worker"}
+            assert [c.functions for c in server.active_connections if c.ssl_subject == "worker"] == [{b"build:f"}]
+            assert client.admin("acl list").lines[0].startswith(b"client\t")
+    finally:
+        server.shutdown()

@@ -52,6 +52,23 @@ def test_each_submit_of_one_unique_gets_its_own_failure(any_server):
         assert client.expect(C.ECHO_RES, WAIT).args == (b"end",)
 
 
+def test_status_by_unique_counts_each_submit_as_a_client(any_server):
+    with Wire(any_server.host, any_server.port, WAIT) as other:
+        with Wire(any_server.host, any_server.port, WAIT) as client:
+            for _ in range(2):
+                client.submit(b"counted-twice", b"x", b"u-3")
+            other.submit(b"counted-twice", b"x", b"u-3")
+            other.send(C.GET_STATUS_UNIQUE, b"u-3")
+            assert other.expect(C.STATUS_RES_UNIQUE).args == (b"u-3", b"1", b"0", b"0", b"0", b"3")
+        deadline = time.monotonic() + WAIT
+        while True:  # the first client left: its two entries go
+            other.send(C.GET_STATUS_UNIQUE, b"u-3")
+            if other.expect(C.STATUS_RES_UNIQUE).args[5] == b"1":
+                break
+            assert time.monotonic() < deadline, "the client's disconnection was never noticed"
+            time.sleep(0.02)
+
+
 def test_a_client_that_submitted_twice_and_left_no_longer_holds_the_job():
     """Every entry of a connection goes when it disconnects: the job it alone waited on is dropped."""
     from geartrain.server.broker import Broker
