@@ -172,24 +172,46 @@ class Server:
             return set(self.server.broker.functions)
         if name in ("high_queue", "normal_queue", "low_queue"):
             return self._brokerQueue(("high_queue", "normal_queue", "low_queue").index(name))
+        if name == "active_connections":
+            return self._retrying(self._brokerConnections)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @staticmethod
+    def _retrying(copy: Any) -> list:
+        for _ in range(10):  # the server thread may change what we copy meanwhile
+            try:
+                return copy()
+            except RuntimeError:
+                continue
+        return []
 
     def _brokerQueue(self, priority: int) -> list:
         """Queued (not running) jobs of one precedence, oldest first (a copy)."""
         from geartrain.server.broker import QUEUED
 
-        for _ in range(10):  # the server thread may change the queues while we copy them
-            try:
-                jobs: dict[int, Any] = {}
-                for function in list(self.server.broker.functions.values()):
-                    for job in list(function.queues[priority]):
-                        # The deques may hold stale entries of jobs that moved on.
-                        if job.state == QUEUED and job.priority == priority:
-                            jobs.setdefault(id(job), job)
-                return list(jobs.values())
-            except RuntimeError:
-                continue
-        return []
+        def copy() -> list:
+            jobs: dict[int, Any] = {}
+            for function in list(self.server.broker.functions.values()):
+                for job in list(function.queues[priority]):
+                    # The deques may hold stale entries of jobs that moved on.
+                    if job.state == QUEUED and job.priority == priority:
+                        jobs.setdefault(id(job), job)
+            return list(jobs.values())
+
+        return self._retrying(copy)
+
+    def _brokerConnections(self) -> list[ServerConnection]:
+        """A snapshot of every connection: its registered functions, client id, and the jobs it runs or
+        waits on (read-only: changing it changes nothing on the server)."""
+        connections = []
+        for peer in list(self.server.broker.peers.values()):
+            connection = ServerConnection._over_peer(peer, self)
+            connection.functions = {function.name for function in list(peer.abilities)}
+            connection.client_id = None if peer.client_id == b"-" else peer.client_id
+            connection.related_jobs = {job.handle: job for job in list(peer.waiting)}
+            connection.related_jobs.update(dict(peer.running))
+            connections.append(connection)
+        return connections
 
     def getQueue(self) -> list:
         """Every queued job, high precedence first (a copy)."""

@@ -111,9 +111,8 @@ class ServerConnection:
         """The connection of an engine peer (its bytes go through the engine's write batching)."""
         self = cls.__new__(cls)
         self._setup(server.client_id)
-        host, _, port = peer.address.rpartition(":") if peer.address.count(":") == 1 else (peer.address, "", "")
-        self.host = host
-        self.port = port
+        self.host = peer.address
+        self.port = None  # the engine keeps the peer's address only
         self.conn = _PeerSocket(self)
         self.use_ssl = peer.subject is not None
         self.ssl_subject = peer.subject

@@ -195,6 +195,10 @@ def test_without_overrides_the_server_keeps_its_fast_path():
                 handle = wire.submit(b"fast", b"x", ptype=C.SUBMIT_JOB_HIGH_BG)
                 assert [job.handle for job in server.high_queue] == [handle] and handle in server.jobs
                 assert server.functions == {b"fast"}
+                wire.register(b"also")
+                wire.send(C.ECHO_REQ, b"")
+                wire.expect(C.ECHO_RES)
+                assert [c.functions for c in server.active_connections] == [{b"also"}]
         finally:
             server.shutdown()
     fake = FakeGearmanServer()
