@@ -11,7 +11,6 @@ built, so that `import gear` stays light.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -147,8 +146,7 @@ class Server:
             options.update(ssl_key=ssl_key, ssl_cert=ssl_cert, ssl_ca=ssl_ca)
         if statsd_host and not self._gear_model:
             options.update(statsd_host=statsd_host, statsd_port=statsd_port, statsd_prefix=statsd_prefix)
-        known = {f.name for f in dataclasses.fields(ServerConfig)}
-        self.config = ServerConfig(**{k: v for k, v in options.items() if k in known})
+        self.config = ServerConfig(**options)
         self.server = GeartrainServer(self.config)
         self.statsd: Any = None
         self._reporter: Any = None
