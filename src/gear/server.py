@@ -220,6 +220,8 @@ class Server:
         if self.running:
             self.running = False
             self.server.stop()
+            if self._reporter is not None:
+                self._reporter.close()  # the server's thread has ended: the last batch goes from here
 
     def __repr__(self) -> str:
         return f"<gear.Server 0x{id(self):x} port: {self.port}>"

@@ -119,6 +119,7 @@ def test_gear_server_sends_gears_keys_to_statsd(sink, hooked):
     try:
         assert server.statsd is not None  # gear's attribute: the statsd client
         run_one_job("127.0.0.1", server.port)
+        server.shutdown()  # what was counted since the last send goes out as the server stops
         lines = sink.wait_for("zuul.gearman.packet.WORK_COMPLETE:", "zuul.gearman.packet.SUBMIT_JOB:")
         check_gear_keys(lines, "zuul.gearman")
     finally:
