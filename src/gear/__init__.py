@@ -76,6 +76,7 @@ from .packet import (
     WorkersAdminRequest,
 )
 from .server import Server
+from .server_records import ServerAdminRequest, ServerConnection, ServerJob
 from .worker import TextWorker, Worker
 
 __all__ = [
@@ -120,6 +121,9 @@ __all__ = [
     "Packet",
     "RetryIOError",
     "Server",
+    "ServerAdminRequest",
+    "ServerConnection",
+    "ServerJob",
     "ShowJobsAdminRequest",
     "ShowUniqueJobsAdminRequest",
     "StatusAdminRequest",

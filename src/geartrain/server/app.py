@@ -56,6 +56,8 @@ class Server:
             max_unique_length=self.config.max_unique_length,
             max_function_length=self.config.max_function_length,
             max_queued_bytes=self.config.max_queued_bytes,
+            max_idle_functions=self.config.max_idle_functions,
+            exceptions=self.config.exceptions,
             store=self.store,
             acl=self.config.acl,
         )
@@ -67,6 +69,7 @@ class Server:
         )
         self.admin = Admin(self.broker, self)
         LifecycleCommands(self.lifecycle, self).install(self.admin)
+        self.statsd = self._statsd_reporter()
         self.connections: set[GearmanProtocol] = set()
         #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
         self.read_view = memoryview(bytearray(256 * 1024))
@@ -77,6 +80,19 @@ class Server:
         self._timer_when = 0.0
         self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+
+    def _statsd_reporter(self) -> Any:
+        if not self.config.statsd_host:
+            return None
+        try:
+            from .statsd_reporter import StatsdReporter, broker_gauges
+        except ImportError as exc:
+            raise ValueError(f"statsd reporting needs the statsd package ({exc}): pip install 'geartrain[statsd]'")
+
+        reporter = StatsdReporter(self.config.statsd_host, self.config.statsd_port, self.config.statsd_prefix,
+                                  gauges=broker_gauges(self.broker))
+        reporter.instrument(self.broker.handlers)
+        return reporter
 
     def _open_store(self) -> Any:
         if self.config.queue_type == "memory":
@@ -139,6 +155,8 @@ class Server:
             log.info("listening on %s port %d%s", host or "*", listener.sockets[0].getsockname()[1],
                      " (TLS)" if context is not None else "")
         self._timer_changed(self.broker.next_timer())
+        if self.statsd is not None:
+            self.statsd.start(loop)
 
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
@@ -156,6 +174,9 @@ class Server:
         self.listeners.clear()
         if self._timer is not None:
             self._timer.cancel()
+        if self.statsd is not None:
+            self.statsd.close()
+            self.statsd = None
         if self.store is not None:
             await self.store.close()
         if self._stopped is not None:

@@ -199,6 +199,9 @@ class Timer:
 class Broker:
     """The whole job server state and its packet handlers."""
 
+    #: Whether packets of types the protocol does not define reach handle() (gear.Server subclasses add some).
+    decode_unknown_types = False
+
     def __init__(
         self,
         handle_prefix: bytes = b"H:geartrain",
@@ -208,6 +211,8 @@ class Broker:
         max_unique_length: int = 64,
         max_function_length: int = 512,
         max_queued_bytes: int = 0,
+        max_idle_functions: int = 0,
+        exceptions: bool = False,
         clock: Callable[[], float] = time.time,
         store: Any = None,
         acl: Any = None,
@@ -232,6 +237,11 @@ class Broker:
         self.max_function_length = max_function_length
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
+        #: Functions with no job and no worker, longest idle first (entries may be stale); 0: no limit.
+        self.idle: dict[bytes, Function] = {}
+        self.max_idle_functions = max_idle_functions
+        #: Every connection starts with the exceptions option set (gearmand's --exceptions; gear's Server).
+        self.exceptions = exceptions
         self.clock = clock
         self.store = store
         self.acl = acl
@@ -272,6 +282,7 @@ class Broker:
 
     def connect(self, peer_id: int, address: str = "-", subject: str | None = None) -> Peer:
         peer = Peer(self, peer_id, address, subject)
+        peer.exceptions = self.exceptions
         self.peers[peer_id] = peer
         return peer
 
@@ -292,10 +303,9 @@ class Broker:
             self._maybe_forget(function)
         peer.abilities.clear()
         for job in peer.waiting:
-            try:
-                job.clients.remove(peer)  # type: ignore[union-attr]
-            except (ValueError, AttributeError):
-                pass
+            if peer in job.clients:
+                # Every entry: a connection that submitted one unique N times is N clients (see submit()).
+                job.clients = [client for client in job.clients if client is not peer] or NO_CLIENTS
             if not job.clients and not job.background and job.state == QUEUED:
                 self._drop_queued(job)
                 self._end(job)
@@ -320,9 +330,22 @@ class Broker:
         return function
 
     def _maybe_forget(self, function: Function) -> None:
-        """Drop a function record nobody uses (keeps memory bounded under churn of names)."""
-        if not function.jobs and not function.workers and function.max_queue == [0, 0, 0]:
-            self.functions.pop(function.name, None)
+        """Note a function that has no job and no worker left. It stays listed (`status` shows `fn 0 0 0` and
+        `drop function` finds it, as with gearmand); past max_idle_functions the longest idle are forgotten,
+        which keeps memory bounded under churn of names (about 3 KB each)."""
+        if function.jobs or function.workers:
+            return
+        idle = self.idle
+        idle.pop(function.name, None)
+        idle[function.name] = function
+        limit = self.max_idle_functions
+        while limit and len(idle) > limit:
+            name = next(iter(idle))
+            oldest = idle.pop(name)
+            # Entries of functions busy again are stale: skipped, they come back when idle again.
+            if not oldest.jobs and not oldest.workers and oldest.max_queue == [0, 0, 0] \
+                    and self.functions.get(name) is oldest:
+                del self.functions[name]
 
     def name_problem(self, name: bytes) -> tuple[bytes, str] | None:
         """Why a new function name is refused (error code, message), or None. Control characters are refused
@@ -504,7 +527,10 @@ class Broker:
             job = function.uniques.get(key)
             if job is not None:
                 if peer is not None:
-                    if not background and peer not in job.clients:
+                    if not background:
+                        # Once per submit, even from a connection that waits on the job already: gearmand
+                        # answers each submit with its own JOB_CREATED and WORK_* packets, and libgearman
+                        # clients that add one unique twice wait for both.
                         self._add_client(job, peer)
                     self._created(peer, job)
                 return job
@@ -890,6 +916,7 @@ class Broker:
         if function is None or function.workers or function.jobs:
             return False
         del self.functions[name]
+        self.idle.pop(name, None)
         return True
 
     def restore(self, name: bytes, unique: bytes, data: bytes, priority: int, when: float,

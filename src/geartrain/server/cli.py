@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handshake-timeout", type=float, default=10.0, help="TLS handshake timeout, seconds (10)")
     p.add_argument("--max-queued-bytes", type=int, default=2 * 1024 ** 3,
                    help="total queued job data; submits past it get QUEUE_ERROR (2 GiB; 0: no limit)")
+    p.add_argument("--max-idle-functions", type=int, default=10_000,
+                   help="functions with no worker and no job kept listed; past it the longest idle go (0: all)")
+    p.add_argument("--exceptions", action="store_true",
+                   help="pass WORK_EXCEPTION to every client, not only those that asked (as gearmand's)")
+    p.add_argument("--statsd-host", default=os.environ.get("STATSD_HOST"),
+                   help="send gear's statsd metrics to this host (default: $STATSD_HOST; none: off)")
+    p.add_argument("--statsd-port", type=int, default=int(os.environ.get("STATSD_PORT", 8125)),
+                   help="statsd UDP port (default: $STATSD_PORT, else 8125)")
+    p.add_argument("--statsd-prefix", default=os.environ.get("STATSD_PREFIX"),
+                   help="prefix of every statsd key (default: $STATSD_PREFIX)")
     p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "builtin", "libsqlite3"],
                    default=None, help="where background jobs are kept: sqlite (durable, the default) or "
                    "memory (lost when the server stops)")
@@ -111,7 +121,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         output_limit=args.output_limit,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
-        queue_type=queue_type, sqlite_db=sqlite_db,
+        queue_type=queue_type, sqlite_db=sqlite_db, max_idle_functions=args.max_idle_functions,
+        exceptions=args.exceptions,
+        statsd_host=args.statsd_host, statsd_port=args.statsd_port, statsd_prefix=args.statsd_prefix,
         policy_file=checked_policy_file(args.policy_file), result_ttl=args.result_ttl,
         result_max_bytes=args.result_max_bytes, result_max_jobs=args.result_max_jobs,
         dead_letter_max=args.dead_letter_max, dead_letter_max_age=args.dead_letter_max_age,

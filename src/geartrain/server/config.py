@@ -52,6 +52,16 @@ class ServerConfig:
     output_limit: int = 256 * 1024 * 1024
     #: Total bytes of queued job data; submits past it get QUEUE_ERROR. 0 means no limit.
     max_queued_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Functions with no worker and no job stay listed (as gearmand keeps them) up to this many, about 3 KB
+    #: each; past it the longest idle are forgotten. `drop function NAME` removes one. 0 means no limit.
+    max_idle_functions: int = 10_000
+    #: WORK_EXCEPTION reaches every client, not only those that sent OPTION_REQ exceptions (gearmand's
+    #: --exceptions; gear's Server always does so).
+    exceptions: bool = False
+    #: statsd: where gear's metrics go (packet counters and timers, queue gauges); None sends nothing.
+    statsd_host: str | None = None
+    statsd_port: int = 8125
+    statsd_prefix: str | None = None
     #: "memory" or "sqlite".
     queue_type: str = "memory"
     sqlite_db: str | None = None
