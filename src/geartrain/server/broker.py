@@ -16,6 +16,7 @@ from typing import Any
 
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
+from .stats import Stats
 
 log = logging.getLogger("geartrain.broker")
 
@@ -153,7 +154,7 @@ class Job:
 
     __slots__ = (
         "handle", "function", "unique", "key", "data", "priority", "background", "clients", "worker",
-        "numerator", "denominator", "retries", "when", "reducer", "state", "store_ref", "deadline",
+        "numerator", "denominator", "retries", "when", "reducer", "state", "store_ref", "deadline", "stamp",
     )
 
     def __init__(
@@ -178,6 +179,8 @@ class Job:
         self.state = QUEUED
         self.store_ref: Any = None
         self.deadline = 0.0
+        #: When the job was queued, then when it started (kept by Stats for wait and run times).
+        self.stamp = 0.0
 
 
 class Broker:
@@ -220,6 +223,8 @@ class Broker:
         self.store = store
         self.acl = acl
         self.on_timer_change: Callable[[float], None] | None = None
+        #: Counters behind metrics and the dashboard (geartrain.server.stats); None turns counting off.
+        self.stats: Stats | None = Stats(clock)
         self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
             C.CAN_DO: self._can_do,
             C.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -334,6 +339,8 @@ class Broker:
             return
         if self.acl is not None and not self.acl.canRegister(peer.subject, name):
             log.info("%r (%s) may not register %r", peer, peer.subject, name)
+            if self.stats is not None:
+                self.stats.deny("register")
             peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not register {name!r}"))
             return
         function = self.function(name)
@@ -461,14 +468,17 @@ class Broker:
         """Create or join a job and answer JOB_CREATED (or ERROR) to the submitting peer."""
         if peer is not None:
             if name not in self.functions and not self._check_name(peer, name):
+                self._rejected("invalid")
                 return None
             if len(unique) > self.max_unique_length:
+                self._rejected("limit")
                 peer.send(error_packet(
                     b"ARGUMENT_TOO_LARGE",
                     f"unique of {len(unique)} bytes exceeds the limit of {self.max_unique_length}"))
                 return None
             if self.acl is not None and not self.acl.canInvoke(peer.subject, name):
                 log.info("%r (%s) may not invoke %r", peer, peer.subject, name)
+                self._rejected("acl")
                 peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not invoke {name!r}"))
                 return None
         function = self.functions.get(name) or self.function(name)
@@ -485,17 +495,21 @@ class Broker:
             limit = function.max_queue[priority]
             if limit > 0 and function.counts[priority] >= limit:
                 peer.send(error_packet(b"QUEUE_ERROR", f"queue of {name!r} is full"))
+                self._rejected("queue_full")
                 self._maybe_forget(function)
                 return None
             if self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes:
                 peer.send(error_packet(b"QUEUE_ERROR", "the server holds its maximum of queued bytes"))
                 log.warning("refused a job of %r: queued bytes limit reached", name)
+                self._rejected("limit")
                 self._maybe_forget(function)
                 return None
         self.counter += 1
         handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
+        if self.stats is not None:
+            self.stats.submitted(job)
         function.jobs += 1
         self.queued_bytes += len(data)
         if key:
@@ -516,6 +530,12 @@ class Broker:
         else:
             self._enqueue(job)
         return job
+
+    def _rejected(self, reason: str) -> None:
+        if self.stats is not None:
+            self.stats.reject(reason)
+            if reason == "acl":
+                self.stats.deny("invoke")
 
     @staticmethod
     def _add_client(job: Job, peer: Peer) -> None:
@@ -594,6 +614,8 @@ class Broker:
         job.worker = peer
         peer.running[job.handle] = job
         function.running += 1
+        if self.stats is not None:
+            self.stats.started(job)
         timeout = peer.abilities.get(function)
         if timeout:
             job.deadline = self.clock() + timeout
@@ -690,12 +712,16 @@ class Broker:
         job = self._held(peer, args[0], C.WORK_COMPLETE)
         if job is not None:
             self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
+            if self.stats is not None:
+                self.stats.finished(job, "complete")
             self._finish(job)
 
     def _work_fail(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_FAIL)
         if job is not None:
             self._relay(job, C.WORK_FAIL, args[0])
+            if self.stats is not None:
+                self.stats.finished(job, "fail")
             self._finish(job)
 
     def _work_exception(self, peer: Peer, args: tuple[bytes, ...]) -> None:
@@ -703,6 +729,8 @@ class Broker:
         if job is not None:
             self._fail_clients(job, args[1])
             peer.last_exception = job.handle
+            if self.stats is not None:
+                self.stats.finished(job, "exception", args[1])
             self._finish(job)
 
     def _fail_clients(self, job: Job, exception: bytes | None = None) -> None:
@@ -751,7 +779,10 @@ class Broker:
             job.state = DONE
             self._end(job)
             return
-        if self.job_retries and job.retries > self.job_retries:
+        failed = bool(self.job_retries and job.retries > self.job_retries)
+        if self.stats is not None:
+            self.stats.requeued(job, failed)
+        if failed:
             log.warning("job %r failed: %s, requeued more than %d times", job.handle, why, self.job_retries)
             self._fail_clients(job)
             job.state = DONE

@@ -67,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
                    help="SQLite file for the durable queue (default: $XDG_STATE_HOME/geartrain/queue.sqlite3, "
                    "else ~/.local/state/geartrain/queue.sqlite3; the directory is created)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="serve metrics, health, the JSON API, the dashboard and HTTP job submission on this port")
+    p.add_argument("--http-listen", default="", metavar="ADDRESS", help="address of the HTTP listener (all)")
+    p.add_argument("-r", "--protocol", action="append", choices=["http"], default=[],
+                   help="gearmand's spelling: -r http turns the HTTP listener on (port 8080 unless --http-port)")
+    p.add_argument("--http-submit-only", action="store_true",
+                   help="the HTTP port serves gearmand's job submission alone: every path submits")
+    p.add_argument("--http-token-file", help="require Authorization: Bearer <the token in this file> over HTTP")
+    p.add_argument("--http-token-all", action="store_true",
+                   help="require the token on /healthz, /readyz and /metrics too")
+    p.add_argument("--metrics-max-functions", type=int, default=1000,
+                   help="per-function series in /metrics; the rest are summed as function=\"__other__\" (1000)")
+    p.add_argument("--no-stats", dest="stats", action="store_false",
+                   help="keep no job counters (metrics keep only queue gauges); to measure what counting costs")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
     p.add_argument("--version", action="version", version=f"geard (geartrain) {__version__}")
@@ -104,6 +118,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
         queue_type=queue_type, sqlite_db=sqlite_db,
+        http_port=args.http_port if args.http_port is not None else (8080 if args.protocol else None),
+        http_listen=args.http_listen, http_token_file=args.http_token_file, http_token_all=args.http_token_all,
+        http_submit_only=args.http_submit_only, metrics_max_functions=args.metrics_max_functions,
+        stats=args.stats,
     )
 
 
