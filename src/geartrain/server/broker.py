@@ -126,7 +126,8 @@ class Peer:
 class Function:
     """One function name: its three priority queues, its workers and its unique index."""
 
-    __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue")
+    __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue",
+                 "stats")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -143,6 +144,8 @@ class Function:
         self.uniques: dict[bytes, Job] = {}
         #: Maximum queued jobs per priority; 0 is unlimited.
         self.max_queue = [0, 0, 0]
+        #: This name's counters (stats.FunctionStats), kept by the broker's Stats across forget and re-create.
+        self.stats: Any = None
 
     @property
     def queued(self) -> int:
@@ -304,6 +307,8 @@ class Broker:
         function = self.functions.get(name)
         if function is None:
             function = self.functions[name] = Function(name)
+            if self.stats is not None:
+                function.stats = self.stats.of(name)
         return function
 
     def _maybe_forget(self, function: Function) -> None:
