@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from geartrain.protocol import constants as C
 
+from conftest import RunningServer, free_port, stop_process, wait_for_port
 from http_client import metrics, request, value
 from wire import Wire
 
@@ -33,3 +36,36 @@ def test_readyz_is_503_during_a_graceful_shutdown_while_healthz_stays_200(http_s
         assert request(http_server, "/healthz").status == 200
         assert value(metrics(http_server), "geartrain_ready") == 0
         worker.send(C.WORK_COMPLETE, handle, b"done")
+
+
+def test_readyz_is_503_while_the_durable_queue_replays(http_factory, tmp_path):
+    db = str(tmp_path / "queue.sqlite3")
+    first = http_factory(queue_type="sqlite", sqlite_db=db)
+    jobs = 150_000
+    with Wire(first.host, first.port) as client:
+        for start in range(0, jobs, 5000):
+            for i in range(start, start + 5000):
+                client.send(C.SUBMIT_JOB_BG, b"replayed", b"", b"%d" % i)
+            for _ in range(5000):
+                client.expect(C.JOB_CREATED)
+    first.stop()
+    http_port, gearman_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geartrain.server.cli", "-d", "-L", "127.0.0.1", "-p", str(gearman_port),
+         "--queue-type", "sqlite", "--sqlite-db", db, "--http-port", str(http_port), "--http-listen", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # The HTTP port opens before the replay, the Gearman port after it: meanwhile /readyz says 503.
+        wait_for_port("127.0.0.1", http_port, process=process)
+        running = RunningServer("geard", "127.0.0.1", gearman_port, extra={"http_port": http_port})
+        first_answer = request(running, "/readyz")
+        assert first_answer.status == 503, "the replay of 150,000 jobs ended before the first /readyz"
+        assert request(running, "/healthz").status == 200
+        wait_for_port("127.0.0.1", gearman_port, deadline=120, process=process)
+        deadline = time.monotonic() + 60
+        while request(running, "/readyz").status != 200:
+            assert time.monotonic() < deadline, "readyz stayed 503 after the Gearman port opened"
+            time.sleep(0.02)
+        assert value(metrics(running), "geartrain_store_replayed_jobs") == jobs
+    finally:
+        stop_process(process)

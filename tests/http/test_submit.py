@@ -10,7 +10,7 @@ import pytest
 
 from geartrain.protocol import constants as C
 
-from conftest import free_port, start_geard_process, wait_for_port
+from conftest import RunningServer, free_port, start_geard_process, wait_for_port
 from http_client import metrics, request, value
 from wire import Wire
 
@@ -159,3 +159,27 @@ def test_geard_dash_r_http_turns_the_listener_on():
         assert value(metrics(running), "gearman_jobs", function="reverse") == 1
     finally:
         running.stop()
+
+
+def test_a_job_the_durable_store_fails_to_commit_is_refused_with_500(tmp_path):
+    import sqlite3
+
+    from geartrain.server import Server, ServerConfig
+    from geartrain.server.store.sqlite import SQLiteStore
+
+    class FailingStore(SQLiteStore):
+        def write(self, adds, removes):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], http_port=0, http_listen="127.0.0.1",
+                                 queue_type="sqlite", sqlite_db=str(tmp_path / "q.db")))
+    server.store = server.broker.store = FailingStore(tmp_path / "q.db")
+    server.start_in_thread()
+    try:
+        running = RunningServer("geartrain", "127.0.0.1", server.port, server=server)
+        running.extra["http_port"] = server.http.port
+        reply = request(running, "/stored", "POST", b"x", {"X-Gearman-Background": "true"})
+        assert reply.status == 500 and reply.headers["X-Gearman-Error"] == "STORE_FAILED"
+        assert b"not stored" in reply.body
+    finally:
+        server.stop()

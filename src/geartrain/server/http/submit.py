@@ -12,7 +12,8 @@ store holds included, to Exchange.write(). The rules (README, "HTTP: gearmand's 
 - WORK_FAIL and WORK_EXCEPTION: 500 with the same headers (gearmand says 200 for WORK_FAIL: a caller that only
   checks the status would take a failure for a result); the body of WORK_EXCEPTION is the worker's exception.
 - No function name: 404, as gearmand; a body over --max-packet-size: 413; an ERROR from the broker maps to
-  403 (PERMISSION_DENIED), 503 (QUEUE_ERROR, or the server starting or stopping) or 400; X-Gearman-Error names it.
+  403 (PERMISSION_DENIED), 503 (QUEUE_ERROR, or the server starting or stopping), 500 (the durable store failed
+  to commit the job) or 400; X-Gearman-Error names it.
 - A client that disconnects while waiting is a Gearman client that disconnects: a job only it waited for is
   dropped if still queued; a running one finishes and its result is discarded.
 """
@@ -34,7 +35,8 @@ log = logging.getLogger("geartrain.http")
 
 PRIORITIES = {"high": C.PRIORITY_HIGH, "low": C.PRIORITY_LOW}
 #: Broker ERROR codes -> HTTP status.
-ERROR_STATUS = {b"PERMISSION_DENIED": 403, b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 413}
+ERROR_STATUS = {b"PERMISSION_DENIED": 403, b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 413,
+                b"SHUTTING_DOWN": 503, b"STORE_FAILED": 500}
 
 #: Peer ids of HTTP submissions, far above any file descriptor number.
 _ids = itertools.count(1 << 40)
@@ -44,7 +46,6 @@ class Exchange:
     """The broker-side connection of one HTTP submission: decodes the packets the broker sends it."""
 
     kind = "http"
-    transport = None  # nothing to abort: a store failure ends the request through close()
     tls = None
 
     def __init__(self, background: bool) -> None:
@@ -55,6 +56,8 @@ class Exchange:
         self.command = ""
         self.error: tuple[bytes, str] | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        #: What the server aborts when the store fails to commit this peer's job (GroupCommitStore._failed).
+        self.transport = self
 
     def write(self, chunks: list[bytes]) -> None:
         for event in self.decoder.feed(b"".join(chunks)):
@@ -85,12 +88,16 @@ class Exchange:
             self.command = command
             self.done.set_result(command)
 
-    def close(self, why: str) -> None:
-        """End the request without a result (the server stops)."""
+    def close(self, why: str, code: bytes = b"SHUTTING_DOWN") -> None:
+        """End the request without a result (the server stops, or the store failed)."""
         if not self.done.done():
-            self.error = (b"SHUTTING_DOWN", why)
+            self.error = (code, why)
             self.command = "ERROR"
             self.done.set_result("ERROR")
+
+    def abort(self) -> None:
+        self.close("the durable store failed to commit the job: it was not stored and will not run",
+                   b"STORE_FAILED")
 
 
 def _text(status: int, message: str, **headers: str) -> web.Response:
@@ -150,7 +157,7 @@ class Submissions:
         if command == "ERROR":
             assert exchange.error is not None
             code, message = exchange.error
-            status = 503 if code == b"SHUTTING_DOWN" else ERROR_STATUS.get(code, 400)
+            status = ERROR_STATUS.get(code, 400)
             return _text(status, message, **{"X-Gearman-Error": code.decode("ascii", "replace")})
         headers = {"X-Gearman-Job-Handle": exchange.handle.decode("ascii", "replace"),
                    "X-Gearman-Command": command}
