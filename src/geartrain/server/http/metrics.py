@@ -8,7 +8,9 @@ their own label value, the rest are summed under function="__other__".
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
+from operator import add
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
@@ -16,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ... import __version__
+from ..broker import Function
 from ..stats import RESULTS, FunctionStats, Histogram
 from .views import PRIORITY_NAMES, connection_kind, label, oldest_waiting
 
@@ -35,17 +38,6 @@ class FunctionRow:
         self.oldest = 0.0
         self.stats: FunctionStats | None = None
 
-    def add(self, other: FunctionRow) -> None:
-        for i in range(3):
-            self.waiting[i] += other.waiting[i]
-        self.running += other.running
-        self.workers += other.workers
-        self.oldest = max(self.oldest, other.oldest)
-        if other.stats is not None:
-            if self.stats is None:
-                self.stats = FunctionStats()
-            self.stats.add(other.stats)
-
 
 class BrokerCollector(Collector):
     """Everything geard knows, as Prometheus families, read from `server` when scraped."""
@@ -55,48 +47,76 @@ class BrokerCollector(Collector):
         self.max_functions = max_functions
 
     def rows(self) -> dict[str, FunctionRow]:
-        """Per-function rows, at most max_functions of them plus __other__."""
+        """Per-function rows, at most max_functions of them plus __other__ (the sum of the rest)."""
         broker = self.server.broker
         stats = broker.stats
+        functions = broker.functions
+        counters = stats.functions if stats is not None else {}
+        names = functions.keys() | counters.keys()
+        if len(names) > self.max_functions:
+            # The busiest keep their own series: ranked by jobs ever submitted, then jobs and workers now.
+            def activity(name: bytes) -> tuple[int, int, bytes]:
+                fstats, function = counters.get(name), functions.get(name)
+                submitted = fstats.submitted[0] + fstats.submitted[1] if fstats is not None else 0
+                live = function.jobs + len(function.workers) if function is not None else 0
+                return (-submitted, -live, name)
+
+            kept = heapq.nsmallest(self.max_functions, names, key=activity)
+            rest = names - set(kept)
+        else:
+            kept, rest = sorted(names), set()
         now = broker.clock()
-        rows: dict[bytes, FunctionRow] = {}
-        for name, function in broker.functions.items():
-            row = rows[name] = FunctionRow()
+        out = {label(name): self._row(functions.get(name), counters.get(name), now) for name in kept}
+        folded = stats.other if stats is not None and stats.other.submitted != [0, 0] else None
+        if rest or folded is not None:
+            out[OTHER_LABEL] = self._sum([functions[n] for n in rest if n in functions],
+                                         [counters[n] for n in rest if n in counters] + ([folded] if folded else []),
+                                         now, stats is not None)
+        return out
+
+    def _row(self, function: Function | None, fstats: FunctionStats | None, now: float) -> FunctionRow:
+        row = FunctionRow()
+        if function is not None:
             row.waiting = list(function.counts)
             row.running = function.running
             row.workers = len(function.workers)
-            if stats is not None:
+            if fstats is not None:
                 row.oldest = oldest_waiting(function, now)
-        if stats is not None:
-            for name, fstats in stats.functions.items():
-                row = rows.get(name)
-                if row is None:
-                    row = rows[name] = FunctionRow()
-                row.stats = fstats
-        out: dict[str, FunctionRow] = {}
-        if len(rows) <= self.max_functions:
-            kept, rest = list(rows.items()), []
-        else:
-            # The busiest keep their own series: ranked by jobs ever submitted, then jobs and workers now.
-            def activity(item: tuple[bytes, FunctionRow]) -> tuple[int, int, bytes]:
-                name, row = item
-                submitted = sum(row.stats.submitted) if row.stats is not None else 0
-                return (-submitted, -(sum(row.waiting) + row.running + row.workers), name)
+        row.stats = fstats
+        return row
 
-            ranked = sorted(rows.items(), key=activity)
-            kept, rest = ranked[:self.max_functions], ranked[self.max_functions:]
-        for name, row in kept:
-            out[label(name)] = row
-        if rest or (stats is not None and stats.other.submitted != [0, 0]):
-            other = FunctionRow()
-            for _, row in rest:
-                other.add(row)
-            if stats is not None:
-                folded = FunctionRow()
-                folded.stats = stats.other
-                other.add(folded)
-            out[OTHER_LABEL] = other
-        return out
+    @staticmethod
+    def _sum(functions: list[Function], counters: list[FunctionStats], now: float, counting: bool) -> FunctionRow:
+        """One row summing many functions (a scrape may fold 100,000 of them: one pass, C-level additions)."""
+        row = FunctionRow()
+        waiting, running, workers, oldest = [0, 0, 0], 0, 0, 0.0
+        for function in functions:
+            waiting = list(map(add, waiting, function.counts))
+            running += function.running
+            workers += len(function.workers)
+            if counting and function.queued:
+                oldest = max(oldest, oldest_waiting(function, now))
+        row.waiting, row.running, row.workers, row.oldest = waiting, running, workers, oldest
+        if counting:
+            total = row.stats = FunctionStats()
+            submitted, retries = [0, 0], 0
+            finished = dict.fromkeys(RESULTS, 0)
+            wait, run = total.wait, total.run
+            wait_counts, run_counts = wait.counts, run.counts
+            for fstats in counters:
+                submitted = list(map(add, submitted, fstats.submitted))
+                for result, count in fstats.finished.items():
+                    finished[result] += count
+                retries += fstats.retries
+                if fstats.wait.total or any(fstats.wait.counts):
+                    wait_counts = list(map(add, wait_counts, fstats.wait.counts))
+                    wait.total += fstats.wait.total
+                if fstats.run.total or any(fstats.run.counts):
+                    run_counts = list(map(add, run_counts, fstats.run.counts))
+                    run.total += fstats.run.total
+            wait.counts, run.counts = wait_counts, run_counts
+            total.submitted, total.finished, total.retries = submitted, finished, retries
+        return row
 
     def collect(self) -> Iterator[Metric]:
         server = self.server
@@ -206,14 +226,32 @@ def _histogram(family: HistogramMetricFamily, name: str | None, histogram: Histo
     family.add_metric([name] if name is not None else [], histogram.cumulative(), sum_value=histogram.total)
 
 
-def metrics_registry(server: Any, max_functions: int) -> CollectorRegistry:
-    """A registry of its own (never the global one): the broker collector plus process and platform metrics."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(BrokerCollector(server, max_functions))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    return registry
+class Snapshot(Collector):
+    """Families read on the loop, handed to a thread to be formatted."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
-def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+class Exposition:
+    """/metrics in two steps: read the broker on the loop (collect), format the text off it (render), so that a
+    scrape of a thousand functions' series does not hold the loop while it is formatted."""
+
+    def __init__(self, server: Any, max_functions: int) -> None:
+        self.broker_collector = BrokerCollector(server, max_functions)
+        self.process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.process)
+        PlatformCollector(registry=self.process)
+
+    def collect(self) -> list[Metric]:
+        """On the loop thread: the broker's families, as values."""
+        return list(self.broker_collector.collect())
+
+    def render(self, families: list[Metric]) -> bytes:
+        """On any thread: the text format of those families and the process metrics."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Snapshot(families))
+        return generate_latest(registry) + generate_latest(self.process)

@@ -11,6 +11,7 @@ http_submit_only (gearmand's -r http alone) every path and method submits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from .api import Api
-from .metrics import metrics_registry, render
+from .metrics import Exposition
 from .security import http_ssl_context, load_token, token_middleware
 from .submit import Submissions
 
@@ -36,7 +37,7 @@ class HttpService:
         self.server = server
         self.submissions = Submissions(server)
         self.api = Api(server)
-        self.registry = metrics_registry(server, config.metrics_max_functions)
+        self.exposition = Exposition(server, config.metrics_max_functions)
         middlewares = []
         if config.http_token_file:
             middlewares.append(token_middleware(load_token(config.http_token_file), config.http_token_all))
@@ -91,7 +92,9 @@ class HttpService:
         return web.Response(status=503, text="not ready: starting (replaying the durable queue) or stopping\n")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=render(self.registry), headers={"Content-Type": METRICS_TYPE})
+        families = self.exposition.collect()
+        body = await asyncio.get_running_loop().run_in_executor(None, self.exposition.render, families)
+        return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
 
     async def dashboard(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
