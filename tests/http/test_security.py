@@ -127,3 +127,16 @@ def test_tls_handshake_failures_on_the_gearman_port_are_counted(http_factory, tm
     context.load_cert_chain(client_cert, client_key)
     body = request(server, "/metrics", scheme="https", context=context).body.decode()
     assert "geartrain_tls_handshake_failures_total 1.0" in body
+
+
+def test_geard_refuses_to_start_with_a_bad_token_file(tmp_path):
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    result = subprocess.run([sys.executable, "-m", "geartrain.server.cli", "-d", "--queue-type", "memory",
+                             "--http-port", "0", "--http-token-file", str(empty)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "is empty: put the bearer token in it" in result.stderr

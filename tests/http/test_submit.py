@@ -183,3 +183,18 @@ def test_a_job_the_durable_store_fails_to_commit_is_refused_with_500(tmp_path):
         assert b"not stored" in reply.body
     finally:
         server.stop()
+
+
+def test_geard_command_line_spellings_of_the_http_listener():
+    from geartrain.server.cli import build_parser, config_from_args
+
+    def config(*argv: str):
+        return config_from_args(build_parser().parse_args(["--queue-type", "memory", *argv]))
+
+    assert config().http_port is None  # off by default
+    assert config("-r", "http").http_port == 8080  # gearmand's default port for its HTTP plugin
+    assert config("-r", "http", "--http-port", "9000").http_port == 9000
+    plain = config("--http-port", "0", "--http-listen", "::1", "--http-submit-only", "--metrics-max-functions", "7",
+                   "--no-stats", "--http-token-all")
+    assert (plain.http_port, plain.http_listen, plain.http_submit_only, plain.metrics_max_functions, plain.stats,
+            plain.http_token_all) == (0, "::1", True, 7, False, True)

@@ -103,6 +103,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         from .acl import load_acl_file
 
         acl = load_acl_file(args.acl)
+    token_file = os.path.abspath(args.http_token_file) if args.http_token_file else None
+    if token_file:
+        from .http.security import load_token
+
+        load_token(token_file)  # a missing or empty token file stops geard before it starts
     ssl_listen = [(host, args.ssl_port) for host in hosts] if args.ssl_port else []
     plain_tls = args.ssl_port is None
     return ServerConfig(
@@ -119,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
         queue_type=queue_type, sqlite_db=sqlite_db,
         http_port=args.http_port if args.http_port is not None else (8080 if args.protocol else None),
-        http_listen=args.http_listen, http_token_file=args.http_token_file, http_token_all=args.http_token_all,
+        http_listen=args.http_listen, http_token_file=token_file, http_token_all=args.http_token_all,
         http_submit_only=args.http_submit_only, metrics_max_functions=args.metrics_max_functions,
         stats=args.stats,
     )
