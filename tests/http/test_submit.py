@@ -198,3 +198,13 @@ def test_geard_command_line_spellings_of_the_http_listener():
                    "--no-stats", "--http-token-all")
     assert (plain.http_port, plain.http_listen, plain.http_submit_only, plain.metrics_max_functions, plain.stats,
             plain.http_token_all) == (0, "::1", True, 7, False, True)
+
+
+def test_background_submissions_go_through_the_durable_store(http_factory, tmp_path):
+    server = http_factory(queue_type="sqlite", sqlite_db=str(tmp_path / "q.sqlite3"))
+    for i in range(3):
+        reply = request(server, "/durable", "POST", b"%d" % i, {"X-Gearman-Background": "true"})
+        assert reply.status == 200
+        samples = metrics(server)
+        assert value(samples, "geartrain_store_pending") == 0
+        assert value(samples, "geartrain_store_jobs") == i + 1
