@@ -38,13 +38,6 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def add(self, other: Histogram) -> None:
-        """Fold another histogram with the same bounds into this one (summing functions past the cap)."""
-        counts = self.counts
-        for i, n in enumerate(other.counts):
-            counts[i] += n
-        self.total += other.total
-
     @property
     def count(self) -> int:
         return sum(self.counts)
@@ -71,15 +64,6 @@ class FunctionStats:
         self.retries = 0
         self.wait = Histogram(JOB_SECONDS)
         self.run = Histogram(JOB_SECONDS)
-
-    def add(self, other: FunctionStats) -> None:
-        self.submitted[0] += other.submitted[0]
-        self.submitted[1] += other.submitted[1]
-        for result, n in other.finished.items():
-            self.finished[result] += n
-        self.retries += other.retries
-        self.wait.add(other.wait)
-        self.run.add(other.run)
 
     @property
     def finished_total(self) -> int:
