@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dead-letter-max-bytes", type=int, default=256 * 1024 ** 2,
                    help="payload bytes of all dead letters together (256 MiB; 0: no limit)")
     p.add_argument("--dead-letter-max-age", type=float, default=0.0, help="seconds dead letters are kept (0: ever)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="serve metrics, health, the JSON API, the dashboard and HTTP job submission on this port")
+    p.add_argument("--http-listen", default="", metavar="ADDRESS", help="address of the HTTP listener (all)")
+    p.add_argument("-r", "--protocol", action="append", choices=["http"], default=[],
+                   help="gearmand's spelling: -r http turns the HTTP listener on (port 8080 unless --http-port)")
+    p.add_argument("--http-submit-only", action="store_true",
+                   help="the HTTP port serves gearmand's job submission alone: every path submits")
+    p.add_argument("--http-token-file", help="require Authorization: Bearer <the token in this file> over HTTP")
+    p.add_argument("--http-token-all", action="store_true",
+                   help="require the token on /healthz, /readyz and /metrics too")
+    p.add_argument("--metrics-max-functions", type=int, default=1000,
+                   help="per-function series in /metrics; the rest are summed as function=\"__other__\" (1000)")
+    p.add_argument("--no-stats", dest="stats", action="store_false",
+                   help="keep no job counters (metrics keep only queue gauges); to measure what counting costs")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
     p.add_argument("--version", action="version", version=f"geard (geartrain) {__version__}")
@@ -107,6 +121,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         from .acl import load_acl_file
 
         acl = load_acl_file(args.acl)
+    token_file = os.path.abspath(args.http_token_file) if args.http_token_file else None
+    if token_file:
+        from .http.security import load_token
+
+        load_token(token_file)  # a missing or empty token file stops geard before it starts
     ssl_listen = [(host, args.ssl_port) for host in hosts] if args.ssl_port else []
     plain_tls = args.ssl_port is None
     return ServerConfig(
@@ -128,6 +147,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         result_max_bytes=args.result_max_bytes, result_max_jobs=args.result_max_jobs,
         dead_letter_max=args.dead_letter_max, dead_letter_max_age=args.dead_letter_max_age,
         dead_letter_max_bytes=args.dead_letter_max_bytes,
+        http_port=args.http_port if args.http_port is not None else (8080 if args.protocol else None),
+        http_listen=args.http_listen, http_token_file=token_file, http_token_all=args.http_token_all,
+        http_submit_only=args.http_submit_only, metrics_max_functions=args.metrics_max_functions,
+        stats=args.stats,
     )
 
 
