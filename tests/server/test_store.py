@@ -23,10 +23,10 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, DEADLINE))
 
 
-async def started(path: Path, store_class: type[SQLiteStore] = SQLiteStore) -> tuple[Broker, SQLiteStore]:
+async def started(path: Path, store_class: type[SQLiteStore] = SQLiteStore, **state) -> tuple[Broker, SQLiteStore]:
     store = store_class(path)
     broker = Broker(b"H:test", store=store)
-    await store.start(SimpleNamespace(broker=broker))
+    await store.start(SimpleNamespace(broker=broker, **state))
     return broker, store
 
 
@@ -345,10 +345,9 @@ def test_a_failed_commit_cuts_off_the_clients_it_would_have_acknowledged(tmp_pat
             raise sqlite3.OperationalError("database or disk is full")
 
     async def main() -> None:
-        broker, store = await started(tmp_path / "q.db", FailingStore)
-        client = broker.connect(1)
         aborted = []
-        client.conn = SimpleNamespace(transport=SimpleNamespace(abort=lambda: aborted.append(True)))
+        broker, store = await started(tmp_path / "q.db", FailingStore, cut_off=lambda peer: aborted.append(True))
+        client = broker.connect(1)
         broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"", b"x"))
         await durable(store)
         assert aborted == [True] and store.holds(client)  # never released: the connection goes

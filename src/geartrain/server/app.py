@@ -1,4 +1,4 @@
-"""Server: listeners, the flush pass, timers, start/stop in a loop or a thread, graceful shutdown."""
+"""Server: listeners, lifecycle (start/stop in a loop or a thread, graceful shutdown), signals and timers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from .admin import Admin
 from .broker import Broker
 from .config import ServerConfig
-from .transport import GearmanProtocol
+from .transport import GearmanProtocol, ServerState
 
 log = logging.getLogger("geartrain.server")
 
@@ -58,12 +58,11 @@ class Server:
             acl=self.config.acl,
         )
         self.admin = Admin(self.broker, self)
-        self.connections: set[GearmanProtocol] = set()
-        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
-        self.read_view = memoryview(bytearray(256 * 1024))
+        #: What the connections see (transport.py): config, broker, admin, store, connections; the flush pass.
+        self.state = ServerState(self.config, self.broker, self.admin, self.store)
+        self.connections: set[GearmanProtocol] = self.state.connections
         self.listeners: list[asyncio.base_events.Server] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._stopped: asyncio.Event | None = None
@@ -99,11 +98,11 @@ class Server:
 
     async def start(self) -> None:
         """Listen on every configured address (call inside the loop that will run the server)."""
-        loop = self.loop = asyncio.get_running_loop()
+        loop = self.loop = self.state.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self.broker.on_timer_change = self._timer_changed
         if self.store is not None:
-            await self.store.start(self)
+            await self.store.start(self.state)
         config = self.config
         ssl_context = None
         if config.ssl_key and config.ssl_cert:
@@ -121,7 +120,7 @@ class Server:
             secure = [(host, port, tls) for host, port in config.ssl_listen]
         for host, port, context in plain + secure:
             listener = await loop.create_server(
-                lambda context=context: GearmanProtocol(self, context), host or None, port,
+                lambda context=context: GearmanProtocol(self.state, context), host or None, port,
                 reuse_address=True, backlog=1024,
                 family=socket.AF_INET6 if ":" in host else socket.AF_UNSPEC,
             )
@@ -248,29 +247,7 @@ class Server:
         thread.join(timeout)
         self._thread = None
 
-    # ------------------------------------------------------------------ output and timers
-
-    def schedule_flush(self) -> None:
-        if not self._flush_scheduled and self.broker.dirty:
-            self._flush_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write every peer's collected output: one write per connection per loop pass."""
-        self._flush_scheduled = False
-        dirty = self.broker.dirty
-        if not dirty:
-            return
-        store = self.store
-        if store is not None and store.pending():
-            store.commit_then(self.flush)
-        self.broker.dirty = []
-        for peer in dirty:
-            if peer.out and not peer.closed and (store is None or not store.holds(peer)):
-                peer.conn.write(peer.take_chunks())
-            elif peer.out and not peer.closed:
-                self.broker.dirty.append(peer)
+    # ------------------------------------------------------------------ timers
 
     def _timer_changed(self, when: float | None) -> None:
         if when is None or self.loop is None:
@@ -286,7 +263,7 @@ class Server:
     def _on_timer(self) -> None:
         self._timer = None
         self.broker.run_timers()
-        self.schedule_flush()
+        self.state.schedule_flush()
         following = self.broker.next_timer()
         if following is not None:
             self._timer_changed(following)

@@ -128,6 +128,7 @@ class GroupCommitStore(Store):
         self._held: dict[Any, int] = {}
         # Peers whose JOB_CREATED was in a batch that failed to commit: cut off, never released.
         self._doomed: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._cut_off: Callable[[Any], None] | None = None
         self._closing = False
         self._idle: asyncio.Event | None = None
         self.commits = 0  # batches committed (statistics, tests)
@@ -165,6 +166,7 @@ class GroupCommitStore(Store):
             await self._shutdown_executor()
             raise
         broker = server.broker
+        self._cut_off = getattr(server, "cut_off", None)
         duplicates = []
         last = 0
         for stored in jobs:
@@ -321,10 +323,8 @@ class GroupCommitStore(Store):
         for peer in doomed:
             self._doomed.add(peer)
             del self._held[peer]
-            conn = getattr(peer, "conn", None)
-            transport = getattr(conn, "transport", None)
-            if transport is not None:
-                transport.abort()
+            if self._cut_off is not None:
+                self._cut_off(peer)
 
 
 def default_sqlite_path() -> Path:
