@@ -80,17 +80,14 @@ class ServerState:
         that is not durable yet) what comes before that acknowledgement."""
         store = self.store
         if store is not None and store.holds(peer):
-            return
-        chunks = peer.take_chunks()
+            chunks = store.release(peer)
+            if not chunks:
+                return
+        else:
+            chunks = peer.take_chunks()
         conn = peer.conn
         if conn is not None:
             conn.write(chunks)
-
-    def cut_off(self, peer: Peer) -> None:
-        """Close a peer's connection at once (the store's way to drop a client it cannot answer)."""
-        conn = peer.conn
-        if conn is not None and conn.transport is not None:
-            conn.transport.abort()
 
 
 def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval: int, count: int) -> None:
