@@ -287,6 +287,30 @@ def test_a_file_that_is_no_database_is_refused_untouched(tmp_path):
     assert db.read_bytes() == before
 
 
+@pytest.mark.parametrize("layout", [
+    pytest.param(["CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)"], id="foreign"),
+    pytest.param([f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, function BLOB, data BLOB)"], id="older"),
+    pytest.param([f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, function BLOB, unique_key BLOB, priority INTEGER,"
+                  " when_to_run REAL, reducer BLOB, data BLOB)", "CREATE TABLE extra (x)",
+                  "PRAGMA user_version=1"], id="ours-plus-another"),
+    pytest.param(["CREATE TABLE gearman_queue (name TEXT)"], id="gearmand-table-of-another-shape"),
+])
+def test_a_file_of_another_table_layout_is_refused_in_one_line_and_left_unchanged(tmp_path, layout):
+    db = tmp_path / "q.db"
+    conn = sqlite3.connect(str(db))
+    for statement in layout:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError) as caught:
+        run(started(db))
+    message = str(caught.value)
+    assert "table layout this geartrain does not use" in message and "left unchanged" in message
+    assert "--sqlite-db" in message and "gearman_queue" in message and "\n" not in message
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["q.db"]
+
+
 def test_a_second_server_on_the_same_file_is_refused(tmp_path):
     async def main() -> None:
         broker, store = await started(tmp_path / "q.db")

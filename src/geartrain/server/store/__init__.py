@@ -229,6 +229,10 @@ class GroupCommitStore(Store):
         self.open_engine()
         self.write(rows, [])
 
+    def reserve_refs(self, highest: int) -> None:
+        """Refs up to `highest` are taken by rows load() did not return (new jobs get higher ones)."""
+        self._next_ref = max(self._next_ref, highest + 1)
+
     def idle_engine(self) -> None:
         """Nothing was written for idle_delay seconds: a moment to tidy up (checkpoint) and check_engine()."""
         self.check_engine()
