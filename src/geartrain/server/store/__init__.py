@@ -229,6 +229,11 @@ class GroupCommitStore(Store):
         self.open_engine()
         self.write(rows, [])
 
+    def discard(self, refs: list[int]) -> None:
+        """Right after a failed write: make sure no row of it survives (a failed sync may have left the batch
+        readable after a crash). Must write something even when none of the rows exists."""
+        self.write([], refs)
+
     def reserve_refs(self, highest: int) -> None:
         """Refs up to `highest` are taken by rows load() did not return (new jobs get higher ones)."""
         self._next_ref = max(self._next_ref, highest + 1)
@@ -424,7 +429,15 @@ class GroupCommitStore(Store):
             log.warning("recreated the store %s with the %d jobs it held", self.location, len(rebuild))
         self.check_engine()
         if adds or removes:
-            self.write(adds, removes)
+            try:
+                self.write(adds, removes)
+            except BaseException:
+                if adds:
+                    try:
+                        self.discard([row[0] for row in adds])
+                    except Exception as exc:  # the same fault, most likely: the next batch deletes them again
+                        log.debug("discarding the rows of a failed batch: %s", exc)
+                raise
 
     def _done(self, seq: int, future: asyncio.Future, adds: list[Row], jobs: list[Any],
               removes: list[int]) -> None:

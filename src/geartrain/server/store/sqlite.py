@@ -339,6 +339,22 @@ class SQLiteStore(GroupCommitStore):
         if self._identity[1] is None:  # the first write made the log
             self._identity = self._identities()
 
+    def discard(self, refs: list[int]) -> None:
+        # A transaction that writes a page whatever the rows: its frames overwrite the failed batch's in the log,
+        # which breaks their checksum chain, so a crash cannot bring that batch back.
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            for start in range(0, len(refs), self._rows_per_statement * 7):
+                chunk = refs[start:start + self._rows_per_statement * 7]
+                conn.execute(f"DELETE FROM {TABLE} WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     def _statement(self, kind: str, rows: int) -> str:
         sql = self._statements.get((kind, rows))
         if sql is None:
