@@ -15,6 +15,7 @@ from typing import Any
 from .admin import Admin
 from .broker import Broker
 from .config import ServerConfig
+from .memory import return_large_buffers
 from .transport import GearmanProtocol, ServerState
 
 log = logging.getLogger("geartrain.server")
@@ -193,6 +194,7 @@ class Server:
             # generation less often, and leave start-up objects out of every collection.
             gc.freeze()
             gc.set_threshold(20_000, 50, 100)
+            return_large_buffers()
             loop.run_until_complete(self.wait_stopped())
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())

@@ -55,6 +55,11 @@ EXPECTED_COLUMNS = ["id", "function", "unique_key", "priority", "when_to_run", "
 _SELECT = f"SELECT id, function, unique_key, priority, when_to_run, reducer, data FROM {TABLE} ORDER BY id"
 _INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
           "VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EMPTY = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
+                "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"
+#: Job data at least this large is written through a blob handle: SQLite keeps a copy of every bound parameter in
+#: a cached statement until it is bound again, which would hold large payloads long after their jobs ended.
+LARGE_DATA = 16 * 1024
 _DELETE = f"DELETE FROM {TABLE} WHERE id = ?"
 
 
@@ -315,8 +320,18 @@ class SQLiteStore(GroupCommitStore):
         # Many rows per statement: the sqlite3 module lets go of the GIL around every step, and taking it back
         # while the event loop thread is busy can cost a whole switch interval, so few steps it is.
         conn = self._conn()
+        blobopen = getattr(conn, "blobopen", None)  # Python 3.11+
+        large: list[Row] = []
+        if blobopen is not None and any(len(row[6]) >= LARGE_DATA for row in adds):
+            large = [row for row in adds if len(row[6]) >= LARGE_DATA]
+            adds = [row for row in adds if len(row[6]) < LARGE_DATA]
         conn.execute("BEGIN")
         try:
+            for row in large:
+                # Written through a blob handle: a bound parameter would stay copied in the cached statement.
+                conn.execute(_INSERT_EMPTY, (*row[:6], len(row[6])))
+                with blobopen(TABLE, "data", row[0]) as blob:
+                    blob.write(row[6])
             start = 0
             for size in chunk_sizes(len(adds), self._rows_per_statement):
                 params = [value for row in adds[start:start + size] for value in row]
