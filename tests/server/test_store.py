@@ -424,6 +424,28 @@ def test_a_failed_batch_is_refused_job_by_job_and_the_next_one_is_acknowledged(t
     assert [r[-1] for r in rows(tmp_path / "q.db")] == [b"second"]
 
 
+def test_a_submit_joining_a_job_of_an_earlier_failing_batch_gets_that_jobs_refusal(tmp_path):
+    async def main() -> None:
+        broker, store = await started(tmp_path / "q.db", FlakyStore)
+        store.failing = {1}
+        store.gate.clear()
+        one, two = broker.connect(1), broker.connect(2)
+        broker.handle(one, C.SUBMIT_JOB_BG, (b"f", b"a", b"x"))  # batch 1, which fails
+        store.commit_then(lambda: None)
+        await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, DEADLINE)
+        broker.handle(two, C.SUBMIT_JOB_BG, (b"f", b"b", b"y"))  # batch 2
+        broker.handle(two, C.SUBMIT_JOB_BG, (b"f", b"a", b"x"))  # joins "a", whose batch 1 is being written
+        store.gate.set()
+        await durable(store)
+        replies = {peer.id: Decoder(accept=C.RES).feed(b"".join(store.release(peer))) for peer in (one, two)}
+        assert [e.ptype for e in replies[1]] == [C.ERROR]
+        assert [e.ptype for e in replies[2]] == [C.JOB_CREATED, C.ERROR]
+        assert [j.unique for j in broker.jobs.values()] == [b"b"]
+        await store.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("error, words", [
     (sqlite3.OperationalError("database or disk is full"), b"disk full"),
     (sqlite3.OperationalError("disk I/O error"), b"I/O error"),

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...protocol.codec import pack
+from ...protocol.constants import JOB_CREATED, RES
 from ..broker import error_packet
 
 log = logging.getLogger("geartrain.store")
@@ -148,17 +150,6 @@ class Store(abc.ABC):
 Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
 
 
-class _Ack:
-    """A JOB_CREATED waiting in a peer's output: the batch it waits for, its index in peer.out, its job."""
-
-    __slots__ = ("target", "position", "job")
-
-    def __init__(self, target: int, position: int, job: Any) -> None:
-        self.target = target
-        self.position = position
-        self.job = job
-
-
 class GroupCommitStore(Store):
     """Batching, holds and replay for engines whose writes block: subclasses give the four blocking methods.
 
@@ -189,8 +180,10 @@ class GroupCommitStore(Store):
         self._committed = 0
         self._kick_scheduled = False
         self._callbacks: dict[int, list[Callable[[], None]]] = {}
-        #: peer -> its acknowledgements waiting for a commit, in output order.
-        self._held: dict[Any, deque[_Ack]] = {}
+        #: peer -> gates on its output: [batch, index in peer.out of the first JOB_CREATED waiting for it], in
+        #: output order with rising batches (a JOB_CREATED waiting for an earlier batch than one before it in
+        #: the output needs no gate of its own: the earlier gate holds it, and batches commit in order).
+        self._held: dict[Any, deque[list[int]]] = {}
         #: The engine's file was lost (StoreLost): the next commit recreates it with every stored job.
         self._lost = False
         self._closing = False
@@ -362,19 +355,20 @@ class GroupCommitStore(Store):
     def hold(self, peer: Any, job: Any) -> None:
         # The job's row is in the batch being gathered, or else in the one being written.
         target = self._seq if job.store_ref in self._adds else (self._inflight or self._seq)
-        acks = self._held.get(peer)
-        if acks is None:
-            acks = self._held[peer] = deque()
-        acks.append(_Ack(target, len(peer.out), job))
+        gates = self._held.get(peer)
+        if gates is None:
+            self._held[peer] = deque(([target, len(peer.out)],))
+        elif gates[-1][0] < target:
+            gates.append([target, len(peer.out)])
 
     def holds(self, peer: Any) -> bool:
-        acks = self._held.get(peer)
-        if acks is None:
+        gates = self._held.get(peer)
+        if gates is None:
             return False
         committed = self._committed
-        while acks and acks[0].target <= committed:
-            acks.popleft()
-        if acks:
+        while gates and gates[0][0] <= committed:
+            gates.popleft()
+        if gates:
             return True
         del self._held[peer]
         return False
@@ -382,15 +376,15 @@ class GroupCommitStore(Store):
     def release(self, peer: Any) -> list[bytes]:
         if not self.holds(peer):
             return peer.take_chunks()
-        acks = self._held[peer]
-        count = acks[0].position
+        gates = self._held[peer]
+        count = gates[0][1]
         if not count:
             return []
         out = peer.out
         chunks = out[:count]
         del out[:count]
-        for ack in acks:
-            ack.position -= count
+        for gate in gates:
+            gate[1] -= count
         return chunks
 
     # ------------------------------------------------------------------ commits
@@ -487,11 +481,12 @@ class GroupCommitStore(Store):
         self._retry.extend(row[0] for row in adds)
         refusal = error_packet(b"QUEUE_ERROR", f"the job was not stored: {reason}; it will not run, "
                                                "submit it again later")
-        for peer, acks in self._held.items():
+        announced = {pack(RES, JOB_CREATED, job.handle) for job in jobs}
+        for peer, gates in self._held.items():
             out = peer.out
-            for ack in acks:
-                if ack.target == seq and ack.position < len(out):
-                    out[ack.position] = refusal
+            for index in range(gates[0][1], len(out)):  # only held output can announce a job of this batch
+                if out[index] in announced:
+                    out[index] = refusal
         broker = self.broker
         if broker is not None:
             for job in jobs:
