@@ -520,6 +520,8 @@ class GroupCommitStore(Store):
                 self._start_commit()
         elif exc is not None:
             log.warning("tidying the store %s failed: %s", self.location, exc)
+        if self._inflight is None:
+            self._arm_idle()  # checked again every idle_delay while nothing is written
 
 
 def default_sqlite_path() -> Path:
