@@ -228,6 +228,19 @@ def test_one_failed_write_refuses_its_own_jobs_only_and_loses_no_acknowledged_on
     assert stored == acknowledged(answers)  # every acknowledged job, and no refused one
 
 
+def test_a_batch_whose_sync_failed_is_not_found_after_a_crash_right_after_it(geards, shim, tmp_path):
+    """A failed fsync leaves the batch's frames in the log; they must not come back at the next start."""
+    db, control = tmp_path / "q.db", tmp_path / "fault"
+    server = geards(db, tmp_path / "geard.log", env=shim_env(shim, control, db))
+    with server.wire() as client:
+        answers = submit_pipelined(client, [b"kept%d" % i for i in range(20)])
+        control.write_text("5 fsync once")
+        answers.update(submit_pipelined(client, [b"refused%d" % i for i in range(20)]))
+        assert refusals(answers) and not control.exists()
+    server.kill9()  # no later batch has written over the failed one
+    assert census(geards, db, tmp_path / "census.log") == acknowledged(answers)
+
+
 def test_four_pipelining_clients_and_one_injected_eio_lose_no_acknowledged_job(geards, shim, tmp_path):
     """The trial of the issue: four clients pipelining 3,000 background submits each, one EIO on a write."""
     db, control = tmp_path / "q.db", tmp_path / "fault"

@@ -317,6 +317,9 @@ class SQLiteStore(GroupCommitStore):
         return jobs
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
+        self._apply(adds, removes)
+
+    def _apply(self, adds: list[Row], removes: list[int], rewrite_header: bool = False) -> None:
         # Many rows per statement: the sqlite3 module lets go of the GIL around every step, and taking it back
         # while the event loop thread is busy can cost a whole switch interval, so few steps it is.
         conn = self._conn()
@@ -341,6 +344,8 @@ class SQLiteStore(GroupCommitStore):
             for size in chunk_sizes(len(removes), self._rows_per_statement * 7):
                 conn.execute(self._statement("delete", size), removes[start:start + size])
                 start += size
+            if rewrite_header:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")  # synchronous=FULL: the log is synced before this returns
         except BaseException:
             if conn.in_transaction:
@@ -357,18 +362,7 @@ class SQLiteStore(GroupCommitStore):
     def discard(self, refs: list[int]) -> None:
         # A transaction that writes a page whatever the rows: its frames overwrite the failed batch's in the log,
         # which breaks their checksum chain, so a crash cannot bring that batch back.
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            for start in range(0, len(refs), self._rows_per_statement * 7):
-                chunk = refs[start:start + self._rows_per_statement * 7]
-                conn.execute(f"DELETE FROM {TABLE} WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        self._apply([], refs, rewrite_header=True)
 
     def _statement(self, kind: str, rows: int) -> str:
         sql = self._statements.get((kind, rows))
