@@ -189,6 +189,7 @@ class GroupCommitStore(Store):
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._tidy_failing = False
         self.commits = 0  # batches committed
         self.failed_commits = 0  # batches that could not be written
         self.refused_jobs = 0  # jobs refused with an ERROR because their batch failed
@@ -519,7 +520,11 @@ class GroupCommitStore(Store):
             if self._inflight is None and self._executor is not None and not self._closing:
                 self._start_commit()
         elif exc is not None:
-            log.warning("tidying the store %s failed: %s", self.location, exc)
+            if not self._tidy_failing:  # once until it works again: it is retried every idle_delay
+                log.warning("tidying the store %s failed: %s", self.location, failure_reason(exc))
+            self._tidy_failing = True
+        else:
+            self._tidy_failing = False
         if self._inflight is None:
             self._arm_idle()  # checked again every idle_delay while nothing is written
 
