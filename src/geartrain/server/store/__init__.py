@@ -25,7 +25,9 @@ How the server uses a store (the contract every engine keeps):
 
 An engine (SQLite here; PostgreSQL or Redis later) implements the blocking methods of GroupCommitStore
 (``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread; it may also
-give ``check_engine`` (raise StoreLost when its file is gone), ``recreate_engine`` and ``idle_engine``.
+give ``check_engine`` (raise StoreLost when its file is gone; run before every batch and every idle second),
+``recreate_engine``, ``idle_engine`` (checkpoints) and ``discard`` (right after a failed write, so that nothing
+of it survives a crash); the defaults suit an engine without a file of its own.
 """
 
 from __future__ import annotations
