@@ -242,8 +242,8 @@ class Server:
         self.max_handle = 0
         self.active_connections: list[ServerConnection] = []
         self.connections_condition = threading.Condition()
-        self.server.broker = GearModelBroker(self)
-        self.server.admin = GearModelAdmin(self)
+        self.server.broker = self.server.state.broker = GearModelBroker(self)
+        self.server.admin = self.server.state.admin = GearModelAdmin(self)
         if statsd_host:
             from geartrain.server.statsd_reporter import StatsdReporter
 

@@ -145,7 +145,7 @@ class ServerConnection:
         peer = self._peer
         if peer is not None and not peer.closed:
             peer.send(data)
-            self._server.server.schedule_flush()
+            self._server.server.state.schedule_flush()
 
     def _close(self) -> None:
         if self._peer is not None:

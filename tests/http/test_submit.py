@@ -161,7 +161,7 @@ def test_geard_dash_r_http_turns_the_listener_on():
         running.stop()
 
 
-def test_a_job_the_durable_store_fails_to_commit_is_refused_with_500(tmp_path):
+def test_a_job_the_durable_store_fails_to_commit_is_refused_with_503(tmp_path):
     import sqlite3
 
     from geartrain.server import Server, ServerConfig
@@ -173,14 +173,14 @@ def test_a_job_the_durable_store_fails_to_commit_is_refused_with_500(tmp_path):
 
     server = Server(ServerConfig(listen=[("127.0.0.1", 0)], http_port=0, http_listen="127.0.0.1",
                                  queue_type="sqlite", sqlite_db=str(tmp_path / "q.db")))
-    server.store = server.broker.store = FailingStore(tmp_path / "q.db")
+    server.store = server.broker.store = server.state.store = FailingStore(tmp_path / "q.db")
     server.start_in_thread()
     try:
         running = RunningServer("geartrain", "127.0.0.1", server.port, server=server)
         running.extra["http_port"] = server.http.port
         reply = request(running, "/stored", "POST", b"x", {"X-Gearman-Background": "true"})
-        assert reply.status == 500 and reply.headers["X-Gearman-Error"] == "STORE_FAILED"
-        assert b"not stored" in reply.body
+        assert reply.status == 503 and reply.headers["X-Gearman-Error"] == "QUEUE_ERROR"
+        assert b"not stored: disk full" in reply.body
     finally:
         server.stop()
 

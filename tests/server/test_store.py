@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from geartrain.protocol import constants as C
+from geartrain.protocol.codec import Decoder
 from geartrain.server.broker import QUEUED, SCHEDULED, Broker
 from geartrain.server.store import StoreError, default_sqlite_path, open_store
 from geartrain.server.store.sqlite import INVALID_TABLE, TABLE, SQLiteStore
@@ -23,10 +24,10 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, DEADLINE))
 
 
-async def started(path: Path, store_class: type[SQLiteStore] = SQLiteStore) -> tuple[Broker, SQLiteStore]:
+async def started(path: Path, store_class: type[SQLiteStore] = SQLiteStore, **state) -> tuple[Broker, SQLiteStore]:
     store = store_class(path)
     broker = Broker(b"H:test", store=store)
-    await store.start(SimpleNamespace(broker=broker))
+    await store.start(SimpleNamespace(broker=broker, **state))
     return broker, store
 
 
@@ -43,6 +44,11 @@ def rows(path: Path, table: str = TABLE) -> list[tuple]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
     finally:
         conn.close()
+
+
+def answers(peer) -> list:
+    """The packets queued for a peer (taken out of its output)."""
+    return Decoder(accept=C.RES).feed(peer.take_output())
 
 
 def queue_of(broker: Broker, name: bytes, priority: int) -> list[tuple[bytes, bytes]]:
@@ -140,19 +146,21 @@ def test_job_created_is_held_until_its_batch_is_durable(tmp_path):
     run(main())
 
 
-def test_an_add_and_remove_in_one_batch_cancel_out(tmp_path):
+def test_a_job_cancelled_before_its_row_is_written_cancels_out_and_never_runs(tmp_path):
     async def main() -> None:
         broker, store = await started(tmp_path / "q.db", GatedStore)
         client, worker = broker.connect(1), broker.connect(2)
         broker.handle(worker, C.CAN_DO, (b"f",))
         broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"", b"kept"))
         broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"", b"gone"))
-        broker.handle(worker, C.GRAB_JOB, ())
-        broker.handle(worker, C.GRAB_JOB, ())
+        broker.handle(worker, C.GRAB_JOB, ())  # nothing is stored yet: no worker sees a job
+        assert [e.ptype for e in answers(worker)] == [C.NO_JOB]
         handle = [j for j in broker.jobs.values() if j.data == b"gone"][0].handle
-        broker.handle(worker, C.WORK_COMPLETE, (handle, b""))
+        assert broker.cancel(handle)
         await durable(store)
         assert store.batches == [([1], [])]
+        broker.handle(worker, C.GRAB_JOB, ())
+        assert [e.args[-1] for e in answers(worker)] == [b"kept"]
         await store.close()
 
     run(main())
@@ -279,6 +287,30 @@ def test_a_file_that_is_no_database_is_refused_untouched(tmp_path):
     assert db.read_bytes() == before
 
 
+@pytest.mark.parametrize("layout", [
+    pytest.param(["CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)"], id="foreign"),
+    pytest.param([f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, function BLOB, data BLOB)"], id="older"),
+    pytest.param([f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, function BLOB, unique_key BLOB, priority INTEGER,"
+                  " when_to_run REAL, reducer BLOB, data BLOB)", "CREATE TABLE extra (x)",
+                  "PRAGMA user_version=1"], id="ours-plus-another"),
+    pytest.param(["CREATE TABLE gearman_queue (name TEXT)"], id="gearmand-table-of-another-shape"),
+])
+def test_a_file_of_another_table_layout_is_refused_in_one_line_and_left_unchanged(tmp_path, layout):
+    db = tmp_path / "q.db"
+    conn = sqlite3.connect(str(db))
+    for statement in layout:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError) as caught:
+        run(started(db))
+    message = str(caught.value)
+    assert "table layout this geartrain does not use" in message and "left unchanged" in message
+    assert "--sqlite-db" in message and "gearman_queue" in message and "\n" not in message
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["q.db"]
+
+
 def test_a_second_server_on_the_same_file_is_refused(tmp_path):
     async def main() -> None:
         broker, store = await started(tmp_path / "q.db")
@@ -339,22 +371,107 @@ def test_a_torn_write_at_the_end_of_the_log_loses_only_that_batch(tmp_path, dama
     conn.close()
 
 
-def test_a_failed_commit_cuts_off_the_clients_it_would_have_acknowledged(tmp_path):
-    class FailingStore(SQLiteStore):
-        def write(self, adds, removes):
-            raise sqlite3.OperationalError("database or disk is full")
+class FlakyStore(GatedStore):
+    """Fails the batches whose numbers are in `failing` (counted from 1) with the error in `error`."""
 
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.failing: set[int] = set()
+        self.error: Exception = sqlite3.OperationalError("database or disk is full")
+
+    def write(self, adds, removes) -> None:
+        if len(self.batches) + 1 not in self.failing:
+            super().write(adds, removes)
+            return
+        self.batches.append(([a[0] for a in adds], list(removes)))
+        self.entered.set()
+        if not self.gate.wait(DEADLINE):
+            raise TimeoutError("gate never opened")
+        raise self.error
+
+
+def test_a_failed_batch_is_refused_job_by_job_and_the_next_one_is_acknowledged(tmp_path):
     async def main() -> None:
-        broker, store = await started(tmp_path / "q.db", FailingStore)
-        client = broker.connect(1)
-        aborted = []
-        client.conn = SimpleNamespace(transport=SimpleNamespace(abort=lambda: aborted.append(True)))
-        broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"", b"x"))
+        broker, store = await started(tmp_path / "q.db", FlakyStore)
+        store.failing = {1}
+        store.gate.clear()
+        client, worker = broker.connect(1), broker.connect(2)
+        broker.handle(worker, C.CAN_DO, (b"f",))
+        broker.handle(client, C.SUBMIT_JOB, (b"f", b"fg", b"foreground"))
+        broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"a", b"first"))  # batch 1: fails
+        store.commit_then(lambda: None)
+        await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, DEADLINE)
+        broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"b", b"second"))  # batch 2: stored
+        broker.handle(client, C.ECHO_REQ, (b"after",))
+        # Only what comes before the first held JOB_CREATED may go: the foreground job's.
+        assert [e.ptype for e in Decoder(accept=C.RES).feed(b"".join(store.release(client)))] == [C.JOB_CREATED]
+        assert store.release(client) == [] and store.holds(client)
+        store.gate.set()
         await durable(store)
-        assert aborted == [True] and store.holds(client)  # never released: the connection goes
+        replies = Decoder(accept=C.RES).feed(b"".join(store.release(client)))
+        assert [e.ptype for e in replies] == [C.ERROR, C.JOB_CREATED, C.ECHO_RES]
+        assert replies[0].args[0] == b"QUEUE_ERROR" and b"disk full" in replies[0].args[1]
+        assert not store.holds(client) and not client.out
+        assert sorted(j.data for j in broker.jobs.values()) == [b"foreground", b"second"]
+        assert (store.failed_commits, store.refused_jobs, store.commits) == (1, 1, 1)
+        assert store.fault is None  # batch 2 ended the episode
+        broker.handle(worker, C.GRAB_JOB, ())
+        broker.handle(worker, C.GRAB_JOB, ())
+        assert sorted(e.args[-1] for e in answers(worker)) == [b"foreground", b"second"]
         await store.close()
 
     run(main())
+    assert [r[-1] for r in rows(tmp_path / "q.db")] == [b"second"]
+
+
+def test_a_submit_joining_a_job_of_an_earlier_failing_batch_gets_that_jobs_refusal(tmp_path):
+    async def main() -> None:
+        broker, store = await started(tmp_path / "q.db", FlakyStore)
+        store.failing = {1}
+        store.gate.clear()
+        one, two = broker.connect(1), broker.connect(2)
+        broker.handle(one, C.SUBMIT_JOB_BG, (b"f", b"a", b"x"))  # batch 1, which fails
+        store.commit_then(lambda: None)
+        await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, DEADLINE)
+        broker.handle(two, C.SUBMIT_JOB_BG, (b"f", b"b", b"y"))  # batch 2
+        broker.handle(two, C.SUBMIT_JOB_BG, (b"f", b"a", b"x"))  # joins "a", whose batch 1 is being written
+        store.gate.set()
+        await durable(store)
+        replies = {peer.id: Decoder(accept=C.RES).feed(b"".join(store.release(peer))) for peer in (one, two)}
+        assert [e.ptype for e in replies[1]] == [C.ERROR]
+        assert [e.ptype for e in replies[2]] == [C.JOB_CREATED, C.ERROR]
+        assert [j.unique for j in broker.jobs.values()] == [b"b"]
+        await store.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("error, words", [
+    (sqlite3.OperationalError("database or disk is full"), b"disk full"),
+    (sqlite3.OperationalError("disk I/O error"), b"I/O error"),
+    (OSError(24, "Too many open files"), b"too many open files"),
+])
+def test_a_refused_submit_says_why_and_coalesced_submits_share_the_answer(tmp_path, error, words, caplog):
+    async def main() -> None:
+        broker, store = await started(tmp_path / "q.db", FlakyStore)
+        store.failing, store.error = {1, 2}, error
+        one, two = broker.connect(1), broker.connect(2)
+        broker.handle(one, C.SUBMIT_JOB_BG, (b"f", b"same", b"x"))
+        broker.handle(two, C.SUBMIT_JOB_BG, (b"f", b"same", b"x"))
+        broker.handle(two, C.SUBMIT_JOB, (b"f", b"other", b"fg"))
+        await durable(store)
+        for peer, expected in ((one, [C.ERROR]), (two, [C.ERROR, C.JOB_CREATED])):
+            replies = Decoder(accept=C.RES).feed(b"".join(store.release(peer)))
+            assert [e.ptype for e in replies] == expected
+            assert replies[0].args[0] == b"QUEUE_ERROR" and words in replies[0].args[1]
+        broker.handle(one, C.SUBMIT_JOB_BG, (b"f", b"later", b"y"))  # batch 2 fails as well: one log line
+        await durable(store)
+        store.release(one)
+        assert store.refused_jobs == 2 and [j.data for j in broker.jobs.values()] == [b"fg"]
+        await store.close()
+
+    run(main())
+    assert len([r for r in caplog.records if "cannot write" in r.getMessage()]) == 1
 
 
 def test_gearmand_libsqlite3_queue_is_taken_over_once(tmp_path):

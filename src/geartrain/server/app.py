@@ -1,4 +1,4 @@
-"""Server: listeners, the flush pass, timers, start/stop in a loop or a thread, graceful shutdown."""
+"""Server: listeners, lifecycle (start/stop in a loop or a thread, graceful shutdown), signals and timers."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from .broker import Broker
 from .config import ServerConfig
 from .lifecycle import Lifecycle
 from .lifecycle_admin import LifecycleCommands
-from .transport import GearmanProtocol
+from .memory import return_large_buffers
+from .transport import GearmanProtocol, ServerState
 
 log = logging.getLogger("geartrain.server")
 
@@ -76,12 +77,11 @@ class Server:
         self.ready = False
         #: The HTTP listener (geartrain.server.http.HttpService) when config.http_port is set.
         self.http: Any = None
-        self.connections: set[GearmanProtocol] = set()
-        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
-        self.read_view = memoryview(bytearray(256 * 1024))
+        #: What the connections see (transport.py): config, broker, admin, store, connections; the flush pass.
+        self.state = ServerState(self.config, self.broker, self.admin, self.store)
+        self.connections: set[GearmanProtocol] = self.state.connections
         self.listeners: list[asyncio.base_events.Server] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._stopped: asyncio.Event | None = None
@@ -130,7 +130,7 @@ class Server:
 
     async def start(self) -> None:
         """Listen on every configured address (call inside the loop that will run the server)."""
-        loop = self.loop = asyncio.get_running_loop()
+        loop = self.loop = self.state.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self.broker.on_timer_change = self._timer_changed
         if self.config.http_port is not None:  # first, so that /readyz answers 503 while the queue replays
@@ -139,7 +139,7 @@ class Server:
             self.http = HttpService(self)
             await self.http.start()
         if self.store is not None:
-            await self.store.start(self)
+            await self.store.start(self.state)
         self.lifecycle.start(self.store.stored_state() if self.store is not None else {})
         config = self.config
         ssl_context = None
@@ -158,7 +158,7 @@ class Server:
             secure = [(host, port, tls) for host, port in config.ssl_listen]
         for host, port, context in plain + secure:
             listener = await loop.create_server(
-                lambda context=context: GearmanProtocol(self, context), host or None, port,
+                lambda context=context: GearmanProtocol(self.state, context), host or None, port,
                 reuse_address=True, backlog=1024,
                 family=socket.AF_INET6 if ":" in host else socket.AF_UNSPEC,
             )
@@ -242,6 +242,7 @@ class Server:
             # generation less often, and leave start-up objects out of every collection.
             gc.freeze()
             gc.set_threshold(20_000, 50, 100)
+            return_large_buffers()
             loop.run_until_complete(self.wait_stopped())
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -254,7 +255,7 @@ class Server:
             self.lifecycle.reload()
         except ValueError as exc:
             log.error("policy file not reloaded: %s", exc)
-        self.schedule_flush()
+        self.state.schedule_flush()
 
     def start_in_thread(self, timeout: float = 30.0) -> None:
         """Serve from a background thread; returns once listening (for tests and embedding)."""
@@ -305,29 +306,7 @@ class Server:
         thread.join(timeout)
         self._thread = None
 
-    # ------------------------------------------------------------------ output and timers
-
-    def schedule_flush(self) -> None:
-        if not self._flush_scheduled and self.broker.dirty:
-            self._flush_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write every peer's collected output: one write per connection per loop pass."""
-        self._flush_scheduled = False
-        dirty = self.broker.dirty
-        if not dirty:
-            return
-        store = self.store
-        if store is not None and store.pending():
-            store.commit_then(self.flush)
-        self.broker.dirty = []
-        for peer in dirty:
-            if peer.out and not peer.closed and (store is None or not store.holds(peer)):
-                peer.conn.write(peer.take_chunks())
-            elif peer.out and not peer.closed:
-                self.broker.dirty.append(peer)
+    # ------------------------------------------------------------------ timers
 
     def _timer_changed(self, when: float | None) -> None:
         if when is None or self.loop is None:
@@ -343,7 +322,7 @@ class Server:
     def _on_timer(self) -> None:
         self._timer = None
         self.broker.run_timers()
-        self.schedule_flush()
+        self.state.schedule_flush()
         following = self.broker.next_timer()
         if following is not None:
             self._timer_changed(following)

@@ -30,6 +30,7 @@ RUNNING = 1
 SCHEDULED = 2  # an epoch job waiting for its time
 DONE = 3
 TIMER = 4  # a callback timer (see Broker.add_timer)
+STORING = 5  # a durable job whose row is not committed yet: queued by stored(), or dropped by refuse()
 
 NO_CLIENTS: tuple[()] = ()
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
@@ -573,21 +574,42 @@ class Broker:
         if key:
             function.uniques[key] = job
             self.by_unique[unique] = job
-        if peer is not None:
-            if background:
-                if self.store is not None:
-                    job.store_ref = self.store.add(job)
-                    self.store.hold(peer)
-            else:
-                self._add_client(job, peer)
-            peer.send(pack_header(RES, C.JOB_CREATED, len(handle)) + handle)
-        elif background and self.store is not None:
+        if background and self.store is not None:
+            # Durable: no worker sees it, and its JOB_CREATED waits, until its row is committed (see store/).
             job.store_ref = self.store.add(job)
+            job.state = STORING
+            if peer is not None:
+                self.store.hold(peer, job)
+        elif peer is not None and not background:
+            self._add_client(job, peer)
+        if peer is not None:
+            peer.send(pack_header(RES, C.JOB_CREATED, len(handle)) + handle)
+        if job.state != STORING:
+            self._queue(job)
+        return job
+
+    def stored(self, job: Job) -> None:
+        """The store committed the job's row: queue it (or wait for its time)."""
+        if job.state == STORING:
+            self._queue(job)
+
+    def refuse(self, job: Job) -> bool:
+        """The store could not write the job's row: it never runs; clients that joined it get WORK_FAIL.
+        False when the job had ended already (cancelled while it was being stored)."""
+        if job.state != STORING:
+            return False
+        job.store_ref = None
+        self._fail_clients(job)
+        job.state = DONE
+        self._end(job)
+        return True
+
+    def _queue(self, job: Job) -> None:
+        when = job.when
         if when and when > self.clock():
             self._schedule(job)
         else:
             self._enqueue(job)
-        return job
 
     def _rejected(self, reason: str) -> None:
         if self.stats is not None:
@@ -604,8 +626,8 @@ class Broker:
         peer.waiting.add(job)
 
     def _created(self, peer: Peer, job: Job) -> None:
-        if job.background and self.store is not None and peer is not None:
-            self.store.hold(peer)
+        if job.state == STORING and self.store is not None:
+            self.store.hold(peer, job)
         peer.send(pack(RES, C.JOB_CREATED, job.handle))
 
     def _schedule(self, job: Job) -> None:

@@ -1,24 +1,93 @@
-"""asyncio Protocol glue between sockets and the broker: framing, write batching, flow control, limits."""
+"""asyncio glue between sockets and the broker: framing, write batching (the flush pass), flow control, limits.
+
+The connections see a ServerState (config, broker, admin, store, the open connections, the receive buffer), never
+the Server: app.py builds the state and owns listeners, lifecycle, signals and timers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import resource
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
-from .broker import Peer, error_packet
+from .broker import Broker, Peer, error_packet
+from .config import ServerConfig
 from .tls import ServerTLSSession, peer_common_name
-
-if TYPE_CHECKING:
-    from .app import Server
 
 log = logging.getLogger("geartrain.transport")
 
 _ids = itertools.count(1)
+
+#: File descriptors no connection may take: the store needs a few (SQLite opens its log and syncs its directory)
+#: and a flood of connections at the descriptor limit must not make its commits fail.
+RESERVED_DESCRIPTORS = 16
+
+
+def descriptor_ceiling() -> int:
+    """The lowest descriptor number a connection may not use (the soft RLIMIT_NOFILE less the reserve)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(0, soft - RESERVED_DESCRIPTORS)
+
+
+class ServerState:
+    """What the connections share: config, broker, admin, store, the open connections and the receive buffer;
+    and the write batching: the flush pass and the one check of what a peer's output may send now."""
+
+    def __init__(self, config: ServerConfig, broker: Broker, admin: Any, store: Any = None) -> None:
+        self.config = config
+        self.broker = broker
+        self.admin = admin
+        self.store = store
+        self.connections: set[GearmanProtocol] = set()
+        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
+        self.read_view = memoryview(bytearray(256 * 1024))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.descriptor_ceiling = descriptor_ceiling()
+        self._flush_scheduled = False
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled and self.broker.dirty:
+            self._flush_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every peer's collected output: one write per connection per loop pass."""
+        self._flush_scheduled = False
+        broker = self.broker
+        dirty = broker.dirty
+        if not dirty:
+            return
+        store = self.store
+        if store is not None and store.pending():
+            store.commit_then(self.flush)
+        broker.dirty = []
+        for peer in dirty:
+            if peer.out and not peer.closed:
+                self.send_output(peer)
+                if peer.out:
+                    broker.dirty.append(peer)  # held back until its jobs are stored
+
+    def send_output(self, peer: Peer) -> None:
+        """Write what the peer's output may send now: all of it, or (while the store holds an acknowledgement
+        that is not durable yet) what comes before that acknowledgement."""
+        store = self.store
+        if store is not None and store.holds(peer):
+            chunks = store.release(peer)
+            if not chunks:
+                return
+        else:
+            chunks = peer.take_chunks()
+        conn = peer.conn
+        if conn is not None:
+            conn.write(chunks)
 
 
 def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval: int, count: int) -> None:
@@ -37,17 +106,17 @@ def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval
 class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
-    __slots__ = ("server", "transport", "decoder", "peer", "handlers", "paused", "idle_handle", "ssl_context",
+    __slots__ = ("state", "transport", "decoder", "peer", "handlers", "paused", "idle_handle", "ssl_context",
                  "address", "tls", "handshake_timer")
 
-    def __init__(self, server: Server, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.state = state
         self.transport: asyncio.Transport | None = None
-        config = server.config
+        config = state.config
         self.decoder = Decoder(max_packet_size=config.max_packet_size, max_line_length=config.max_line_length,
-                               unknown_types=server.broker.decode_unknown_types)
+                               unknown_types=state.broker.decode_unknown_types)
         self.peer: Peer | None = None
-        self.handlers = server.broker.handlers
+        self.handlers = state.broker.handlers
         self.paused = False
         self.idle_handle: asyncio.TimerHandle | None = None
         self.ssl_context = ssl_context
@@ -59,17 +128,23 @@ class GearmanProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        server = self.server
-        config = server.config
+        state = self.state
+        config = state.config
         peername = transport.get_extra_info("peername")
         self.address = peername[0] if peername else "-"
         limit = config.max_connections
-        if limit and len(server.connections) >= limit:
+        if limit and len(state.connections) >= limit:
             log.warning("refused connection from %s: %d connections is the limit", self.address, limit)
             transport.abort()
             return
-        server.connections.add(self)
-        tune_socket(transport.get_extra_info("socket"), config.keepalive, config.tcp_keepidle,
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= state.descriptor_ceiling:
+            log.warning("refused connection from %s: descriptor %d is within the %d kept for the store "
+                        "(raise ulimit -n)", self.address, sock.fileno(), RESERVED_DESCRIPTORS)
+            transport.abort()
+            return
+        state.connections.add(self)
+        tune_socket(sock, config.keepalive, config.tcp_keepidle,
                     config.tcp_keepintvl, config.tcp_keepcnt)
         transport.set_write_buffer_limits(high=config.output_high_water)  # type: ignore[attr-defined]
         if self.ssl_context is not None:
@@ -83,35 +158,43 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     def _handshake_timed_out(self) -> None:
         if self.peer is None and self.transport is not None:
             log.warning("TLS handshake with %s refused: no handshake within %ss", self.address,
-                        self.server.config.handshake_timeout)
+                        self.state.config.handshake_timeout)
             self._count_handshake_failure()
             self.transport.abort()
 
     def _count_handshake_failure(self) -> None:
-        stats = self.server.broker.stats
+        stats = self.state.broker.stats
         if stats is not None:
             stats.tls_handshake_failures += 1
 
     def _open(self, subject: str | None) -> None:
-        server = self.server
+        state = self.state
         assert self.transport is not None
         sock = self.transport.get_extra_info("socket")
         peer_id = sock.fileno() if sock is not None and sock.fileno() >= 0 else next(_ids)
-        if peer_id in server.broker.peers:
+        if peer_id in state.broker.peers:
             peer_id = next(_ids) + 1_000_000
-        self.peer = server.broker.connect(peer_id, self.address, subject)
+        self.peer = state.broker.connect(peer_id, self.address, subject)
         self.peer.conn = self
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.state.connections.discard(self)
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
-        if self.peer is not None:
-            self.server.broker.disconnect(self.peer)
-            self.server.schedule_flush()
+        # Free what the peer left at once: a partial packet in the decoder (up to the packet size limit), and the
+        # peer <-> connection cycle that would otherwise keep both until the cyclic collector visits.
+        self.decoder = Decoder()
+        self.tls = None
+        self.idle_handle = self.handshake_timer = None
+        peer, self.peer = self.peer, None
+        self.transport = None
+        if peer is not None:
+            peer.conn = None
+            self.state.broker.disconnect(peer)
+            self.state.schedule_flush()
 
     def pause_writing(self) -> None:
         # The peer does not read its answers: stop reading its requests until it catches up.
@@ -125,7 +208,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def _arm_idle_timer(self) -> None:
-        timeout = self.server.config.idle_timeout
+        timeout = self.state.config.idle_timeout
         if timeout > 0:
             if self.idle_handle is not None:
                 self.idle_handle.cancel()
@@ -146,10 +229,10 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # One receive buffer per server (per event loop): the loop fills it and calls buffer_updated() at once,
         # and the decoder copies what it keeps, so no read allocates a bytes object of its own.
-        return self.server.read_view
+        return self.state.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.server.read_view[:nbytes])
+        self.data_received(self.state.read_view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.tls is not None:
@@ -165,20 +248,19 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             self._dispatch(peer, exc.events)
             log.warning("protocol error from %s (connection %d): %s; closing", peer.address, peer.id, exc)
             peer.send(error_packet(exc.code, exc.message))
-            self.server.flush()
+            self.state.flush()
             if self.transport is not None:
                 self.transport.close()
             return
         self._dispatch(peer, events)
         if self.idle_handle is not None:
             self._arm_idle_timer()
-        store = self.server.store
-        if peer.out and (store is None or not store.holds(peer)):
+        if peer.out:
             # Answers to this peer's own requests go out at once (one write, as they would at the end of the
             # pass); what it caused for other peers still waits for the pass's flush. Writing now also lets
             # pause_writing() stop reading a peer that does not read its answers before the loop reads again.
-            self.write(peer.take_chunks())
-        self.server.schedule_flush()
+            self.state.send_output(peer)
+        self.state.schedule_flush()
 
     def _decrypt(self, data: bytes) -> bytes:
         tls, transport = self.tls, self.transport
@@ -214,11 +296,11 @@ class GearmanProtocol(asyncio.BufferedProtocol):
                 if type(event) is Packet:
                     handler = handlers.get(event.ptype)
                     if handler is None:
-                        self.server.broker.handle(peer, event.ptype, event.args)
+                        self.state.broker.handle(peer, event.ptype, event.args)
                     else:
                         handler(peer, event.args)
                 elif type(event) is AdminLine:
-                    peer.send(self.server.admin.handle(peer, event.line))
+                    peer.send(self.state.admin.handle(peer, event.line))
                 elif type(event) is PacketError:
                     log.info("bad packet from %s (connection %d): %s", peer.address, peer.id, event.message)
                     peer.send(error_packet(event.code, event.message))
@@ -239,7 +321,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             transport.write(chunks[0])
         else:
             transport.writelines(chunks)
-        limit = self.server.config.output_limit
+        limit = self.state.config.output_limit
         if limit and transport.get_write_buffer_size() > limit:
             peer = self.peer
             log.warning("connection %s from %s holds over %d unsent bytes: cut off",

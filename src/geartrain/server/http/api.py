@@ -247,6 +247,6 @@ class Api:
         if job.state == RUNNING:
             raise web.HTTPConflict(text=f"job {label(job.handle)} is running: only queued jobs can be cancelled\n")
         broker.cancel(job.handle)
-        server.schedule_flush()
+        server.state.schedule_flush()
         log.info("cancelled job %r over HTTP (subject %s)", job.handle, subject)
         return web.json_response({"cancelled": label(job.handle)})

@@ -12,8 +12,8 @@ store holds included, to Exchange.write(). The rules (README, "HTTP: gearmand's 
 - WORK_FAIL and WORK_EXCEPTION: 500 with the same headers (gearmand says 200 for WORK_FAIL: a caller that only
   checks the status would take a failure for a result); the body of WORK_EXCEPTION is the worker's exception.
 - No function name: 404, as gearmand; a body over --max-packet-size: 413; an ERROR from the broker maps to
-  403 (PERMISSION_DENIED), 503 (QUEUE_ERROR, or the server starting or stopping), 500 (the durable store failed
-  to commit the job) or 400; X-Gearman-Error names it.
+  403 (PERMISSION_DENIED), 503 (QUEUE_ERROR: a full queue, or a durable store that could not commit the job;
+  or the server starting or stopping) or 400; X-Gearman-Error names it.
 - A client that disconnects while waiting is a Gearman client that disconnects: a job only it waited for is
   dropped if still queued; a running one finishes and its result is discarded.
 """
@@ -36,7 +36,7 @@ log = logging.getLogger("geartrain.http")
 PRIORITIES = {"high": C.PRIORITY_HIGH, "low": C.PRIORITY_LOW}
 #: Broker ERROR codes -> HTTP status.
 ERROR_STATUS = {b"PERMISSION_DENIED": 403, b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 413,
-                b"SHUTTING_DOWN": 503, b"STORE_FAILED": 500}
+                b"SHUTTING_DOWN": 503}
 
 #: Peer ids of HTTP submissions, far above any file descriptor number.
 _ids = itertools.count(1 << 40)
@@ -56,8 +56,6 @@ class Exchange:
         self.command = ""
         self.error: tuple[bytes, str] | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        #: What the server aborts when the store fails to commit this peer's job (GroupCommitStore._failed).
-        self.transport = self
 
     def write(self, chunks: list[bytes]) -> None:
         for event in self.decoder.feed(b"".join(chunks)):
@@ -89,15 +87,11 @@ class Exchange:
             self.done.set_result(command)
 
     def close(self, why: str, code: bytes = b"SHUTTING_DOWN") -> None:
-        """End the request without a result (the server stops, or the store failed)."""
+        """End the request without a result (the server stops)."""
         if not self.done.done():
             self.error = (code, why)
             self.command = "ERROR"
             self.done.set_result("ERROR")
-
-    def abort(self) -> None:
-        self.close("the durable store failed to commit the job: it was not stored and will not run",
-                   b"STORE_FAILED")
 
 
 def _text(status: int, message: str, **headers: str) -> web.Response:
@@ -139,7 +133,7 @@ class Submissions:
         self.waiting.add(exchange)
         try:
             broker.handle(peer, C.submit_type(background, priority), (name, unique, data))
-            server.schedule_flush()
+            server.state.schedule_flush()
             await exchange.done
         except asyncio.CancelledError:
             log.info("HTTP client %s went away waiting for job %r of %r; it is treated as a disconnected "
@@ -148,7 +142,7 @@ class Submissions:
         finally:
             self.waiting.discard(exchange)
             broker.disconnect(peer)
-            server.schedule_flush()
+            server.state.schedule_flush()
         return self._answer(exchange)
 
     @staticmethod

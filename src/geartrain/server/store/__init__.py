@@ -5,22 +5,33 @@ How the server uses a store (the contract every engine keeps):
 - The broker calls ``ref = store.add(job)`` for each new background job and ``store.remove(job)`` when a stored
   job ends (WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION, ``cancel job``, retries exhausted). Both are cheap and
   synchronous on the event loop: they only record the change in the batch being gathered.
-- Right before it queues a JOB_CREATED for a background job the broker calls ``store.hold(peer)``; the server
-  then does not write that peer's output while ``store.holds(peer)`` is true, that is until every change made so
-  far is durable. A JOB_CREATED is therefore never seen before its job is on disk.
+- A new durable job waits in state STORING: no worker sees it until its row is committed; then the store calls
+  ``broker.stored(job)``, which queues it. A batch that fails is refused job by job: ``broker.refuse(job)``
+  drops it (it never runs), and each JOB_CREATED that announced it is replaced by ``ERROR QUEUE_ERROR`` with
+  the reason (disk full, I/O error, too many open files). The connection stays; nobody else is touched.
+- Right before it queues the JOB_CREATED of a job that is STORING the broker calls ``store.hold(peer, job)``.
+  The peer's output from that JOB_CREATED on waits until that very job's batch is done: ``holds(peer)`` says
+  whether some of it waits, ``release(peer)`` takes what may be written now. So every JOB_CREATED follows the
+  commit of its own job's row, whatever batches come before or after, and replies keep their order.
 - ``pending()`` tells whether any change is not durable yet; ``commit_then(cb)`` makes sure a commit covering
-  every change made so far runs, and calls ``cb`` on the loop once it has.
+  every change made so far runs, and calls ``cb`` on the loop once it has (or failed).
 - Changes are grouped: all the adds and removes that arrive while one commit runs go into the next one, so one
-  sync serves many submits. The commits run one at a time, in order, on a single writer thread.
-- ``start(server)`` opens the store and replays every stored job into ``server.broker`` in the order they were
+  sync serves many submits. The commits run one at a time, in order, on a single writer thread. Removes of a
+  failed batch, and the refs of its refused adds, are written again with the next batch.
+- A failing store is logged once per episode (and once when it writes again) and counted: ``commits``,
+  ``failed_commits``, ``refused_jobs``; ``fault`` holds the reason while the episode lasts.
+- ``start(state)`` opens the store and replays every stored job into ``state.broker`` in the order they were
   added; ``close()`` commits what is left and closes.
 - Beside the jobs a store may keep server state (dead letters, schedules, attempt counts of retried jobs):
   ``save_state(kind, key, value)`` records or (value None) forgets one item, in the batch being gathered and written
   just before that batch's jobs; ``stored_state()`` gives what start() read back. Both are optional: the defaults
   keep nothing, and the server then holds that state in memory only.
 
-An engine (SQLite here; PostgreSQL or Redis later) only implements the blocking methods of GroupCommitStore
-(``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread.
+An engine (SQLite here; PostgreSQL or Redis later) implements the blocking methods of GroupCommitStore
+(``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread; it may also
+give ``check_engine`` (raise StoreLost when its file is gone; run before every batch and every idle second),
+``recreate_engine``, ``idle_engine`` (checkpoints) and ``discard`` (right after a failed write, so that nothing
+of it survives a crash); the defaults suit an engine without a file of its own.
 """
 
 from __future__ import annotations
@@ -28,26 +39,59 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import os
 import time
-import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...protocol.codec import pack
+from ...protocol.constants import JOB_CREATED, RES
+from ..broker import error_packet
 from ..stats import COMMIT_SECONDS, Histogram
 
 log = logging.getLogger("geartrain.store")
 
 __all__ = [
-    "GroupCommitStore", "Store", "StoreError", "StoredJob", "default_sqlite_path", "open_store",
+    "GroupCommitStore", "Store", "StoreError", "StoreLost", "StoredJob", "default_sqlite_path", "failure_reason",
+    "open_store",
 ]
 
 
 class StoreError(RuntimeError):
     """The durable queue cannot be opened or used; the message says which file and what to do."""
+
+
+class StoreLost(StoreError):
+    """The store's file was deleted or replaced under the running server: it is recreated with the held jobs."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a write failed, in the words a client and an operator need: disk full, I/O error, too many open files."""
+    text = str(exc) or type(exc).__name__
+    code = getattr(exc, "errno", None)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if isinstance(exc, StoreError):
+        return text
+    if code == errno.ENOSPC or name == "SQLITE_FULL" or "disk is full" in text:
+        return f"disk full ({text})"
+    if code in (errno.EMFILE, errno.ENFILE) or (name.startswith("SQLITE_CANTOPEN") and _out_of_descriptors()):
+        return f"too many open files ({text})"
+    if code == errno.EIO or name.startswith("SQLITE_IOERR") or "I/O error" in text:
+        return f"I/O error ({text})"
+    return text
+
+
+def _out_of_descriptors() -> bool:
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    return False
 
 
 @dataclass(frozen=True)
@@ -93,12 +137,17 @@ class Store(abc.ABC):
         """Make every change so far durable (grouped with others), then call callback on the loop."""
 
     @abc.abstractmethod
-    def hold(self, peer: Any) -> None:
-        """Hold the peer's output until every change made so far is durable."""
+    def hold(self, peer: Any, job: Any) -> None:
+        """The peer's next output chunk is the JOB_CREATED of job (STORING): hold it, and what follows it, until
+        the job's row is committed (or replace it with an ERROR if the commit fails)."""
 
     @abc.abstractmethod
     def holds(self, peer: Any) -> bool:
-        """Whether the peer's output must still wait."""
+        """Whether some of the peer's output waits for a commit."""
+
+    @abc.abstractmethod
+    def release(self, peer: Any) -> list[bytes]:
+        """Take (out of peer.out) the chunks of a held peer's output that may be written now."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -119,32 +168,41 @@ Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
 class GroupCommitStore(Store):
     """Batching, holds and replay for engines whose writes block: subclasses give the four blocking methods.
 
-    The batch being gathered has a sequence number; a held peer waits for the number that was current when it
-    was held. Commits run one after another on a single writer thread (so they apply in order), and whatever
+    The batch being gathered has a sequence number; each held acknowledgement waits for the batch that holds its
+    job's row. Commits run one after another on a single writer thread (so they apply in order), and whatever
     gathers while one runs is the next batch.
     """
+
+    #: Seconds without a commit after which the engine may tidy up (idle_engine: checkpoint, file check).
+    idle_delay = 1.0
 
     def __init__(self, location: str) -> None:
         self.location = location
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.broker: Any = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._next_ref = 1
-        # The batch being gathered: its number, its adds by ref (so a remove can cancel one), its removes.
+        # The batch being gathered: its number, its adds (row and job) by ref (so a remove can cancel one), its
+        # removes.
         self._seq = 1
         self._adds: dict[int, Row] = {}
+        self._jobs: dict[int, Any] = {}
         self._removes: list[int] = []
+        #: Refs to delete again with the next batch: removes of a failed batch, adds it may have left behind.
+        self._retry: list[int] = []
         self._touched = False
         self._inflight: int | None = None
         self._committed = 0
         self._kick_scheduled = False
         self._callbacks: dict[int, list[Callable[[], None]]] = {}
-        #: peer -> the batch it waits for (pruned after each commit).
-        self._held: dict[Any, int] = {}
-        # Peers whose JOB_CREATED was in a batch that failed to commit: cut off, never released.
-        self._doomed: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: peer -> gates on its output: [batch, index in peer.out of the first JOB_CREATED waiting for it], in
+        #: output order with rising batches (a JOB_CREATED waiting for an earlier batch than one before it in
+        #: the output needs no gate of its own: the earlier gate holds it, and batches commit in order).
+        self._held: dict[Any, deque[list[int]]] = {}
+        #: The engine's file was lost (StoreLost): the next commit recreates it with every stored job.
+        self._lost = False
         self._closing = False
         self._idle: asyncio.Event | None = None
-        self.commits = 0  # batches committed (statistics, tests)
         # Server state changes of the batch being gathered ((kind, key) -> value or None), and what start() read.
         self._state: dict[tuple[str, str], bytes | None] = {}
         self._stored_state: dict[str, dict[str, bytes]] = {}
@@ -153,6 +211,13 @@ class GroupCommitStore(Store):
         self.replayed = 0
         self.commit_seconds = Histogram(COMMIT_SECONDS)
         self._commit_began = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._tidy_failing = False
+        self.commits = 0  # batches committed
+        self.failed_commits = 0  # batches that could not be written
+        self.refused_jobs = 0  # jobs refused with an ERROR because their batch failed
+        #: Why the store cannot write, while an episode of failures lasts (None when it writes).
+        self.fault: str | None = None
 
     # ------------------------------------------------------------------ engine hooks (writer thread)
 
@@ -179,6 +244,28 @@ class GroupCommitStore(Store):
     def write_state(self, changes: dict[tuple[str, str], bytes | None]) -> None:
         """Apply server state changes durably (None deletes); the default keeps nothing."""
 
+    def check_engine(self) -> None:
+        """Raise StoreLost when the store no longer is where it was opened (a deleted or replaced file)."""
+
+    def recreate_engine(self, rows: list[Row]) -> None:
+        """After StoreLost: open the store afresh at its place and write rows (every job still held) into it."""
+        self.close_engine()
+        self.open_engine()
+        self.write(rows, [])
+
+    def discard(self, refs: list[int]) -> None:
+        """Right after a failed write: make sure no row of it survives (a failed sync may have left the batch
+        readable after a crash). Must write something even when none of the rows exists."""
+        self.write([], refs)
+
+    def reserve_refs(self, highest: int) -> None:
+        """Refs up to `highest` are taken by rows load() did not return (new jobs get higher ones)."""
+        self._next_ref = max(self._next_ref, highest + 1)
+
+    def idle_engine(self) -> None:
+        """Nothing was written for idle_delay seconds: a moment to tidy up (checkpoint) and check_engine()."""
+        self.check_engine()
+
     # ------------------------------------------------------------------ life cycle
 
     async def start(self, server: Any) -> None:
@@ -194,7 +281,7 @@ class GroupCommitStore(Store):
         except BaseException:
             await self._shutdown_executor()
             raise
-        broker = server.broker
+        broker = self.broker = server.broker
         duplicates = []
         last = 0
         for stored in jobs:
@@ -208,14 +295,18 @@ class GroupCommitStore(Store):
         if duplicates:
             log.warning("%d stored jobs repeated the function and unique of an earlier one: removed",
                         len(duplicates))
-            await loop.run_in_executor(self._executor, self.write, [], duplicates)
+            self._retry.extend(duplicates)
+            self._touch()
         log.info("replayed %d jobs from %s in %.2fs", len(jobs) - len(duplicates), self.location,
                  time.monotonic() - began)
+        self._arm_idle()
 
     async def close(self) -> None:
         if self._executor is None or self._closing:
             return
         self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         assert self._idle is not None
         # Let the running commit and the batch behind it finish (each started one follows the other).
         while self._inflight is not None or self._touched:
@@ -243,6 +334,7 @@ class GroupCommitStore(Store):
         self._next_ref = ref + 1
         self.stored += 1
         self._adds[ref] = (ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
+        self._jobs[ref] = job
         self._touch()
         return ref
 
@@ -253,6 +345,8 @@ class GroupCommitStore(Store):
         self.stored -= 1
         if self._adds.pop(ref, None) is None:  # not in the open batch: it was (or is being) written
             self._removes.append(ref)
+        else:
+            del self._jobs[ref]
         self._touch()
 
     def save_state(self, kind: str, key: str, value: bytes | None) -> None:
@@ -275,7 +369,7 @@ class GroupCommitStore(Store):
             if self._touched:
                 log.warning("the store %s is closed: %d changes were not written", self.location,
                             len(self._adds) + len(self._removes))
-                self._adds, self._removes, self._touched = {}, [], False
+                self._adds, self._jobs, self._removes, self._touched = {}, {}, [], False
             return
         if self._inflight is None and self._touched:
             self._start_commit()
@@ -306,16 +400,40 @@ class GroupCommitStore(Store):
         if self._inflight is None:
             self._start_commit()
 
-    def hold(self, peer: Any) -> None:
-        target = self._target()
-        if target is not None:
-            self._held[peer] = target
+    def hold(self, peer: Any, job: Any) -> None:
+        # The job's row is in the batch being gathered, or else in the one being written.
+        target = self._seq if job.store_ref in self._adds else (self._inflight or self._seq)
+        gates = self._held.get(peer)
+        if gates is None:
+            self._held[peer] = deque(([target, len(peer.out)],))
+        elif gates[-1][0] < target:
+            gates.append([target, len(peer.out)])
 
     def holds(self, peer: Any) -> bool:
-        target = self._held.get(peer)
-        if target is None:
-            return bool(self._doomed) and peer in self._doomed
-        return target > self._committed
+        gates = self._held.get(peer)
+        if gates is None:
+            return False
+        committed = self._committed
+        while gates and gates[0][0] <= committed:
+            gates.popleft()
+        if gates:
+            return True
+        del self._held[peer]
+        return False
+
+    def release(self, peer: Any) -> list[bytes]:
+        if not self.holds(peer):
+            return peer.take_chunks()
+        gates = self._held[peer]
+        count = gates[0][1]
+        if not count:
+            return []
+        out = peer.out
+        chunks = out[:count]
+        del out[:count]
+        for gate in gates:
+            gate[1] -= count
+        return chunks
 
     # ------------------------------------------------------------------ commits
 
@@ -324,58 +442,143 @@ class GroupCommitStore(Store):
         if self._executor is None:
             raise StoreError(f"the store {self.location} is not open")
         seq = self._seq
-        adds, removes, state = list(self._adds.values()), self._removes, self._state
+        adds, jobs, state = list(self._adds.values()), list(self._jobs.values()), self._state
+        removes = self._removes + self._retry if self._retry else self._removes
         self._seq = seq + 1
-        self._adds = {}
-        self._removes = []
-        self._state = {}
+        self._adds, self._jobs, self._removes, self._retry, self._state = {}, {}, [], [], {}
         self._touched = False
         self._inflight = seq
         self._commit_began = time.monotonic()
         if self._idle is not None:
             self._idle.clear()
-        future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes, state)
-        future.add_done_callback(lambda f, seq=seq: self._done(seq, f))
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        rebuild = self._rows_held(adds) if self._lost else None
+        future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes, rebuild, state)
+        future.add_done_callback(lambda f: self._done(seq, f, adds, jobs, removes))
 
-    def _write_batch(self, adds: list[Row], removes: list[int], state: dict | None = None) -> None:
+    def _rows_held(self, adds: list[Row]) -> list[Row]:
+        """Every stored job the broker still holds whose row is not in this batch, in ref order."""
+        new = {row[0] for row in adds}
+        rows = [(job.store_ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
+                for job in self.broker.jobs.values() if job.store_ref is not None and job.store_ref not in new]
+        rows.sort(key=lambda row: row[0])
+        return rows
+
+    def _write_batch(self, adds: list[Row], removes: list[int], rebuild: list[Row] | None,
+                     state: dict | None = None) -> None:
+        if rebuild is not None:
+            self.recreate_engine(rebuild)
+            log.warning("recreated the store %s with the %d jobs it held", self.location, len(rebuild))
+        self.check_engine()
         if state:
             self.write_state(state)  # first: a crash in between may repeat a job, never lose one
         if adds or removes:
-            self.write(adds, removes)
+            try:
+                self.write(adds, removes)
+            except BaseException:
+                if adds:
+                    try:
+                        self.discard([row[0] for row in adds])
+                    except Exception as exc:  # the same fault, most likely: the next batch deletes them again
+                        log.debug("discarding the rows of a failed batch: %s", exc)
+                raise
 
-    def _done(self, seq: int, future: asyncio.Future) -> None:
+    def _done(self, seq: int, future: asyncio.Future, adds: list[Row], jobs: list[Any],
+              removes: list[int]) -> None:
         self._inflight = None
         self.commit_seconds.observe(time.monotonic() - self._commit_began)
         exc = future.exception()
-        if exc is not None:
-            self._failed(seq, exc)
-        else:
+        if exc is None:
             self.commits += 1
+            self._lost = False
+            if self.fault is not None:
+                log.warning("the store %s writes again (%d background jobs were refused meanwhile)",
+                            self.location, self.refused_jobs)
+                self.fault = None
         self._committed = seq
+        broker = self.broker
+        if exc is not None:
+            self._failed(seq, exc, adds, jobs, removes)
+        elif broker is not None:
+            for job in jobs:
+                broker.stored(job)
         if self._held:
-            self._held = {peer: target for peer, target in self._held.items() if target > seq}
+            for peer in [peer for peer in self._held if peer.closed]:
+                del self._held[peer]
         if self._touched:
             self._start_commit()
-        elif self._idle is not None:
-            self._idle.set()
+        else:
+            if self._idle is not None:
+                self._idle.set()
+            self._arm_idle()
         for callback in self._callbacks.pop(seq, ()):
             try:
                 callback()
             except Exception:
                 log.exception("error in a callback after a store commit")
 
-    def _failed(self, seq: int, exc: BaseException) -> None:
-        """A batch did not reach the disk: the clients it would have acknowledged are cut off unanswered."""
-        doomed = [peer for peer, target in list(self._held.items()) if target == seq]
-        log.error("the store %s failed to commit %s: %s; closing %d connections that would have been told "
-                  "their jobs were stored", self.location, f"batch {seq}", exc, len(doomed))
-        for peer in doomed:
-            self._doomed.add(peer)
-            del self._held[peer]
-            conn = getattr(peer, "conn", None)
-            transport = getattr(conn, "transport", None)
-            if transport is not None:
-                transport.abort()
+    def _failed(self, seq: int, exc: BaseException, adds: list[Row], jobs: list[Any], removes: list[int]) -> None:
+        """A batch did not reach the store: each of its jobs is refused with an ERROR and never runs; its removes
+        (and any row it may have left) are written again with the next batch."""
+        reason = failure_reason(exc)
+        self.failed_commits += 1
+        if isinstance(exc, StoreLost):
+            self._lost = True
+        if reason != self.fault:
+            log.error("the store %s cannot write: %s; background submits are answered ERROR QUEUE_ERROR until "
+                      "it can (logged once until it writes again)", self.location, reason)
+        self.fault = reason
+        self._retry.extend(removes)
+        self._retry.extend(row[0] for row in adds)
+        refusal = error_packet(b"QUEUE_ERROR", f"the job was not stored: {reason}; it will not run, "
+                                               "submit it again later")
+        announced = {pack(RES, JOB_CREATED, job.handle) for job in jobs}
+        for peer, gates in self._held.items():
+            out = peer.out
+            for index in range(gates[0][1], len(out)):  # only held output can announce a job of this batch
+                if out[index] in announced:
+                    out[index] = refusal
+        broker = self.broker
+        if broker is not None:
+            for job in jobs:
+                if broker.refuse(job):  # else it was cancelled meanwhile
+                    self.refused_jobs += 1
+
+    # ------------------------------------------------------------------ idle
+
+    def _arm_idle(self) -> None:
+        if self.loop is None or self._executor is None or self._closing:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(self.idle_delay, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self._inflight is not None or self._touched or self._executor is None or self._closing:
+            return
+        future = self.loop.run_in_executor(self._executor, self.idle_engine)  # type: ignore[union-attr]
+        future.add_done_callback(self._idle_done)
+
+    def _idle_done(self, future: asyncio.Future) -> None:
+        exc = future.exception()
+        if isinstance(exc, StoreLost):
+            if not self._lost:
+                log.error("%s; background submits are refused until it is recreated", exc)
+            self._lost = True
+            self.fault = failure_reason(exc)
+            if self._inflight is None and self._executor is not None and not self._closing:
+                self._start_commit()
+        elif exc is not None:
+            if not self._tidy_failing:  # once until it works again: it is retried every idle_delay
+                log.warning("tidying the store %s failed: %s", self.location, failure_reason(exc))
+            self._tidy_failing = True
+        else:
+            self._tidy_failing = False
+        if self._inflight is None:
+            self._arm_idle()  # checked again every idle_delay while nothing is written
 
 
 def default_sqlite_path() -> Path:

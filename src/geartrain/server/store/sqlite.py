@@ -15,18 +15,31 @@ geartrain's table at start, in the same transaction, so they are replayed once.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import GroupCommitStore, Row, StoredJob, StoreError
+from . import GroupCommitStore, Row, StoredJob, StoreError, StoreLost, failure_reason
 
 log = logging.getLogger("geartrain.store")
 
 SCHEMA_VERSION = 1
+#: A checkpoint runs when the log reaches this many pages (1 MiB at 4 KiB pages): the log stays that small while
+#: busy, plus the largest batch; journal_size_limit cuts it back after a checkpoint, and after idle_delay without
+#: writes it is truncated to nothing.
+CHECKPOINT_PAGES = 256
+WAL_SIZE_LIMIT = 1 << 20
+#: Free space below which the start logs a warning (the store still starts and serves).
+LOW_SPACE = 4 << 20
 TABLE = "geartrain_jobs"
 INVALID_TABLE = "geartrain_jobs_invalid"
 GEARMAND_TABLE = "gearman_queue"
+#: Server state beside the jobs: dead letters, schedules, attempt counts (see GroupCommitStore.save_state).
+STATE_TABLE = "geartrain_state"
+_STATE_SCHEMA = f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (kind TEXT NOT NULL, key TEXT NOT NULL, " \
+                "value BLOB NOT NULL, PRIMARY KEY (kind, key))"
 
 _COLUMNS = """
     function BLOB NOT NULL,
@@ -42,14 +55,54 @@ _SCHEMA = [
     f"CREATE TABLE IF NOT EXISTS {INVALID_TABLE} (id INTEGER,{_COLUMNS.replace(' NOT NULL', '')},"
     " reason TEXT)",
 ]
+EXPECTED_COLUMNS = ["id", "function", "unique_key", "priority", "when_to_run", "reducer", "data"]
 _SELECT = f"SELECT id, function, unique_key, priority, when_to_run, reducer, data FROM {TABLE} ORDER BY id"
 _INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
           "VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EMPTY = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
+                "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"
+#: Job data at least this large is written through a blob handle: SQLite keeps a copy of every bound parameter in
+#: a cached statement until it is bound again, which would hold large payloads long after their jobs ended.
+LARGE_DATA = 16 * 1024
 _DELETE = f"DELETE FROM {TABLE} WHERE id = ?"
-#: Server state beside the jobs: dead letters, schedules, attempt counts (see GroupCommitStore.save_state).
-STATE_TABLE = "geartrain_state"
-_STATE_SCHEMA = f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (kind TEXT NOT NULL, key TEXT NOT NULL, " \
-                "value BLOB NOT NULL, PRIMARY KEY (kind, key))"
+
+
+def check_layout(conn: sqlite3.Connection, path: Path) -> bool:
+    """Whether the file is new (empty: the schema must be made); raise StoreError, having written nothing, when
+    it holds a layout this version does not use."""
+    tables = {name: sql for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"the queue file {path} was written by a newer geartrain (schema {version}); it was left "
+                         "unchanged. Run that version, or name another file with --sqlite-db")
+    ours = {TABLE, INVALID_TABLE, STATE_TABLE}
+    if version == SCHEMA_VERSION and TABLE in tables and _columns(conn, TABLE) == EXPECTED_COLUMNS:
+        if set(tables) <= ours | {GEARMAND_TABLE}:
+            return False
+    elif version == 0 and set(tables) <= {GEARMAND_TABLE} and (not tables or _is_gearmand_queue(conn)):
+        return True  # empty, or gearmand's queue: taken over at start
+    found = ", ".join(sorted(tables)) or "no tables"
+    raise StoreError(
+        f"the queue file {path} has a table layout this geartrain does not use (user_version {version}, {found}); "
+        "it was left unchanged. Name another file with --sqlite-db; to import its jobs, copy them into a table "
+        f"{GEARMAND_TABLE}(unique_key, function_name, priority, data, when_to_run) of a new file, which geard "
+        "takes over at start")
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _is_gearmand_queue(conn: sqlite3.Connection) -> bool:
+    return {"unique_key", "function_name", "priority", "data"} <= set(_columns(conn, GEARMAND_TABLE))
+
+
+def free_bytes(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def chunk_sizes(count: int, most: int) -> list[int]:
@@ -96,6 +149,9 @@ class SQLiteStore(GroupCommitStore):
         self.conn: sqlite3.Connection | None = None
         self._rows_per_statement = 512
         self._statements: dict[tuple[str, int], str] = {}
+        self._identity: tuple[tuple[int, int] | None, ...] = (None, None)
+        #: Whether something was written since the last idle checkpoint.
+        self._unsynced = False
 
     # ------------------------------------------------------------------ writer thread
 
@@ -111,22 +167,28 @@ class SQLiteStore(GroupCommitStore):
             raise StoreError(f"cannot open the queue file {path}: {exc}") from exc
         try:
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"the queue file {path} cannot use a write-ahead log (journal mode {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            # Take the write lock now; exclusive locking mode keeps it until the server closes the file.
-            conn.execute("BEGIN IMMEDIATE")
+            # Everything is read and checked before anything is written: a file this version did not write
+            # is left exactly as it was (no table added, no user_version, no journal mode changed).
+            fresh = check_layout(conn, path)
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
                 raise StoreError(f"the queue file {path} is damaged ({check}); no job was read. Move it aside "
                                  "(with its -wal file) and recover what you can with `sqlite3 FILE .recover`")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"the queue file {path} was written by a newer geartrain (schema {version})")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if fresh:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the first table: lets it shrink at idle
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"the queue file {path} cannot use a write-ahead log (journal mode {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA temp_store=MEMORY")  # no temporary files: no descriptor to find at commit
+            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            # Take the write lock now; exclusive locking mode keeps it until the server closes the file.
+            conn.execute("BEGIN IMMEDIATE")
+            if fresh:  # on a full disk an existing queue needs no write to start
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._take_over_gearmand(conn)
             conn.execute("COMMIT")
         except StoreError:
@@ -136,7 +198,7 @@ class SQLiteStore(GroupCommitStore):
             conn.close()
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreError(f"the queue file {path} is in use by another server ({exc})") from exc
-            raise StoreError(f"cannot use the queue file {path}: {exc}") from exc
+            raise StoreError(f"cannot use the queue file {path}: {failure_reason(exc)}") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"the queue file {path} is not a usable SQLite database ({exc}); no job was read. "
@@ -145,6 +207,67 @@ class SQLiteStore(GroupCommitStore):
         variables = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit is not None else 999
         self._rows_per_statement = max(1, min(512, variables // 7))
         self.conn = conn
+        self._identity = self._identities()  # the log may not exist yet: see write()
+        self._unsynced = False
+        free = free_bytes(path.parent)
+        if free is not None and free < LOW_SPACE:
+            log.warning("the volume of the queue file %s has %d KiB free: background submits that do not fit are "
+                        "refused with ERROR QUEUE_ERROR (disk full) until there is room", path, free // 1024)
+
+    def _identities(self) -> tuple[tuple[int, int] | None, ...]:
+        """(st_dev, st_ino) of the file and of its log as the path names them now (None: no such file)."""
+        found = []
+        for name in (self.path, self.wal_path):
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                found.append(None)
+            else:
+                found.append((st.st_dev, st.st_ino))
+        return tuple(found)
+
+    @property
+    def wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    def check_engine(self) -> None:
+        if self.conn is None:
+            return
+        now = self._identities()
+        if now == self._identity or (self._identity[1] is None and now[0] == self._identity[0]):
+            return
+        what = "the queue file" if now[0] != self._identity[0] else "the log (-wal) of the queue file"
+        how = "deleted" if (now[0] if what == "the queue file" else now[1]) is None else "replaced by another file"
+        raise StoreLost(f"{what} {self.path} was {how} under the running server")
+
+    def recreate_engine(self, rows: list[Row]) -> None:
+        conn, self.conn = self.conn, None
+        now = self._identities()
+        if now[0] is not None and now[0] != self._identity[0]:
+            # Another file took the path: keep it, under a name of its own, and the log beside it if not ours.
+            aside = self.path.with_name(f"{self.path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.rename(self.path, aside)
+            if now[1] is not None and now[1] != self._identity[1]:
+                os.rename(self.wal_path, aside.with_name(aside.name + "-wal"))
+            log.error("moved the file that replaced the queue file %s to %s", self.path, aside)
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                log.warning("closing the lost queue file %s: %s", self.path, exc)
+        self.open_engine()
+        self.write(rows, [])
+
+    def idle_engine(self) -> None:
+        self.check_engine()
+        conn = self._conn()
+        if not self._unsynced:
+            return
+        # Nothing was written for a while: give the free pages back (files made by this version) and empty the log.
+        if conn.execute("PRAGMA freelist_count").fetchone()[0]:
+            conn.execute("PRAGMA incremental_vacuum")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._unsynced = False
 
     def _take_over_gearmand(self, conn: sqlite3.Connection) -> None:
         """Move the jobs of gearmand's libsqlite3 queue (same file) into our table, oldest first."""
@@ -179,27 +302,43 @@ class SQLiteStore(GroupCommitStore):
                 invalid.append((row, result))
             else:
                 jobs.append(result)
+        for row, reason in invalid:
+            log.error("stored job %s in %s cannot be replayed (%s): moved to table %s",
+                      row[0], self.path, reason, INVALID_TABLE)
         if invalid:
-            conn.execute("BEGIN")
             try:
+                conn.execute("BEGIN")
                 for row, reason in invalid:
-                    log.error("stored job %s in %s cannot be replayed (%s): moved to table %s",
-                              row[0], self.path, reason, INVALID_TABLE)
                     conn.execute(f"INSERT INTO {INVALID_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*row, reason))
                     conn.execute(_DELETE, (row[0],))
                 conn.execute("COMMIT")
-            except BaseException:
+            except sqlite3.Error as exc:  # a full disk, say: they stay where they are, still not replayed
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise
+                log.error("could not move them in %s (%s): they stay in table %s, not replayed",
+                          self.path, failure_reason(exc), TABLE)
+                self.reserve_refs(max((row[0] for row, _ in invalid if isinstance(row[0], int)), default=0))
         return jobs
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
+        self._apply(adds, removes)
+
+    def _apply(self, adds: list[Row], removes: list[int], rewrite_header: bool = False) -> None:
         # Many rows per statement: the sqlite3 module lets go of the GIL around every step, and taking it back
         # while the event loop thread is busy can cost a whole switch interval, so few steps it is.
         conn = self._conn()
+        blobopen = getattr(conn, "blobopen", None)  # Python 3.11+
+        large: list[Row] = []
+        if blobopen is not None and any(len(row[6]) >= LARGE_DATA for row in adds):
+            large = [row for row in adds if len(row[6]) >= LARGE_DATA]
+            adds = [row for row in adds if len(row[6]) < LARGE_DATA]
         conn.execute("BEGIN")
         try:
+            for row in large:
+                # Written through a blob handle: a bound parameter would stay copied in the cached statement.
+                conn.execute(_INSERT_EMPTY, (*row[:6], len(row[6])))
+                with blobopen(TABLE, "data", row[0]) as blob:
+                    blob.write(row[6])
             start = 0
             for size in chunk_sizes(len(adds), self._rows_per_statement):
                 params = [value for row in adds[start:start + size] for value in row]
@@ -209,11 +348,25 @@ class SQLiteStore(GroupCommitStore):
             for size in chunk_sizes(len(removes), self._rows_per_statement * 7):
                 conn.execute(self._statement("delete", size), removes[start:start + size])
                 start += size
+            if rewrite_header:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")  # synchronous=FULL: the log is synced before this returns
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    log.warning("rolling back a failed batch in %s: %s", self.path, exc)
             raise
+        finally:
+            self._unsynced = True
+        if self._identity[1] is None:  # the first write made the log
+            self._identity = self._identities()
+
+    def discard(self, refs: list[int]) -> None:
+        # A transaction that writes a page whatever the rows: its frames overwrite the failed batch's in the log,
+        # which breaks their checksum chain, so a crash cannot bring that batch back.
+        self._apply([], refs, rewrite_header=True)
 
     def _statement(self, kind: str, rows: int) -> str:
         sql = self._statements.get((kind, rows))
@@ -229,7 +382,8 @@ class SQLiteStore(GroupCommitStore):
 
     def load_state(self) -> dict[str, dict[str, bytes]]:
         conn = self._conn()
-        conn.execute(_STATE_SCHEMA)
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STATE_TABLE,)).fetchone():
+            return {}  # made by the first write_state: starting writes nothing (a full disk must not stop it)
         state: dict[str, dict[str, bytes]] = {}
         for kind, key, value in conn.execute(f"SELECT kind, key, value FROM {STATE_TABLE} ORDER BY rowid"):
             state.setdefault(kind, {})[key] = bytes(value)
@@ -239,6 +393,7 @@ class SQLiteStore(GroupCommitStore):
         conn = self._conn()
         conn.execute("BEGIN")
         try:
+            conn.execute(_STATE_SCHEMA)
             conn.executemany(f"DELETE FROM {STATE_TABLE} WHERE kind = ? AND key = ?",
                              [key for key, value in changes.items() if value is None])
             conn.executemany(f"INSERT OR REPLACE INTO {STATE_TABLE} (kind, key, value) VALUES (?, ?, ?)",
