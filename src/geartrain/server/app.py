@@ -68,6 +68,10 @@ class Server:
         self._timer_when = 0.0
         self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        #: The TLS context new connections get (SIGHUP replaces it: see reload()).
+        self.ssl_context: Any = None
+        #: Called once when shutdown begins (geard tells systemd STOPPING=1).
+        self.on_stopping: Any = None
 
     def _open_store(self) -> Any:
         if self.config.queue_type == "memory":
@@ -105,29 +109,25 @@ class Server:
         if self.store is not None:
             await self.store.start(self)
         config = self.config
-        ssl_context = None
         if config.ssl_key and config.ssl_cert:
             from .tls import server_context
 
-            ssl_context = server_context(config.ssl_key, config.ssl_cert, config.ssl_ca)
-        plain = [(host, port, ssl_context if config.tls_on_main else None) for host, port in config.listen]
-        secure = []
-        if config.ssl_listen:
-            if not (config.ssl_key and config.ssl_cert):
-                raise ValueError("TLS listeners need ssl_key and ssl_cert")
-            from .tls import server_context
-
-            tls = server_context(config.ssl_key, config.ssl_cert, config.ssl_ca)
-            secure = [(host, port, tls) for host, port in config.ssl_listen]
-        for host, port, context in plain + secure:
+            self.ssl_context = server_context(config.ssl_key, config.ssl_cert, config.ssl_ca)
+        elif config.ssl_listen:
+            raise ValueError("TLS listeners need ssl_key and ssl_cert")
+        main_tls = self.ssl_context is not None and config.tls_on_main
+        addresses = [(host, port, main_tls) for host, port in config.listen]
+        addresses += [(host, port, True) for host, port in config.ssl_listen]
+        for host, port, tls in addresses:
+            # The context is looked up per connection, so that a reloaded certificate serves new connections.
             listener = await loop.create_server(
-                lambda context=context: GearmanProtocol(self, context), host or None, port,
-                reuse_address=True, backlog=1024,
+                lambda tls=tls: GearmanProtocol(self, self.ssl_context if tls else None), host or None, port,
+                reuse_address=True, backlog=config.backlog,
                 family=socket.AF_INET6 if ":" in host else socket.AF_UNSPEC,
             )
             self.listeners.append(listener)
             log.info("listening on %s port %d%s", host or "*", listener.sockets[0].getsockname()[1],
-                     " (TLS)" if context is not None else "")
+                     " (TLS)" if tls else "")
         self._timer_changed(self.broker.next_timer())
 
     async def wait_stopped(self) -> None:
@@ -156,6 +156,9 @@ class Server:
         loop = self.loop
         if loop is None:
             return
+        if self.on_stopping is not None:
+            on_stopping, self.on_stopping = self.on_stopping, None
+            on_stopping()
         if not graceful:
             loop.call_soon(lambda: asyncio.ensure_future(self.close()))
             return
@@ -172,7 +175,7 @@ class Server:
 
     def run(self, on_started: Any = None) -> None:
         """Serve until shutdown (blocking), with SIGTERM/SIGINT (stop), SIGUSR1 (graceful) and SIGHUP
-        (reopen log files) handled; the `geard` entry point."""
+        (reload()) handled; the `geard` entry point."""
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
@@ -182,7 +185,7 @@ class Server:
                 (signal.SIGTERM, lambda: self.request_shutdown(False)),
                 (signal.SIGINT, lambda: self.request_shutdown(False)),
                 (signal.SIGUSR1, lambda: self.request_shutdown(True)),
-                (signal.SIGHUP, reopen_log_files),
+                (signal.SIGHUP, self.reload),
             ):
                 loop.add_signal_handler(signum, action)
             loop.run_until_complete(self.start())
@@ -198,6 +201,19 @@ class Server:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    def reload(self) -> None:
+        """SIGHUP: reopen log files, and read the ACL file and the TLS files again; new connections use the new
+        certificate. A file that fails to load keeps the current setting, with a log line saying why."""
+        from .reload import reread_acl, reread_tls
+
+        reopen_log_files()
+        acl = reread_acl(self.config)
+        if acl is not None:
+            self.config.acl = self.broker.acl = acl
+        context = reread_tls(self.config)
+        if context is not None:
+            self.ssl_context = context
 
     def start_in_thread(self, timeout: float = 30.0) -> None:
         """Serve from a background thread; returns once listening (for tests and embedding)."""

@@ -65,6 +65,8 @@ class Store(abc.ABC):
 
     #: Where the jobs live, for log lines ("replayed N jobs from <location>").
     location: str = ""
+    #: How many jobs start() replayed (geard's start-up line).
+    replayed: int = 0
 
     @abc.abstractmethod
     async def start(self, server: Any) -> None:
@@ -178,7 +180,8 @@ class GroupCommitStore(Store):
             log.warning("%d stored jobs repeated the function and unique of an earlier one: removed",
                         len(duplicates))
             await loop.run_in_executor(self._executor, self.write, [], duplicates)
-        log.info("replayed %d jobs from %s in %.2fs", len(jobs) - len(duplicates), self.location,
+        self.replayed = len(jobs) - len(duplicates)
+        log.info("replayed %d jobs from %s in %.2fs", self.replayed, self.location,
                  time.monotonic() - began)
 
     async def close(self) -> None:
@@ -327,11 +330,11 @@ class GroupCommitStore(Store):
                 transport.abort()
 
 
-def default_sqlite_path() -> Path:
-    """Where a plain `geard` keeps its queue: $XDG_STATE_HOME/geartrain/queue.sqlite3, else
-    ~/.local/state/geartrain/queue.sqlite3."""
+def default_sqlite_path(port: int | None = None) -> Path:
+    """Where a `geard` on `port` keeps its queue: $XDG_STATE_HOME/geartrain/queue-PORT.sqlite3, else
+    ~/.local/state/geartrain/queue-PORT.sqlite3 (queue.sqlite3 without a port)."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "geartrain" / "queue.sqlite3"
+    return Path(state) / "geartrain" / (f"queue-{port}.sqlite3" if port else "queue.sqlite3")
 
 
 def open_store(config: Any) -> Store:
