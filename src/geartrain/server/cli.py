@@ -360,8 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bad ACL file, for instance: say what to fix
         print(f"geard: {exc}", file=sys.stderr)
         return 2
-    if args.check_args:
-        return 0
     for name in ("pidfile", "log_config", "log_file"):
         value = getattr(args, name)
         if value and value not in ("stderr", "none"):
@@ -369,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args)
     for warning in args.ignored:
         log.warning("%s", warning)
+    if args.check_args:
+        return 0
     set_limits(args)
     detached: Callable[[bool], None] | None = None
     if (args.daemon or not args.nodaemon) and os.getpid() != 1:  # as PID 1 (a container) there is no one to leave

@@ -1,0 +1,450 @@
+"""geard's command line: defaults from ServerConfig, gearmand's options and service lines, the per-port queue file,
+the start-up line, SIGHUP reloads (ACL, TLS), and systemd's notify protocol. Real geard processes throughout."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from geartrain.protocol import constants as C
+from geartrain.server.cli import CONFIG_OPTIONS, IGNORED_OPTIONS, build_parser, config_from_args, expand_config_file
+from geartrain.server.config import ServerConfig
+from geartrain.server.tls import client_context
+
+from certs import make_pki
+from conftest import free_port, stop_process, wait_for_port
+from wire import Wire
+
+GEARD = [sys.executable, "-m", "geartrain.server.cli"]
+STARTUP = re.compile(r"^geard \S+: listening on (?P<where>.*); queue: (?P<queue>.*)$")
+
+
+def parse(*argv: str) -> ServerConfig:
+    return config_from_args(build_parser().parse_args(expand_config_file(argv)))
+
+
+@pytest.fixture(autouse=True)
+def no_gearmand_environment(monkeypatch, tmp_path):
+    """Each test gets its own state directory and none of gearmand's variables from the caller."""
+    for name in ("GEARMAND_PORT", "GEARMAND_SERVER_PEM", "GEARMAND_SERVER_KEY", "GEARMAND_CA_CERTIFICATE",
+                 "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+def read_until(process: subprocess.Popen, pattern: re.Pattern[str], deadline: float = 30.0) -> re.Match[str]:
+    """Read the process's stderr line by line until one matches (fail when it exits or the deadline passes)."""
+    end = time.monotonic() + deadline
+    seen = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        while time.monotonic() < end:
+            if not selector.select(timeout=max(0.0, end - time.monotonic())):
+                continue
+            line = process.stderr.readline().decode()
+            if not line:
+                raise AssertionError(f"geard exited ({process.wait(10)}) before printing {pattern.pattern}: {seen}")
+            seen.append(line)
+            match = pattern.search(line.rstrip("\n"))
+            if match:
+                return match
+    raise AssertionError(f"no line matching {pattern.pattern} within {deadline}s: {seen}")
+
+
+def start_geard(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, re.Match[str]]:
+    """geard in the foreground; returns once its start-up line is printed."""
+    process = subprocess.Popen([*GEARD, "-d", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=env)
+    try:
+        return process, read_until(process, STARTUP)
+    except BaseException:
+        stop_process(process)
+        raise
+
+
+def pid_gone(pid: int, deadline: float = 30.0) -> bool:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ------------------------------------------------------------------------------------------- config in one place
+
+
+def test_geard_defaults_are_server_config_defaults_except_the_queue():
+    assert parse("-q", "memory") == ServerConfig()
+    parser = build_parser()
+    defaults = ServerConfig()
+    for _flags, field, _kwargs in CONFIG_OPTIONS:
+        assert parser.get_default(field) == getattr(defaults, field), field
+    plain = parse()
+    assert plain.queue_type == "sqlite" and plain.sqlite_db.endswith("/geartrain/queue-4730.sqlite3")
+    assert parse("-p", "4731").sqlite_db.endswith("/geartrain/queue-4731.sqlite3")
+    assert parse("-p", "0").queue_type == "memory"
+    assert parse("-p", "0", "--sqlite-db", "x.db").sqlite_db == os.path.abspath("x.db")
+
+
+def test_gearmand_spellings_set_the_same_fields(monkeypatch):
+    config = parse("-b", "7", "-j", "3", "-w", "2", "--exceptions", "-q", "builtin", "-L", "127.0.0.1", "-p", "5000",
+                   "-r", "http", "--http-port", "8099", "--job-handle-prefix", "H:x")
+    assert (config.backlog, config.job_retries, config.worker_wakeup, config.exceptions) == (7, 3, 2, True)
+    assert config.queue_type == "memory" and config.listen == [("127.0.0.1", 5000)]
+    assert config.http_listen == [("127.0.0.1", 8099)] and config.job_handle_prefix == "H:x"
+    assert parse("-r", "http").http_listen == [("", 8080)]
+    assert parse().http_listen == []
+    monkeypatch.setenv("GEARMAND_PORT", "4999")
+    assert parse("-q", "memory").listen == [("", 4999)]
+    assert parse("-q", "memory", "-p", "5001").listen == [("", 5001)]
+    monkeypatch.setenv("GEARMAND_SERVER_PEM", "/etc/cert.pem")
+    monkeypatch.setenv("GEARMAND_SERVER_KEY", "/etc/key.pem")
+    config = parse("-q", "memory", "--ssl", "--ssl-ca-file", "/etc/ca.pem")
+    assert (config.ssl_cert, config.ssl_key, config.ssl_ca) == ("/etc/cert.pem", "/etc/key.pem", "/etc/ca.pem")
+    assert parse("-q", "memory", "--ssl-certificate", "c", "--ssl-key", "k").ssl_cert == os.path.abspath("c")
+
+
+def test_every_option_of_gearmand_1_1_20_is_accepted():
+    """Each long option `gearmand --help` lists parses here, with a value where gearmand takes one."""
+    gearmand = Path("/usr/sbin/gearmand")
+    if not gearmand.exists():
+        pytest.skip("gearmand is not installed")
+    help_text = subprocess.run([gearmand, "--help"], capture_output=True, text=True, timeout=30).stdout
+    options = re.findall(r"^\s+(?:-\w \[ )?(--[\w-]+)(?: \])?( arg)?", help_text, re.MULTILINE)
+    assert len(options) > 40, help_text
+    # The PostgreSQL queue's options belong to the PostgreSQL store (its own branch adds them).
+    elsewhere = {"--libpq-conninfo", "--libpq-table"}
+    values = {"--queue-type": "libsqlite3", "--protocol": "http", "--verbose": "INFO", "--user": "root",
+              "--config-file": "/dev/null"}
+    parser = build_parser()
+    for name, takes_value in options:
+        if name in elsewhere or name in ("--help", "--version"):
+            continue
+        argv = [name, values.get(name, "1")] if takes_value else [name]
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"geard does not accept gearmand's {' '.join(argv)}")
+
+
+def test_options_without_meaning_are_accepted_with_a_warning():
+    argv = ["--check-args", "-q", "memory"]
+    for flags, takes_value, _reason in IGNORED_OPTIONS:
+        argv += [flags[0], "1"] if takes_value else [flags[0]]
+    done = subprocess.run([*GEARD, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for flags, _takes_value, reason in IGNORED_OPTIONS:
+        assert f"{flags[0]} is accepted for gearmand's command lines and ignored: {reason}" in done.stderr
+
+
+def test_config_file_in_gearmand_format_and_the_command_line_wins(tmp_path):
+    conf = tmp_path / "gearmand.conf"
+    conf.write_text("# geard reads gearmand's format\n--port=4800\n--listen 127.0.0.1\n-q builtin\n"
+                    "--job-handle-prefix FROMFILE\n--exceptions\n")
+    config = parse("--config-file", str(conf), "--job-handle-prefix", "CLI")
+    assert config.listen == [("127.0.0.1", 4800)] and config.queue_type == "memory" and config.exceptions
+    assert config.job_handle_prefix == "CLI"
+    assert parse(f"@{conf}").listen == [("127.0.0.1", 4800)]
+    done = subprocess.run([*GEARD, "--config-file", str(tmp_path / "missing.conf")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0 and "cannot read the configuration file" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------- queue and start-up
+
+
+def test_each_plain_geard_keeps_its_own_queue_file_and_says_so(tmp_path):
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    first, second = free_port(), free_port()
+    a, line_a = start_geard("-L", "127.0.0.1", "-p", str(first), env=env)
+    try:
+        b, line_b = start_geard("-L", "127.0.0.1", "-p", str(second), env=env)  # no "in use by another server"
+        try:
+            file_a = tmp_path / "state" / "geartrain" / f"queue-{first}.sqlite3"
+            assert line_a["where"] == f"127.0.0.1:{first}"
+            assert line_a["queue"] == f"{file_a} (0 jobs replayed)"
+            file_b = tmp_path / "state" / "geartrain" / f"queue-{second}.sqlite3"
+            assert line_b["queue"] == f"{file_b} (0 jobs replayed)"
+            with Wire("127.0.0.1", first) as client:
+                client.submit(b"later", b"x", ptype=C.SUBMIT_JOB_BG)
+        finally:
+            stop_process(b)
+    finally:
+        stop_process(a)
+    a, line_a = start_geard("-L", "127.0.0.1", "-p", str(first), env=env)
+    try:
+        assert line_a["queue"] == f"{file_a} (1 jobs replayed)"
+    finally:
+        stop_process(a)
+
+
+def test_port_zero_keeps_jobs_in_memory_and_prints_the_port_it_got():
+    process, line = start_geard("-L", "127.0.0.1", "-p", "0")
+    try:
+        assert line["queue"] == "memory"
+        port = int(line["where"].rsplit(":", 1)[1])
+        with Wire("127.0.0.1", port) as w:
+            assert w.admin("version").lines
+    finally:
+        stop_process(process)
+
+
+# ------------------------------------------------------------------------------------------- gearmand's service
+
+
+def debian_exec_start() -> list[str]:
+    """The ExecStart line of Debian's gearman-job-server unit, with $PARAMS from /etc/default as systemd reads it."""
+    unit, defaults = Path("/lib/systemd/system/gearman-job-server.service"), "/etc/default/gearman-job-server"
+    if not unit.exists():
+        pytest.skip("Debian's gearman-job-server is not installed")
+    line = next(v for k, _, v in (ln.partition("=") for ln in unit.read_text().splitlines()) if k == "ExecStart")
+    params = subprocess.run(["sh", "-c", f'. {defaults} 2>/dev/null; printf %s "$PARAMS"'], capture_output=True,
+                            text=True, timeout=30).stdout
+    return shlex.split(line.replace("$PARAMS", params))
+
+
+def test_debian_service_line_runs_geard_in_place_of_gearmand(tmp_path):
+    argv = debian_exec_start()
+    assert argv[0] == "/usr/sbin/gearmand" and "--daemon" in argv
+    paths = {}
+
+    def relocate(arg: str) -> str:  # the pid and log files go to a temporary directory
+        name, eq, value = arg.partition("=")
+        if eq and value.startswith("/"):
+            paths[name] = tmp_path / Path(value).name
+            return f"{name}={paths[name]}"
+        return arg
+
+    command = GEARD + [relocate(arg) for arg in argv[1:]]
+    port = free_port()
+    env = {**os.environ, "GEARMAND_PORT": str(port), "XDG_STATE_HOME": str(tmp_path / "state")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    pidfile, logfile = paths["--pid-file"], paths["--log-file"]
+    pid = int(pidfile.read_text()) if pidfile.exists() else None
+    try:
+        # Like gearmand --daemon: the command returns once the daemon serves, its pid file written.
+        assert done.returncode == 0, done.stderr
+        assert pid is not None and pid != os.getpid()
+        assert STARTUP.search(done.stderr.strip()), done.stderr
+        with Wire("localhost", port) as w:
+            assert w.admin("status").lines == ()
+        assert logfile.exists()
+        os.kill(pid, signal.SIGTERM)
+        assert pid_gone(pid)
+        assert not pidfile.exists()
+    finally:
+        if pid is not None and not pid_gone(pid, 0.1):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_daemon_that_cannot_start_makes_the_command_fail(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*GEARD, "--daemon", "-q", "memory", "-L", "127.0.0.1", "-p", str(port),
+                               "--pid-file", str(tmp_path / "g.pid")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "geard: " in done.stderr and "address already in use" in done.stderr.lower()
+    assert not (tmp_path / "g.pid").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_user_backlog_and_file_descriptors_are_applied():
+    port = free_port()
+    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", str(port), "-u", "nobody", "-b", "7",
+                             "-f", "2048", "--coredump")
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == ["65534"] * 4
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+2048\s", limits), limits
+        assert re.search(r"Max core file size\s+unlimited\s", limits), limits
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                                   timeout=30).stdout.split()
+        assert listening[2] == "7", listening  # Send-Q of a listening socket is its backlog
+        with Wire("127.0.0.1", port) as w:  # still serving after dropping root
+            assert w.admin("version").lines
+    finally:
+        stop_process(process)
+
+
+def test_log_file_stderr_and_none(tmp_path):
+    log = tmp_path / "geard.log"
+    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO", "-l", str(log))
+    stop_process(process)
+    assert "INFO geartrain.server: geard" in log.read_text()
+    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO", "-l", "none")
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=30)[1].decode()
+    assert "INFO" not in rest and "geartrain.server" not in rest
+    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO", "-l", "stderr",
+                             "-t", "2")
+    stop_process(process)
+
+
+# ------------------------------------------------------------------------------------------- SIGHUP
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_pki(tmp_path / "pki")
+
+
+def peer_cn(port: int, ca: str) -> str:
+    context = client_context(ssl_ca=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        subject = dict(item for rdn in tls.getpeercert()["subject"] for item in rdn)
+        return subject["commonName"]
+
+
+def wait_for(predicate, what: str, deadline: float = 30.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {deadline}s: {what}")
+
+
+def test_sighup_reloads_the_tls_certificate_and_keeps_it_when_the_new_one_is_bad(pki, tmp_path):
+    key, cert, ca = pki.server_files("first")
+    live_key, live_cert = tmp_path / "server.key", tmp_path / "server.pem"
+    live_key.write_bytes(Path(key).read_bytes())
+    live_cert.write_bytes(Path(cert).read_bytes())
+    log = tmp_path / "geard.log"
+    port = free_port()
+    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", str(port), "--ssl-key", str(live_key),
+                             "--ssl-cert", str(live_cert), "-l", str(log))
+    try:
+        assert peer_cn(port, ca) == "first"
+        with Wire("127.0.0.1", port, ssl_context=client_context(ssl_ca=ca)) as old:
+            key2, cert2, _ = pki.server_files("second")
+            live_key.write_bytes(Path(key2).read_bytes())
+            live_cert.write_bytes(Path(cert2).read_bytes())
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: peer_cn(port, ca) == "second", "new connections get the new certificate")
+            old.send(C.ECHO_REQ, b"still here")  # the connection made before keeps working
+            assert old.expect(C.ECHO_RES).args == (b"still here",)
+        live_cert.write_text("not a certificate\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "kept the current TLS certificate" in log.read_text(), "a log line about the bad file")
+        assert peer_cn(port, ca) == "second"
+    finally:
+        stop_process(process)
+
+
+def test_sighup_reloads_the_acl_file_and_keeps_it_when_the_new_one_is_bad(pki, tmp_path):
+    key, cert, ca = pki.server_files()
+    acl = tmp_path / "acl.ini"
+    acl.write_text("[worker]\nregister=a.*\n")
+    log = tmp_path / "geard.log"
+    port = free_port()
+    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", str(port), "--ssl-key", key, "--ssl-cert",
+                             cert, "--ssl-ca", ca, "--acl", str(acl), "-l", str(log))
+    worker = client_context(*pki.client_files("worker"))
+
+    def may_register(name: bytes) -> bool:
+        with Wire("127.0.0.1", port, ssl_context=worker) as w:
+            w.send(C.CAN_DO, name)
+            w.send(C.ECHO_REQ, b"done")
+            event = w.next_event()
+            if event.ptype == C.ERROR:
+                assert event.args[0] == b"PERMISSION_DENIED"
+                return False
+            assert event.ptype == C.ECHO_RES
+            return True
+
+    try:
+        assert may_register(b"abc") and not may_register(b"bcd")
+        acl.write_text("[worker]\nregister=b.*\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: may_register(b"bcd"), "the new ACL in force")
+        assert not may_register(b"abc")
+        acl.write_text("[worker]\nregister=(\n")  # an invalid regular expression
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "kept the current ACL" in log.read_text(), "a log line about the bad file")
+        assert may_register(b"bcd") and not may_register(b"abc")
+    finally:
+        stop_process(process)
+
+
+# ------------------------------------------------------------------------------------------- systemd
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request, tmp_path):
+    """A real AF_UNIX datagram socket standing in for systemd's, named by path or in the abstract namespace."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if request.param == "path":
+        address = name = str(tmp_path / "notify.sock")
+    else:
+        name = f"@geartrain-test-{uuid.uuid4().hex}"
+        address = "\0" + name[1:]
+    sock.bind(address)
+    sock.settimeout(30)
+    try:
+        yield sock, name
+    finally:
+        sock.close()
+
+
+def test_systemd_ready_watchdog_and_stopping(notify_socket):
+    sock, name = notify_socket
+    port = free_port()
+    env = {**os.environ, "NOTIFY_SOCKET": name, "WATCHDOG_USEC": "200000"}
+    process = subprocess.Popen([*GEARD, "-d", "-q", "memory", "-L", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1\nSTATUS=geard "), ready
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # listening by the time READY=1 arrives
+        assert [sock.recv(4096) for _ in range(3)] == [b"WATCHDOG=1"] * 3
+        process.send_signal(signal.SIGTERM)
+        while (message := sock.recv(4096)) == b"WATCHDOG=1":
+            pass
+        assert message == b"STOPPING=1"
+        assert process.wait(30) == 0
+    finally:
+        stop_process(process)
+
+
+def test_ready_comes_after_the_queue_is_replayed(notify_socket, tmp_path):
+    sock, name = notify_socket
+    port = free_port()
+    db = tmp_path / "queue.sqlite3"
+    process, _ = start_geard("--sqlite-db", str(db), "-L", "127.0.0.1", "-p", str(port))
+    try:
+        with Wire("127.0.0.1", port) as client:
+            for n in range(3):
+                client.submit(b"later", b"%d" % n, ptype=C.SUBMIT_JOB_BG)
+    finally:
+        stop_process(process)
+    env = {**os.environ, "NOTIFY_SOCKET": name}
+    process = subprocess.Popen([*GEARD, "-d", "--sqlite-db", str(db), "-L", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        assert sock.recv(4096).decode().endswith("(3 jobs replayed)")
+        with Wire("127.0.0.1", port) as w:
+            assert w.admin("status").lines == (b"later\t3\t0\t0",)
+        wait_for_port("127.0.0.1", port, process=process)
+    finally:
+        stop_process(process)
