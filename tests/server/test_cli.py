@@ -448,3 +448,28 @@ def test_ready_comes_after_the_queue_is_replayed(notify_socket, tmp_path):
         wait_for_port("127.0.0.1", port, process=process)
     finally:
         stop_process(process)
+
+
+def test_contrib_unit_is_a_valid_notify_service_running_geard_in_the_foreground(tmp_path):
+    unit = Path(__file__).resolve().parents[2] / "contrib" / "geard.service"
+    settings = [line.partition("=") for line in unit.read_text().splitlines() if "=" in line and line[0] != "#"]
+    service = {key: value for key, _, value in settings}
+    assert service["Type"] == "notify" and service["WatchdogSec"] and "-HUP" in service["ExecReload"]
+    argv = shlex.split(service["ExecStart"])
+    assert Path(argv[0]).name == "geard" and "-d" in argv
+    args = build_parser().parse_args(argv[1:])
+    assert args.nodaemon and not args.daemon
+    if not Path("/usr/bin/systemd-analyze").exists():
+        pytest.skip("systemd-analyze is not installed")
+    # systemd checks that ExecStart exists: point it at this geard's interpreter for the check.
+    checked = tmp_path / "geard.service"
+    checked.write_text(unit.read_text().replace(argv[0], sys.executable, 1))
+    done = subprocess.run(["systemd-analyze", "verify", str(checked)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_options_gearmand_2_0_adds_are_accepted():
+    parser = build_parser()
+    for argv in (["--check-args"], ["-v", "INFO"], ["--libdrizzle-host", "db"], ["--libdrizzle-mysql"],
+                 ["--libtokyocabinet-file", "q.tcb"], ["--libtokyocabinet-optimize"], ["-R"], ["-t", "0"]):
+        parser.parse_args(argv)
