@@ -473,3 +473,9 @@ def test_options_gearmand_2_0_adds_are_accepted():
     for argv in (["--check-args"], ["-v", "INFO"], ["--libdrizzle-host", "db"], ["--libdrizzle-mysql"],
                  ["--libtokyocabinet-file", "q.tcb"], ["--libtokyocabinet-optimize"], ["-R"], ["-t", "0"]):
         parser.parse_args(argv)
+
+
+def test_an_unknown_user_fails_before_the_server_starts():
+    done = subprocess.run([*GEARD, "-d", "-q", "memory", "-p", "0", "-u", f"nobody-{uuid.uuid4().hex[:8]}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no such user" in done.stderr and "listening" not in done.stderr

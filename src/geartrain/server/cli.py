@@ -104,9 +104,8 @@ class _Ignored(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        ignored = getattr(namespace, "ignored", [])
-        ignored.append(f"{option_string} is accepted for gearmand's command lines and ignored: {self.reason}")
-        namespace.ignored = ignored
+        warning = f"{option_string} is accepted for gearmand's command lines and ignored: {self.reason}"
+        namespace.ignored = [*getattr(namespace, "ignored", []), warning]  # never the shared default list
 
 
 class _Parser(argparse.ArgumentParser):
@@ -291,8 +290,11 @@ def set_limits(args: argparse.Namespace) -> None:
                              "run as root or raise the hard limit") from None
 
 
-def switch_user(user: str) -> None:
-    """gearmand's -u: become `user` (its group and supplementary groups); run once the ports are bound."""
+def user_to_become(user: str | None) -> Any:
+    """gearmand's -u: the passwd entry to switch to once the ports are bound (None: stay). Checked before the
+    server starts, so that a wrong name fails at once."""
+    if not user:
+        return None
     import pwd
 
     try:
@@ -300,10 +302,15 @@ def switch_user(user: str) -> None:
     except KeyError:
         raise SystemExit(f"geard: --user {user}: no such user") from None
     if os.geteuid() == entry.pw_uid:
-        return
+        return None
     if os.geteuid() != 0:
         raise SystemExit(f"geard: --user {user}: only root can switch users (running as uid {os.geteuid()})")
-    os.initgroups(user, entry.pw_gid)
+    return entry
+
+
+def switch_user(entry: Any) -> None:
+    """Become the user of a passwd entry, with its group and supplementary groups."""
+    os.initgroups(entry.pw_name, entry.pw_gid)
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
 
@@ -370,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_args:
         return 0
     set_limits(args)
+    become = user_to_become(args.user)
     detached: Callable[[bool], None] | None = None
     if (args.daemon or not args.nodaemon) and os.getpid() != 1:  # as PID 1 (a container) there is no one to leave
         detached = daemonize()
@@ -383,8 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier = Notifier()
 
     def started(server: Server) -> None:
-        if args.user:
-            switch_user(args.user)
+        if become is not None:
+            switch_user(become)
         line = startup_line(server)
         print(line, file=sys.stderr, flush=True)
         log.info("%s", line)
