@@ -23,7 +23,7 @@ from geartrain.server.config import ServerConfig
 from geartrain.server.tls import client_context
 
 from certs import make_pki
-from conftest import free_port, stop_process, wait_for_port
+from conftest import free_port, start_gearmand, stop_process, wait_for_port
 from wire import Wire
 
 GEARD = [sys.executable, "-m", "geartrain.server.cli"]
@@ -479,3 +479,21 @@ def test_an_unknown_user_fails_before_the_server_starts():
     done = subprocess.run([*GEARD, "-d", "-q", "memory", "-p", "0", "-u", f"nobody-{uuid.uuid4().hex[:8]}"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "no such user" in done.stderr and "listening" not in done.stderr
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/gearmand").exists(), reason="gearmand is not installed")
+def test_geard_takes_over_gearmand_s_libsqlite3_queue_with_the_same_options(tmp_path):
+    db = tmp_path / "gearmand.sqlite"
+    queue = ["-q", "libsqlite3", "--libsqlite3-db", str(db), "--libsqlite3-table", "jobs_of_gearmand"]
+    gearmand = start_gearmand(*queue)
+    try:
+        with Wire(gearmand.host, gearmand.port) as client:
+            for n in range(2):
+                client.submit(b"later", b"%d" % n, b"u%d" % n, ptype=C.SUBMIT_JOB_BG)
+    finally:
+        gearmand.stop()
+    process, line = start_geard(*queue, "-L", "127.0.0.1", "-p", "0")
+    try:
+        assert line["queue"] == f"{db} (2 jobs replayed)"
+    finally:
+        stop_process(process)

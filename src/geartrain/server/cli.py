@@ -70,6 +70,8 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "(0: off)"}),
     (("--handshake-timeout",), "handshake_timeout", {
         "type": float, "help": "TLS handshake timeout, seconds (%(default)s)"}),
+    (("--libsqlite3-table",), "libsqlite3_table", {
+        "help": "gearmand's libsqlite3 table in the queue file: its jobs are taken over at start (gearman_queue)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
 ]
@@ -151,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
                    help="SQLite file for the durable queue (default: queue-PORT.sqlite3 in $XDG_STATE_HOME/"
                    "geartrain, else ~/.local/state/geartrain; the directory is created)")
-    p.add_argument("--libsqlite3-table", help="gearmand's libsqlite3 table (only gearman_queue, which geard "
-                   "takes over at start)")
     p.add_argument("-r", "--protocol", choices=["http"], help="gearmand's protocol module: http adds the HTTP "
                    "listener on --http-port")
     p.add_argument("--http-port", type=int, default=None, help=f"HTTP port with -r http ({GEARMAND_HTTP_PORT})")
@@ -194,9 +194,6 @@ def _queue(args: argparse.Namespace, port: int) -> tuple[str, str | None]:
     queue_type = explicit or (GEARD_QUEUE_TYPE if port or args.sqlite_db else "memory")
     if queue_type != "sqlite":
         return queue_type, None
-    if args.libsqlite3_table not in (None, "gearman_queue"):
-        raise ValueError(f"--libsqlite3-table {args.libsqlite3_table}: geard takes over gearmand's table "
-                         "gearman_queue only; rename the table, or leave the option out")
     if args.sqlite_db:
         return "sqlite", os.path.abspath(args.sqlite_db)  # absolute: daemonizing changes the directory
     if not port:

@@ -69,6 +69,8 @@ class ServerConfig:
     queue_type: str = "memory"
     #: The SQLite file; None: default_sqlite_path() (geard passes the per-port file).
     sqlite_db: str | None = None
+    #: gearmand's libsqlite3 table in that file whose jobs are taken over at start; None: gearman_queue.
+    libsqlite3_table: str | None = None
     #: Whether WORK_EXCEPTION reaches clients that did not set OPTION_REQ exceptions (gearmand's --exceptions).
     exceptions: bool = False
     #: HTTP listeners (host, port), gearmand's `-r http --http-port`; empty: no HTTP side.

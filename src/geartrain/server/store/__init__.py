@@ -342,5 +342,5 @@ def open_store(config: Any) -> Store:
     if config.queue_type == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(config.sqlite_db or default_sqlite_path())
+        return SQLiteStore(config.sqlite_db or default_sqlite_path(), getattr(config, "libsqlite3_table", None))
     raise StoreError(f"no durable store for queue type {config.queue_type!r}")

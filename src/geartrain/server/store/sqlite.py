@@ -86,8 +86,10 @@ def validate_row(row: tuple) -> StoredJob | str:
 class SQLiteStore(GroupCommitStore):
     """Background jobs in a SQLite file (WAL, synchronous=FULL, exclusive lock), written in group commits."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, gearmand_table: str | None = None) -> None:
         self.path = Path(path).absolute()
+        #: gearmand's libsqlite3 table (its --libsqlite3-table) whose jobs are taken over at start.
+        self.gearmand_table = gearmand_table or GEARMAND_TABLE
         super().__init__(str(self.path))
         self.conn: sqlite3.Connection | None = None
         self._rows_per_statement = 512
@@ -144,15 +146,16 @@ class SQLiteStore(GroupCommitStore):
 
     def _take_over_gearmand(self, conn: sqlite3.Connection) -> None:
         """Move the jobs of gearmand's libsqlite3 queue (same file) into our table, oldest first."""
-        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                             (GEARMAND_TABLE,)).fetchone()
-        if found is None:
+        name = self.gearmand_table
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        if found is None or name in (TABLE, INVALID_TABLE):
             return
-        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({GEARMAND_TABLE})")}
+        table = '"' + name.replace('"', '""') + '"'
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if not {"unique_key", "function_name", "priority", "data"} <= columns:
             return
         when = "when_to_run" if "when_to_run" in columns else "0"
-        rows = conn.execute(f"SELECT unique_key, function_name, priority, {when}, data FROM {GEARMAND_TABLE} "
+        rows = conn.execute(f"SELECT unique_key, function_name, priority, {when}, data FROM {table} "
                             "ORDER BY rowid").fetchall()
         if not rows:
             return
@@ -162,8 +165,8 @@ class SQLiteStore(GroupCommitStore):
              b"", _as_bytes(data) or b"")
             for i, (unique, function, priority, when_to_run, data) in enumerate(rows)
         ])
-        conn.execute(f"DELETE FROM {GEARMAND_TABLE}")
-        log.info("took over %d jobs from gearmand's table %s in %s", len(rows), GEARMAND_TABLE, self.path)
+        conn.execute(f"DELETE FROM {table}")
+        log.info("took over %d jobs from gearmand's table %s in %s", len(rows), name, self.path)
 
     def load(self) -> Iterable[StoredJob]:
         conn = self._conn()
