@@ -3,6 +3,7 @@ the start-up line, SIGHUP reloads (ACL, TLS), and systemd's notify protocol. Rea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import selectors
@@ -98,6 +99,16 @@ def test_geard_defaults_are_server_config_defaults_except_the_queue():
     assert parse("-p", "4731").sqlite_db.endswith("/geartrain/queue-4731.sqlite3")
     assert parse("-p", "0").queue_type == "memory"
     assert parse("-p", "0", "--sqlite-db", "x.db").sqlite_db == os.path.abspath("x.db")
+
+
+def test_every_server_config_field_has_a_geard_option():
+    """A field is either a row of CONFIG_OPTIONS or built by config_from_args from the options listed here."""
+    built = {"listen", "ssl_key", "ssl_cert", "ssl_ca", "ssl_listen", "tls_on_main", "acl", "acl_file",
+             "queue_type", "sqlite_db", "http_listen"}
+    table = {field for _, field, _ in CONFIG_OPTIONS}
+    assert not built & table
+    missing = {field.name for field in dataclasses.fields(ServerConfig)} - built - table
+    assert not missing, f"ServerConfig fields without a geard option (add a row to CONFIG_OPTIONS): {missing}"
 
 
 def test_gearmand_spellings_set_the_same_fields(monkeypatch):
@@ -497,3 +508,21 @@ def test_geard_takes_over_gearmand_s_libsqlite3_queue_with_the_same_options(tmp_
         assert line["queue"] == f"{db} (2 jobs replayed)"
     finally:
         stop_process(process)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(), reason="needs root and unshare")
+def test_as_pid_1_of_a_container_geard_stays_in_the_foreground():
+    """A container runs gearmand's command line as PID 1: daemonizing there would end the container."""
+    process = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child=SIGKILL", *GEARD, "-q", "memory",
+                                "-L", "127.0.0.1", "-p", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = read_until(process, STARTUP)
+        with Wire("127.0.0.1", int(line["where"].rsplit(":", 1)[1])) as w:
+            assert w.admin("version").lines
+        assert process.poll() is None  # still attached: the command has not returned
+        # geard is unshare's one child (PID 1 inside): stop it by its PID out here; unshare then exits.
+        geard = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
+        os.kill(geard, signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        stop_process(process)  # --kill-child takes geard along if anything above failed
