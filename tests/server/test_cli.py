@@ -526,3 +526,16 @@ def test_as_pid_1_of_a_container_geard_stays_in_the_foreground():
         assert process.wait(30) == 0
     finally:
         stop_process(process)  # --kill-child takes geard along if anything above failed
+
+
+def test_sighup_reopens_the_log_file_after_rotation(tmp_path):
+    log = tmp_path / "geard.log"
+    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO", "-l", str(log))
+    try:
+        wait_for(lambda: log.exists() and "listening on" in log.read_text(), "the start-up line logged")
+        log.rename(tmp_path / "geard.log.1")  # what logrotate does before it signals
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: log.exists() and "reopened log files" in log.read_text(), "a new log file")
+        assert "reopened log files" not in (tmp_path / "geard.log.1").read_text()
+    finally:
+        stop_process(process)

@@ -188,19 +188,25 @@ class Server:
                 (signal.SIGHUP, self.reload),
             ):
                 loop.add_signal_handler(signum, action)
-            loop.run_until_complete(self.start())
-            if self._stopped is not None and self._stopped.is_set():
-                loop.run_until_complete(self.close())  # stopped while starting: close what start() opened
-            if on_started is not None:
-                on_started(self)
-            # A server process holds millions of long-lived, acyclic job objects: collect the young
-            # generation less often, and leave start-up objects out of every collection.
-            gc.freeze()
-            gc.set_threshold(20_000, 50, 100)
-            loop.run_until_complete(self.wait_stopped())
+            # One run of the loop from start to stop: uvloop drops a signal that arrives between two runs.
+            loop.run_until_complete(self._serve(on_started))
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    async def _serve(self, on_started: Any) -> None:
+        await self.start()
+        assert self._stopped is not None
+        if self._stopped.is_set():
+            await self.close()  # stopped while starting: close what start() opened
+            return
+        if on_started is not None:
+            on_started(self)
+        # A server process holds millions of long-lived, acyclic job objects: collect the young
+        # generation less often, and leave start-up objects out of every collection.
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
+        await self.wait_stopped()
 
     def reload(self) -> None:
         """SIGHUP: reopen log files, and read the ACL file and the TLS files again; new connections use the new

@@ -110,10 +110,14 @@ class _Ignored(argparse.Action):
         namespace.ignored = [*getattr(namespace, "ignored", []), warning]  # never the shared default list
 
 
+def config_file_words(line: str) -> list[str]:
+    """@FILE and --config-file: gearmand splits a file at whitespace; lines starting with # are comments."""
+    return [] if line.lstrip().startswith("#") else line.split()
+
+
 class _Parser(argparse.ArgumentParser):
     def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
-        """@FILE and --config-file: gearmand splits a file at whitespace; lines starting with # are comments."""
-        return [] if arg_line.lstrip().startswith("#") else arg_line.split()
+        return config_file_words(arg_line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +185,7 @@ def expand_config_file(argv: Sequence[str]) -> list[str]:
             continue
         try:
             with open(path, encoding="utf-8") as f:
-                from_file = [word for line in f for word in _Parser().convert_arg_line_to_args(line)]
+                from_file = [word for line in f for word in config_file_words(line)]
         except OSError as exc:
             raise SystemExit(f"geard: cannot read the configuration file {path}: {exc.strerror}") from None
         return from_file + argv
@@ -403,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         Server(config).run(on_started=started)
     except (OSError, StoreError, ValueError) as exc:
-        log.error("geard: %s", exc)
+        if args.log_config or args.log_file not in (None, "stderr"):
+            log.error("geard: %s", exc)  # the log is elsewhere: say it there too
         print(f"geard: {exc}", file=sys.stderr)
         return 1
     finally:
