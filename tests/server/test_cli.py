@@ -45,7 +45,8 @@ def no_gearmand_environment(monkeypatch, tmp_path):
 
 
 def read_until(process: subprocess.Popen, pattern: re.Pattern[str], deadline: float = 30.0) -> re.Match[str]:
-    """Read the process's stderr line by line until one matches (fail when it exits or the deadline passes)."""
+    """Read the process's stderr line by line until one matches (fail when it exits or the deadline passes).
+    The process must be started with bufsize=0: a buffered reader would hide lines from the selector."""
     end = time.monotonic() + deadline
     seen = []
     with selectors.DefaultSelector() as selector:
@@ -66,7 +67,7 @@ def read_until(process: subprocess.Popen, pattern: re.Pattern[str], deadline: fl
 def start_geard(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, re.Match[str]]:
     """geard in the foreground; returns once its start-up line is printed."""
     process = subprocess.Popen([*GEARD, "-d", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=env)
+                               env=env, bufsize=0)
     try:
         return process, read_until(process, STARTUP)
     except BaseException:
@@ -301,9 +302,12 @@ def test_log_file_stderr_and_none(tmp_path):
     stop_process(process)
     assert "INFO geartrain.server: geard" in log.read_text()
     process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO", "-l", "none")
-    process.send_signal(signal.SIGTERM)
-    rest = process.communicate(timeout=30)[1].decode()
-    assert "INFO" not in rest and "geartrain.server" not in rest
+    try:
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=30)[1].decode()
+        assert "INFO" not in rest and "geartrain.server" not in rest
+    finally:
+        stop_process(process)
     process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO", "-l", "stderr",
                              "-t", "2")
     stop_process(process)
@@ -514,7 +518,8 @@ def test_geard_takes_over_gearmand_s_libsqlite3_queue_with_the_same_options(tmp_
 def test_as_pid_1_of_a_container_geard_stays_in_the_foreground():
     """A container runs gearmand's command line as PID 1: daemonizing there would end the container."""
     process = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child=SIGKILL", *GEARD, "-q", "memory",
-                                "-L", "127.0.0.1", "-p", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "-L", "127.0.0.1", "-p", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               bufsize=0)
     try:
         line = read_until(process, STARTUP)
         with Wire("127.0.0.1", int(line["where"].rsplit(":", 1)[1])) as w:
