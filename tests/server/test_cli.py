@@ -308,9 +308,9 @@ def test_log_file_stderr_and_none(tmp_path):
         assert "INFO" not in rest and "geartrain.server" not in rest
     finally:
         stop_process(process)
-    process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO", "-l", "stderr",
-                             "-t", "2")
-    stop_process(process)
+    done = subprocess.run([*GEARD, "--check-args", "-q", "memory", "-l", "stderr", "-t", "2"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "WARNING geartrain.server: -t is accepted" in done.stderr
 
 
 # ------------------------------------------------------------------------------------------- SIGHUP
