@@ -313,6 +313,20 @@ def test_log_file_stderr_and_none(tmp_path):
     assert done.returncode == 0 and "WARNING geartrain.server: -t is accepted" in done.stderr
 
 
+def test_syslog_receives_the_log(tmp_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:  # a real socket in place of /dev/log
+        syslog.bind(str(tmp_path / "log"))
+        syslog.settimeout(30)
+        script = ("import sys, geartrain.server.cli as cli; cli.SYSLOG_ADDRESS = sys.argv[1]; "
+                  "sys.exit(cli.main(sys.argv[2:]))")
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "log"), "--syslog", "-l", "none",
+                               "--check-args", "-q", "memory", "-t", "2"], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        record = syslog.recv(4096).decode()
+    assert record.startswith("<12>geard: ") and "-t is accepted" in record  # facility user, priority warning
+
+
 # ------------------------------------------------------------------------------------------- SIGHUP
 
 
@@ -440,6 +454,17 @@ def test_systemd_ready_watchdog_and_stopping(notify_socket):
         assert process.wait(30) == 0
     finally:
         stop_process(process)
+
+
+def test_watchdog_is_for_the_process_systemd_names():
+    from geartrain.server.systemd import Notifier
+
+    mine = Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
+    assert mine.watchdog_interval == 4.0
+    assert Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_interval \
+        is None
+    assert Notifier({"NOTIFY_SOCKET": "@abstract"}).address == "\0abstract"
+    assert not Notifier({}).enabled and not Notifier({}).notify("READY=1")
 
 
 def test_ready_comes_after_the_queue_is_replayed(notify_socket, tmp_path):

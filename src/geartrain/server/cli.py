@@ -34,6 +34,8 @@ VERBOSE_LEVELS = {
 QUEUE_ALIASES = {"builtin": "memory", "libsqlite3": "sqlite"}
 #: gearmand's HTTP port when `-r http` comes without --http-port.
 GEARMAND_HTTP_PORT = 8080
+#: Where --syslog sends records (the local syslog daemon's socket).
+SYSLOG_ADDRESS = "/dev/log"
 
 #: Options that set one ServerConfig field: (flags, field, argparse keywords). The default is the field's; a help
 #: text shows it with "%(default)s". To add an option: add the field (and its default) to ServerConfig, then a row.
@@ -262,10 +264,13 @@ def setup_logging(args: argparse.Namespace) -> None:
         handlers.append(logging.FileHandler(args.log_file))  # SIGHUP reopens it (Server.reload)
     if args.syslog:
         try:
-            handlers.append(logging.handlers.SysLogHandler("/dev/log"))
+            syslog = logging.handlers.SysLogHandler(SYSLOG_ADDRESS)
         except OSError as exc:
-            print(f"geard: --syslog: cannot reach /dev/log ({exc.strerror}); not logging to syslog",
+            print(f"geard: --syslog: cannot reach {SYSLOG_ADDRESS} ({exc.strerror}); not logging to syslog",
                   file=sys.stderr)
+        else:
+            syslog.ident = "geard: "
+            handlers.append(syslog)
     if not handlers:
         handlers.append(logging.NullHandler())
     logging.basicConfig(level=VERBOSE_LEVELS[args.verbose], handlers=handlers,
