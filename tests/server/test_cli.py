@@ -8,6 +8,7 @@ import os
 import re
 import selectors
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -275,7 +276,7 @@ def test_daemon_that_cannot_start_makes_the_command_fail(tmp_path):
     assert not (tmp_path / "g.pid").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ss") is None, reason="needs root (to switch users) and ss")
 def test_user_backlog_and_file_descriptors_are_applied():
     port = free_port()
     process, _ = start_geard("-q", "memory", "-L", "127.0.0.1", "-p", str(port), "-u", "nobody", "-b", "7",
