@@ -57,6 +57,8 @@ class Admin:
             b"shutdown": self.shutdown,
             b"acl": self.acl,
         }
+        #: `show WORD ...` answered elsewhere (lifecycle_admin.py installs `show job` and `show failed`).
+        self.show_commands: dict[bytes, Callable[[Peer, list[bytes]], bytes]] = {}
 
     def handle(self, peer: Peer, line: bytes) -> bytes:
         """The complete answer to one command line."""
@@ -103,6 +105,9 @@ class Admin:
             return listing(lines)
         if kind == [b"unique", b"jobs"]:
             return listing([printable(job.unique) for job in self.broker.jobs.values() if job.unique])
+        extension = self.show_commands.get(kind[0]) if kind else None
+        if extension is not None:
+            return extension(peer, words[1:])
         return err("UNKNOWN_COMMAND", "Unknown server command")
 
     # ------------------------------------------------------------------ changes

@@ -15,6 +15,8 @@ from typing import Any
 from .admin import Admin
 from .broker import Broker
 from .config import ServerConfig
+from .lifecycle import Lifecycle
+from .lifecycle_admin import LifecycleCommands
 from .transport import GearmanProtocol
 
 log = logging.getLogger("geartrain.server")
@@ -54,10 +56,20 @@ class Server:
             max_unique_length=self.config.max_unique_length,
             max_function_length=self.config.max_function_length,
             max_queued_bytes=self.config.max_queued_bytes,
+            max_idle_functions=self.config.max_idle_functions,
+            exceptions=self.config.exceptions,
             store=self.store,
             acl=self.config.acl,
         )
+        self.lifecycle = Lifecycle(
+            self.broker, policy_file=self.config.policy_file, result_ttl=self.config.result_ttl,
+            result_max_bytes=self.config.result_max_bytes, result_max_jobs=self.config.result_max_jobs,
+            dead_letter_max=self.config.dead_letter_max, dead_letter_max_age=self.config.dead_letter_max_age,
+            dead_letter_max_bytes=self.config.dead_letter_max_bytes,
+        )
         self.admin = Admin(self.broker, self)
+        LifecycleCommands(self.lifecycle, self).install(self.admin)
+        self.statsd = self._statsd_reporter()
         self.connections: set[GearmanProtocol] = set()
         #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
         self.read_view = memoryview(bytearray(256 * 1024))
@@ -72,6 +84,19 @@ class Server:
         self.ssl_context: Any = None
         #: Called once when shutdown begins (geard tells systemd STOPPING=1).
         self.on_stopping: Any = None
+
+    def _statsd_reporter(self) -> Any:
+        if not self.config.statsd_host:
+            return None
+        try:
+            from .statsd_reporter import StatsdReporter, broker_gauges
+        except ImportError as exc:
+            raise ValueError(f"statsd reporting needs the statsd package ({exc}): pip install 'geartrain[statsd]'")
+
+        reporter = StatsdReporter(self.config.statsd_host, self.config.statsd_port, self.config.statsd_prefix,
+                                  gauges=broker_gauges(self.broker))
+        reporter.instrument(self.broker.handlers)
+        return reporter
 
     def _open_store(self) -> Any:
         if self.config.queue_type == "memory":
@@ -108,6 +133,7 @@ class Server:
         self.broker.on_timer_change = self._timer_changed
         if self.store is not None:
             await self.store.start(self)
+        self.lifecycle.start(self.store.stored_state() if self.store is not None else {})
         config = self.config
         if config.ssl_key and config.ssl_cert:
             from .tls import server_context
@@ -129,6 +155,8 @@ class Server:
             log.info("listening on %s port %d%s", host or "*", listener.sockets[0].getsockname()[1],
                      " (TLS)" if tls else "")
         self._timer_changed(self.broker.next_timer())
+        if self.statsd is not None:
+            self.statsd.start(loop)
 
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
@@ -146,6 +174,9 @@ class Server:
         self.listeners.clear()
         if self._timer is not None:
             self._timer.cancel()
+        if self.statsd is not None:
+            self.statsd.close()
+            self.statsd = None
         if self.store is not None:
             await self.store.close()
         if self._stopped is not None:
@@ -209,17 +240,22 @@ class Server:
         await self.wait_stopped()
 
     def reload(self) -> None:
-        """SIGHUP: reopen log files, and read the ACL file and the TLS files again; new connections use the new
-        certificate. A file that fails to load keeps the current setting, with a log line saying why."""
+        """SIGHUP: reopen log files, and reread the policy file, the ACL file and the TLS files; new connections
+        use the new certificate. A file that fails to load keeps the current setting, with a log line saying why."""
         from .reload import reread_acl, reread_tls
 
         reopen_log_files()
+        try:
+            self.lifecycle.reload()
+        except ValueError as exc:
+            log.error("policy file not reloaded: %s", exc)
         acl = reread_acl(self.config)
         if acl is not None:
             self.config.acl = self.broker.acl = acl
         context = reread_tls(self.config)
         if context is not None:
             self.ssl_context = context
+        self.schedule_flush()
 
     def start_in_thread(self, timeout: float = 30.0) -> None:
         """Serve from a background thread; returns once listening (for tests and embedding)."""

@@ -76,7 +76,28 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "help": "gearmand's libsqlite3 table in the queue file: its jobs are taken over at start (gearman_queue)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
+    (("--max-idle-functions",), "max_idle_functions", {
+        "type": int, "help": "functions with no worker and no job kept listed; past it the longest idle go "
+        "(%(default)s; 0: all)"}),
+    (("--statsd-host",), "statsd_host", {
+        "help": "send gear's statsd metrics to this host (default: $STATSD_HOST; none: off)"}),
+    (("--statsd-port",), "statsd_port", {"type": int, "help": "statsd UDP port ($STATSD_PORT, else %(default)s)"}),
+    (("--statsd-prefix",), "statsd_prefix", {"help": "prefix of every statsd key (default: $STATSD_PREFIX)"}),
+    (("--policy-file",), "policy_file", {"help": "TOML file of retry policies and schedules (reread on SIGHUP)"}),
+    (("--result-ttl",), "result_ttl", {
+        "type": float, "help": "seconds finished jobs stay visible to show job (%(default)s)"}),
+    (("--result-max-bytes",), "result_max_bytes", {"type": int, "help": "largest kept result data (%(default)s)"}),
+    (("--result-max-jobs",), "result_max_jobs", {"type": int, "help": "finished jobs kept at most (%(default)s)"}),
+    (("--dead-letter-max",), "dead_letter_max", {
+        "type": int, "help": "dead letters kept at most (%(default)s; 0: no limit)"}),
+    (("--dead-letter-max-bytes",), "dead_letter_max_bytes", {
+        "type": int, "help": "payload bytes of all dead letters together (%(default)s; 0: no limit)"}),
+    (("--dead-letter-max-age",), "dead_letter_max_age", {
+        "type": float, "help": "seconds dead letters are kept (0: ever)"}),
 ]
+
+#: Fields whose default a variable of the environment overrides, as gear's geard reads them.
+ENVIRONMENT_DEFAULTS = {"statsd_host": "STATSD_HOST", "statsd_port": "STATSD_PORT", "statsd_prefix": "STATSD_PREFIX"}
 
 #: gearmand options that have no meaning in geard: (flags, takes a value, why). Accepted, with a warning.
 _OTHER_QUEUE = "that queue type is not available in geard (use sqlite or memory)"
@@ -95,8 +116,13 @@ IGNORED_OPTIONS: list[tuple[tuple[str, ...], bool, str]] = [
 
 
 def _config_defaults() -> dict[str, Any]:
+    """ServerConfig's defaults for the CONFIG_OPTIONS fields, or the environment's (ENVIRONMENT_DEFAULTS)."""
     defaults = ServerConfig()
-    return {field: getattr(defaults, field) for _, field, _ in CONFIG_OPTIONS}
+    values = {}
+    for _, field, kwargs in CONFIG_OPTIONS:
+        value = os.environ.get(ENVIRONMENT_DEFAULTS.get(field, ""))
+        values[field] = getattr(defaults, field) if value is None else kwargs.get("type", str)(value)
+    return values
 
 
 class _Ignored(argparse.Action):
@@ -243,8 +269,19 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_on_main=args.ssl_port is None, acl=acl, acl_file=acl_file,
         queue_type=queue_type, sqlite_db=sqlite_db,
         http_listen=[(host, http_port) for host in hosts] if args.protocol == "http" else [],
-        **{field: getattr(args, field) for _, field, _ in CONFIG_OPTIONS},
+        **{field: getattr(args, field) for _, field, _ in CONFIG_OPTIONS if field != "policy_file"},
+        policy_file=checked_policy_file(args.policy_file),
     )
+
+
+def checked_policy_file(path: str | None) -> str | None:
+    """The policy file as an absolute path, read once so that a bad one stops geard with the reason."""
+    if not path:
+        return None
+    from .policy import load_policy_file
+
+    load_policy_file(path)
+    return os.path.abspath(path)
 
 
 def setup_logging(args: argparse.Namespace) -> None:

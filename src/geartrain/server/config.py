@@ -65,16 +65,37 @@ class ServerConfig:
     output_limit: int = 256 * 1024 * 1024
     #: Total bytes of queued job data; submits past it get QUEUE_ERROR. 0 means no limit.
     max_queued_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Functions with no worker and no job stay listed (as gearmand keeps them) up to this many, about 3 KB
+    #: each; past it the longest idle are forgotten. `drop function NAME` removes one. 0 means no limit.
+    max_idle_functions: int = 10_000
+    #: WORK_EXCEPTION reaches every client, not only those that sent OPTION_REQ exceptions (gearmand's
+    #: --exceptions; gear's Server always does so).
+    exceptions: bool = False
+    #: statsd: where gear's metrics go (packet counters and timers, queue gauges); None sends nothing.
+    statsd_host: str | None = None
+    statsd_port: int = 8125
+    statsd_prefix: str | None = None
     #: "memory" or "sqlite". An embedded server keeps jobs in memory; a plain `geard` uses GEARD_QUEUE_TYPE.
     queue_type: str = "memory"
     #: The SQLite file; None: default_sqlite_path() (geard passes the per-port file).
     sqlite_db: str | None = None
     #: gearmand's libsqlite3 table in that file whose jobs are taken over at start; None: gearman_queue.
     libsqlite3_table: str | None = None
-    #: Whether WORK_EXCEPTION reaches clients that did not set OPTION_REQ exceptions (gearmand's --exceptions).
-    exceptions: bool = False
     #: HTTP listeners (host, port), gearmand's `-r http --http-port`; empty: no HTTP side.
     http_listen: list[tuple[str, int]] = field(default_factory=list)
+    #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.
+    policy_file: str | None = None
+    #: Seconds finished jobs stay visible to `show job`; 0 keeps none.
+    result_ttl: float = 0.0
+    #: Largest WORK_COMPLETE data of a background job kept with its result.
+    result_max_bytes: int = 64 * 1024
+    #: Finished jobs kept at most (the oldest go first); 0 means no limit.
+    result_max_jobs: int = 1_000_000
+    #: Dead letters kept at most (oldest dropped first; 0: no limit), and for how many seconds (0: no limit).
+    dead_letter_max: int = 10_000
+    dead_letter_max_age: float = 0.0
+    #: Payload bytes of all dead letters together (the oldest go first); 0 means no limit.
+    dead_letter_max_bytes: int = 256 * 1024 * 1024
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"

@@ -44,7 +44,8 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         config = server.config
-        self.decoder = Decoder(max_packet_size=config.max_packet_size, max_line_length=config.max_line_length)
+        self.decoder = Decoder(max_packet_size=config.max_packet_size, max_line_length=config.max_line_length,
+                               unknown_types=server.broker.decode_unknown_types)
         self.peer: Peer | None = None
         self.handlers = server.broker.handlers
         self.paused = False

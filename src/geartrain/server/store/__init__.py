@@ -14,6 +14,10 @@ How the server uses a store (the contract every engine keeps):
   sync serves many submits. The commits run one at a time, in order, on a single writer thread.
 - ``start(server)`` opens the store and replays every stored job into ``server.broker`` in the order they were
   added; ``close()`` commits what is left and closes.
+- Beside the jobs a store may keep server state (dead letters, schedules, attempt counts of retried jobs):
+  ``save_state(kind, key, value)`` records or (value None) forgets one item, in the batch being gathered and written
+  just before that batch's jobs; ``stored_state()`` gives what start() read back. Both are optional: the defaults
+  keep nothing, and the server then holds that state in memory only.
 
 An engine (SQLite here; PostgreSQL or Redis later) only implements the blocking methods of GroupCommitStore
 (``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread.
@@ -100,6 +104,14 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Commit what is left and close."""
 
+    def save_state(self, kind: str, key: str, value: bytes | None) -> None:  # noqa: B027 - optional, no-op
+        """Keep (or with None forget) one item of server state; by default it is not kept."""
+
+    def stored_state(self) -> dict[str, dict[str, bytes]]:
+        """The state kept by earlier runs, {kind: {key: value}}, as read by start() (handed over once); by default
+        none."""
+        return {}
+
 
 Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
 
@@ -133,6 +145,9 @@ class GroupCommitStore(Store):
         self._closing = False
         self._idle: asyncio.Event | None = None
         self.commits = 0  # batches committed (statistics, tests)
+        # Server state changes of the batch being gathered ((kind, key) -> value or None), and what start() read.
+        self._state: dict[tuple[str, str], bytes | None] = {}
+        self._stored_state: dict[str, dict[str, bytes]] = {}
 
     # ------------------------------------------------------------------ engine hooks (writer thread)
 
@@ -152,6 +167,13 @@ class GroupCommitStore(Store):
     def close_engine(self) -> None:
         """Close the store."""
 
+    def load_state(self) -> dict[str, dict[str, bytes]]:
+        """Every kept item of server state (see save_state); engines that keep none return {}."""
+        return {}
+
+    def write_state(self, changes: dict[tuple[str, str], bytes | None]) -> None:
+        """Apply server state changes durably (None deletes); the default keeps nothing."""
+
     # ------------------------------------------------------------------ life cycle
 
     async def start(self, server: Any) -> None:
@@ -163,6 +185,7 @@ class GroupCommitStore(Store):
         try:
             await loop.run_in_executor(self._executor, self.open_engine)
             jobs = await loop.run_in_executor(self._executor, lambda: list(self.load()))
+            self._stored_state = await loop.run_in_executor(self._executor, self.load_state)
         except BaseException:
             await self._shutdown_executor()
             raise
@@ -225,6 +248,14 @@ class GroupCommitStore(Store):
             self._removes.append(ref)
         self._touch()
 
+    def save_state(self, kind: str, key: str, value: bytes | None) -> None:
+        self._state[(kind, key)] = value
+        self._touch()
+
+    def stored_state(self) -> dict[str, dict[str, bytes]]:
+        state, self._stored_state = self._stored_state, {}  # handed over once: the server keeps it from then on
+        return state
+
     def _touch(self) -> None:
         self._touched = True
         if self._inflight is None and not self._kick_scheduled and self.loop is not None:
@@ -281,18 +312,21 @@ class GroupCommitStore(Store):
         if self._executor is None:
             raise StoreError(f"the store {self.location} is not open")
         seq = self._seq
-        adds, removes = list(self._adds.values()), self._removes
+        adds, removes, state = list(self._adds.values()), self._removes, self._state
         self._seq = seq + 1
         self._adds = {}
         self._removes = []
+        self._state = {}
         self._touched = False
         self._inflight = seq
         if self._idle is not None:
             self._idle.clear()
-        future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes)
+        future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes, state)
         future.add_done_callback(lambda f, seq=seq: self._done(seq, f))
 
-    def _write_batch(self, adds: list[Row], removes: list[int]) -> None:
+    def _write_batch(self, adds: list[Row], removes: list[int], state: dict | None = None) -> None:
+        if state:
+            self.write_state(state)  # first: a crash in between may repeat a job, never lose one
         if adds or removes:
             self.write(adds, removes)
 
