@@ -46,7 +46,8 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--keepalive-count",), "tcp_keepcnt", {"type": int, "help": "TCP_KEEPCNT probes (%(default)s)"}),
     (("-j", "--job-retries"), "job_retries", {
         "type": int, "help": "fail a job requeued more than N times (worker lost or timed out); 0: no limit"}),
-    (("--job-handle-prefix",), "job_handle_prefix", {"help": 'job handle prefix (default "H:<hostname>")'}),
+    (("--job-handle-prefix",), "job_handle_prefix", {
+        "metavar": "PREFIX", "help": 'job handle prefix (default "H:<hostname>")'}),
     (("-w", "--worker-wakeup"), "worker_wakeup", {
         "type": int, "help": "sleeping workers woken per new job (0: one, chained while work remains)"}),
     (("-b", "--backlog"), "backlog", {"type": int, "help": "listen() backlog (%(default)s)"}),
@@ -73,6 +74,7 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--handshake-timeout",), "handshake_timeout", {
         "type": float, "help": "TLS handshake timeout, seconds (%(default)s)"}),
     (("--libsqlite3-table",), "libsqlite3_table", {
+        "metavar": "TABLE",
         "help": "gearmand's libsqlite3 table in the queue file: its jobs are taken over at start (gearman_queue)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
@@ -80,10 +82,12 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "type": int, "help": "functions with no worker and no job kept listed; past it the longest idle go "
         "(%(default)s; 0: all)"}),
     (("--statsd-host",), "statsd_host", {
-        "help": "send gear's statsd metrics to this host (default: $STATSD_HOST; none: off)"}),
+        "metavar": "HOST", "help": "send gear's statsd metrics to this host (default: $STATSD_HOST; none: off)"}),
     (("--statsd-port",), "statsd_port", {"type": int, "help": "statsd UDP port ($STATSD_PORT, else %(default)s)"}),
-    (("--statsd-prefix",), "statsd_prefix", {"help": "prefix of every statsd key (default: $STATSD_PREFIX)"}),
-    (("--policy-file",), "policy_file", {"help": "TOML file of retry policies and schedules (reread on SIGHUP)"}),
+    (("--statsd-prefix",), "statsd_prefix", {
+        "metavar": "PREFIX", "help": "prefix of every statsd key (default: $STATSD_PREFIX)"}),
+    (("--policy-file",), "policy_file", {
+        "metavar": "FILE", "help": "TOML file of retry policies and schedules (reread on SIGHUP)"}),
     (("--result-ttl",), "result_ttl", {
         "type": float, "help": "seconds finished jobs stay visible to show job (%(default)s)"}),
     (("--result-max-bytes",), "result_max_bytes", {"type": int, "help": "largest kept result data (%(default)s)"}),
@@ -189,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "listener on --http-port")
     p.add_argument("--http-port", type=int, default=None, help=f"HTTP port with -r http ({GEARMAND_HTTP_PORT})")
     for flags, field, kwargs in CONFIG_OPTIONS:
-        p.add_argument(*flags, dest=field, **kwargs)
+        p.add_argument(*flags, dest=field, **({"metavar": "N"} if "type" in kwargs else {}), **kwargs)
     for flags, takes_value, reason in IGNORED_OPTIONS:
         p.add_argument(*flags, action=_Ignored, reason=reason, nargs=None if takes_value else 0,
                        help=argparse.SUPPRESS)
