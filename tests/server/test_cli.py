@@ -106,7 +106,7 @@ def test_geard_defaults_are_server_config_defaults_except_the_queue():
 def test_every_server_config_field_has_a_geard_option():
     """A field is either a row of CONFIG_OPTIONS or built by config_from_args from the options listed here."""
     built = {"listen", "ssl_key", "ssl_cert", "ssl_ca", "ssl_listen", "tls_on_main", "acl", "acl_file",
-             "queue_type", "sqlite_db", "http_listen"}
+             "queue_type", "sqlite_db"}
     table = {field for _, field, _ in CONFIG_OPTIONS}
     assert not built & table
     missing = {field.name for field in dataclasses.fields(ServerConfig)} - built - table
@@ -118,9 +118,9 @@ def test_gearmand_spellings_set_the_same_fields(monkeypatch):
                    "-r", "http", "--http-port", "8099", "--job-handle-prefix", "H:x")
     assert (config.backlog, config.job_retries, config.worker_wakeup, config.exceptions) == (7, 3, 2, True)
     assert config.queue_type == "memory" and config.listen == [("127.0.0.1", 5000)]
-    assert config.http_listen == [("127.0.0.1", 8099)] and config.job_handle_prefix == "H:x"
-    assert parse("-r", "http").http_listen == [("", 8080)]
-    assert parse().http_listen == []
+    assert config.http_port == 8099 and config.job_handle_prefix == "H:x"
+    assert parse("-r", "http").http_port == 8080
+    assert parse().http_port is None
     monkeypatch.setenv("GEARMAND_PORT", "4999")
     assert parse("-q", "memory").listen == [("", 4999)]
     assert parse("-q", "memory", "-p", "5001").listen == [("", 5001)]

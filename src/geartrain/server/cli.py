@@ -78,6 +78,8 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "help": "gearmand's libsqlite3 table in the queue file: its jobs are taken over at start (gearman_queue)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
+    (("--http-port",), "http_port", {"type": int, "help": "serve HTTP on this port (default: none)"}),
+    (("--http-listen",), "http_listen", {"metavar": "ADDRESS", "help": "address of the HTTP listener (all)"}),
     (("--max-idle-functions",), "max_idle_functions", {
         "type": int, "help": "functions with no worker and no job kept listed; past it the longest idle go "
         "(%(default)s; 0: all)"}),
@@ -189,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
                    help="SQLite file for the durable queue (default: queue-PORT.sqlite3 in $XDG_STATE_HOME/"
                    "geartrain, else ~/.local/state/geartrain; the directory is created)")
-    p.add_argument("-r", "--protocol", choices=["http"], help="gearmand's protocol module: http adds the HTTP "
-                   "listener on --http-port")
-    p.add_argument("--http-port", type=int, default=None, help=f"HTTP port with -r http ({GEARMAND_HTTP_PORT})")
+    p.add_argument("-r", "--protocol", action="append", choices=["http"], default=[],
+                   help=f"gearmand's protocol module: -r http turns the HTTP listener on (port {GEARMAND_HTTP_PORT} "
+                   "unless --http-port)")
     for flags, field, kwargs in CONFIG_OPTIONS:
         p.add_argument(*flags, dest=field, **({"metavar": "N"} if "type" in kwargs else {}), **kwargs)
     for flags, takes_value, reason in IGNORED_OPTIONS:
@@ -253,6 +255,12 @@ def _tls_files(args: argparse.Namespace) -> tuple[str | None, str | None, str | 
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of a command line: CONFIG_OPTIONS fields as given (a few checked or completed), and the
+    fields built from several options (addresses, queue, TLS, ACL)."""
+    values = {field: getattr(args, field) for _, field, _ in CONFIG_OPTIONS}
+    values["policy_file"] = checked_policy_file(values["policy_file"])
+    if args.protocol and values["http_port"] is None:
+        values["http_port"] = GEARMAND_HTTP_PORT  # gearmand's -r http
     port = args.port
     if port is None:
         port = int(os.environ.get("GEARMAND_PORT") or DEFAULT_PORT)  # gearmand reads $GEARMAND_PORT too
@@ -265,16 +273,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         acl_file = os.path.abspath(args.acl)
         acl = load_acl_file(acl_file)
     ssl_key, ssl_cert, ssl_ca = _tls_files(args)
-    http_port = args.http_port if args.http_port is not None else GEARMAND_HTTP_PORT
     return ServerConfig(
         listen=[(host, port) for host in hosts],
         ssl_key=ssl_key, ssl_cert=ssl_cert, ssl_ca=ssl_ca,
         ssl_listen=[(host, args.ssl_port) for host in hosts] if args.ssl_port else [],
         tls_on_main=args.ssl_port is None, acl=acl, acl_file=acl_file,
-        queue_type=queue_type, sqlite_db=sqlite_db,
-        http_listen=[(host, http_port) for host in hosts] if args.protocol == "http" else [],
-        **{field: getattr(args, field) for _, field, _ in CONFIG_OPTIONS if field != "policy_file"},
-        policy_file=checked_policy_file(args.policy_file),
+        queue_type=queue_type, sqlite_db=sqlite_db, **values,
     )
 
 

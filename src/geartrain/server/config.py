@@ -81,8 +81,10 @@ class ServerConfig:
     sqlite_db: str | None = None
     #: gearmand's libsqlite3 table in that file whose jobs are taken over at start; None: gearman_queue.
     libsqlite3_table: str | None = None
-    #: HTTP listeners (host, port), gearmand's `-r http --http-port`; empty: no HTTP side.
-    http_listen: list[tuple[str, int]] = field(default_factory=list)
+    #: Port of the HTTP listener (geard --http-port, or gearmand's -r http: 8080); None: no HTTP side.
+    http_port: int | None = None
+    #: Address of the HTTP listener; "" is every address.
+    http_listen: str = ""
     #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.
     policy_file: str | None = None
     #: Seconds finished jobs stay visible to `show job`; 0 keeps none.
