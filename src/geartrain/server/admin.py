@@ -63,6 +63,8 @@ class Admin:
     def handle(self, peer: Peer, line: bytes) -> bytes:
         """The complete answer to one command line."""
         words = line.split()
+        if self.broker.stats is not None:
+            self.broker.stats.admin_peers.add(peer)
         if not words:
             return err("UNKNOWN_COMMAND", "Unknown server command")
         command = self.commands.get(words[0].lower())
@@ -141,6 +143,8 @@ class Admin:
         job = self.broker.jobs.get(handle)
         acl = self.broker.acl
         if job is not None and acl is not None and not acl.canInvoke(peer.subject, job.function.name):
+            if self.broker.stats is not None:
+                self.broker.stats.deny("cancel")
             return err("PERMISSION_DENIED", f"{peer.subject} may not cancel jobs of {job.function.name!r}")
         if not self.broker.cancel(handle):
             return err("UNKNOWN_JOB")

@@ -67,9 +67,15 @@ class Server:
             dead_letter_max=self.config.dead_letter_max, dead_letter_max_age=self.config.dead_letter_max_age,
             dead_letter_max_bytes=self.config.dead_letter_max_bytes,
         )
+        if not self.config.stats:
+            self.broker.stats = None
         self.admin = Admin(self.broker, self)
         LifecycleCommands(self.lifecycle, self).install(self.admin)
         self.statsd = self._statsd_reporter()
+        #: True once every listener is up and the durable queue is replayed, until shutdown begins (/readyz).
+        self.ready = False
+        #: The HTTP listener (geartrain.server.http.HttpService) when config.http_port is set.
+        self.http: Any = None
         self.connections: set[GearmanProtocol] = set()
         #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
         self.read_view = memoryview(bytearray(256 * 1024))
@@ -131,6 +137,11 @@ class Server:
         loop = self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self.broker.on_timer_change = self._timer_changed
+        if self.config.http_port is not None:  # first, so that /readyz answers 503 while the queue replays
+            from .http import HttpService
+
+            self.http = HttpService(self)
+            await self.http.start()
         if self.store is not None:
             await self.store.start(self)
         self.lifecycle.start(self.store.stored_state() if self.store is not None else {})
@@ -157,6 +168,7 @@ class Server:
         self._timer_changed(self.broker.next_timer())
         if self.statsd is not None:
             self.statsd.start(loop)
+        self.ready = True
 
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
@@ -164,6 +176,10 @@ class Server:
 
     async def close(self) -> None:
         """Stop listening, close every connection, and close the store."""
+        self.ready = False
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
         for listener in self.listeners:
             listener.close()
         for conn in list(self.connections):
@@ -193,6 +209,7 @@ class Server:
         if not graceful:
             loop.call_soon(lambda: asyncio.ensure_future(self.close()))
             return
+        self.ready = False
         for listener in self.listeners:
             listener.close()
         self._check_drained()

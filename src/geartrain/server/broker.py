@@ -17,6 +17,7 @@ from typing import Any
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
 from .cron import CronError, CronSpec
+from .stats import Stats
 
 log = logging.getLogger("geartrain.broker")
 
@@ -127,7 +128,8 @@ class Peer:
 class Function:
     """One function name: its three priority queues, its workers and its unique index."""
 
-    __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue")
+    __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue",
+                 "stats")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -144,6 +146,8 @@ class Function:
         self.uniques: dict[bytes, Job] = {}
         #: Maximum queued jobs per priority; 0 is unlimited.
         self.max_queue = [0, 0, 0]
+        #: This name's counters (stats.FunctionStats), kept by the broker's Stats across forget and re-create.
+        self.stats: Any = None
 
     @property
     def queued(self) -> int:
@@ -155,7 +159,7 @@ class Job:
 
     __slots__ = (
         "handle", "function", "unique", "key", "data", "priority", "background", "clients", "worker",
-        "numerator", "denominator", "retries", "when", "reducer", "state", "store_ref", "deadline",
+        "numerator", "denominator", "retries", "when", "reducer", "state", "store_ref", "deadline", "stamp",
     )
 
     def __init__(
@@ -180,6 +184,8 @@ class Job:
         self.state = QUEUED
         self.store_ref: Any = None
         self.deadline = 0.0
+        #: When the job was queued, then when it started (kept by Stats for wait and run times).
+        self.stamp = 0.0
 
 
 class Timer:
@@ -248,6 +254,8 @@ class Broker:
         self.on_timer_change: Callable[[float], None] | None = None
         #: Retries, dead letters, kept results, schedules (geartrain.server.lifecycle.Lifecycle), when attached.
         self.lifecycle: Any = None
+        #: Counters behind metrics and the dashboard (geartrain.server.stats); None turns counting off.
+        self.stats: Stats | None = Stats(clock)
         self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
             C.CAN_DO: self._can_do,
             C.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -327,6 +335,8 @@ class Broker:
         function = self.functions.get(name)
         if function is None:
             function = self.functions[name] = Function(name)
+            if self.stats is not None:
+                function.stats = self.stats.of(name)
         return function
 
     def _maybe_forget(self, function: Function) -> None:
@@ -375,6 +385,8 @@ class Broker:
             return
         if self.acl is not None and not self.acl.canRegister(peer.subject, name):
             log.info("%r (%s) may not register %r", peer, peer.subject, name)
+            if self.stats is not None:
+                self.stats.deny("register")
             peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not register {name!r}"))
             return
         function = self.function(name)
@@ -506,14 +518,17 @@ class Broker:
         """Create or join a job and answer JOB_CREATED (or ERROR) to the submitting peer."""
         if peer is not None:
             if name not in self.functions and not self._check_name(peer, name):
+                self._rejected("invalid")
                 return None
             if len(unique) > self.max_unique_length:
+                self._rejected("limit")
                 peer.send(error_packet(
                     b"ARGUMENT_TOO_LARGE",
                     f"unique of {len(unique)} bytes exceeds the limit of {self.max_unique_length}"))
                 return None
             if self.acl is not None and not self.acl.canInvoke(peer.subject, name):
                 log.info("%r (%s) may not invoke %r", peer, peer.subject, name)
+                self._rejected("acl")
                 peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not invoke {name!r}"))
                 return None
             if self.lifecycle is not None and self.lifecycle.strict and peer in self.lifecycle.strict:
@@ -538,17 +553,21 @@ class Broker:
             limit = function.max_queue[priority]
             if limit > 0 and function.counts[priority] >= limit:
                 peer.send(error_packet(b"QUEUE_ERROR", f"queue of {name!r} is full"))
+                self._rejected("queue_full")
                 self._maybe_forget(function)
                 return None
             if self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes:
                 peer.send(error_packet(b"QUEUE_ERROR", "the server holds its maximum of queued bytes"))
                 log.warning("refused a job of %r: queued bytes limit reached", name)
+                self._rejected("limit")
                 self._maybe_forget(function)
                 return None
         self.counter += 1
         handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
+        if self.stats is not None:
+            self.stats.submitted(job)
         function.jobs += 1
         self.queued_bytes += len(data)
         if key:
@@ -569,6 +588,12 @@ class Broker:
         else:
             self._enqueue(job)
         return job
+
+    def _rejected(self, reason: str) -> None:
+        if self.stats is not None:
+            self.stats.reject(reason)
+            if reason == "acl":
+                self.stats.deny("invoke")
 
     @staticmethod
     def _add_client(job: Job, peer: Peer) -> None:
@@ -659,6 +684,8 @@ class Broker:
         job.worker = peer
         peer.running[job.handle] = job
         function.running += 1
+        if self.stats is not None:
+            self.stats.started(job)
         timeout = peer.abilities.get(function)
         if timeout:
             job.deadline = self.clock() + timeout
@@ -752,6 +779,8 @@ class Broker:
         job = self._held(peer, args[0], C.WORK_COMPLETE)
         if job is not None:
             self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
+            if self.stats is not None:
+                self.stats.finished(job, "complete")
             self._finish(job, "complete", args[1])
 
     def _work_fail(self, peer: Peer, args: tuple[bytes, ...]) -> None:
@@ -760,6 +789,8 @@ class Broker:
             if self.lifecycle is not None and self.lifecycle.retry(job, "fail") == "retry":
                 return
             self._relay(job, C.WORK_FAIL, args[0])
+            if self.stats is not None:
+                self.stats.finished(job, "fail")
             self._finish(job, "failed")
 
     def _work_exception(self, peer: Peer, args: tuple[bytes, ...]) -> None:
@@ -768,6 +799,8 @@ class Broker:
             peer.last_exception = job.handle
             if self.lifecycle is not None and self.lifecycle.retry(job, "exception", args[1]) == "retry":
                 return
+            if self.stats is not None:
+                self.stats.finished(job, "exception", args[1])
             self._fail_clients(job, args[1])
             self._finish(job, "exception", exception=args[1])
 
@@ -821,6 +854,8 @@ class Broker:
             self._end(job)
             return
         exhausted = bool(self.job_retries) and job.retries > self.job_retries
+        if self.stats is not None:
+            self.stats.requeued(job, exhausted)
         verdict = self.lifecycle.retry(job, outcome, exhausted=exhausted) if self.lifecycle is not None else None
         if verdict == "retry":
             return

@@ -78,8 +78,22 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "help": "gearmand's libsqlite3 table in the queue file: its jobs are taken over at start (gearman_queue)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
-    (("--http-port",), "http_port", {"type": int, "help": "serve HTTP on this port (default: none)"}),
+    (("--http-port",), "http_port", {
+        "type": int, "help": "serve metrics, health, the JSON API, the dashboard and HTTP job submission on this "
+        "port"}),
     (("--http-listen",), "http_listen", {"metavar": "ADDRESS", "help": "address of the HTTP listener (all)"}),
+    (("--http-submit-only",), "http_submit_only", {
+        "action": "store_true", "help": "the HTTP port serves gearmand's job submission alone: every path submits"}),
+    (("--http-token-file",), "http_token_file", {
+        "metavar": "FILE", "help": "require Authorization: Bearer <the token in this file> over HTTP"}),
+    (("--http-token-all",), "http_token_all", {
+        "action": "store_true", "help": "require the token on /healthz, /readyz and /metrics too"}),
+    (("--metrics-max-functions",), "metrics_max_functions", {
+        "type": int, "help": "per-function series in /metrics; the rest are summed as function=\"__other__\" "
+        "(%(default)s)"}),
+    (("--no-stats",), "stats", {
+        "action": "store_false", "help": "keep no job counters (metrics keep only queue gauges); to measure what "
+        "counting costs"}),
     (("--max-idle-functions",), "max_idle_functions", {
         "type": int, "help": "functions with no worker and no job kept listed; past it the longest idle go "
         "(%(default)s; 0: all)"}),
@@ -259,6 +273,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     fields built from several options (addresses, queue, TLS, ACL)."""
     values = {field: getattr(args, field) for _, field, _ in CONFIG_OPTIONS}
     values["policy_file"] = checked_policy_file(values["policy_file"])
+    values["http_token_file"] = checked_token_file(values["http_token_file"])
     if args.protocol and values["http_port"] is None:
         values["http_port"] = GEARMAND_HTTP_PORT  # gearmand's -r http
     port = args.port
@@ -280,6 +295,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_on_main=args.ssl_port is None, acl=acl, acl_file=acl_file,
         queue_type=queue_type, sqlite_db=sqlite_db, **values,
     )
+
+
+def checked_token_file(path: str | None) -> str | None:
+    """The HTTP token file as an absolute path (daemonizing changes directory), read once: a missing or empty
+    token file stops geard before it starts."""
+    if not path:
+        return None
+    from .http.security import load_token
+
+    load_token(path)
+    return os.path.abspath(path)
 
 
 def checked_policy_file(path: str | None) -> str | None:

@@ -81,10 +81,6 @@ class ServerConfig:
     sqlite_db: str | None = None
     #: gearmand's libsqlite3 table in that file whose jobs are taken over at start; None: gearman_queue.
     libsqlite3_table: str | None = None
-    #: Port of the HTTP listener (geard --http-port, or gearmand's -r http: 8080); None: no HTTP side.
-    http_port: int | None = None
-    #: Address of the HTTP listener; "" is every address.
-    http_listen: str = ""
     #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.
     policy_file: str | None = None
     #: Seconds finished jobs stay visible to `show job`; 0 keeps none.
@@ -98,6 +94,20 @@ class ServerConfig:
     dead_letter_max_age: float = 0.0
     #: Payload bytes of all dead letters together (the oldest go first); 0 means no limit.
     dead_letter_max_bytes: int = 256 * 1024 * 1024
+    #: The HTTP listener (metrics, health, JSON API, dashboard, gearmand's HTTP submission): None is off.
+    http_port: int | None = None
+    #: Address the HTTP listener binds ("" is every address).
+    http_listen: str = ""
+    #: A file holding the bearer token HTTP requests must carry (health and metrics are exempt unless
+    #: http_token_all).
+    http_token_file: str | None = None
+    http_token_all: bool = False
+    #: Serve gearmand's HTTP job submission alone: any path, GET, POST or PUT submits (as gearmand's -r http).
+    http_submit_only: bool = False
+    #: Per-function series in /metrics; the rest are summed under function="__other__".
+    metrics_max_functions: int = 1000
+    #: Keep the counters behind metrics and the dashboard (turned off only to measure what they cost).
+    stats: bool = True
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..stats import COMMIT_SECONDS, Histogram
+
 log = logging.getLogger("geartrain.store")
 
 __all__ = [
@@ -148,6 +150,11 @@ class GroupCommitStore(Store):
         # Server state changes of the batch being gathered ((kind, key) -> value or None), and what start() read.
         self._state: dict[tuple[str, str], bytes | None] = {}
         self._stored_state: dict[str, dict[str, bytes]] = {}
+        #: Statistics for metrics: jobs in the store, jobs replayed at start, commit latency.
+        self.stored = 0
+        self.replayed = 0
+        self.commit_seconds = Histogram(COMMIT_SECONDS)
+        self._commit_began = 0.0
 
     # ------------------------------------------------------------------ engine hooks (writer thread)
 
@@ -199,6 +206,7 @@ class GroupCommitStore(Store):
             if job.store_ref != stored.ref:
                 duplicates.append(stored.ref)
         self._next_ref = max(self._next_ref, last + 1)
+        self.stored = self.replayed = len(jobs) - len(duplicates)
         if duplicates:
             log.warning("%d stored jobs repeated the function and unique of an earlier one: removed",
                         len(duplicates))
@@ -236,6 +244,7 @@ class GroupCommitStore(Store):
     def add(self, job: Any) -> int:
         ref = self._next_ref
         self._next_ref = ref + 1
+        self.stored += 1
         self._adds[ref] = (ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
         self._touch()
         return ref
@@ -244,6 +253,7 @@ class GroupCommitStore(Store):
         ref = job.store_ref
         if ref is None:
             return
+        self.stored -= 1
         if self._adds.pop(ref, None) is None:  # not in the open batch: it was (or is being) written
             self._removes.append(ref)
         self._touch()
@@ -282,6 +292,11 @@ class GroupCommitStore(Store):
     def pending(self) -> bool:
         return self._touched or self._inflight is not None
 
+    @property
+    def pending_changes(self) -> int:
+        """Adds and removes gathered for the next commit (statistics)."""
+        return len(self._adds) + len(self._removes)
+
     def commit_then(self, callback: Callable[[], None]) -> None:
         target = self._target()
         if target is None:
@@ -319,6 +334,7 @@ class GroupCommitStore(Store):
         self._state = {}
         self._touched = False
         self._inflight = seq
+        self._commit_began = time.monotonic()
         if self._idle is not None:
             self._idle.clear()
         future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes, state)
@@ -332,6 +348,7 @@ class GroupCommitStore(Store):
 
     def _done(self, seq: int, future: asyncio.Future) -> None:
         self._inflight = None
+        self.commit_seconds.observe(time.monotonic() - self._commit_began)
         exc = future.exception()
         if exc is not None:
             self._failed(seq, exc)
