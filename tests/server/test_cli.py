@@ -118,7 +118,8 @@ def test_gearmand_spellings_set_the_same_fields(monkeypatch):
                    "-r", "http", "--http-port", "8099", "--job-handle-prefix", "H:x")
     assert (config.backlog, config.job_retries, config.worker_wakeup, config.exceptions) == (7, 3, 2, True)
     assert config.queue_type == "memory" and config.listen == [("127.0.0.1", 5000)]
-    assert config.http_port == 8099 and config.job_handle_prefix == "H:x"
+    assert config.http_port == 8099 and config.http_listen == "127.0.0.1" and config.job_handle_prefix == "H:x"
+    assert parse("-L", "::1", "--http-listen", "10.0.0.1").http_listen == "10.0.0.1"
     assert parse("-r", "http").http_port == 8080
     assert parse().http_port is None
     monkeypatch.setenv("GEARMAND_PORT", "4999")
@@ -568,5 +569,19 @@ def test_sighup_reopens_the_log_file_after_rotation(tmp_path):
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: log.exists() and "reopened log files" in log.read_text(), "a new log file")
         assert "reopened log files" not in (tmp_path / "geard.log.1").read_text()
+    finally:
+        stop_process(process)
+
+
+def test_gearmand_http_options_start_the_http_listener_on_the_listen_address():
+    import urllib.request
+
+    http_port = free_port()
+    process, _ = start_geard("-q", "builtin", "-L", "127.0.0.1", "-p", "0", "-r", "http", "--http-port",
+                             str(http_port))
+    try:
+        wait_for_port("127.0.0.1", http_port, process=process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=30) as answer:
+            assert answer.status == 200
     finally:
         stop_process(process)

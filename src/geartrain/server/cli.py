@@ -276,6 +276,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values["http_token_file"] = checked_token_file(values["http_token_file"])
     if args.protocol and values["http_port"] is None:
         values["http_port"] = GEARMAND_HTTP_PORT  # gearmand's -r http
+    if args.listen and not values["http_listen"]:
+        values["http_listen"] = args.listen[0]  # as gearmand: HTTP listens where the server was told to (-L)
     port = args.port
     if port is None:
         port = int(os.environ.get("GEARMAND_PORT") or DEFAULT_PORT)  # gearmand reads $GEARMAND_PORT too
