@@ -585,3 +585,14 @@ def test_gearmand_http_options_start_the_http_listener_on_the_listen_address():
             assert answer.status == 200
     finally:
         stop_process(process)
+
+
+def test_a_second_sigterm_while_stopping_closes_once(tmp_path):
+    process, _ = start_geard("--sqlite-db", str(tmp_path / "q.sqlite3"), "-L", "127.0.0.1", "-p", "0")
+    try:
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=30)[1].decode()
+        assert process.returncode == 0 and "Task was destroyed" not in rest and "Error" not in rest, rest
+    finally:
+        stop_process(process)

@@ -90,6 +90,7 @@ class Server:
         self.ssl_context: Any = None
         #: Called once when shutdown begins (geard tells systemd STOPPING=1).
         self.on_stopping: Any = None
+        self._close_requested = False
 
     def _statsd_reporter(self) -> Any:
         if not self.config.statsd_host:
@@ -207,7 +208,7 @@ class Server:
             on_stopping, self.on_stopping = self.on_stopping, None
             on_stopping()
         if not graceful:
-            loop.call_soon(lambda: asyncio.ensure_future(self.close()))
+            loop.call_soon(self._close_once)
             return
         self.ready = False
         for listener in self.listeners:
@@ -219,6 +220,12 @@ class Server:
             assert self.loop is not None
             self.loop.call_later(0.05, self._check_drained)
         else:
+            self._close_once()
+
+    def _close_once(self) -> None:
+        """Shutdown closes once: a second SIGTERM (or Ctrl-C) while closing must not start a second close()."""
+        if not self._close_requested:
+            self._close_requested = True
             asyncio.ensure_future(self.close())
 
     def run(self, on_started: Any = None) -> None:
