@@ -40,7 +40,7 @@ def parse(*argv: str) -> ServerConfig:
 def no_gearmand_environment(monkeypatch, tmp_path):
     """Each test gets its own state directory and none of gearmand's variables from the caller."""
     for name in ("GEARMAND_PORT", "GEARMAND_SERVER_PEM", "GEARMAND_SERVER_KEY", "GEARMAND_CA_CERTIFICATE",
-                 "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+                 "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
