@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", metavar="FILE", help="read options from FILE (gearmand's format; also @FILE)")
     p.add_argument("--check-args", action="store_true", help="check the options and exit")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
-                   choices=list(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
+                   choices=list(VERBOSE_LEVELS), help="log level without --log-config (%(default)s)")
     p.add_argument("-V", "--version", action="version", version=f"geard (geartrain) {__version__}")
     return p
 
