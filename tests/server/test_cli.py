@@ -121,6 +121,8 @@ def test_gearmand_spellings_set_the_same_fields(monkeypatch):
     assert config.http_port == 8099 and config.http_listen == "127.0.0.1" and config.job_handle_prefix == "H:x"
     assert parse("-L", "::1", "--http-listen", "10.0.0.1").http_listen == "10.0.0.1"
     assert parse("-r", "http").http_port == 8080
+    system_idle = int(Path("/proc/sys/net/ipv4/tcp_keepalive_time").read_text())
+    assert parse("--keepalive", "--keepalive-idle", "-1", "--keepalive-count", "5").tcp_keepidle == system_idle
     assert parse().http_port is None
     monkeypatch.setenv("GEARMAND_PORT", "4999")
     assert parse("-q", "memory").listen == [("", 4999)]

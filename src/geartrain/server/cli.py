@@ -36,6 +36,9 @@ QUEUE_ALIASES = {"builtin": "memory", "libsqlite3": "sqlite"}
 GEARMAND_HTTP_PORT = 8080
 #: Where --syslog sends records (the local syslog daemon's socket).
 SYSLOG_ADDRESS = "/dev/log"
+#: gearmand's --keepalive-idle/-interval/-count -1 means the system's value: these sysctls hold it.
+KEEPALIVE_SYSCTLS = {"tcp_keepidle": "tcp_keepalive_time", "tcp_keepintvl": "tcp_keepalive_intvl",
+                     "tcp_keepcnt": "tcp_keepalive_probes"}
 
 #: Options that set one ServerConfig field: (flags, field, argparse keywords). The default is the field's; a help
 #: text shows it with "%(default)s". To add an option: add the field (and its default) to ServerConfig, then a row.
@@ -276,6 +279,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values["http_token_file"] = checked_token_file(values["http_token_file"])
     if args.protocol and values["http_port"] is None:
         values["http_port"] = GEARMAND_HTTP_PORT  # gearmand's -r http
+    for field, sysctl in KEEPALIVE_SYSCTLS.items():
+        if values[field] < 0:
+            values[field] = system_keepalive(field, sysctl)
     if args.listen and not values["http_listen"]:
         values["http_listen"] = args.listen[0]  # as gearmand: HTTP listens where the server was told to (-L)
     port = args.port
@@ -297,6 +303,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_on_main=args.ssl_port is None, acl=acl, acl_file=acl_file,
         queue_type=queue_type, sqlite_db=sqlite_db, **values,
     )
+
+
+def system_keepalive(field: str, sysctl: str) -> int:
+    """The kernel's keepalive setting (gearmand's -1), else ServerConfig's default (Linux's own)."""
+    try:
+        with open(f"/proc/sys/net/ipv4/{sysctl}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return int(getattr(ServerConfig(), field))
 
 
 def checked_token_file(path: str | None) -> str | None:
