@@ -292,17 +292,6 @@ def test_two_thousand_silent_connections_do_not_stop_a_normal_client():
 # ------------------------------------------------------------------------------------------- limits
 
 
-def test_geard_has_a_flag_for_every_limit():
-    from geartrain.server.cli import build_parser
-
-    help_text = build_parser().format_help()
-    wanted = ["--max-packet-size", "--max-line-length", "--max-unique-length", "--max-function-length",
-              "--max-connections", "--idle-timeout", "--handshake-timeout", "--output-high-water", "--output-limit",
-              "--max-queued-bytes"]
-    missing = [flag for flag in wanted if flag not in help_text]
-    assert not missing, f"geard has no flag for: {missing}"
-
-
 def test_each_limit_answers_with_a_clear_error(server_factory):
     s = server_factory("geartrain", max_packet_size=4096, max_line_length=256, max_unique_length=64,
                        max_function_length=32, max_queued_bytes=1000)

@@ -86,6 +86,11 @@ class Server:
         self._timer_when = 0.0
         self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        #: The TLS context new connections get (SIGHUP replaces it: see reload()).
+        self.ssl_context: Any = None
+        #: Called once when shutdown begins (geard tells systemd STOPPING=1).
+        self.on_stopping: Any = None
+        self._close_requested = False
 
     def _statsd_reporter(self) -> Any:
         if not self.config.statsd_host:
@@ -142,29 +147,25 @@ class Server:
             await self.store.start(self.state)
         self.lifecycle.start(self.store.stored_state() if self.store is not None else {})
         config = self.config
-        ssl_context = None
         if config.ssl_key and config.ssl_cert:
             from .tls import server_context
 
-            ssl_context = server_context(config.ssl_key, config.ssl_cert, config.ssl_ca)
-        plain = [(host, port, ssl_context if config.tls_on_main else None) for host, port in config.listen]
-        secure = []
-        if config.ssl_listen:
-            if not (config.ssl_key and config.ssl_cert):
-                raise ValueError("TLS listeners need ssl_key and ssl_cert")
-            from .tls import server_context
-
-            tls = server_context(config.ssl_key, config.ssl_cert, config.ssl_ca)
-            secure = [(host, port, tls) for host, port in config.ssl_listen]
-        for host, port, context in plain + secure:
+            self.ssl_context = server_context(config.ssl_key, config.ssl_cert, config.ssl_ca)
+        elif config.ssl_listen:
+            raise ValueError("TLS listeners need ssl_key and ssl_cert")
+        main_tls = self.ssl_context is not None and config.tls_on_main
+        addresses = [(host, port, main_tls) for host, port in config.listen]
+        addresses += [(host, port, True) for host, port in config.ssl_listen]
+        for host, port, tls in addresses:
+            # The context is looked up per connection, so that a reloaded certificate serves new connections.
             listener = await loop.create_server(
-                lambda context=context: GearmanProtocol(self.state, context), host or None, port,
-                reuse_address=True, backlog=1024,
+                lambda tls=tls: GearmanProtocol(self.state, self.ssl_context if tls else None), host or None, port,
+                reuse_address=True, backlog=config.backlog,
                 family=socket.AF_INET6 if ":" in host else socket.AF_UNSPEC,
             )
             self.listeners.append(listener)
             log.info("listening on %s port %d%s", host or "*", listener.sockets[0].getsockname()[1],
-                     " (TLS)" if context is not None else "")
+                     " (TLS)" if tls else "")
         self._timer_changed(self.broker.next_timer())
         if self.statsd is not None:
             self.statsd.start(loop)
@@ -203,8 +204,11 @@ class Server:
         loop = self.loop
         if loop is None:
             return
+        if self.on_stopping is not None:
+            on_stopping, self.on_stopping = self.on_stopping, None
+            on_stopping()
         if not graceful:
-            loop.call_soon(lambda: asyncio.ensure_future(self.close()))
+            loop.call_soon(self._close_once)
             return
         self.ready = False
         for listener in self.listeners:
@@ -216,11 +220,17 @@ class Server:
             assert self.loop is not None
             self.loop.call_later(0.05, self._check_drained)
         else:
+            self._close_once()
+
+    def _close_once(self) -> None:
+        """Shutdown closes once: a second SIGTERM (or Ctrl-C) while closing must not start a second close()."""
+        if not self._close_requested:
+            self._close_requested = True
             asyncio.ensure_future(self.close())
 
     def run(self, on_started: Any = None) -> None:
         """Serve until shutdown (blocking), with SIGTERM/SIGINT (stop), SIGUSR1 (graceful) and SIGHUP
-        (reopen log files) handled; the `geard` entry point."""
+        (reload()) handled; the `geard` entry point."""
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
@@ -233,28 +243,43 @@ class Server:
                 (signal.SIGHUP, self.reload),
             ):
                 loop.add_signal_handler(signum, action)
-            loop.run_until_complete(self.start())
-            if self._stopped is not None and self._stopped.is_set():
-                loop.run_until_complete(self.close())  # stopped while starting: close what start() opened
-            if on_started is not None:
-                on_started(self)
-            # A server process holds millions of long-lived, acyclic job objects: collect the young
-            # generation less often, and leave start-up objects out of every collection.
-            gc.freeze()
-            gc.set_threshold(20_000, 50, 100)
-            return_large_buffers()
-            loop.run_until_complete(self.wait_stopped())
+            # One run of the loop from start to stop: uvloop drops a signal that arrives between two runs.
+            loop.run_until_complete(self._serve(on_started))
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
+    async def _serve(self, on_started: Any) -> None:
+        await self.start()
+        assert self._stopped is not None
+        if self._stopped.is_set():
+            await self.close()  # stopped while starting: close what start() opened
+            return
+        if on_started is not None:
+            on_started(self)
+        # A server process holds millions of long-lived, acyclic job objects: collect the young
+        # generation less often, and leave start-up objects out of every collection.
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
+        return_large_buffers()
+        await self.wait_stopped()
+
     def reload(self) -> None:
-        """SIGHUP: reopen log files and reread the policy file (a bad file keeps the policies in effect)."""
+        """SIGHUP: reopen log files, and reread the policy file, the ACL file and the TLS files; new connections
+        use the new certificate. A file that fails to load keeps the current setting, with a log line saying why."""
+        from .reload import reread_acl, reread_tls
+
         reopen_log_files()
         try:
             self.lifecycle.reload()
         except ValueError as exc:
             log.error("policy file not reloaded: %s", exc)
+        acl = reread_acl(self.config)
+        if acl is not None:
+            self.config.acl = self.broker.acl = acl
+        context = reread_tls(self.config)
+        if context is not None:
+            self.ssl_context = context
         self.state.schedule_flush()
 
     def start_in_thread(self, timeout: float = 30.0) -> None:

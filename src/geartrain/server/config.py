@@ -1,4 +1,10 @@
-"""ServerConfig: the one place every server setting lives (command line, gear.Server and tests build it)."""
+"""ServerConfig: the one place every server setting lives (command line, gear.Server and tests build it).
+
+Every default is written here once: `geard`'s options take theirs from these fields (see cli.CONFIG_OPTIONS).
+A plain `geard` differs from an embedded `ServerConfig()` in one setting only, the queue: `ServerConfig()` keeps
+jobs in memory, while `geard` keeps background jobs in SQLite, in a file named after its port
+(`default_sqlite_path(port)`, `queue-4730.sqlite3`), and in memory with `-p 0` (GEARD_QUEUE_TYPE below).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.constants import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PACKET_SIZE, DEFAULT_PORT
+
+#: The queue of a plain `geard` (ServerConfig's own default is memory): SQLite in a file named after the port.
+GEARD_QUEUE_TYPE = "sqlite"
 
 
 @dataclass
@@ -26,6 +35,10 @@ class ServerConfig:
     tls_on_main: bool = True
     #: An ACL object (geartrain.server.acl.ACL); None allows everything.
     acl: Any = None
+    #: The file `acl` was read from; SIGHUP reads it again (Server.reload).
+    acl_file: str | None = None
+    #: listen() backlog of every listener (gearmand's -b).
+    backlog: int = 1024
     keepalive: bool = False
     tcp_keepidle: int = 7200
     tcp_keepintvl: int = 75
@@ -62,9 +75,12 @@ class ServerConfig:
     statsd_host: str | None = None
     statsd_port: int = 8125
     statsd_prefix: str | None = None
-    #: "memory" or "sqlite".
+    #: "memory" or "sqlite". An embedded server keeps jobs in memory; a plain `geard` uses GEARD_QUEUE_TYPE.
     queue_type: str = "memory"
+    #: The SQLite file; None: default_sqlite_path() (geard passes the per-port file).
     sqlite_db: str | None = None
+    #: gearmand's libsqlite3 table in that file whose jobs are taken over at start; None: gearman_queue.
+    libsqlite3_table: str | None = None
     #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.
     policy_file: str | None = None
     #: Seconds finished jobs stay visible to `show job`; 0 keeps none.

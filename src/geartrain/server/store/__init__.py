@@ -115,6 +115,8 @@ class Store(abc.ABC):
 
     #: Where the jobs live, for log lines ("replayed N jobs from <location>").
     location: str = ""
+    #: How many jobs start() replayed (geard's start-up line).
+    replayed: int = 0
 
     @abc.abstractmethod
     async def start(self, server: Any) -> None:
@@ -297,7 +299,7 @@ class GroupCommitStore(Store):
                         len(duplicates))
             self._retry.extend(duplicates)
             self._touch()
-        log.info("replayed %d jobs from %s in %.2fs", len(jobs) - len(duplicates), self.location,
+        log.info("replayed %d jobs from %s in %.2fs", self.replayed, self.location,
                  time.monotonic() - began)
         self._arm_idle()
 
@@ -581,11 +583,11 @@ class GroupCommitStore(Store):
             self._arm_idle()  # checked again every idle_delay while nothing is written
 
 
-def default_sqlite_path() -> Path:
-    """Where a plain `geard` keeps its queue: $XDG_STATE_HOME/geartrain/queue.sqlite3, else
-    ~/.local/state/geartrain/queue.sqlite3."""
+def default_sqlite_path(port: int | None = None) -> Path:
+    """Where a `geard` on `port` keeps its queue: $XDG_STATE_HOME/geartrain/queue-PORT.sqlite3, else
+    ~/.local/state/geartrain/queue-PORT.sqlite3 (queue.sqlite3 without a port)."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "geartrain" / "queue.sqlite3"
+    return Path(state) / "geartrain" / (f"queue-{port}.sqlite3" if port else "queue.sqlite3")
 
 
 def open_store(config: Any) -> Store:
@@ -593,5 +595,5 @@ def open_store(config: Any) -> Store:
     if config.queue_type == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(config.sqlite_db or default_sqlite_path())
+        return SQLiteStore(config.sqlite_db or default_sqlite_path(), getattr(config, "libsqlite3_table", None))
     raise StoreError(f"no durable store for queue type {config.queue_type!r}")

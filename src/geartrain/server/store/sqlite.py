@@ -67,9 +67,9 @@ LARGE_DATA = 16 * 1024
 _DELETE = f"DELETE FROM {TABLE} WHERE id = ?"
 
 
-def check_layout(conn: sqlite3.Connection, path: Path) -> bool:
+def check_layout(conn: sqlite3.Connection, path: Path, gearmand_table: str = GEARMAND_TABLE) -> bool:
     """Whether the file is new (empty: the schema must be made); raise StoreError, having written nothing, when
-    it holds a layout this version does not use."""
+    it holds a layout this version does not use (gearmand's queue, under the table name given, is taken over)."""
     tables = {name: sql for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -77,9 +77,9 @@ def check_layout(conn: sqlite3.Connection, path: Path) -> bool:
                          "unchanged. Run that version, or name another file with --sqlite-db")
     ours = {TABLE, INVALID_TABLE, STATE_TABLE}
     if version == SCHEMA_VERSION and TABLE in tables and _columns(conn, TABLE) == EXPECTED_COLUMNS:
-        if set(tables) <= ours | {GEARMAND_TABLE}:
+        if set(tables) <= ours | {gearmand_table}:
             return False
-    elif version == 0 and set(tables) <= {GEARMAND_TABLE} and (not tables or _is_gearmand_queue(conn)):
+    elif version == 0 and set(tables) <= {gearmand_table} and (not tables or _is_gearmand_queue(conn, gearmand_table)):
         return True  # empty, or gearmand's queue: taken over at start
     found = ", ".join(sorted(tables)) or "no tables"
     raise StoreError(
@@ -93,8 +93,8 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def _is_gearmand_queue(conn: sqlite3.Connection) -> bool:
-    return {"unique_key", "function_name", "priority", "data"} <= set(_columns(conn, GEARMAND_TABLE))
+def _is_gearmand_queue(conn: sqlite3.Connection, table: str) -> bool:
+    return {"unique_key", "function_name", "priority", "data"} <= set(_columns(conn, table))
 
 
 def free_bytes(directory: Path) -> int | None:
@@ -143,8 +143,10 @@ def validate_row(row: tuple) -> StoredJob | str:
 class SQLiteStore(GroupCommitStore):
     """Background jobs in a SQLite file (WAL, synchronous=FULL, exclusive lock), written in group commits."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, gearmand_table: str | None = None) -> None:
         self.path = Path(path).absolute()
+        #: gearmand's libsqlite3 table (its --libsqlite3-table) whose jobs are taken over at start.
+        self.gearmand_table = gearmand_table or GEARMAND_TABLE
         super().__init__(str(self.path))
         self.conn: sqlite3.Connection | None = None
         self._rows_per_statement = 512
@@ -169,7 +171,7 @@ class SQLiteStore(GroupCommitStore):
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             # Everything is read and checked before anything is written: a file this version did not write
             # is left exactly as it was (no table added, no user_version, no journal mode changed).
-            fresh = check_layout(conn, path)
+            fresh = check_layout(conn, path, self.gearmand_table)
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
                 raise StoreError(f"the queue file {path} is damaged ({check}); no job was read. Move it aside "
@@ -271,15 +273,16 @@ class SQLiteStore(GroupCommitStore):
 
     def _take_over_gearmand(self, conn: sqlite3.Connection) -> None:
         """Move the jobs of gearmand's libsqlite3 queue (same file) into our table, oldest first."""
-        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                             (GEARMAND_TABLE,)).fetchone()
-        if found is None:
+        name = self.gearmand_table
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        if found is None or name in (TABLE, INVALID_TABLE):
             return
-        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({GEARMAND_TABLE})")}
+        table = '"' + name.replace('"', '""') + '"'
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if not {"unique_key", "function_name", "priority", "data"} <= columns:
             return
         when = "when_to_run" if "when_to_run" in columns else "0"
-        rows = conn.execute(f"SELECT unique_key, function_name, priority, {when}, data FROM {GEARMAND_TABLE} "
+        rows = conn.execute(f"SELECT unique_key, function_name, priority, {when}, data FROM {table} "
                             "ORDER BY rowid").fetchall()
         if not rows:
             return
@@ -289,8 +292,8 @@ class SQLiteStore(GroupCommitStore):
              b"", _as_bytes(data) or b"")
             for i, (unique, function, priority, when_to_run, data) in enumerate(rows)
         ])
-        conn.execute(f"DELETE FROM {GEARMAND_TABLE}")
-        log.info("took over %d jobs from gearmand's table %s in %s", len(rows), GEARMAND_TABLE, self.path)
+        conn.execute(f"DELETE FROM {table}")
+        log.info("took over %d jobs from gearmand's table %s in %s", len(rows), name, self.path)
 
     def load(self) -> Iterable[StoredJob]:
         conn = self._conn()
