@@ -154,6 +154,8 @@ class Decoder:
         pos = 0
         n = len(buf)
         accept = self.accept
+        max_packet_size = self.max_packet_size
+        arg_counts = ARG_COUNTS
         try:
             while pos < n:
                 if buf[pos] == 0:
@@ -164,10 +166,10 @@ class Decoder:
                     magic, ptype, size = _unpack_header(buf, pos)
                     if magic != accept and magic not in (REQ, RES):
                         raise ProtocolError(b"INVALID_MAGIC", f"bad packet magic {bytes(magic)!r}")
-                    if size > self.max_packet_size:
+                    if size > max_packet_size:
                         raise ProtocolError(
                             b"ARGUMENT_TOO_LARGE",
-                            f"packet body of {size} bytes exceeds the limit of {self.max_packet_size}",
+                            f"packet body of {size} bytes exceeds the limit of {max_packet_size}",
                         )
                     end = pos + HEADER_SIZE + size
                     if end > n:
@@ -177,11 +179,12 @@ class Decoder:
                     if magic != accept and accept:
                         out.append(PacketError(b"INVALID_MAGIC", f"expected {accept!r} magic", ptype))
                         continue
-                    nargs = ARG_COUNTS.get(ptype)
-                    if nargs is None and self.unknown_types:
-                        out.append(Packet(magic, ptype, (bytes(buf[start:end]),)))
-                    elif nargs is None:
-                        out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
+                    nargs = arg_counts.get(ptype)
+                    if nargs is None:
+                        if self.unknown_types:
+                            out.append(Packet(magic, ptype, (bytes(buf[start:end]),)))
+                        else:
+                            out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
                     elif nargs == 0:
                         out.append(Packet(magic, ptype, ()))
                     elif size < _COPY_ONCE:
