@@ -95,8 +95,11 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
     return pack_header(magic, ptype, len(body)) + body
 
 
-#: Bodies at least this large are split straight out of the receive buffer: one copy per byte, not three.
+#: Bodies at least this large are split straight out of the receive buffer: one copy per byte, not three; and
+#: when one arrives in several reads, its reads are kept as they come and joined once (Decoder._parts).
 _COPY_ONCE = 16 * 1024
+#: Reads of a large body smaller than _COPY_ONCE are gathered into pieces of up to this size.
+_COALESCE = 64 * 1024
 
 
 def _split_large(buf: bytearray, start: int, end: int, nargs: int) -> tuple[bytes, ...]:
@@ -126,7 +129,8 @@ class Decoder:
     subclasses add private types), else as a PacketError(INVALID_COMMAND).
     """
 
-    __slots__ = ("_buf", "accept", "max_packet_size", "max_line_length", "unknown_types")
+    __slots__ = ("_buf", "_parts", "_need", "_held", "_large", "accept", "max_packet_size", "max_line_length",
+                 "unknown_types")
 
     def __init__(
         self,
@@ -136,6 +140,12 @@ class Decoder:
         unknown_types: bool = False,
     ) -> None:
         self._buf = bytearray()
+        #: The body of a large packet being received, as the reads that came (see _COPY_ONCE), or None;
+        #: _need is how many of its bytes are still to come, _held how many came, _large its (magic, type, nargs).
+        self._parts: list[bytes] | None = None
+        self._need = 0
+        self._held = 0
+        self._large: tuple[bytes, int, int] = (REQ, 0, 0)
         self.accept = accept
         self.unknown_types = unknown_types
         self.max_packet_size = max_packet_size
@@ -144,13 +154,27 @@ class Decoder:
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of an event."""
-        return len(self._buf)
+        return len(self._buf) + self._held
 
     def feed(self, data: bytes) -> list[Event]:
         """Add bytes and return every event they complete; raise ProtocolError on an undecodable stream."""
+        out: list[Event] = []
+        parts = self._parts
+        if parts is not None:
+            need = self._need
+            chunk = data if len(data) <= need else data[:need]
+            if len(chunk) < _COPY_ONCE and type(parts[-1]) is bytearray and len(parts[-1]) < _COALESCE:
+                parts[-1] += chunk  # small reads are gathered: a trickle of tiny chunks costs no object each
+            else:
+                parts.append(bytes(chunk) if len(chunk) >= _COPY_ONCE else bytearray(chunk))
+            if len(data) < need:
+                self._need -= len(data)
+                self._held += len(data)
+                return out
+            out.append(self._finish_large())
+            data = data[need:]
         buf = self._buf
         buf += data
-        out: list[Event] = []
         pos = 0
         n = len(buf)
         accept = self.accept
@@ -172,9 +196,17 @@ class Decoder:
                             f"packet body of {size} bytes exceeds the limit of {max_packet_size}",
                         )
                     end = pos + HEADER_SIZE + size
-                    if end > n:
-                        break
                     start = pos + HEADER_SIZE
+                    if end > n:
+                        if size >= _COPY_ONCE and (magic == accept or not accept) and arg_counts.get(ptype):
+                            # Its body is kept as the chunks that come, not grown in the buffer: one copy of each
+                            # byte until the last argument is joined, and no buffer of the whole packet.
+                            self._parts = [bytes(buf[start:n])]
+                            self._held = n - start
+                            self._need = end - n
+                            self._large = (bytes(magic), ptype, arg_counts[ptype])
+                            pos = n
+                        break
                     pos = end
                     if magic != accept and accept:
                         out.append(PacketError(b"INVALID_MAGIC", f"expected {accept!r} magic", ptype))
@@ -223,3 +255,19 @@ class Decoder:
         if pos:
             del buf[:pos]
         return out
+
+    def _finish_large(self) -> Event:
+        """The event of the large packet whose last chunk just came."""
+        parts, self._parts = self._parts, None
+        assert parts is not None
+        self._held = self._need = 0
+        magic, ptype, nargs = self._large
+        pieces = parts[0].split(b"\x00", nargs - 1)
+        if len(pieces) == nargs:  # the leading arguments all came in the first chunk, as they do
+            args = tuple(pieces[:-1]) + (b"".join([pieces[-1], *parts[1:]]),)
+        else:
+            body = b"".join(parts)
+            args = (body,) if nargs == 1 else tuple(body.split(b"\x00", nargs - 1))
+        if len(args) != nargs:
+            return _missing_arguments(ptype, nargs, len(args))
+        return Packet(magic, ptype, args)

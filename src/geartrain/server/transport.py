@@ -17,11 +17,16 @@ from typing import Any
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
 from .broker import Broker, Peer, error_packet
 from .config import ServerConfig
+from .memory import MMAP_THRESHOLD
 from .tls import ServerTLSSession, peer_common_name
 
 log = logging.getLogger("geartrain.transport")
 
 _ids = itertools.count(1)
+
+#: Bytes read per receive: a copy of a whole read (the decoder keeps those of large packets) stays under glibc's
+#: mapping threshold.
+READ_SIZE = MMAP_THRESHOLD - 4096
 
 #: File descriptors no connection may take: the store needs a few (SQLite opens its log and syncs its directory)
 #: and a flood of connections at the descriptor limit must not make its commits fail.
@@ -46,8 +51,10 @@ class ServerState:
         self.admin = admin
         self.store = store
         self.connections: set[GearmanProtocol] = set()
-        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
-        self.read_view = memoryview(bytearray(256 * 1024))
+        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer); a copy of
+        #: one read stays below glibc's mapping threshold (memory.py), so it is served from reused heap, not from
+        #: fresh pages the kernel must fault in and zero.
+        self.read_view = memoryview(bytearray(READ_SIZE))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.descriptor_ceiling = descriptor_ceiling()
         self._flush_scheduled = False
