@@ -185,11 +185,21 @@ class Result:
     seconds: float
     stored: int | None  # rows in the SQLite file after the server stopped, for the durable queues
     queued: int  # TOTAL of `status` at the end
+    cpu_us: float | None = None  # the server's CPU time (user + system, all threads) per acknowledged job
     note: str = ""
 
     @property
     def rate(self) -> float:
         return self.created / self.seconds if self.seconds else 0.0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process (all its threads) so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -287,7 +297,9 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
         else:
             raise RuntimeError(f"{name} did not start: {process.stderr.read().decode(errors='replace')[-500:]}")
         try:
+            cpu0 = cpu_seconds(process.pid)
             created, seconds = run_clients(port, opts)
+            cpu1 = cpu_seconds(process.pid)
             queued = admin_status(port)
         finally:
             if process.poll() is None:
@@ -300,7 +312,8 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
             if process.stderr is not None:
                 process.stderr.close()
         stored = count_rows(db, table) if db is not None else None
-        return Result(name, created, seconds, stored, queued)
+        cpu_us = (cpu1 - cpu0) / created * 1e6 if created and cpu0 is not None and cpu1 is not None else None
+        return Result(name, created, seconds, stored, queued, cpu_us)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -349,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
     by_name = {r.name: r for r in results}
     print()
-    print(f"{'server':<24} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'stored rows':>12}  check")
+    print(f"{'server':<24} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'srv CPU us/job':>14} "
+          f"{'stored rows':>12}  check")
     for r in results:
         stored = "-" if r.stored is None else str(r.stored)
-        print(f"{r.name:<24} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {stored:>12}  {r.note}")
+        cpu = "-" if r.cpu_us is None else f"{r.cpu_us:.1f}"
+        print(f"{r.name:<24} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {cpu:>14} {stored:>12}  {r.note}")
     print()
     memory = by_name.get("geartrain-memory")
     for name in ("geartrain-sqlite", "gearmand-sqlite"):
