@@ -262,12 +262,18 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self._dispatch(peer, events)
         if self.idle_handle is not None:
             self._arm_idle_timer()
+        state = self.state
         if peer.out:
             # Answers to this peer's own requests go out at once (one write, as they would at the end of the
             # pass); what it caused for other peers still waits for the pass's flush. Writing now also lets
             # pause_writing() stop reading a peer that does not read its answers before the loop reads again.
-            self.state.send_output(peer)
-        self.state.schedule_flush()
+            state.send_output(peer)
+        dirty = state.broker.dirty
+        if len(dirty) == 1 and dirty[0] is peer and not peer.out and (state.store is None
+                                                                     or not state.store.pending()):
+            dirty.clear()  # only this peer had output, all written: no flush pass (a worker's grab, say)
+        else:
+            state.schedule_flush()
 
     def _decrypt(self, data: bytes) -> bytes:
         tls, transport = self.tls, self.transport
