@@ -215,3 +215,24 @@ def test_a_large_packet_short_of_arguments_is_a_packet_error_and_the_stream_stay
     assert events[0] == PacketError(b"INVALID_PACKET", "SUBMIT_JOB needs 3 arguments, got 1", C.SUBMIT_JOB)
     assert events[1:] == [Packet(C.REQ, C.ECHO_REQ, (b"hi",))]
     assert decoder.buffered == 0
+
+
+def test_large_bodies_reuse_a_bounded_number_of_pieces():
+    from geartrain.protocol import codec
+
+    data = bytes(range(256)) * (14 * 1024)  # 3.5 MiB: four pieces
+    packet = encode_request(C.WORK_COMPLETE, b"H:x:1", data)
+    decoder = Decoder(max_packet_size=64 * 1024 * 1024)
+    for _ in range(4):
+        events = []
+        for i in range(0, len(packet), 300_001):
+            events += decoder.feed(packet[i:i + 300_001])
+        assert events == [Packet(C.REQ, C.WORK_COMPLETE, (b"H:x:1", data))]
+        assert len(codec._spare_pieces) <= codec.SPARE_PIECES
+    # A decoder dropped mid-packet (a peer gone) took its pieces out of the spares: they are freed with it.
+    before = len(codec._spare_pieces)
+    dropped = Decoder(max_packet_size=64 * 1024 * 1024)
+    dropped.feed(packet[:2_500_000])
+    assert dropped.buffered == 2_500_000 - C.HEADER_SIZE
+    assert len(codec._spare_pieces) < before
+    del dropped

@@ -96,10 +96,72 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
 
 
 #: Bodies at least this large are split straight out of the receive buffer: one copy per byte, not three; and
-#: when one arrives in several reads, its reads are kept as they come and joined once (Decoder._parts).
+#: when one arrives in several reads, its reads are copied into pieces (_Body) and joined once at its end.
 _COPY_ONCE = 16 * 1024
-#: Reads of a large body smaller than _COPY_ONCE are gathered into pieces of up to this size.
-_COALESCE = 64 * 1024
+#: A large body being received is copied into pieces of this size. Up to SPARE_PIECES pieces are kept for the next
+#: large bodies (per process): pages faulted in once serve again, where a fresh buffer per packet costs a page
+#: fault per 4 KiB. Each piece is a mapping of its own (above glibc's threshold, see server/memory.py), so the
+#: pieces of a packet beyond the spares, or of a peer gone mid-packet, go back to the system when freed.
+PIECE = 1024 * 1024
+SPARE_PIECES = 8
+_spare_pieces: list[bytearray] = []
+
+
+class _Body:
+    """The body of a large packet while it arrives: filled pieces, the last one filled up to `fill`."""
+
+    __slots__ = ("pieces", "fill", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytearray] = []
+        self.fill = PIECE
+        self.size = 0
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as view:
+            n = len(view)
+            pos = 0
+            while pos < n:
+                if self.fill == PIECE:
+                    try:
+                        piece = _spare_pieces.pop()
+                    except IndexError:
+                        piece = bytearray(PIECE)
+                    self.pieces.append(piece)
+                    self.fill = 0
+                take = min(PIECE - self.fill, n - pos)
+                self.pieces[-1][self.fill:self.fill + take] = view[pos:pos + take]
+                self.fill += take
+                pos += take
+        self.size += n
+
+    def arguments(self, nargs: int) -> tuple[bytes, ...]:
+        """The body split into at most nargs arguments (as bytes), then the pieces go back to the spares."""
+        pieces = self.pieces
+        views = [memoryview(piece) for piece in pieces]
+        try:
+            views[-1] = views[-1][:self.fill]
+            first = views[0]
+            args: list[bytes] = []
+            start = 0
+            for _ in range(nargs - 1):  # the leading arguments are short: in the first piece
+                nul = pieces[0].find(0, start, len(first))
+                if nul < 0:
+                    break
+                args.append(bytes(first[start:nul]))
+                start = nul + 1
+            if len(args) == nargs - 1:
+                args.append(b"".join([first[start:], *views[1:]]))
+                return tuple(args)
+            body = b"".join(views)
+            return tuple(body.split(b"\x00", nargs - 1))
+        finally:
+            for view in views:
+                view.release()
+            self.pieces = []
+            for piece in pieces:
+                if len(_spare_pieces) < SPARE_PIECES:
+                    _spare_pieces.append(piece)
 
 
 def _split_large(buf: bytearray, start: int, end: int, nargs: int) -> tuple[bytes, ...]:
@@ -129,7 +191,7 @@ class Decoder:
     subclasses add private types), else as a PacketError(INVALID_COMMAND).
     """
 
-    __slots__ = ("_buf", "_parts", "_need", "_held", "_large", "accept", "max_packet_size", "max_line_length",
+    __slots__ = ("_buf", "_body", "_need", "_large", "accept", "max_packet_size", "max_line_length",
                  "unknown_types")
 
     def __init__(
@@ -140,11 +202,10 @@ class Decoder:
         unknown_types: bool = False,
     ) -> None:
         self._buf = bytearray()
-        #: The body of a large packet being received, as the reads that came (see _COPY_ONCE), or None;
-        #: _need is how many of its bytes are still to come, _held how many came, _large its (magic, type, nargs).
-        self._parts: list[bytes] | None = None
+        #: The body of a large packet being received (see _COPY_ONCE), or None; _need is how many of its bytes
+        #: are still to come, _large its (magic, type, nargs).
+        self._body: _Body | None = None
         self._need = 0
-        self._held = 0
         self._large: tuple[bytes, int, int] = (REQ, 0, 0)
         self.accept = accept
         self.unknown_types = unknown_types
@@ -154,23 +215,19 @@ class Decoder:
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of an event."""
-        return len(self._buf) + self._held
+        return len(self._buf) + (self._body.size if self._body is not None else 0)
 
     def feed(self, data: bytes) -> list[Event]:
         """Add bytes and return every event they complete; raise ProtocolError on an undecodable stream."""
         out: list[Event] = []
-        parts = self._parts
-        if parts is not None:
+        body = self._body
+        if body is not None:
             need = self._need
-            chunk = data if len(data) <= need else data[:need]
-            if len(chunk) < _COPY_ONCE and type(parts[-1]) is bytearray and len(parts[-1]) < _COALESCE:
-                parts[-1] += chunk  # small reads are gathered: a trickle of tiny chunks costs no object each
-            else:
-                parts.append(bytes(chunk) if len(chunk) >= _COPY_ONCE else bytearray(chunk))
             if len(data) < need:
+                body.add(data)
                 self._need -= len(data)
-                self._held += len(data)
                 return out
+            body.add(data[:need])
             out.append(self._finish_large())
             data = data[need:]
         buf = self._buf
@@ -201,8 +258,8 @@ class Decoder:
                         if size >= _COPY_ONCE and (magic == accept or not accept) and arg_counts.get(ptype):
                             # Its body is kept as the chunks that come, not grown in the buffer: one copy of each
                             # byte until the last argument is joined, and no buffer of the whole packet.
-                            self._parts = [bytes(buf[start:n])]
-                            self._held = n - start
+                            self._body = _Body()
+                            self._body.add(buf[start:n])
                             self._need = end - n
                             self._large = (bytes(magic), ptype, arg_counts[ptype])
                             pos = n
@@ -257,17 +314,12 @@ class Decoder:
         return out
 
     def _finish_large(self) -> Event:
-        """The event of the large packet whose last chunk just came."""
-        parts, self._parts = self._parts, None
-        assert parts is not None
-        self._held = self._need = 0
+        """The event of the large packet whose last bytes just came."""
+        body, self._body = self._body, None
+        assert body is not None
+        self._need = 0
         magic, ptype, nargs = self._large
-        pieces = parts[0].split(b"\x00", nargs - 1)
-        if len(pieces) == nargs:  # the leading arguments all came in the first chunk, as they do
-            args = tuple(pieces[:-1]) + (b"".join([pieces[-1], *parts[1:]]),)
-        else:
-            body = b"".join(parts)
-            args = (body,) if nargs == 1 else tuple(body.split(b"\x00", nargs - 1))
+        args = body.arguments(nargs)
         if len(args) != nargs:
             return _missing_arguments(ptype, nargs, len(args))
         return Packet(magic, ptype, args)

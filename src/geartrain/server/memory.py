@@ -13,10 +13,8 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 #: Allocations at least this large get a mapping of their own (job payloads, decoder buffers of large packets).
 MMAP_THRESHOLD = 256 * 1024
-#: Free heap space past this much at its top goes back to the system at once. Large enough to keep the reads of
-#: a large packet (a few of transport.READ_SIZE each, joined once) in reused heap: at 1 MiB every 1 MiB payload
-#: gave its reads back and faulted fresh pages in for the next (twice the page faults per job).
-TRIM_THRESHOLD = 8 * 1024 * 1024
+#: Free heap space past this much at its top goes back to the system at once.
+TRIM_THRESHOLD = 1024 * 1024
 
 
 def _glibc() -> ctypes.CDLL | None:
