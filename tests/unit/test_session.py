@@ -31,11 +31,15 @@ def res(ptype: int, *args: bytes) -> bytes:
     return encode_response(ptype, *args)
 
 
+#: The server's answer to the probe that follows every OPTION_REQ.
+PROBE = encode_response(C.STATUS_RES, b"geartrain-option-probe", b"0", b"0", b"", b"")
+
+
 def connected(exceptions: bool = True, client_id: bytes | None = None) -> ClientSession:
     session = ClientSession(client_id=client_id, exceptions=exceptions)
     session.connect()
     if exceptions:
-        assert session.receive_data(res(C.OPTION_RES, b"exceptions") + res(C.ECHO_RES, b"geartrain-option-probe")) == []
+        assert session.receive_data(res(C.OPTION_RES, b"exceptions") + PROBE) == []
         assert session.exceptions
     return session
 
@@ -48,7 +52,7 @@ def test_connect_sends_client_id_then_the_exceptions_option_and_its_probe():
     assert sent(session.connect()) == [
         ("SET_CLIENT_ID", (b"me",)),
         ("OPTION_REQ", (b"exceptions",)),
-        ("ECHO_REQ", (b"geartrain-option-probe",)),
+        ("GET_STATUS", (b"geartrain-option-probe",)),
     ]
     assert ClientSession(exceptions=False).connect() == b""
 
@@ -78,14 +82,14 @@ def test_every_reply_kind_reaches_its_request():
         + session.option(b"other", "option")
     )
     assert [name for name, _ in sent(data)] == [
-        "SUBMIT_JOB", "GET_STATUS", "GET_STATUS_UNIQUE", "ECHO_REQ", "OPTION_REQ", "ECHO_REQ"]
+        "SUBMIT_JOB", "GET_STATUS", "GET_STATUS_UNIQUE", "ECHO_REQ", "OPTION_REQ", "GET_STATUS"]
     events = session.receive_data(
         res(C.JOB_CREATED, b"H:1")
         + res(C.STATUS_RES, b"H:1", b"1", b"0", b"0", b"0")
         + res(C.STATUS_RES_UNIQUE, b"u", b"1", b"0", b"0", b"0", b"1")
         + res(C.ECHO_RES, b"ping")
         + res(C.OPTION_RES, b"other")
-        + res(C.ECHO_RES, b"geartrain-option-probe")
+        + PROBE
     )
     assert [(type(e), e.request, e.packet.name) for e in events] == [
         (Reply, "job", "JOB_CREATED"),
@@ -179,15 +183,15 @@ def test_an_error_answers_the_submit_it_follows_and_nothing_shifts():
 
 
 def test_an_ignored_option_does_not_shift_job_created():
-    """gear 0.16.0's geard ignores OPTION_REQ: the probe's ECHO_RES says so, submits keep their own handles."""
+    """gear 0.16.0's geard ignores OPTION_REQ: the probe's STATUS_RES says so, submits keep their own handles."""
     session = ClientSession()
     session.connect()
     session.option(b"other", "option")
     session.submit(C.SUBMIT_JOB, (b"f", b"u1", b"d"), "first")
     session.submit(C.SUBMIT_JOB, (b"f", b"u2", b"d"), "second")
     events = session.receive_data(
-        res(C.ECHO_RES, b"geartrain-option-probe")  # exceptions: ignored
-        + res(C.ECHO_RES, b"geartrain-option-probe")  # other: ignored
+        PROBE  # exceptions: ignored
+        + PROBE  # other: ignored
         + res(C.JOB_CREATED, b"H:1")
         + res(C.JOB_CREATED, b"H:2")
     )
@@ -206,7 +210,7 @@ def test_an_ignored_option_then_an_error_for_a_submit_reaches_the_submit():
     session.submit(C.SUBMIT_JOB, (b"f", b"u1", b"d"), "first")
     session.submit(C.SUBMIT_JOB, (b"f", b"u2", b"d"), "second")
     events = session.receive_data(
-        res(C.ECHO_RES, b"geartrain-option-probe") + res(C.ERROR, b"QUEUE_ERROR", b"full")
+        PROBE + res(C.ERROR, b"QUEUE_ERROR", b"full")
         + res(C.JOB_CREATED, b"H:2")
     )
     assert [(e.request, e.packet.name) for e in events] == [("first", "ERROR"), ("second", "JOB_CREATED")]
@@ -218,8 +222,8 @@ def test_an_option_refused_with_error_does_not_shift_job_created():
     session.option(b"other", "option")
     session.submit(C.SUBMIT_JOB, (b"f", b"u1", b"d"), "first")
     events = session.receive_data(
-        res(C.ERROR, b"UNKNOWN_OPTION", b"no") + res(C.ECHO_RES, b"geartrain-option-probe")
-        + res(C.ERROR, b"UNKNOWN_OPTION", b"no") + res(C.ECHO_RES, b"geartrain-option-probe")
+        res(C.ERROR, b"UNKNOWN_OPTION", b"no") + PROBE
+        + res(C.ERROR, b"UNKNOWN_OPTION", b"no") + PROBE
         + res(C.JOB_CREATED, b"H:1")
     )
     assert [(e.request, e.packet.name) for e in events] == [("option", "ERROR"), ("first", "JOB_CREATED")]

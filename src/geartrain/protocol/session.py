@@ -13,9 +13,10 @@ The rules kept in this one place:
   geard ignores OPTION_REQ, older servers ignore GET_STATUS_UNIQUE): they end as ``Unanswered``.
 - **ERROR answers the oldest request**, whatever its kind. The one ambiguity (an ERROR after an OPTION_REQ the
   server ignored would look like the option's refusal and shift every later answer) is removed by construction:
-  every OPTION_REQ is followed by an ECHO_REQ probe, which every server answers. An OPTION_RES or ERROR that
-  arrives before the probe's ECHO_RES answers the option; the probe's ECHO_RES with the option still open means
-  the server ignored it.
+  every OPTION_REQ is followed by a probe, a GET_STATUS for a handle no server gives out, which every server
+  answers (gear 0.16.0's geard ignores OPTION_REQ and ECHO_REQ, but answers GET_STATUS). An OPTION_RES or ERROR
+  that arrives before the probe's STATUS_RES answers the option; the probe's STATUS_RES with the option still
+  open means the server ignored it.
 - **A handle names every job on it.** A server coalesces submits of one unique into one handle (even on one
   connection); WORK_* packets for that handle reach each of those jobs, and WORK_COMPLETE, WORK_FAIL and
   WORK_EXCEPTION end them all. WORK_EXCEPTION ends a job whether or not the "exceptions" option was granted
@@ -60,7 +61,8 @@ _SUBMITS = frozenset(C.SUBMIT_TYPES)
 _BACKGROUND = frozenset(ptype for ptype, (background, _) in C.SUBMIT_TYPES.items() if background)
 _WORK = frozenset((C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
 _ENDING = frozenset((C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
-_PROBE = object()  # the token of the ECHO_REQ that follows every OPTION_REQ
+_PROBE = object()  # the token of the GET_STATUS that follows every OPTION_REQ
+PROBE_HANDLE = b"geartrain-option-probe"
 
 
 # ---------------------------------------------------------------------------------------------------- events
@@ -215,8 +217,8 @@ class ClientSession:
         """OPTION_REQ and its probe (see the module docstring); the outcome is a Reply (OPTION_RES or ERROR) or
         Unanswered. A token of None keeps the outcome inside the session (only ``exceptions`` records it)."""
         self._pending.append((C.OPTION_REQ, token))
-        self._pending.append((C.ECHO_REQ, _PROBE))
-        return pack(REQ, C.OPTION_REQ, name) + pack(REQ, C.ECHO_REQ, b"geartrain-option-probe")
+        self._pending.append((C.GET_STATUS, _PROBE))
+        return pack(REQ, C.OPTION_REQ, name) + pack(REQ, C.GET_STATUS, PROBE_HANDLE)
 
     def send_admin(self, command: bytes | str) -> bytes:
         """Bytes of one admin text command; its answer arrives as an AdminResponse, in order."""
@@ -277,7 +279,7 @@ class ClientSession:
             out.append(Unsolicited(packet))
             return
         kind, token = pending.popleft()
-        if token is _PROBE:  # an ERROR for an ECHO_REQ: the probe fails, the option stays as it was answered
+        if token is _PROBE:  # an ERROR for the probe: the option ahead of it was answered or passed over
             return
         if kind == C.OPTION_REQ:
             if token is not None:
