@@ -82,6 +82,10 @@ class Packet:
     _frame = b""
     _frame_of: bytes | None = None
     _frame_type = -1
+    #: What a received reply answers (the task given when its request was sent), and the job a received WORK_*
+    #: packet is for (one of several when submits coalesced on one handle): set by the connection's session.
+    _task: Any = None
+    _job: Any = None
 
     @classmethod
     def _received(cls, code: bytes, ptype: int, args: tuple[bytes, ...], connection: Any) -> Packet:
@@ -170,6 +174,9 @@ class Packet:
 
         :raises UnknownJobError: if the connection holds no job with that handle.
         """
+        job = self._job
+        if job is not None:
+            return job
         handle = self.getArgument(0)
         job = self.connection.related_jobs.get(handle) if self.connection is not None else None
         if not job:

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from geartrain.protocol.session import timeout_ms
+
 from . import constants
 from .base import BaseClient
 from .connection import Connection, _name
@@ -16,11 +18,6 @@ from .job import FunctionRecord, TextWorkerJob, WorkerJob, to_bytes
 from .packet import Packet
 
 __all__ = ["TextWorker", "Worker"]
-
-
-def _timeout_ms(timeout: Any) -> bytes:
-    """CAN_DO_TIMEOUT's argument: gear takes seconds, servers (gearmand, geartrain) read milliseconds."""
-    return str(max(int(round(float(timeout) * 1000)), 1)).encode("ascii")
 
 
 class Worker(BaseClient):
@@ -106,7 +103,7 @@ class Worker(BaseClient):
 
     def _abilityPacket(self, record: FunctionRecord) -> Packet:
         if record.timeout:
-            return Packet._build(constants.CAN_DO_TIMEOUT, record.name, _timeout_ms(record.timeout))
+            return Packet._build(constants.CAN_DO_TIMEOUT, record.name, timeout_ms(record.timeout))
         return Packet._build(constants.CAN_DO, record.name)
 
     def _sendCanDo(self, name: bytes) -> None:
@@ -115,7 +112,7 @@ class Worker(BaseClient):
 
     def _sendCanDoTimeout(self, name: bytes, timeout: Any) -> None:
         with self.broadcast_lock:
-            self.broadcast(Packet._build(constants.CAN_DO_TIMEOUT, name, _timeout_ms(timeout)))
+            self.broadcast(Packet._build(constants.CAN_DO_TIMEOUT, name, timeout_ms(timeout)))
 
     def _sendCantDo(self, name: bytes) -> None:
         with self.broadcast_lock:

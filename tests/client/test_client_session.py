@@ -4,23 +4,17 @@ that ignore OPTION_REQ (gear 0.16.0's geard) or refuse it with ERROR, without an
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # pytest's importlib mode does not put this directory on sys.path
-sys.path.insert(0, str(Path(__file__).parents[1] / "interop"))
 
 from client_support import DEADLINE, running_worker  # noqa: E402
-from fake_servers import OptionRefusingServer  # noqa: E402
-from test_gear_original_tls import original_gear  # noqa: E402, F401  (the gear 0.16.0 virtualenv fixture)
+from other_servers import OptionRefusingServer, original_gear, original_geard  # noqa: E402, F401
 
 from geartrain.client import Client, WorkerJob  # noqa: E402
-
-from conftest import RunningServer, free_port, stop_process, wait_for_port  # noqa: E402
 
 
 def run(coro) -> object:
@@ -29,20 +23,6 @@ def run(coro) -> object:
 
 async def upper(job: WorkerJob) -> bytes:
     return job.arguments.upper()
-
-
-@pytest.fixture
-def original_geard(original_gear):  # noqa: F811
-    """gear 0.16.0's own geard on a loopback port: it ignores OPTION_REQ (and ECHO_REQ) entirely."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # its own gear, not ours
-    port = free_port()
-    process = subprocess.Popen([original_gear.parent / "geard", "-d", "-p", str(port), "--listen-address",
-                                "127.0.0.1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port("127.0.0.1", port, process=process)
-        yield RunningServer("gear-0.16.0", "127.0.0.1", port, process=process)
-    finally:
-        stop_process(process)
 
 
 @pytest.mark.parametrize("kind", ["geartrain", "gearmand"])
@@ -67,7 +47,7 @@ def test_a_unique_goes_to_the_same_server_whatever_the_order_of_the_list(kind, s
     run(body())
 
 
-def test_option_ignored_by_gear_0_16_geard_shifts_no_handle_or_result(original_geard):
+def test_option_ignored_by_gear_0_16_geard_shifts_no_handle_or_result(original_geard):  # noqa: F811
     address = original_geard.address
 
     async def body():

@@ -113,24 +113,46 @@ def test_admin_answers_pass_through_in_order():
 
 
 @pytest.mark.parametrize("count", [2, 3])
-def test_every_job_on_a_coalesced_handle_completes(count):
+@pytest.mark.parametrize("copies", ["one", "per-submit"], ids=["one-copy-server", "gearmand-copies"])
+def test_every_job_on_a_coalesced_handle_completes(count, copies):
+    """geartrain sent one copy of each WORK_* packet per connection, gearmand sends one per submit, back to
+    back: either way every job gets each packet once and all of them complete."""
     session = connected()
     for n in range(count):
         session.submit(C.SUBMIT_JOB, (b"f", b"same", b"d"), f"job{n}")
     created = session.receive_data(res(C.JOB_CREATED, b"H:1") * count)
     assert [e.request for e in created] == [f"job{n}" for n in range(count)]
     jobs = tuple(f"job{n}" for n in range(count))
-    (data,) = session.receive_data(res(C.WORK_DATA, b"H:1", b"part"))
+    times = 1 if copies == "one" else count
+
+    def server_sends(ptype, *args):
+        return session.receive_data(res(ptype, *args) * times)
+
+    (data,) = server_sends(C.WORK_DATA, b"H:1", b"part")
     assert data == Work(jobs, data.packet, False)
-    (status,) = session.receive_data(res(C.WORK_STATUS, b"H:1", b"1", b"2"))
+    if copies == "per-submit":
+        (again,) = server_sends(C.WORK_DATA, b"H:1", b"part")  # the same chunk twice: still two chunks
+        assert again.jobs == jobs
+    (status,) = server_sends(C.WORK_STATUS, b"H:1", b"1", b"2")
     assert status.jobs == jobs and not status.final
-    (warning,) = session.receive_data(res(C.WORK_WARNING, b"H:1", b"careful"))
+    (warning,) = server_sends(C.WORK_WARNING, b"H:1", b"careful")
     assert warning.jobs == jobs
-    (done,) = session.receive_data(res(C.WORK_COMPLETE, b"H:1", b"result"))
+    (done,) = server_sends(C.WORK_COMPLETE, b"H:1", b"result")
     assert done.jobs == jobs and done.final and done.packet.args == (b"H:1", b"result")
     assert session.handles == {}
-    # A server that sends one answer per submit (gearmand): the later copies find nobody waiting.
-    assert [type(e) for e in session.receive_data(res(C.WORK_COMPLETE, b"H:1", b"result"))] == [Unsolicited]
+    # Anything else after that for the handle finds nobody waiting.
+    assert [type(e) for e in session.receive_data(res(C.WORK_FAIL, b"H:1"))] == [Unsolicited]
+
+
+def test_copies_are_counted_per_run_and_interleaved_handles_are_not_copies():
+    session = connected()
+    for unique, job in ((b"a", "a1"), (b"a", "a2"), (b"b", "b1")):
+        session.submit(C.SUBMIT_JOB, (b"f", unique, b"d"), job)
+    session.receive_data(res(C.JOB_CREATED, b"H:a") * 2 + res(C.JOB_CREATED, b"H:b"))
+    events = session.receive_data(
+        res(C.WORK_DATA, b"H:a", b"x") + res(C.WORK_DATA, b"H:b", b"x") + res(C.WORK_DATA, b"H:a", b"x")
+    )
+    assert [e.jobs for e in events] == [("a1", "a2"), ("b1",), ("a1", "a2")]
 
 
 @pytest.mark.parametrize("exceptions", [True, False])

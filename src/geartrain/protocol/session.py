@@ -19,8 +19,13 @@ The rules kept in this one place:
   open means the server ignored it.
 - **A handle names every job on it.** A server coalesces submits of one unique into one handle (even on one
   connection); WORK_* packets for that handle reach each of those jobs, and WORK_COMPLETE, WORK_FAIL and
-  WORK_EXCEPTION end them all. WORK_EXCEPTION ends a job whether or not the "exceptions" option was granted
-  (gear's own server sends it regardless; gearmand sends WORK_FAIL instead when the option is off).
+  WORK_EXCEPTION end them all. gearmand sends a connection one copy of every WORK_* packet per submit, back to
+  back; other servers send one. So a packet equal to the one just before it, for a handle with n jobs, is a copy
+  for the next job when it falls within that run's n (those jobs already have it): n identical consecutive
+  packets count as one. (A server that sends one copy and a worker that sends identical consecutive WORK_DATA
+  chunks to coalesced jobs on one connection are the one case this folds together.) WORK_EXCEPTION ends a job
+  whether or not the "exceptions" option was granted (gear's own server sends it regardless; gearmand sends
+  WORK_FAIL instead when the option is off).
 - **On loss**, submits never acknowledged may be sent elsewhere (no server has them); foreground jobs that were
   acknowledged are lost (their result would have come on this connection only).
 - **CAN_DO_TIMEOUT** carries milliseconds: seconds are rounded to the nearest millisecond, at least 1.
@@ -127,7 +132,8 @@ class ClientSession:
     Call :py:meth:`connect` when a socket is (re)opened and :py:meth:`lost` when it breaks.
     """
 
-    __slots__ = ("_conn", "_pending", "_handles", "client_id", "want_exceptions", "exceptions", "options")
+    __slots__ = ("_conn", "_pending", "_handles", "_copy", "_copies", "client_id", "want_exceptions", "exceptions",
+                 "options")
 
     def __init__(self, client_id: bytes | None = None, exceptions: bool = True) -> None:
         self._conn = ClientConnection()
@@ -135,6 +141,9 @@ class ClientSession:
         self._pending: deque[tuple[int, Any]] = deque()
         #: handle -> the tokens of the foreground jobs waiting on it (more than one when submits coalesced).
         self._handles: dict[bytes, list[Any]] = {}
+        #: The last WORK_* packet delivered for a handle with several jobs, and how many copies of it may follow.
+        self._copy: Packet | None = None
+        self._copies = 0
         self.client_id = client_id
         self.want_exceptions = exceptions
         #: Whether the server granted the "exceptions" option on this connection.
@@ -171,6 +180,7 @@ class ClientSession:
         self._conn.reset()
         self._pending.clear()
         self._handles.clear()
+        self._copy = None
         self.exceptions = False
         self.options = set()
 
@@ -242,15 +252,26 @@ class ClientSession:
         """Match one decoded packet; append its events to ``out`` (a face that decodes itself calls this)."""
         ptype = packet.ptype
         if ptype in _WORK:
+            if self._copy is not None:
+                if self._copies and packet == self._copy:
+                    self._copies -= 1  # a copy for another job of the handle (see the module docstring)
+                    return
+                self._copy = None
             jobs = self._handles.get(packet.args[0])
             if jobs is None:
                 out.append(Unsolicited(packet))
-            elif ptype in _ENDING:
+                return
+            if len(jobs) > 1:
+                self._copy = packet
+                self._copies = len(jobs) - 1
+            if ptype in _ENDING:
                 del self._handles[packet.args[0]]
                 out.append(Work(tuple(jobs), packet, True))
             else:
                 out.append(Work(tuple(jobs), packet, False))
-        elif ptype == C.JOB_CREATED:
+            return
+        self._copy = None
+        if ptype == C.JOB_CREATED:
             self._answer(packet, _SUBMITS, out)
         elif ptype == C.ERROR:
             self._error(packet, out)
