@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from geartrain.protocol import constants as wire_constants
 from geartrain.protocol import join_body, pack
 
 from . import constants
@@ -37,18 +38,7 @@ _HANDLE_TYPES = frozenset(
         constants.WORK_WARNING,
     )
 )
-_SUBMIT_TYPES = frozenset(
-    (
-        constants.SUBMIT_JOB,
-        constants.SUBMIT_JOB_BG,
-        constants.SUBMIT_JOB_HIGH,
-        constants.SUBMIT_JOB_HIGH_BG,
-        constants.SUBMIT_JOB_LOW,
-        constants.SUBMIT_JOB_LOW_BG,
-        constants.SUBMIT_JOB_SCHED,
-        constants.SUBMIT_JOB_EPOCH,
-    )
-)
+_SUBMIT_TYPES = frozenset(wire_constants.SUBMIT_TYPES)  # the protocol's one submit-type table
 
 
 class Packet:

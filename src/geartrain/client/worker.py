@@ -96,10 +96,8 @@ def _is_async(handler: Handler) -> bool:
 def _result_bytes(value: Result) -> bytes:
     if value is None:
         return b""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        return to_bytes(value)
     raise TypeError(f"a handler must return bytes, str or None, not {type(value).__name__}")
 
 
