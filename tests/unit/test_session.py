@@ -447,3 +447,36 @@ def test_server_addresses_are_read_as_users_write_them(spec, address):
 def test_unreadable_server_addresses_say_what_is_wrong(bad):
     with pytest.raises(ValueError, match="bad server address"):
         parse_address(bad)
+
+
+# ------------------------------------------------------------------------------------------- socket tuning
+
+
+def test_tuning_sets_nodelay_and_keepalive_on_tcp_sockets():
+    import socket
+
+    from geartrain.sockets import tune
+
+    with socket.socket() as sock:
+        tune(sock, keepalive=True, keepidle=30, keepintvl=5, keepcnt=3)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+
+
+def test_tuning_leaves_what_is_no_tcp_socket_alone():
+    """gear 0.16.0's own tests hand the Connection a fake socket with no ``family``."""
+    import socket
+
+    from geartrain.sockets import tune
+
+    class FakeSocket:
+        def setsockopt(self, *args):
+            raise AssertionError("a fake socket was tuned")
+
+    tune(FakeSocket(), keepalive=True)
+    tune(None)
+    left, right = socket.socketpair()  # AF_UNIX: no TCP options
+    with left, right:
+        tune(left, keepalive=True)

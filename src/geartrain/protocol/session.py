@@ -257,7 +257,8 @@ class ClientSession:
                     self._copies -= 1  # a copy for another job of the handle (see the module docstring)
                     return
                 self._copy = None
-            jobs = self._handles.get(packet.args[0])
+            handle = packet.args[0]
+            jobs = self._handles.get(handle)
             if jobs is None:
                 out.append(Unsolicited(packet))
                 return
@@ -265,14 +266,26 @@ class ClientSession:
                 self._copy = packet
                 self._copies = len(jobs) - 1
             if ptype in _ENDING:
-                del self._handles[packet.args[0]]
+                del self._handles[handle]
                 out.append(Work(tuple(jobs), packet, True))
             else:
                 out.append(Work(tuple(jobs), packet, False))
             return
         self._copy = None
         if ptype == C.JOB_CREATED:
-            self._answer(packet, _SUBMITS, out)
+            pending = self._pending
+            if pending and pending[0][0] in _SUBMITS:  # the common case, in line
+                kind, token = pending.popleft()
+                if kind not in _BACKGROUND:
+                    handle = packet.args[0]
+                    jobs = self._handles.get(handle)
+                    if jobs is None:
+                        self._handles[handle] = [token]
+                    else:
+                        jobs.append(token)
+                out.append(Reply(token, kind, packet))
+            else:
+                self._answer(packet, _SUBMITS, out)
         elif ptype == C.ERROR:
             self._error(packet, out)
         elif ptype in _ANSWERS:
