@@ -480,3 +480,13 @@ def test_tuning_leaves_what_is_no_tcp_socket_alone():
     left, right = socket.socketpair()  # AF_UNIX: no TCP options
     with left, right:
         tune(left, keepalive=True)
+
+
+def test_reading_a_stand_in_socket_that_has_only_recv():
+    from geartrain.sockets import recv_some
+
+    class RecvOnly:
+        def recv(self, count):
+            return b"data"[:count]
+
+    assert recv_some(RecvOnly()) == b"data"

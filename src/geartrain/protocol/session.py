@@ -167,12 +167,12 @@ class ClientSession:
         """The connection broke: what was waiting on it (see Loss); the session is then empty."""
         unacknowledged: list[Any] = []
         requests: list[tuple[Any, int]] = []
-        for kind, token in self._pending:
+        for kind, token in list(self._pending):  # a copy: a thread-based face may be adding a request now
             if kind in _SUBMITS:
                 unacknowledged.append(token)
             elif token is not None and token is not _PROBE:
                 requests.append((token, kind))
-        acknowledged = [job for jobs in self._handles.values() for job in jobs]
+        acknowledged = [job for jobs in list(self._handles.values()) for job in jobs]
         self._reset()
         return Loss(unacknowledged, acknowledged, requests)
 
@@ -301,7 +301,7 @@ class ClientSession:
                 pending.popleft()
                 self._answered(kind, token, packet, out)
                 return
-            if not any(k in kinds for k, _ in pending):
+            if not any(k in kinds for k, _ in list(pending)):
                 break  # nothing of this kind waits: leave the queue alone
             pending.popleft()  # the server passed this request over
             self._passed_over(kind, token, out)
