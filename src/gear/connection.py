@@ -21,7 +21,7 @@ from typing import Any
 
 from geartrain.protocol import AdminLine, AdminResponse, PacketError, ProtocolError
 from geartrain.protocol import constants as wire
-from geartrain.protocol.session import ClientSession, Reply, Unanswered, Unsolicited, Work
+from geartrain.protocol.session import ClientSession, Reply, Unanswered, Unsolicited, Work, WorkerSession
 from geartrain.sockets import client_context, recv_some, tune
 
 from . import constants
@@ -107,6 +107,8 @@ class Connection:
         self._io_lock: Any = threading.Lock() if self.use_ssl else contextlib.nullcontext()
         self._would_block: tuple[type[BaseException], ...] = (BlockingIOError,)
         self._protocol = ClientSession(exceptions=False)
+        #: A Worker's side of this connection: its abilities and the grab machine, whose state is ``state``.
+        self._worker = WorkerSession()
         self._events: deque[Any] = deque()
         #: The Client or Worker whose poll loop reads this connection (None: callers read it themselves).
         self._owner: Any = None
@@ -140,8 +142,17 @@ class Connection:
 
     def changeState(self, state: str) -> None:
         """Record the worker state machine's state for this connection (INIT, IDLE, GRAB_WAIT, SLEEP)."""
-        self.state = state
+        self._worker.state = state
         self.state_time = time.time()
+
+    @property
+    def state(self) -> str:
+        """The worker state machine's state on this connection (kept by the protocol's WorkerSession)."""
+        return self._worker.state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._worker.state = value
 
     def __repr__(self) -> str:
         return f"<gear.Connection 0x{id(self):x} host: {self.host} port: {self.port}>"

@@ -101,11 +101,6 @@ class Worker(BaseClient):
                     connection.changeState("IDLE")
             self._updateStateMachines()
 
-    def _abilityPacket(self, record: FunctionRecord) -> Packet:
-        if record.timeout:
-            return Packet._build(constants.CAN_DO_TIMEOUT, record.name, timeout_ms(record.timeout))
-        return Packet._build(constants.CAN_DO, record.name)
-
     def _sendCanDo(self, name: bytes) -> None:
         with self.broadcast_lock:
             self.broadcast(Packet._build(constants.CAN_DO, name))
@@ -123,24 +118,35 @@ class Worker(BaseClient):
             self.broadcast(Packet(constants.REQ, constants.RESET_ABILITIES, b""))
 
     def _sendPreSleep(self, connection: Connection) -> None:
-        self.sendPacket(Packet(constants.REQ, constants.PRE_SLEEP, b""), connection)
+        self._sendWorker(connection, connection._worker.pre_sleep())
 
     def _sendGrabJobUniq(self, connection: Connection | None = None) -> None:
-        packet = Packet(constants.REQ, constants.GRAB_JOB_UNIQ, b"")
-        if connection is not None:
-            self.sendPacket(packet, connection)
-        else:
-            self.broadcast(packet)
+        if connection is None:  # every server, whatever its state
+            self.broadcast(Packet(constants.REQ, constants.GRAB_JOB_UNIQ, b""))
+            return
+        session = connection._worker
+        session.state = "IDLE"  # gear's hooks decide when to grab; the session builds it and moves to GRAB_WAIT
+        self._sendWorker(connection, session.grab())
+
+    def _sendWorker(self, connection: Connection, data: bytes) -> None:
+        """Send bytes the connection's WorkerSession built; a failed send drops the connection and raises."""
+        try:
+            connection.sendRaw(data)
+        except Exception:
+            self.log.exception("Exception while sending to %s", connection)
+            self._lostConnection(connection)
+            raise
 
     # -- connections -----------------------------------------------------------------------------------------
 
     def _onConnect(self, conn: Connection) -> None:
         # Runs in the poll thread on every (re)connection, under broadcast_lock: id and abilities first.
         with self.broadcast_lock:
-            conn.sendPacket(Packet._build(constants.SET_CLIENT_ID, self.client_id))
+            session = conn._worker
+            session.client_id = self.client_id
+            session.abilities = {name: record.timeout for name, record in self.functions.items()}
+            conn.sendRaw(session.connect())  # SET_CLIENT_ID, then CAN_DO / CAN_DO_TIMEOUT for each function
             super()._onConnect(conn)
-            for record in self.functions.values():
-                conn.sendPacket(self._abilityPacket(record))
             conn.changeState("IDLE")
 
     def _onActiveConnection(self, conn: Connection) -> None:
