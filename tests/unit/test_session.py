@@ -122,7 +122,7 @@ def test_every_job_on_a_coalesced_handle_completes(count, copies):
         session.submit(C.SUBMIT_JOB, (b"f", b"same", b"d"), f"job{n}")
     created = session.receive_data(res(C.JOB_CREATED, b"H:1") * count)
     assert [e.request for e in created] == [f"job{n}" for n in range(count)]
-    jobs = tuple(f"job{n}" for n in range(count))
+    jobs = [f"job{n}" for n in range(count)]
     times = 1 if copies == "one" else count
 
     def server_sends(ptype, *args):
@@ -152,7 +152,7 @@ def test_copies_are_counted_per_run_and_interleaved_handles_are_not_copies():
     events = session.receive_data(
         res(C.WORK_DATA, b"H:a", b"x") + res(C.WORK_DATA, b"H:b", b"x") + res(C.WORK_DATA, b"H:a", b"x")
     )
-    assert [e.jobs for e in events] == [("a1", "a2"), ("b1",), ("a1", "a2")]
+    assert [e.jobs for e in events] == [["a1", "a2"], ["b1"], ["a1", "a2"]]
 
 
 @pytest.mark.parametrize("exceptions", [True, False])
@@ -162,7 +162,7 @@ def test_work_exception_ends_the_job_with_and_without_the_option(exceptions):
     session.submit(C.SUBMIT_JOB, (b"f", b"u", b"d"), "job")
     session.receive_data(res(C.JOB_CREATED, b"H:1"))
     (event,) = session.receive_data(res(C.WORK_EXCEPTION, b"H:1", b"boom"))
-    assert event.jobs == ("job",) and event.final and event.packet.args[1] == b"boom"
+    assert event.jobs == ["job"] and event.final and event.packet.args[1] == b"boom"
     assert session.handles == {}
 
 
@@ -171,7 +171,7 @@ def test_work_fail_ends_the_job():
     session.submit(C.SUBMIT_JOB_HIGH, (b"f", b"u", b"d"), "job")
     session.receive_data(res(C.JOB_CREATED, b"H:1"))
     (event,) = session.receive_data(res(C.WORK_FAIL, b"H:1"))
-    assert event.final and event.jobs == ("job",)
+    assert event.final and event.jobs == ["job"]
 
 
 def test_background_jobs_are_not_tracked_after_job_created():
@@ -188,7 +188,7 @@ def test_forget_stops_routing_to_one_job_of_a_handle():
     session.receive_data(res(C.JOB_CREATED, b"H:1") * 2)
     session.forget("a")
     (event,) = session.receive_data(res(C.WORK_COMPLETE, b"H:1", b""))
-    assert event.jobs == ("b",)
+    assert event.jobs == ["b"]
 
 
 # ------------------------------------------------------------------------------------------- client: errors

@@ -96,9 +96,10 @@ class Work(NamedTuple):
     """A WORK_* packet for a handle, with every job waiting on that handle (coalesced submits share one).
 
     ``final`` (WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION): those jobs have ended and are no longer tracked.
+    ``jobs`` is the session's own list (no copy per packet): read it, do not change or keep it.
     """
 
-    jobs: tuple[Any, ...]
+    jobs: list[Any]
     packet: Packet
     final: bool
 
@@ -267,9 +268,9 @@ class ClientSession:
                 self._copies = len(jobs) - 1
             if ptype in _ENDING:
                 del self._handles[handle]
-                out.append(Work(tuple(jobs), packet, True))
+                out.append(Work(jobs, packet, True))
             else:
-                out.append(Work(tuple(jobs), packet, False))
+                out.append(Work(jobs, packet, False))
             return
         self._copy = None
         if ptype == C.JOB_CREATED:
