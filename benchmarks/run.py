@@ -3,6 +3,7 @@
     python benchmarks/run.py                # full run (a few minutes)
     python benchmarks/run.py --quick        # short run (about two minutes)
     python benchmarks/run.py --servers gearmand,geard --loads foreground,lockstep --json out.json
+    python benchmarks/run.py --metrics --quick --loads foreground,background   # CPU per job, metrics on/off
 
 Each server is started on an ephemeral loopback port for its loads and stopped afterwards. A load whose jobs
 did not all come back intact is reported as FAILED and the command exits non-zero.
@@ -145,7 +146,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-faces", action="store_true",
                    help="skip the client-face table (gear / gearman: this checkout against the originals)")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine line as JSON")
+    p.add_argument("--metrics", action="store_true",
+                   help="measure what metrics cost: geartrain with counters and /metrics on, then with "
+                   "--no-stats, and print the server CPU per job of both (skips the faces and start-up tables)")
     args = p.parse_args(argv)
+    if args.metrics:
+        args.servers = "geartrain-metrics,geartrain-nometrics"
+        args.no_faces = True
     for name in args.servers.split(","):
         if name not in servers.SERVERS:
             p.error(f"unknown server {name!r}; choose from {', '.join(servers.SERVERS)}")
@@ -265,6 +272,20 @@ def run_servers(names: list[str], loads: list[str], settings: Settings, log: Cal
     return sorted(rows, key=lambda r: position.get(r.server, len(names)))  # stable: loads keep their order
 
 
+def format_metrics_cost(rows: list[Row]) -> str:
+    """Server CPU per job with the counters and /metrics on and off, per load, and the difference."""
+    on = {r.load: r.cpu_us_per_job for r in rows if r.server == "geartrain-metrics" and r.ok}
+    off = {r.load: r.cpu_us_per_job for r in rows if r.server == "geartrain-nometrics" and r.ok}
+    lines = ["CPU per job with metrics on and off (server CPU, user + system, us/job):"]
+    for load in [r.load for r in rows if r.server == "geartrain-metrics"]:
+        a, b = on.get(load), off.get(load)
+        if a and b:
+            lines.append(f"  {load:<24} on {a:8.1f}   off {b:8.1f}   cost {100 * (a - b) / b:+6.1f}%")
+        else:
+            lines.append(f"  {load:<24} -  (a run failed or was skipped)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from(args)
@@ -281,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     face_rows = [] if args.no_faces else run_faces(
         jobs=5000 if args.quick else 20000, duration=2.0 if args.quick else 5.0, log=log, repeat=settings.repeat
     )
-    startup_rows = run_startup(3 if args.quick else 5)
+    startup_rows = [] if args.metrics else run_startup(3 if args.quick else 5)
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"settings: {'quick' if args.quick else 'full'}, duration cap {settings.duration:g} s, "
@@ -296,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\nclient faces on gearmand (a worker process and a client process of each library; of raw = jobs/s "
               "over the load generator's in the same mode; ours/this = our jobs/s over its):")
         print(format_faces(face_rows))
-    print("\nstart-up:")
-    print(format_startup(startup_rows))
+    if args.metrics:
+        print("\n" + format_metrics_cost(rows))
+    if startup_rows:
+        print("\nstart-up:")
+        print(format_startup(startup_rows))
     failed = [r for r in rows if not r.ok and r.errors]
     for r in failed:
         print(f"\n{r.server} {r.load} FAILED:")

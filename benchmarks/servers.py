@@ -224,6 +224,16 @@ def _geartrain_command(port: int, options: ServerOptions) -> list[str]:
     return argv
 
 
+def _geartrain_metrics_command(port: int, options: ServerOptions) -> list[str]:
+    """geartrain with its counters and its HTTP listener (/metrics) on: what run.py --metrics measures."""
+    return [*_geartrain_command(port, options), "--http-port", "0", "--http-listen", HOST]
+
+
+def _geartrain_nometrics_command(port: int, options: ServerOptions) -> list[str]:
+    """geartrain with no counters (--no-stats) and no HTTP listener: the baseline of run.py --metrics."""
+    return [*_geartrain_command(port, options), "--no-stats"]
+
+
 # --- gear 0.16.0 geard in a throwaway virtualenv --------------------------------------------------
 
 
@@ -296,6 +306,14 @@ SERVERS: dict[str, ServerSpec] = {
     "geartrain": ServerSpec(
         "geartrain", _geartrain_check, _geartrain_command, queues=("memory", "sqlite"),
         note="python -m geartrain.server.cli (this checkout)",
+    ),
+    "geartrain-metrics": ServerSpec(
+        "geartrain-metrics", _geartrain_check, _geartrain_metrics_command, queues=("memory", "sqlite"),
+        note="geartrain with counters and the HTTP listener on",
+    ),
+    "geartrain-nometrics": ServerSpec(
+        "geartrain-nometrics", _geartrain_check, _geartrain_nometrics_command, queues=("memory", "sqlite"),
+        note="geartrain --no-stats",
     ),
     "gearmand": ServerSpec(
         "gearmand", _gearmand_check, _gearmand_command, queues=("memory", "sqlite"),

@@ -51,6 +51,20 @@ from .job import (
     TextWorkerJob,
     WorkerJob,
 )
+from .lifecycle_admin import (
+    AdminCommandRequest,
+    PolicyListAdminRequest,
+    PolicySetAdminRequest,
+    PurgeFailedAdminRequest,
+    RetryFailedAdminRequest,
+    ScheduleAddAdminRequest,
+    ScheduleCancelAdminRequest,
+    ScheduleListAdminRequest,
+    SettingsAdminRequest,
+    ShowFailedAdminRequest,
+    ShowJobAdminRequest,
+    ShowJobUniqueAdminRequest,
+)
 from .packet import (
     AdminRequest,
     CancelJobAdminRequest,
@@ -62,9 +76,22 @@ from .packet import (
     WorkersAdminRequest,
 )
 from .server import Server
+from .server_records import ServerAdminRequest, ServerConnection, ServerJob
 from .worker import TextWorker, Worker
 
 __all__ = [
+    "AdminCommandRequest",
+    "PolicyListAdminRequest",
+    "PolicySetAdminRequest",
+    "PurgeFailedAdminRequest",
+    "RetryFailedAdminRequest",
+    "ScheduleAddAdminRequest",
+    "ScheduleCancelAdminRequest",
+    "ScheduleListAdminRequest",
+    "SettingsAdminRequest",
+    "ShowFailedAdminRequest",
+    "ShowJobAdminRequest",
+    "ShowJobUniqueAdminRequest",
     "ACL",
     "ACLEntry",
     "ACLError",
@@ -94,6 +121,9 @@ __all__ = [
     "Packet",
     "RetryIOError",
     "Server",
+    "ServerAdminRequest",
+    "ServerConnection",
+    "ServerJob",
     "ShowJobsAdminRequest",
     "ShowUniqueJobsAdminRequest",
     "StatusAdminRequest",

@@ -13,12 +13,13 @@ from .connection import GearmanConnection
 from .connection_manager import GearmanConnectionManager
 from .encoding import from_wire, to_wire
 from .errors import AdminCommandError, ConnectionError, InvalidAdminClientState, ServerUnavailable
+from .lifecycle_admin import LifecycleAdminMixin
 
 ECHO_STRING = b"ping? pong!"
 DEFAULT_ADMIN_CLIENT_TIMEOUT = 10.0
 
 
-class GearmanAdminClient(GearmanConnectionManager):
+class GearmanAdminClient(LifecycleAdminMixin, GearmanConnectionManager):
     """Talks to the first reachable server of its list; every call waits at most poll_timeout seconds."""
 
     def __init__(self, host_list: Iterable[Any] | None = None, poll_timeout: float = DEFAULT_ADMIN_CLIENT_TIMEOUT):

@@ -366,11 +366,11 @@ def test_reduce_job_is_accepted_and_grab_all_carries_the_reducer(h):
     assert h.grab(worker, C.GRAB_JOB_ALL).ptype == C.JOB_ASSIGN_UNIQ
 
 
-def test_sched_submit_gets_a_clear_error(h):
+def test_sched_submit_with_a_bad_field_gets_an_error_naming_it(h):
     client = h.peer()
-    h.send(client, C.SUBMIT_JOB_SCHED, b"f", b"", b"1", b"2", b"3", b"4", b"5", b"d")
+    h.send(client, C.SUBMIT_JOB_SCHED, b"f", b"", b"1", b"25", b"3", b"4", b"5", b"d")
     packet = h.one(client)
-    assert packet.ptype == C.ERROR and b"SUBMIT_JOB_EPOCH" in packet.args[1]
+    assert packet.ptype == C.ERROR and b"hour" in packet.args[1]
 
 
 def test_maxqueue_refuses_with_queue_error_per_priority(h):

@@ -120,19 +120,24 @@ class Decoder:
     """Incremental decoder: feed() any chunk of bytes, get back the complete events it finishes.
 
     ``accept`` is the magic this side expects (REQ on a server, RES on a client); a packet with the other
-    valid magic becomes a PacketError(INVALID_MAGIC), anything else after a NUL byte is fatal.
+    valid magic becomes a PacketError(INVALID_MAGIC), anything else after a NUL byte is fatal. ``accept=b""``
+    takes either magic (gear's Connection reads packets whatever their magic). With ``unknown_types`` a packet of a
+    type the protocol does not define comes out as a Packet whose one argument is its body (gear.Server
+    subclasses add private types), else as a PacketError(INVALID_COMMAND).
     """
 
-    __slots__ = ("_buf", "accept", "max_packet_size", "max_line_length")
+    __slots__ = ("_buf", "accept", "max_packet_size", "max_line_length", "unknown_types")
 
     def __init__(
         self,
         accept: bytes = REQ,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        unknown_types: bool = False,
     ) -> None:
         self._buf = bytearray()
         self.accept = accept
+        self.unknown_types = unknown_types
         self.max_packet_size = max_packet_size
         self.max_line_length = max_line_length
 
@@ -169,11 +174,13 @@ class Decoder:
                         break
                     start = pos + HEADER_SIZE
                     pos = end
-                    if magic != accept:
+                    if magic != accept and accept:
                         out.append(PacketError(b"INVALID_MAGIC", f"expected {accept!r} magic", ptype))
                         continue
                     nargs = ARG_COUNTS.get(ptype)
-                    if nargs is None:
+                    if nargs is None and self.unknown_types:
+                        out.append(Packet(magic, ptype, (bytes(buf[start:end]),)))
+                    elif nargs is None:
                         out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
                     elif nargs == 0:
                         out.append(Packet(magic, ptype, ()))

@@ -57,8 +57,8 @@ def assignment(packet: Packet) -> Assignment:
 class ClientConnection:
     """Encodes requests and decodes responses for one connection to a server."""
 
-    def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
-        self._decoder = Decoder(accept=RES, max_packet_size=max_packet_size, max_line_length=max_packet_size)
+    def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE, accept: bytes = RES) -> None:
+        self._decoder = Decoder(accept=accept, max_packet_size=max_packet_size, max_line_length=max_packet_size)
         self._admin_pending: deque[tuple[bytes, bool]] = deque()
         self._admin_lines: list[bytes] = []
 
@@ -96,7 +96,7 @@ class ClientConnection:
     def reset(self) -> None:
         """Forget buffered bytes and pending admin commands: the socket was closed and will be reopened."""
         self._decoder = Decoder(
-            accept=RES, max_packet_size=self._decoder.max_packet_size,
+            accept=self._decoder.accept, max_packet_size=self._decoder.max_packet_size,
             max_line_length=self._decoder.max_line_length,
         )
         self._admin_pending.clear()

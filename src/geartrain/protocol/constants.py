@@ -145,6 +145,11 @@ _MULTILINE_ADMIN = (
     (b"show", b"jobs"),
     (b"show", b"unique"),
     (b"acl", b"list"),
+    (b"show", b"job"),
+    (b"show", b"failed"),
+    (b"policy", b"list"),
+    (b"schedule", b"list"),
+    (b"settings",),
 )
 
 

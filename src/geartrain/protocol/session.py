@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from . import constants as C
 from .codec import Packet, join_body, pack
 from .connection import JOB_ASSIGNMENTS, Assignment, ClientConnection, assignment
-from .constants import REQ
+from .constants import REQ, RES
 
 __all__ = [
     "Assigned",
@@ -130,14 +130,15 @@ class ClientSession:
     """The client side of one connection: requests out, replies matched, WORK_* routed to every job of a handle.
 
     Tokens are the face's own objects (its job or request records); the session never looks inside them.
-    Call :py:meth:`connect` when a socket is (re)opened and :py:meth:`lost` when it breaks.
+    Call :py:meth:`connect` when a socket is (re)opened and :py:meth:`lost` when it breaks. ``accept`` is the
+    magic taken from the server (b"": either, as gear's Connection reads).
     """
 
     __slots__ = ("_conn", "_pending", "_handles", "_copy", "_copies", "client_id", "want_exceptions", "exceptions",
                  "options")
 
-    def __init__(self, client_id: bytes | None = None, exceptions: bool = True) -> None:
-        self._conn = ClientConnection()
+    def __init__(self, client_id: bytes | None = None, exceptions: bool = True, accept: bytes = RES) -> None:
+        self._conn = ClientConnection(accept=accept)
         #: [kind, token] of every request sent and not yet answered, in the order sent.
         self._pending: deque[tuple[int, Any]] = deque()
         #: handle -> the tokens of the foreground jobs waiting on it (more than one when submits coalesced).
@@ -189,6 +190,11 @@ class ClientSession:
     def pending(self) -> int:
         """Requests sent and not yet answered."""
         return len(self._pending)
+
+    @property
+    def admin_pending(self) -> int:
+        """Admin commands sent whose answer has not fully arrived."""
+        return self._conn.admin_pending
 
     @property
     def handles(self) -> dict[bytes, list[Any]]:

@@ -57,10 +57,14 @@ class Admin:
             b"shutdown": self.shutdown,
             b"acl": self.acl,
         }
+        #: `show WORD ...` answered elsewhere (lifecycle_admin.py installs `show job` and `show failed`).
+        self.show_commands: dict[bytes, Callable[[Peer, list[bytes]], bytes]] = {}
 
     def handle(self, peer: Peer, line: bytes) -> bytes:
         """The complete answer to one command line."""
         words = line.split()
+        if self.broker.stats is not None:
+            self.broker.stats.admin_peers.add(peer)
         if not words:
             return err("UNKNOWN_COMMAND", "Unknown server command")
         command = self.commands.get(words[0].lower())
@@ -103,6 +107,9 @@ class Admin:
             return listing(lines)
         if kind == [b"unique", b"jobs"]:
             return listing([printable(job.unique) for job in self.broker.jobs.values() if job.unique])
+        extension = self.show_commands.get(kind[0]) if kind else None
+        if extension is not None:
+            return extension(peer, words[1:])
         return err("UNKNOWN_COMMAND", "Unknown server command")
 
     # ------------------------------------------------------------------ changes
@@ -136,6 +143,8 @@ class Admin:
         job = self.broker.jobs.get(handle)
         acl = self.broker.acl
         if job is not None and acl is not None and not acl.canInvoke(peer.subject, job.function.name):
+            if self.broker.stats is not None:
+                self.broker.stats.deny("cancel")
             return err("PERMISSION_DENIED", f"{peer.subject} may not cancel jobs of {job.function.name!r}")
         if not self.broker.cancel(handle):
             return err("UNKNOWN_JOB")

@@ -15,6 +15,8 @@ from typing import Any
 from .admin import Admin
 from .broker import Broker
 from .config import ServerConfig
+from .lifecycle import Lifecycle
+from .lifecycle_admin import LifecycleCommands
 from .transport import GearmanProtocol
 
 log = logging.getLogger("geartrain.server")
@@ -54,10 +56,26 @@ class Server:
             max_unique_length=self.config.max_unique_length,
             max_function_length=self.config.max_function_length,
             max_queued_bytes=self.config.max_queued_bytes,
+            max_idle_functions=self.config.max_idle_functions,
+            exceptions=self.config.exceptions,
             store=self.store,
             acl=self.config.acl,
         )
+        self.lifecycle = Lifecycle(
+            self.broker, policy_file=self.config.policy_file, result_ttl=self.config.result_ttl,
+            result_max_bytes=self.config.result_max_bytes, result_max_jobs=self.config.result_max_jobs,
+            dead_letter_max=self.config.dead_letter_max, dead_letter_max_age=self.config.dead_letter_max_age,
+            dead_letter_max_bytes=self.config.dead_letter_max_bytes,
+        )
+        if not self.config.stats:
+            self.broker.stats = None
         self.admin = Admin(self.broker, self)
+        LifecycleCommands(self.lifecycle, self).install(self.admin)
+        self.statsd = self._statsd_reporter()
+        #: True once every listener is up and the durable queue is replayed, until shutdown begins (/readyz).
+        self.ready = False
+        #: The HTTP listener (geartrain.server.http.HttpService) when config.http_port is set.
+        self.http: Any = None
         self.connections: set[GearmanProtocol] = set()
         #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
         self.read_view = memoryview(bytearray(256 * 1024))
@@ -68,6 +86,19 @@ class Server:
         self._timer_when = 0.0
         self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+
+    def _statsd_reporter(self) -> Any:
+        if not self.config.statsd_host:
+            return None
+        try:
+            from .statsd_reporter import StatsdReporter, broker_gauges
+        except ImportError as exc:
+            raise ValueError(f"statsd reporting needs the statsd package ({exc}): pip install 'geartrain[statsd]'")
+
+        reporter = StatsdReporter(self.config.statsd_host, self.config.statsd_port, self.config.statsd_prefix,
+                                  gauges=broker_gauges(self.broker))
+        reporter.instrument(self.broker.handlers)
+        return reporter
 
     def _open_store(self) -> Any:
         if self.config.queue_type == "memory":
@@ -102,8 +133,14 @@ class Server:
         loop = self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self.broker.on_timer_change = self._timer_changed
+        if self.config.http_port is not None:  # first, so that /readyz answers 503 while the queue replays
+            from .http import HttpService
+
+            self.http = HttpService(self)
+            await self.http.start()
         if self.store is not None:
             await self.store.start(self)
+        self.lifecycle.start(self.store.stored_state() if self.store is not None else {})
         config = self.config
         ssl_context = None
         if config.ssl_key and config.ssl_cert:
@@ -129,6 +166,9 @@ class Server:
             log.info("listening on %s port %d%s", host or "*", listener.sockets[0].getsockname()[1],
                      " (TLS)" if context is not None else "")
         self._timer_changed(self.broker.next_timer())
+        if self.statsd is not None:
+            self.statsd.start(loop)
+        self.ready = True
 
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
@@ -136,6 +176,10 @@ class Server:
 
     async def close(self) -> None:
         """Stop listening, close every connection, and close the store."""
+        self.ready = False
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
         for listener in self.listeners:
             listener.close()
         for conn in list(self.connections):
@@ -146,6 +190,9 @@ class Server:
         self.listeners.clear()
         if self._timer is not None:
             self._timer.cancel()
+        if self.statsd is not None:
+            self.statsd.close()
+            self.statsd = None
         if self.store is not None:
             await self.store.close()
         if self._stopped is not None:
@@ -159,6 +206,7 @@ class Server:
         if not graceful:
             loop.call_soon(lambda: asyncio.ensure_future(self.close()))
             return
+        self.ready = False
         for listener in self.listeners:
             listener.close()
         self._check_drained()
@@ -182,7 +230,7 @@ class Server:
                 (signal.SIGTERM, lambda: self.request_shutdown(False)),
                 (signal.SIGINT, lambda: self.request_shutdown(False)),
                 (signal.SIGUSR1, lambda: self.request_shutdown(True)),
-                (signal.SIGHUP, reopen_log_files),
+                (signal.SIGHUP, self.reload),
             ):
                 loop.add_signal_handler(signum, action)
             loop.run_until_complete(self.start())
@@ -198,6 +246,15 @@ class Server:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    def reload(self) -> None:
+        """SIGHUP: reopen log files and reread the policy file (a bad file keeps the policies in effect)."""
+        reopen_log_files()
+        try:
+            self.lifecycle.reload()
+        except ValueError as exc:
+            log.error("policy file not reloaded: %s", exc)
+        self.schedule_flush()
 
     def start_in_thread(self, timeout: float = 30.0) -> None:
         """Serve from a background thread; returns once listening (for tests and embedding)."""

@@ -16,6 +16,8 @@ from typing import Any
 
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
+from .cron import CronError, CronSpec
+from .stats import Stats
 
 log = logging.getLogger("geartrain.broker")
 
@@ -27,6 +29,7 @@ QUEUED = 0
 RUNNING = 1
 SCHEDULED = 2  # an epoch job waiting for its time
 DONE = 3
+TIMER = 4  # a callback timer (see Broker.add_timer)
 
 NO_CLIENTS: tuple[()] = ()
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
@@ -125,7 +128,8 @@ class Peer:
 class Function:
     """One function name: its three priority queues, its workers and its unique index."""
 
-    __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue")
+    __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue",
+                 "stats")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -142,6 +146,8 @@ class Function:
         self.uniques: dict[bytes, Job] = {}
         #: Maximum queued jobs per priority; 0 is unlimited.
         self.max_queue = [0, 0, 0]
+        #: This name's counters (stats.FunctionStats), kept by the broker's Stats across forget and re-create.
+        self.stats: Any = None
 
     @property
     def queued(self) -> int:
@@ -153,7 +159,7 @@ class Job:
 
     __slots__ = (
         "handle", "function", "unique", "key", "data", "priority", "background", "clients", "worker",
-        "numerator", "denominator", "retries", "when", "reducer", "state", "store_ref", "deadline",
+        "numerator", "denominator", "retries", "when", "reducer", "state", "store_ref", "deadline", "stamp",
     )
 
     def __init__(
@@ -178,10 +184,29 @@ class Job:
         self.state = QUEUED
         self.store_ref: Any = None
         self.deadline = 0.0
+        #: When the job was queued, then when it started (kept by Stats for wait and run times).
+        self.stamp = 0.0
+
+
+class Timer:
+    """A callback the broker runs at `when` from run_timers(); cancel() disarms it."""
+
+    __slots__ = ("state", "when", "callback")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.state = TIMER
+        self.when = when
+        self.callback = callback
+
+    def cancel(self) -> None:
+        self.state = DONE
 
 
 class Broker:
     """The whole job server state and its packet handlers."""
+
+    #: Whether packets of types the protocol does not define reach handle() (gear.Server subclasses add some).
+    decode_unknown_types = False
 
     def __init__(
         self,
@@ -192,6 +217,8 @@ class Broker:
         max_unique_length: int = 64,
         max_function_length: int = 512,
         max_queued_bytes: int = 0,
+        max_idle_functions: int = 0,
+        exceptions: bool = False,
         clock: Callable[[], float] = time.time,
         store: Any = None,
         acl: Any = None,
@@ -205,7 +232,7 @@ class Broker:
         self.dirty: list[Peer] = []
         #: Functions with queued jobs per priority, in round-robin order.
         self.ready: tuple[dict[Function, None], dict[Function, None], dict[Function, None]] = ({}, {}, {})
-        self.timers: list[tuple[float, int, Job]] = []
+        self.timers: list[tuple[float, int, Any]] = []
         self.prefix = handle_prefix + b":"
         # Handles never repeat across restarts: the counter starts at the start time in microseconds.
         self.counter = int(clock() * 1_000_000)
@@ -216,10 +243,19 @@ class Broker:
         self.max_function_length = max_function_length
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
+        #: Functions with no job and no worker, longest idle first (entries may be stale); 0: no limit.
+        self.idle: dict[bytes, Function] = {}
+        self.max_idle_functions = max_idle_functions
+        #: Every connection starts with the exceptions option set (gearmand's --exceptions; gear's Server).
+        self.exceptions = exceptions
         self.clock = clock
         self.store = store
         self.acl = acl
         self.on_timer_change: Callable[[float], None] | None = None
+        #: Retries, dead letters, kept results, schedules (geartrain.server.lifecycle.Lifecycle), when attached.
+        self.lifecycle: Any = None
+        #: Counters behind metrics and the dashboard (geartrain.server.stats); None turns counting off.
+        self.stats: Stats | None = Stats(clock)
         self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
             C.CAN_DO: self._can_do,
             C.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -254,6 +290,7 @@ class Broker:
 
     def connect(self, peer_id: int, address: str = "-", subject: str | None = None) -> Peer:
         peer = Peer(self, peer_id, address, subject)
+        peer.exceptions = self.exceptions
         self.peers[peer_id] = peer
         return peer
 
@@ -274,10 +311,9 @@ class Broker:
             self._maybe_forget(function)
         peer.abilities.clear()
         for job in peer.waiting:
-            try:
-                job.clients.remove(peer)  # type: ignore[union-attr]
-            except (ValueError, AttributeError):
-                pass
+            if peer in job.clients:
+                # Every entry: a connection that submitted one unique N times is N clients (see submit()).
+                job.clients = [client for client in job.clients if client is not peer] or NO_CLIENTS
             if not job.clients and not job.background and job.state == QUEUED:
                 self._drop_queued(job)
                 self._end(job)
@@ -299,12 +335,27 @@ class Broker:
         function = self.functions.get(name)
         if function is None:
             function = self.functions[name] = Function(name)
+            if self.stats is not None:
+                function.stats = self.stats.of(name)
         return function
 
     def _maybe_forget(self, function: Function) -> None:
-        """Drop a function record nobody uses (keeps memory bounded under churn of names)."""
-        if not function.jobs and not function.workers and function.max_queue == [0, 0, 0]:
-            self.functions.pop(function.name, None)
+        """Note a function that has no job and no worker left. It stays listed (`status` shows `fn 0 0 0` and
+        `drop function` finds it, as with gearmand); past max_idle_functions the longest idle are forgotten,
+        which keeps memory bounded under churn of names (about 3 KB each)."""
+        if function.jobs or function.workers:
+            return
+        idle = self.idle
+        idle.pop(function.name, None)
+        idle[function.name] = function
+        limit = self.max_idle_functions
+        while limit and len(idle) > limit:
+            name = next(iter(idle))
+            oldest = idle.pop(name)
+            # Entries of functions busy again are stale: skipped, they come back when idle again.
+            if not oldest.jobs and not oldest.workers and oldest.max_queue == [0, 0, 0] \
+                    and self.functions.get(name) is oldest:
+                del self.functions[name]
 
     def name_problem(self, name: bytes) -> tuple[bytes, str] | None:
         """Why a new function name is refused (error code, message), or None. Control characters are refused
@@ -334,6 +385,8 @@ class Broker:
             return
         if self.acl is not None and not self.acl.canRegister(peer.subject, name):
             log.info("%r (%s) may not register %r", peer, peer.subject, name)
+            if self.stats is not None:
+                self.stats.deny("register")
             peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not register {name!r}"))
             return
         function = self.function(name)
@@ -449,10 +502,14 @@ class Broker:
         return submit
 
     def _submit_sched(self, peer: Peer, args: tuple[bytes, ...]) -> None:
-        peer.send(error_packet(
-            b"INVALID_COMMAND",
-            "SUBMIT_JOB_SCHED is not supported: use SUBMIT_JOB_EPOCH with the time to run",
-        ))
+        """A background job for the next time the five cron fields match (empty is any), see cron.py."""
+        try:
+            spec = CronSpec.parse([field.decode("ascii", "replace") for field in args[2:7]])
+        except CronError as exc:
+            peer.send(error_packet(b"INVALID_ARGUMENT", f"SUBMIT_JOB_SCHED {exc}"))
+            return
+        when = spec.next_after(self.clock())
+        self.submit(peer, args[0], args[1], args[7], C.PRIORITY_NORMAL, True, when=when or 0.0)
 
     def submit(
         self, peer: Peer | None, name: bytes, unique: bytes, data: bytes, priority: int, background: bool,
@@ -461,23 +518,34 @@ class Broker:
         """Create or join a job and answer JOB_CREATED (or ERROR) to the submitting peer."""
         if peer is not None:
             if name not in self.functions and not self._check_name(peer, name):
+                self._rejected("invalid")
                 return None
             if len(unique) > self.max_unique_length:
+                self._rejected("limit")
                 peer.send(error_packet(
                     b"ARGUMENT_TOO_LARGE",
                     f"unique of {len(unique)} bytes exceeds the limit of {self.max_unique_length}"))
                 return None
             if self.acl is not None and not self.acl.canInvoke(peer.subject, name):
                 log.info("%r (%s) may not invoke %r", peer, peer.subject, name)
+                self._rejected("acl")
                 peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not invoke {name!r}"))
                 return None
+            if self.lifecycle is not None and self.lifecycle.strict and peer in self.lifecycle.strict:
+                known = self.functions.get(name)
+                if known is None or not known.workers:
+                    peer.send(error_packet(b"NO_WORKER", f"no worker has registered function {name!r}"))
+                    return None
         function = self.functions.get(name) or self.function(name)
         key = data if unique == b"-" else unique
         if key:
             job = function.uniques.get(key)
             if job is not None:
                 if peer is not None:
-                    if not background and peer not in job.clients:
+                    if not background:
+                        # Once per submit, even from a connection that waits on the job already: gearmand
+                        # answers each submit with its own JOB_CREATED and WORK_* packets, and libgearman
+                        # clients that add one unique twice wait for both.
                         self._add_client(job, peer)
                     self._created(peer, job)
                 return job
@@ -485,17 +553,21 @@ class Broker:
             limit = function.max_queue[priority]
             if limit > 0 and function.counts[priority] >= limit:
                 peer.send(error_packet(b"QUEUE_ERROR", f"queue of {name!r} is full"))
+                self._rejected("queue_full")
                 self._maybe_forget(function)
                 return None
             if self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes:
                 peer.send(error_packet(b"QUEUE_ERROR", "the server holds its maximum of queued bytes"))
                 log.warning("refused a job of %r: queued bytes limit reached", name)
+                self._rejected("limit")
                 self._maybe_forget(function)
                 return None
         self.counter += 1
         handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
+        if self.stats is not None:
+            self.stats.submitted(job)
         function.jobs += 1
         self.queued_bytes += len(data)
         if key:
@@ -517,6 +589,12 @@ class Broker:
             self._enqueue(job)
         return job
 
+    def _rejected(self, reason: str) -> None:
+        if self.stats is not None:
+            self.stats.reject(reason)
+            if reason == "acl":
+                self.stats.deny("invoke")
+
     @staticmethod
     def _add_client(job: Job, peer: Peer) -> None:
         if job.clients is NO_CLIENTS:
@@ -532,10 +610,19 @@ class Broker:
 
     def _schedule(self, job: Job) -> None:
         job.state = SCHEDULED
+        self._push_timer(job.when, job)
+
+    def _push_timer(self, when: float, item: Job | Timer) -> None:
         self.seq += 1
-        heapq.heappush(self.timers, (job.when, self.seq, job))
-        if self.on_timer_change is not None and self.timers[0][2] is job:
-            self.on_timer_change(job.when)
+        heapq.heappush(self.timers, (when, self.seq, item))
+        if self.on_timer_change is not None and self.timers[0][2] is item:
+            self.on_timer_change(when)
+
+    def add_timer(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run callback from run_timers() once the clock reaches `when`."""
+        timer = Timer(when, callback)
+        self._push_timer(when, timer)
+        return timer
 
     def _enqueue(self, job: Job, tail: bool = True) -> None:
         job.state = QUEUED
@@ -575,7 +662,10 @@ class Broker:
                 worker.running.pop(job.handle, None)
                 job.worker = None
                 log.info("job %r ran past its CAN_DO_TIMEOUT on %r: requeued", job.handle, worker)
-                self._requeue(job, "timed out")
+                self._requeue(job, "timed out", "timeout")
+            elif job.state == TIMER:
+                job.state = DONE
+                job.callback()
 
     # ----------------------------------------------------------------- grabbing
 
@@ -594,13 +684,12 @@ class Broker:
         job.worker = peer
         peer.running[job.handle] = job
         function.running += 1
+        if self.stats is not None:
+            self.stats.started(job)
         timeout = peer.abilities.get(function)
         if timeout:
             job.deadline = self.clock() + timeout
-            self.seq += 1
-            heapq.heappush(self.timers, (job.deadline, self.seq, job))
-            if self.on_timer_change is not None and self.timers[0][2] is job:
-                self.on_timer_change(job.deadline)
+            self._push_timer(job.deadline, job)
         if function.queued and function.sleepers:
             self._wake_sleepers(function, 1)
         if woken_for is not None and woken_for is not function and woken_for.queued and woken_for.sleepers:
@@ -690,20 +779,30 @@ class Broker:
         job = self._held(peer, args[0], C.WORK_COMPLETE)
         if job is not None:
             self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
-            self._finish(job)
+            if self.stats is not None:
+                self.stats.finished(job, "complete")
+            self._finish(job, "complete", args[1])
 
     def _work_fail(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_FAIL)
         if job is not None:
+            if self.lifecycle is not None and self.lifecycle.retry(job, "fail") == "retry":
+                return
             self._relay(job, C.WORK_FAIL, args[0])
-            self._finish(job)
+            if self.stats is not None:
+                self.stats.finished(job, "fail")
+            self._finish(job, "failed")
 
     def _work_exception(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         job = self._held(peer, args[0], C.WORK_EXCEPTION)
         if job is not None:
-            self._fail_clients(job, args[1])
             peer.last_exception = job.handle
-            self._finish(job)
+            if self.lifecycle is not None and self.lifecycle.retry(job, "exception", args[1]) == "retry":
+                return
+            if self.stats is not None:
+                self.stats.finished(job, "exception", args[1])
+            self._fail_clients(job, args[1])
+            self._finish(job, "exception", exception=args[1])
 
     def _fail_clients(self, job: Job, exception: bytes | None = None) -> None:
         """WORK_EXCEPTION to clients that asked for exceptions (when there is one), WORK_FAIL to the rest."""
@@ -712,8 +811,10 @@ class Broker:
         for client in job.clients:
             client.send(exc if exc is not None and client.exceptions else fail)
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self, job: Job, state: str, data: bytes = b"", exception: bytes | None = None) -> None:
         """A job ended with a result: free its worker slot, its unique and its stored copy."""
+        if self.lifecycle is not None:
+            self.lifecycle.ended(job, state, data, exception)
         worker = job.worker
         if worker is not None:
             worker.running.pop(job.handle, None)
@@ -741,8 +842,9 @@ class Broker:
             job.store_ref = None
         self._maybe_forget(function)
 
-    def _requeue(self, job: Job, why: str) -> None:
-        """Put a job that lost its worker back at the tail of its queue, or fail it past --job-retries."""
+    def _requeue(self, job: Job, why: str, outcome: str = "worker_lost") -> None:
+        """Put a job that lost its worker back at the tail of its queue (or after its retry policy's backoff), or
+        fail it past --job-retries or its policy's attempts."""
         if job.state == RUNNING:
             job.function.running -= 1
         job.numerator = job.denominator = b"0"
@@ -751,13 +853,37 @@ class Broker:
             job.state = DONE
             self._end(job)
             return
-        if self.job_retries and job.retries > self.job_retries:
-            log.warning("job %r failed: %s, requeued more than %d times", job.handle, why, self.job_retries)
+        exhausted = bool(self.job_retries) and job.retries > self.job_retries
+        if self.stats is not None:
+            self.stats.requeued(job, exhausted)
+        verdict = self.lifecycle.retry(job, outcome, exhausted=exhausted) if self.lifecycle is not None else None
+        if verdict == "retry":
+            return
+        if exhausted or verdict == "dead":
+            log.warning("job %r failed: %s, requeued %d times", job.handle, why, job.retries - 1)
             self._fail_clients(job)
+            if self.lifecycle is not None:
+                self.lifecycle.ended(job, "failed")
             job.state = DONE
             self._end(job)
             return
         self._enqueue(job)
+
+    def retry_later(self, job: Job, when: float) -> None:
+        """Run a job again at `when` (a retry policy's backoff): off its worker, kept with its handle and unique,
+        and stored again with its new time."""
+        worker = job.worker
+        if worker is not None:
+            worker.running.pop(job.handle, None)
+            job.worker = None
+            if job.state == RUNNING:
+                job.function.running -= 1
+        job.numerator = job.denominator = b"0"
+        job.when = when
+        if job.store_ref is not None and self.store is not None:
+            self.store.remove(job)
+            job.store_ref = self.store.add(job)
+        self._schedule(job)
 
     # ----------------------------------------------------------------- status and misc
 
@@ -792,6 +918,8 @@ class Broker:
         if args[0] == b"exceptions":
             peer.exceptions = True
             peer.send(pack(RES, C.OPTION_RES, b"exceptions"))
+        elif self.lifecycle is not None and self.lifecycle.set_option(peer, args[0]):
+            peer.send(pack(RES, C.OPTION_RES, args[0]))
         else:
             peer.send(error_packet(b"UNKNOWN_OPTION", f"unknown option {args[0][:64]!r}"))
 
@@ -808,6 +936,8 @@ class Broker:
             return False
         self._drop_queued(job)
         self._fail_clients(job)
+        if self.lifecycle is not None:
+            self.lifecycle.ended(job, "cancelled")
         self._end(job)
         return True
 
@@ -821,6 +951,7 @@ class Broker:
         if function is None or function.workers or function.jobs:
             return False
         del self.functions[name]
+        self.idle.pop(name, None)
         return True
 
     def restore(self, name: bytes, unique: bytes, data: bytes, priority: int, when: float,

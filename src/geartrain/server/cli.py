@@ -61,12 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handshake-timeout", type=float, default=10.0, help="TLS handshake timeout, seconds (10)")
     p.add_argument("--max-queued-bytes", type=int, default=2 * 1024 ** 3,
                    help="total queued job data; submits past it get QUEUE_ERROR (2 GiB; 0: no limit)")
+    p.add_argument("--max-idle-functions", type=int, default=10_000,
+                   help="functions with no worker and no job kept listed; past it the longest idle go (0: all)")
+    p.add_argument("--exceptions", action="store_true",
+                   help="pass WORK_EXCEPTION to every client, not only those that asked (as gearmand's)")
+    p.add_argument("--statsd-host", default=os.environ.get("STATSD_HOST"),
+                   help="send gear's statsd metrics to this host (default: $STATSD_HOST; none: off)")
+    p.add_argument("--statsd-port", type=int, default=int(os.environ.get("STATSD_PORT", 8125)),
+                   help="statsd UDP port (default: $STATSD_PORT, else 8125)")
+    p.add_argument("--statsd-prefix", default=os.environ.get("STATSD_PREFIX"),
+                   help="prefix of every statsd key (default: $STATSD_PREFIX)")
     p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "builtin", "libsqlite3"],
                    default=None, help="where background jobs are kept: sqlite (durable, the default) or "
                    "memory (lost when the server stops)")
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
                    help="SQLite file for the durable queue (default: $XDG_STATE_HOME/geartrain/queue.sqlite3, "
                    "else ~/.local/state/geartrain/queue.sqlite3; the directory is created)")
+    p.add_argument("--policy-file", help="TOML file of retry policies and schedules (reread on SIGHUP)")
+    p.add_argument("--result-ttl", type=float, default=0.0, help="seconds finished jobs stay visible to show job (0)")
+    p.add_argument("--result-max-bytes", type=int, default=64 * 1024, help="largest kept result data (64 KiB)")
+    p.add_argument("--dead-letter-max", type=int, default=10_000, help="dead letters kept at most (10000; 0: no limit)")
+    p.add_argument("--result-max-jobs", type=int, default=1_000_000, help="finished jobs kept at most (1000000)")
+    p.add_argument("--dead-letter-max-bytes", type=int, default=256 * 1024 ** 2,
+                   help="payload bytes of all dead letters together (256 MiB; 0: no limit)")
+    p.add_argument("--dead-letter-max-age", type=float, default=0.0, help="seconds dead letters are kept (0: ever)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="serve metrics, health, the JSON API, the dashboard and HTTP job submission on this port")
+    p.add_argument("--http-listen", default="", metavar="ADDRESS", help="address of the HTTP listener (all)")
+    p.add_argument("-r", "--protocol", action="append", choices=["http"], default=[],
+                   help="gearmand's spelling: -r http turns the HTTP listener on (port 8080 unless --http-port)")
+    p.add_argument("--http-submit-only", action="store_true",
+                   help="the HTTP port serves gearmand's job submission alone: every path submits")
+    p.add_argument("--http-token-file", help="require Authorization: Bearer <the token in this file> over HTTP")
+    p.add_argument("--http-token-all", action="store_true",
+                   help="require the token on /healthz, /readyz and /metrics too")
+    p.add_argument("--metrics-max-functions", type=int, default=1000,
+                   help="per-function series in /metrics; the rest are summed as function=\"__other__\" (1000)")
+    p.add_argument("--no-stats", dest="stats", action="store_false",
+                   help="keep no job counters (metrics keep only queue gauges); to measure what counting costs")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
     p.add_argument("--version", action="version", version=f"geard (geartrain) {__version__}")
@@ -89,6 +121,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         from .acl import load_acl_file
 
         acl = load_acl_file(args.acl)
+    token_file = os.path.abspath(args.http_token_file) if args.http_token_file else None
+    if token_file:
+        from .http.security import load_token
+
+        load_token(token_file)  # a missing or empty token file stops geard before it starts
     ssl_listen = [(host, args.ssl_port) for host in hosts] if args.ssl_port else []
     plain_tls = args.ssl_port is None
     return ServerConfig(
@@ -103,8 +140,28 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         output_limit=args.output_limit,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
-        queue_type=queue_type, sqlite_db=sqlite_db,
+        queue_type=queue_type, sqlite_db=sqlite_db, max_idle_functions=args.max_idle_functions,
+        exceptions=args.exceptions,
+        statsd_host=args.statsd_host, statsd_port=args.statsd_port, statsd_prefix=args.statsd_prefix,
+        policy_file=checked_policy_file(args.policy_file), result_ttl=args.result_ttl,
+        result_max_bytes=args.result_max_bytes, result_max_jobs=args.result_max_jobs,
+        dead_letter_max=args.dead_letter_max, dead_letter_max_age=args.dead_letter_max_age,
+        dead_letter_max_bytes=args.dead_letter_max_bytes,
+        http_port=args.http_port if args.http_port is not None else (8080 if args.protocol else None),
+        http_listen=args.http_listen, http_token_file=token_file, http_token_all=args.http_token_all,
+        http_submit_only=args.http_submit_only, metrics_max_functions=args.metrics_max_functions,
+        stats=args.stats,
     )
+
+
+def checked_policy_file(path: str | None) -> str | None:
+    """The policy file as an absolute path, read once so that a bad one stops geard with the reason."""
+    if not path:
+        return None
+    from .policy import load_policy_file
+
+    load_policy_file(path)
+    return os.path.abspath(path)
 
 
 def setup_logging(args: argparse.Namespace) -> None:

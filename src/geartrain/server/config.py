@@ -52,9 +52,46 @@ class ServerConfig:
     output_limit: int = 256 * 1024 * 1024
     #: Total bytes of queued job data; submits past it get QUEUE_ERROR. 0 means no limit.
     max_queued_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Functions with no worker and no job stay listed (as gearmand keeps them) up to this many, about 3 KB
+    #: each; past it the longest idle are forgotten. `drop function NAME` removes one. 0 means no limit.
+    max_idle_functions: int = 10_000
+    #: WORK_EXCEPTION reaches every client, not only those that sent OPTION_REQ exceptions (gearmand's
+    #: --exceptions; gear's Server always does so).
+    exceptions: bool = False
+    #: statsd: where gear's metrics go (packet counters and timers, queue gauges); None sends nothing.
+    statsd_host: str | None = None
+    statsd_port: int = 8125
+    statsd_prefix: str | None = None
     #: "memory" or "sqlite".
     queue_type: str = "memory"
     sqlite_db: str | None = None
+    #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.
+    policy_file: str | None = None
+    #: Seconds finished jobs stay visible to `show job`; 0 keeps none.
+    result_ttl: float = 0.0
+    #: Largest WORK_COMPLETE data of a background job kept with its result.
+    result_max_bytes: int = 64 * 1024
+    #: Finished jobs kept at most (the oldest go first); 0 means no limit.
+    result_max_jobs: int = 1_000_000
+    #: Dead letters kept at most (oldest dropped first; 0: no limit), and for how many seconds (0: no limit).
+    dead_letter_max: int = 10_000
+    dead_letter_max_age: float = 0.0
+    #: Payload bytes of all dead letters together (the oldest go first); 0 means no limit.
+    dead_letter_max_bytes: int = 256 * 1024 * 1024
+    #: The HTTP listener (metrics, health, JSON API, dashboard, gearmand's HTTP submission): None is off.
+    http_port: int | None = None
+    #: Address the HTTP listener binds ("" is every address).
+    http_listen: str = ""
+    #: A file holding the bearer token HTTP requests must carry (health and metrics are exempt unless
+    #: http_token_all).
+    http_token_file: str | None = None
+    http_token_all: bool = False
+    #: Serve gearmand's HTTP job submission alone: any path, GET, POST or PUT submits (as gearmand's -r http).
+    http_submit_only: bool = False
+    #: Per-function series in /metrics; the rest are summed under function="__other__".
+    metrics_max_functions: int = 1000
+    #: Keep the counters behind metrics and the dashboard (turned off only to measure what they cost).
+    stats: bool = True
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"

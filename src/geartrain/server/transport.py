@@ -44,7 +44,8 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         config = server.config
-        self.decoder = Decoder(max_packet_size=config.max_packet_size, max_line_length=config.max_line_length)
+        self.decoder = Decoder(max_packet_size=config.max_packet_size, max_line_length=config.max_line_length,
+                               unknown_types=server.broker.decode_unknown_types)
         self.peer: Peer | None = None
         self.handlers = server.broker.handlers
         self.paused = False
@@ -83,7 +84,13 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         if self.peer is None and self.transport is not None:
             log.warning("TLS handshake with %s refused: no handshake within %ss", self.address,
                         self.server.config.handshake_timeout)
+            self._count_handshake_failure()
             self.transport.abort()
+
+    def _count_handshake_failure(self) -> None:
+        stats = self.server.broker.stats
+        if stats is not None:
+            stats.tls_handshake_failures += 1
 
     def _open(self, subject: str | None) -> None:
         server = self.server
@@ -181,6 +188,8 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         except ssl.SSLError as exc:
             what = "TLS error from" if tls.established else "TLS handshake with"
             log.warning("%s %s refused: %s", what, self.address, exc.reason or exc)
+            if not tls.established:
+                self._count_handshake_failure()
             alert = tls.alert()
             if alert:
                 transport.write(alert)

@@ -14,6 +14,10 @@ How the server uses a store (the contract every engine keeps):
   sync serves many submits. The commits run one at a time, in order, on a single writer thread.
 - ``start(server)`` opens the store and replays every stored job into ``server.broker`` in the order they were
   added; ``close()`` commits what is left and closes.
+- Beside the jobs a store may keep server state (dead letters, schedules, attempt counts of retried jobs):
+  ``save_state(kind, key, value)`` records or (value None) forgets one item, in the batch being gathered and written
+  just before that batch's jobs; ``stored_state()`` gives what start() read back. Both are optional: the defaults
+  keep nothing, and the server then holds that state in memory only.
 
 An engine (SQLite here; PostgreSQL or Redis later) only implements the blocking methods of GroupCommitStore
 (``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread.
@@ -32,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..stats import COMMIT_SECONDS, Histogram
 
 log = logging.getLogger("geartrain.store")
 
@@ -98,6 +104,14 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Commit what is left and close."""
 
+    def save_state(self, kind: str, key: str, value: bytes | None) -> None:  # noqa: B027 - optional, no-op
+        """Keep (or with None forget) one item of server state; by default it is not kept."""
+
+    def stored_state(self) -> dict[str, dict[str, bytes]]:
+        """The state kept by earlier runs, {kind: {key: value}}, as read by start() (handed over once); by default
+        none."""
+        return {}
+
 
 Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
 
@@ -131,6 +145,14 @@ class GroupCommitStore(Store):
         self._closing = False
         self._idle: asyncio.Event | None = None
         self.commits = 0  # batches committed (statistics, tests)
+        # Server state changes of the batch being gathered ((kind, key) -> value or None), and what start() read.
+        self._state: dict[tuple[str, str], bytes | None] = {}
+        self._stored_state: dict[str, dict[str, bytes]] = {}
+        #: Statistics for metrics: jobs in the store, jobs replayed at start, commit latency.
+        self.stored = 0
+        self.replayed = 0
+        self.commit_seconds = Histogram(COMMIT_SECONDS)
+        self._commit_began = 0.0
 
     # ------------------------------------------------------------------ engine hooks (writer thread)
 
@@ -150,6 +172,13 @@ class GroupCommitStore(Store):
     def close_engine(self) -> None:
         """Close the store."""
 
+    def load_state(self) -> dict[str, dict[str, bytes]]:
+        """Every kept item of server state (see save_state); engines that keep none return {}."""
+        return {}
+
+    def write_state(self, changes: dict[tuple[str, str], bytes | None]) -> None:
+        """Apply server state changes durably (None deletes); the default keeps nothing."""
+
     # ------------------------------------------------------------------ life cycle
 
     async def start(self, server: Any) -> None:
@@ -161,6 +190,7 @@ class GroupCommitStore(Store):
         try:
             await loop.run_in_executor(self._executor, self.open_engine)
             jobs = await loop.run_in_executor(self._executor, lambda: list(self.load()))
+            self._stored_state = await loop.run_in_executor(self._executor, self.load_state)
         except BaseException:
             await self._shutdown_executor()
             raise
@@ -174,6 +204,7 @@ class GroupCommitStore(Store):
             if job.store_ref != stored.ref:
                 duplicates.append(stored.ref)
         self._next_ref = max(self._next_ref, last + 1)
+        self.stored = self.replayed = len(jobs) - len(duplicates)
         if duplicates:
             log.warning("%d stored jobs repeated the function and unique of an earlier one: removed",
                         len(duplicates))
@@ -210,6 +241,7 @@ class GroupCommitStore(Store):
     def add(self, job: Any) -> int:
         ref = self._next_ref
         self._next_ref = ref + 1
+        self.stored += 1
         self._adds[ref] = (ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
         self._touch()
         return ref
@@ -218,9 +250,18 @@ class GroupCommitStore(Store):
         ref = job.store_ref
         if ref is None:
             return
+        self.stored -= 1
         if self._adds.pop(ref, None) is None:  # not in the open batch: it was (or is being) written
             self._removes.append(ref)
         self._touch()
+
+    def save_state(self, kind: str, key: str, value: bytes | None) -> None:
+        self._state[(kind, key)] = value
+        self._touch()
+
+    def stored_state(self) -> dict[str, dict[str, bytes]]:
+        state, self._stored_state = self._stored_state, {}  # handed over once: the server keeps it from then on
+        return state
 
     def _touch(self) -> None:
         self._touched = True
@@ -247,6 +288,11 @@ class GroupCommitStore(Store):
 
     def pending(self) -> bool:
         return self._touched or self._inflight is not None
+
+    @property
+    def pending_changes(self) -> int:
+        """Adds and removes gathered for the next commit (statistics)."""
+        return len(self._adds) + len(self._removes)
 
     def commit_then(self, callback: Callable[[], None]) -> None:
         target = self._target()
@@ -278,23 +324,28 @@ class GroupCommitStore(Store):
         if self._executor is None:
             raise StoreError(f"the store {self.location} is not open")
         seq = self._seq
-        adds, removes = list(self._adds.values()), self._removes
+        adds, removes, state = list(self._adds.values()), self._removes, self._state
         self._seq = seq + 1
         self._adds = {}
         self._removes = []
+        self._state = {}
         self._touched = False
         self._inflight = seq
+        self._commit_began = time.monotonic()
         if self._idle is not None:
             self._idle.clear()
-        future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes)
+        future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes, state)
         future.add_done_callback(lambda f, seq=seq: self._done(seq, f))
 
-    def _write_batch(self, adds: list[Row], removes: list[int]) -> None:
+    def _write_batch(self, adds: list[Row], removes: list[int], state: dict | None = None) -> None:
+        if state:
+            self.write_state(state)  # first: a crash in between may repeat a job, never lose one
         if adds or removes:
             self.write(adds, removes)
 
     def _done(self, seq: int, future: asyncio.Future) -> None:
         self._inflight = None
+        self.commit_seconds.observe(time.monotonic() - self._commit_began)
         exc = future.exception()
         if exc is not None:
             self._failed(seq, exc)

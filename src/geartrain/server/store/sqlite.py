@@ -46,6 +46,10 @@ _SELECT = f"SELECT id, function, unique_key, priority, when_to_run, reducer, dat
 _INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
           "VALUES (?, ?, ?, ?, ?, ?, ?)"
 _DELETE = f"DELETE FROM {TABLE} WHERE id = ?"
+#: Server state beside the jobs: dead letters, schedules, attempt counts (see GroupCommitStore.save_state).
+STATE_TABLE = "geartrain_state"
+_STATE_SCHEMA = f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (kind TEXT NOT NULL, key TEXT NOT NULL, " \
+                "value BLOB NOT NULL, PRIMARY KEY (kind, key))"
 
 
 def chunk_sizes(count: int, most: int) -> list[int]:
@@ -220,6 +224,30 @@ class SQLiteStore(GroupCommitStore):
                 sql = f"DELETE FROM {TABLE} WHERE id IN ({', '.join('?' * rows)})"
             self._statements[(kind, rows)] = sql
         return sql
+
+    # ------------------------------------------------------------------ server state (lifecycle.py)
+
+    def load_state(self) -> dict[str, dict[str, bytes]]:
+        conn = self._conn()
+        conn.execute(_STATE_SCHEMA)
+        state: dict[str, dict[str, bytes]] = {}
+        for kind, key, value in conn.execute(f"SELECT kind, key, value FROM {STATE_TABLE} ORDER BY rowid"):
+            state.setdefault(kind, {})[key] = bytes(value)
+        return state
+
+    def write_state(self, changes: dict[tuple[str, str], bytes | None]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(f"DELETE FROM {STATE_TABLE} WHERE kind = ? AND key = ?",
+                             [key for key, value in changes.items() if value is None])
+            conn.executemany(f"INSERT OR REPLACE INTO {STATE_TABLE} (kind, key, value) VALUES (?, ?, ?)",
+                             [(*key, value) for key, value in changes.items() if value is not None])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def close_engine(self) -> None:
         conn, self.conn = self.conn, None

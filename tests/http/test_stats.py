@@ -1,0 +1,93 @@
+"""The counters behind /metrics, on a broker without sockets and with a driven clock."""
+
+from __future__ import annotations
+
+from geartrain.protocol import constants as C
+from geartrain.server.broker import Broker
+from geartrain.server.stats import JOB_SECONDS, Histogram, Stats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_histogram_buckets_follow_prometheus_le_semantics():
+    histogram = Histogram((0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 1.0, 7.0):
+        histogram.observe(value)
+    assert histogram.cumulative() == [("0.1", 2), ("1.0", 4), ("+Inf", 5)]
+    assert histogram.count == 5 and histogram.total == 0.05 + 0.1 + 0.5 + 1.0 + 7.0
+
+
+def test_wait_and_run_times_and_results_with_a_driven_clock():
+    clock = Clock()
+    broker = Broker(clock=clock)
+    client, worker = broker.connect(1), broker.connect(2)
+    broker.handle(worker, C.CAN_DO, (b"f",))
+    broker.handle(client, C.SUBMIT_JOB, (b"f", b"", b"x"))
+    clock.now += 2.0
+    broker.handle(worker, C.GRAB_JOB, ())
+    handle = next(iter(worker.running))
+    clock.now += 0.3
+    broker.handle(worker, C.WORK_EXCEPTION, (handle, b"boom"))
+    stats = broker.stats.functions[b"f"]
+    assert stats.submitted == [1, 0]
+    assert stats.finished == {"complete": 0, "fail": 0, "exception": 1}
+    assert stats.wait.counts[JOB_SECONDS.index(2.5)] == 1 and stats.wait.total == 2.0
+    assert stats.run.counts[JOB_SECONDS.index(0.5)] == 1 and abs(stats.run.total - 0.3) < 1e-9
+    failure = broker.stats.failures[-1]
+    assert (failure.handle, failure.result, failure.detail) == (handle, "exception", b"boom")
+
+
+def test_a_retry_restarts_the_wait_and_counts():
+    clock = Clock()
+    broker = Broker(clock=clock, job_retries=1)
+    client, worker = broker.connect(1), broker.connect(2)
+    broker.handle(worker, C.CAN_DO, (b"f",))
+    broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"", b"x"))
+    broker.handle(worker, C.GRAB_JOB, ())
+    clock.now += 100.0
+    broker.disconnect(worker)
+    stats = broker.stats.functions[b"f"]
+    assert stats.retries == 1
+    again = broker.connect(3)
+    broker.handle(again, C.CAN_DO, (b"f",))
+    clock.now += 0.002
+    broker.handle(again, C.GRAB_JOB, ())
+    assert stats.wait.count == 2 and abs(stats.wait.total - 0.002) < 1e-9
+    broker.disconnect(again)  # past --job-retries 1: the job fails
+    assert stats.retries == 2 and stats.finished["fail"] == 1
+
+
+def test_rejections_and_denials_by_reason():
+    broker = Broker(max_unique_length=4)
+    peer = broker.connect(1)
+    broker.set_max_queue(b"full", [1, 1, 1])
+    broker.handle(peer, C.SUBMIT_JOB_BG, (b"full", b"", b"1"))
+    broker.handle(peer, C.SUBMIT_JOB_BG, (b"full", b"", b"2"))
+    broker.handle(peer, C.SUBMIT_JOB_BG, (b"f", b"too-long", b"x"))
+    broker.handle(peer, C.SUBMIT_JOB_BG, (b"bad\x01", b"", b"x"))
+    assert broker.stats.rejected == {"queue_full": 1, "acl": 0, "limit": 1, "invalid": 1}
+
+
+def test_names_past_the_tracking_limit_are_counted_together():
+    stats = Stats(Clock(), max_functions=2)
+    assert stats.of(b"a") is stats.of(b"a")
+    stats.of(b"b")
+    assert stats.of(b"c") is stats.other and stats.of(b"d") is stats.other
+    assert set(stats.functions) == {b"a", b"b"}
+
+
+def test_counting_off_keeps_no_counters():
+    broker = Broker()
+    broker.stats = None
+    client, worker = broker.connect(1), broker.connect(2)
+    broker.handle(worker, C.CAN_DO, (b"f",))
+    broker.handle(client, C.SUBMIT_JOB, (b"f", b"", b"x"))
+    broker.handle(worker, C.GRAB_JOB, ())
+    broker.handle(worker, C.WORK_COMPLETE, (next(iter(worker.running)), b"r"))
+    assert broker.jobs == {} and broker.functions[b"f"].stats is None
