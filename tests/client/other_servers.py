@@ -3,7 +3,6 @@ answers no server we can run gives."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from geartrain.protocol import constants as C
 from geartrain.protocol.constants import REQ
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "interop"))
-from test_gear_original_tls import original_gear  # noqa: E402, F401  (the gear 0.16.0 virtualenv fixture)
+from test_gear_original_tls import original_env, original_gear  # noqa: E402, F401  (gear 0.16.0's virtualenv)
 
 from conftest import RunningServer, free_port, stop_process, wait_for_port  # noqa: E402
 
@@ -26,10 +25,9 @@ from conftest import RunningServer, free_port, stop_process, wait_for_port  # no
 @pytest.fixture
 def original_geard(original_gear) -> Iterator[RunningServer]:  # noqa: F811
     """gear 0.16.0's own geard on a loopback port: it ignores OPTION_REQ (and ECHO_REQ) entirely."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # its own gear, not ours
     port = free_port()
     process = subprocess.Popen([original_gear.parent / "geard", "-d", "-p", str(port), "--listen-address",
-                                "127.0.0.1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "127.0.0.1"], env=original_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", port, process=process)
         yield RunningServer("gear-0.16.0", "127.0.0.1", port, process=process)
