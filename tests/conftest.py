@@ -196,3 +196,26 @@ def server_factory() -> Iterator:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator:
+    """A throwaway PostgreSQL server for the whole session (tests/pgserver.py); removed even on failure."""
+    from pgserver import PostgresServer, missing
+
+    why = missing()
+    if why is not None:
+        pytest.skip(why)
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """The DSN of a fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()

@@ -72,11 +72,11 @@ class Server:
     def _open_store(self) -> Any:
         if self.config.queue_type == "memory":
             return None
-        if self.config.queue_type == "sqlite":
+        if self.config.queue_type in ("sqlite", "postgres"):
             from .store import open_store
 
             return open_store(self.config)
-        raise ValueError(f"unknown queue type {self.config.queue_type!r}: use memory or sqlite")
+        raise ValueError(f"unknown queue type {self.config.queue_type!r}: use memory, sqlite or postgres")
 
     # ------------------------------------------------------------------ addresses
 

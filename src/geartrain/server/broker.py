@@ -220,6 +220,8 @@ class Broker:
         self.store = store
         self.acl = acl
         self.on_timer_change: Callable[[float], None] | None = None
+        #: (function, unique) -> handle for background jobs with a unique (a cluster's nodes share it).
+        self.unique_handle: Callable[[bytes, bytes], bytes] | None = None
         self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
             C.CAN_DO: self._can_do,
             C.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -492,8 +494,11 @@ class Broker:
                 log.warning("refused a job of %r: queued bytes limit reached", name)
                 self._maybe_forget(function)
                 return None
-        self.counter += 1
-        handle = b"%s%d" % (self.prefix, self.counter)
+        if background and key and self.unique_handle is not None:
+            handle = self.unique_handle(name, key)
+        else:
+            self.counter += 1
+            handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
         function.jobs += 1

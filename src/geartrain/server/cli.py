@@ -6,6 +6,7 @@ import argparse
 import logging
 import logging.config
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -61,12 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handshake-timeout", type=float, default=10.0, help="TLS handshake timeout, seconds (10)")
     p.add_argument("--max-queued-bytes", type=int, default=2 * 1024 ** 3,
                    help="total queued job data; submits past it get QUEUE_ERROR (2 GiB; 0: no limit)")
-    p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "builtin", "libsqlite3"],
+    p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "builtin", "libsqlite3", "postgres", "Postgres"],
                    default=None, help="where background jobs are kept: sqlite (durable, the default) or "
                    "memory (lost when the server stops)")
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
                    help="SQLite file for the durable queue (default: $XDG_STATE_HOME/geartrain/queue.sqlite3, "
                    "else ~/.local/state/geartrain/queue.sqlite3; the directory is created)")
+    p.add_argument("--postgres-dsn", "--libpq-conninfo", dest="postgres_dsn", help="PostgreSQL DSN of the queue")
+    p.add_argument("--libpq-table", default="queue", help="gearmand's queue table, imported once (queue)")
+    p.add_argument("--cluster-node", help="this node's name in a PostgreSQL cluster (default host:port)")
+    p.add_argument("--lease-interval", type=float, default=2.0, help="seconds between lease renewals (2)")
+    p.add_argument("--takeover-after", type=float, default=10.0,
+                   help="seconds after a node's lease expired before live nodes take its jobs over (10)")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
     p.add_argument("--version", action="version", version=f"geard (geartrain) {__version__}")
@@ -75,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     hosts = args.listen or [""]
-    queue_type = {"builtin": "memory", "libsqlite3": "sqlite"}.get(args.queue_type, args.queue_type)
+    aliases = {"builtin": "memory", "libsqlite3": "sqlite", "Postgres": "postgres"}
+    queue_type = aliases.get(args.queue_type, args.queue_type)
     if queue_type is None:
         queue_type = "sqlite"  # a plain geard keeps background jobs across restarts
     sqlite_db = None
@@ -103,7 +111,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         output_limit=args.output_limit,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
-        queue_type=queue_type, sqlite_db=sqlite_db,
+        queue_type=queue_type, sqlite_db=sqlite_db, postgres_dsn=args.postgres_dsn,
+        postgres_table=args.libpq_table, cluster_node=args.cluster_node or f"{socket.gethostname()}:{args.port}",
+        lease_interval=args.lease_interval, takeover_after=args.takeover_after,
     )
 
 

@@ -52,9 +52,19 @@ class ServerConfig:
     output_limit: int = 256 * 1024 * 1024
     #: Total bytes of queued job data; submits past it get QUEUE_ERROR. 0 means no limit.
     max_queued_bytes: int = 2 * 1024 * 1024 * 1024
-    #: "memory" or "sqlite".
+    #: "memory", "sqlite" or "postgres".
     queue_type: str = "memory"
     sqlite_db: str | None = None
+    #: PostgreSQL queue: libpq DSN; gearmand's queue table imported once at start.
+    postgres_dsn: str | None = None
+    postgres_table: str = "queue"
+    #: Cluster on one PostgreSQL: this node's name (default host:port), lease renewal and take-over delays.
+    cluster_node: str | None = None
+    lease_interval: float = 2.0
+    takeover_after: float = 10.0
+
+    def node_name(self) -> str:
+        return self.cluster_node or f"{socket.gethostname()}:{self.listen[0][1] if self.listen else 0}"
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"
