@@ -1,0 +1,220 @@
+"""A cluster of geard processes on one real PostgreSQL database: take-over, come-back, hand-off, coalescing."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+
+import psycopg
+
+from geartrain.protocol import constants as C
+
+from wire import Wire
+
+# Small leases so that a take-over happens within seconds; the deadlines below are generous on purpose.
+LEASE, TAKEOVER = "0.2", "1.5"
+DEADLINE = 120.0
+
+
+def node(server_factory, dsn: str, name: str, *extra: str, port: int | None = None,
+         takeover: str = TAKEOVER):
+    return server_factory("geard", "--queue-type", "postgres", "--postgres-dsn", dsn, "--cluster-node", name,
+                          "--lease-interval", LEASE, "--takeover-after", takeover, *extra, port=port)
+
+
+def submit_many(server, count: int, function: bytes = b"work", prefix: bytes = b"j") -> list[bytes]:
+    """Pipeline `count` background submits in chunks; every one is acknowledged before this returns."""
+    handles = []
+    with Wire(server.host, server.port, timeout=DEADLINE) as client:
+        for start in range(0, count, 1000):
+            chunk = range(start, min(count, start + 1000))
+            client.send_raw(b"".join(client.conn.send_packet(C.SUBMIT_JOB_BG, function, b"%s%d" % (prefix, i),
+                                                             b"data-%d" % i) for i in chunk))
+            handles += [client.expect(C.JOB_CREATED).args[0] for _ in chunk]
+    return handles
+
+
+class Runner(threading.Thread):
+    """A worker on one node: grabs, records the unique, completes; sleeps with PRE_SLEEP when idle."""
+
+    def __init__(self, server, ran: list[bytes], lock: threading.Lock, function: bytes = b"work") -> None:
+        super().__init__(daemon=True)
+        self.wire = Wire(server.host, server.port, timeout=DEADLINE)
+        self.wire.register(function)
+        self.ran, self.lock = ran, lock
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        wire = self.wire
+        try:
+            while not self.done.is_set():
+                wire.send(C.GRAB_JOB_UNIQ)
+                event = wire.next_event()
+                if event.ptype == C.NO_JOB:
+                    wire.send(C.PRE_SLEEP)
+                    try:
+                        while wire.next_event(0.3).ptype != C.NOOP:
+                            pass
+                    except TimeoutError:
+                        pass
+                    continue
+                assert event.ptype == C.JOB_ASSIGN_UNIQ, event
+                handle, _, unique, _ = event.args
+                with self.lock:
+                    self.ran.append(unique)
+                wire.send(C.WORK_COMPLETE, handle, b"")
+        except BaseException as exc:  # reported by stop()
+            if not self.done.is_set():
+                self.error = exc
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(30)
+        self.wire.close()
+        assert self.error is None, self.error
+
+
+def wait_for(condition, deadline: float = DEADLINE, what: str = "the condition") -> float:
+    """Poll until condition() is true; the seconds it took."""
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < deadline, f"{what} did not happen within {deadline}s"
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def rows(dsn: str, sql: str = "SELECT count(*) FROM geartrain_jobs") -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def queued(server, function: bytes = b"work") -> int:
+    with Wire(server.host, server.port) as admin:
+        for line in admin.admin("status").lines:
+            name, total, _running, _workers = line.split(b"\t")
+            if name == function:
+                return int(total)
+    return 0
+
+
+def test_a_killed_node_s_jobs_all_run_on_the_live_nodes_once(server_factory, postgres_dsn, capsys):
+    a = node(server_factory, postgres_dsn, "a")
+    b = node(server_factory, postgres_dsn, "b")
+    c = node(server_factory, postgres_dsn, "c")
+    count = 10_000
+    submit_many(a, count)
+    a.process.kill()
+    a.process.wait(30)
+    killed = time.monotonic()
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(b, ran, lock), Runner(c, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: len(ran) >= count, what=f"{count} jobs running after the take-over")
+        took = time.monotonic() - killed
+        assert rows(postgres_dsn) == [(0,)]  # every completion removed its row
+    finally:
+        for runner in runners:
+            runner.stop()
+    counts = collections.Counter(ran)
+    assert set(counts) == {b"j%d" % i for i in range(count)}  # none lost
+    twice = sum(1 for n in counts.values() if n > 1)
+    with capsys.disabled():
+        print(f"\n[takeover] {count} jobs of a SIGKILLed node ran on 2 live nodes {took:.1f}s after the kill "
+              f"(lease {LEASE}s, takeover-after {TAKEOVER}s); ran twice: {twice}")
+    assert twice == 0  # nothing was running on the killed node
+
+
+def test_a_node_that_comes_back_after_its_takeover_runs_none_of_the_claimed_jobs(server_factory, postgres_dsn):
+    a = node(server_factory, postgres_dsn, "a")
+    b = node(server_factory, postgres_dsn, "b")
+    submit_many(a, 500)
+    port = a.port
+    a.process.kill()
+    a.process.wait(30)
+    wait_for(lambda: queued(b) == 500, what="the take-over by node b")
+    again = node(server_factory, postgres_dsn, "a", port=port)  # the same node name comes back
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(again, ran, lock), Runner(b, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: len(ran) >= 500 and rows(postgres_dsn) == [(0,)], what="500 jobs run")
+    finally:
+        for runner in runners:
+            runner.stop()
+    assert sorted(ran) == sorted(b"j%d" % i for i in range(500))
+
+
+def test_a_node_frozen_past_its_lease_drops_what_was_taken_and_rejoins(server_factory, postgres_dsn):
+    """SIGSTOP stands for a node cut off from the database: alive, holding jobs it no longer owns."""
+    a = node(server_factory, postgres_dsn, "a", "--verbose", "INFO")
+    b = node(server_factory, postgres_dsn, "b")
+    submit_many(a, 300)
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: queued(b) == 300, what="the take-over by node b")
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: queued(a) == 0, what="node a dropping the jobs it lost")
+    # It rejoined: new jobs on it are its own, stored and run there.
+    submit_many(a, 10, prefix=b"after")
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(a, ran, lock), Runner(b, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: len(ran) >= 310 and rows(postgres_dsn) == [(0,)], what="310 jobs run")
+    finally:
+        for runner in runners:
+            runner.stop()
+    assert sorted(ran) == sorted([b"j%d" % i for i in range(300)] + [b"after%d" % i for i in range(10)])
+    a.process.send_signal(signal.SIGTERM)
+    _, err = a.process.communicate(timeout=30)
+    assert b"lost its lease" in err and b"dropped 300 jobs" in err
+
+
+def test_a_graceful_shutdown_hands_queued_jobs_over_at_once(server_factory, postgres_dsn):
+    # A take-over would wait 10 minutes: the jobs arriving on b within the deadline came by hand-off.
+    a = node(server_factory, postgres_dsn, "a", takeover="600")
+    b = node(server_factory, postgres_dsn, "b", takeover="600")
+    submit_many(a, 200)
+    with Wire(a.host, a.port) as admin:
+        assert admin.admin("shutdown graceful").lines[0].startswith(b"OK")
+    a.process.wait(30)
+    wait_for(lambda: queued(b) == 200, deadline=60, what="the hand-off to node b")
+    with Wire(b.host, b.port) as admin:
+        retries = {line.split(b"\t")[1] for line in admin.admin("show jobs").lines}
+    assert retries == {b"1"}  # the attempt count kept in the row: taken over once
+    assert rows(postgres_dsn, "SELECT node, min(attempts), max(attempts), count(*) FROM geartrain_jobs "
+                "GROUP BY node") == [("b", 1, 1, 200)]
+
+
+def test_the_same_unique_on_two_nodes_is_one_job_with_one_handle(server_factory, postgres_dsn):
+    a = node(server_factory, postgres_dsn, "a")
+    b = node(server_factory, postgres_dsn, "b")
+    with Wire(a.host, a.port) as client_a, Wire(b.host, b.port) as client_b:
+        handle_a = client_a.submit(b"work", b"from a", b"the-unique", C.SUBMIT_JOB_BG)
+        handle_b = client_b.submit(b"work", b"from b", b"the-unique", C.SUBMIT_JOB_BG)
+    assert handle_a == handle_b
+    assert rows(postgres_dsn, "SELECT node, unique_key FROM geartrain_jobs") == [("a", b"the-unique")]
+    wait_for(lambda: queued(b) == 0, what="node b dropping its copy")
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(a, ran, lock), Runner(b, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: ran and rows(postgres_dsn) == [(0,)], what="the job to run")
+        assert queued(a) == 0 and queued(b) == 0
+    finally:
+        for runner in runners:
+            runner.stop()
+    assert ran == [b"the-unique"]
