@@ -10,6 +10,7 @@ import itertools
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -33,6 +34,12 @@ def missing() -> str | None:
         except KeyError:
             return "running as root and there is no postgres user to run PostgreSQL as"
     return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class PostgresServer:
@@ -60,8 +67,6 @@ class PostgresServer:
                   "--no-instructions")
 
     def start(self, port: int | None = None) -> None:
-        from conftest import free_port
-
         self.port = port or self.port or free_port()
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200 "
                    "-c shared_buffers=64MB -c log_min_messages=fatal")
