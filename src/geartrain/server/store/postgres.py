@@ -67,8 +67,8 @@ _SCHEMA = [
 ]
 _COLUMNS = "ref, function, unique_key, priority, when_to_run, reducer, data, attempts"
 _INSERT = """INSERT INTO geartrain_jobs (node, ref, function, unique_key, priority, when_to_run, reducer, data)
-    SELECT %s, * FROM unnest(%s::bigint[], %s::bytea[], %s::bytea[], %s::smallint[], %s::float8[], %s::bytea[],
-                             %s::bytea[])
+    SELECT %s, * FROM unnest(%b::bigint[], %b::bytea[], %b::bytea[], %b::smallint[], %b::float8[], %b::bytea[],
+                             %b::bytea[])
     ON CONFLICT DO NOTHING RETURNING ref"""
 _DELETE = "DELETE FROM geartrain_jobs WHERE node = %s AND ref = ANY(%s)"
 _CLAIM = f"""WITH picked AS (
