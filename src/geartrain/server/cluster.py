@@ -110,8 +110,9 @@ class Cluster:
                 if job.store_ref != stored.ref:  # coalesced onto a job of ours: one row is enough
                     store.remove(_Ref(stored.ref))
             total += len(claimed)
-            if self.server is not None and claimed:
-                self.server.schedule_flush()  # wake-ups for the workers
+            flush = getattr(self.server, "schedule_flush", None)
+            if flush is not None and claimed:
+                flush()  # the wake-ups of sleeping workers
             if len(claimed) < CLAIM_CHUNK:
                 break
         if total:
