@@ -9,7 +9,7 @@ import time
 
 from geartrain.protocol import constants as C
 
-from cluster_nodes import LEASE, TAKEOVER, Runner, node, queued, rows, submit_many, wait_for
+from cluster_nodes import LEASE, TAKEOVER, Link, Runner, node, queued, rows, submit_many, wait_for
 from wire import Wire
 
 
@@ -30,7 +30,7 @@ def test_a_killed_node_s_jobs_all_run_on_the_live_nodes_once(server_factory, pos
     try:
         wait_for(lambda: len(ran) >= count, what=f"{count} jobs running after the take-over")
         took = time.monotonic() - killed
-        assert rows(postgres_dsn) == [(0,)]  # every completion removed its row
+        wait_for(lambda: rows(postgres_dsn) == [(0,)], what="every completion removing its row")
     finally:
         for runner in runners:
             runner.stop()
@@ -131,3 +131,58 @@ def test_the_same_unique_on_two_nodes_is_one_job_with_one_handle(server_factory,
         for runner in runners:
             runner.stop()
     assert ran == [b"the-unique"]
+
+
+def test_a_node_cut_off_from_the_database_stops_handing_out_its_jobs_and_gets_them_back(
+        server_factory, postgres_server, postgres_dsn):
+    link = Link(postgres_server.port)
+    try:
+        via_link = postgres_dsn.replace(f"port={postgres_server.port}", f"port={link.port}")
+        a = node(server_factory, via_link, "a", "--verbose", "INFO", takeover="2")  # withholds after 1 s
+        b = node(server_factory, postgres_dsn, "b", takeover="600")  # never takes a's jobs over here
+        submit_many(a, 100)
+        link.cut()
+        wait_for(lambda: queued(a) == 0, what="node a withholding its jobs")
+        with Wire(a.host, a.port) as worker:
+            worker.register(b"work")
+            worker.send(C.GRAB_JOB_UNIQ)
+            assert worker.expect(C.NO_JOB)
+        link.mend()
+        wait_for(lambda: queued(a) == 100, what="node a handing its jobs out again")
+        assert queued(b) == 0
+    finally:
+        link.close()
+    a.process.send_signal(signal.SIGTERM)
+    _, err = a.process.communicate(timeout=30)
+    assert b"database unreachable" in err and b"no longer handed out" in err and b"are back in its queues" in err
+
+
+def test_jobs_of_a_node_cut_off_past_its_lease_run_once_on_the_others(server_factory, postgres_server,
+                                                                       postgres_dsn):
+    link = Link(postgres_server.port)
+    try:
+        via_link = postgres_dsn.replace(f"port={postgres_server.port}", f"port={link.port}")
+        a = node(server_factory, via_link, "a")
+        b = node(server_factory, postgres_dsn, "b")
+        submit_many(a, 300)
+        link.cut()
+        wait_for(lambda: queued(a) == 0, what="node a withholding its jobs")
+        ran: list[bytes] = []
+        lock = threading.Lock()
+        runners = [Runner(a, ran, lock), Runner(b, ran, lock)]  # a's worker is there while a is cut off
+        for runner in runners:
+            runner.start()
+        try:
+            wait_for(lambda: len(ran) >= 300, what="the take-over by node b")
+            link.mend()
+            wait_for(lambda: rows(postgres_dsn) == [(0,)], what="every row removed")
+            wait_for(lambda: rows(postgres_dsn, "SELECT count(*) FROM geartrain_nodes WHERE node = 'a' "
+                                  "AND renewed > now() - interval '1 second'") == [(1,)], what="node a rejoining")
+            submit_many(a, 10, prefix=b"after")  # a rejoined: its new jobs are stored and run
+            wait_for(lambda: len(ran) >= 310 and rows(postgres_dsn) == [(0,)], what="310 jobs run")
+        finally:
+            for runner in runners:
+                runner.stop()
+    finally:
+        link.close()
+    assert sorted(ran) == sorted([b"j%d" % i for i in range(300)] + [b"after%d" % i for i in range(10)])

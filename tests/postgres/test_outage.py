@@ -89,8 +89,9 @@ def test_database_outage_under_load_loses_no_acknowledged_job(server_factory, ow
     pg = own_postgres
     dsn = pg.new_database()
     a = node(server_factory, dsn, "a", "--verbose", "INFO")
+    # A second node, in this process, to read its store's readiness; it never takes node a's jobs over.
     probe = start_geartrain(queue_type="postgres", postgres_dsn=dsn, cluster_node="probe", lease_interval=0.2,
-                            takeover_after=1.5)
+                            takeover_after=600)
     submitter = Submitter(a)
     try:
         submitter.start()

@@ -6,7 +6,6 @@ import argparse
 import logging
 import logging.config
 import os
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -112,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout, max_queued_bytes=args.max_queued_bytes,
         queue_type=queue_type, sqlite_db=sqlite_db, postgres_dsn=args.postgres_dsn,
-        postgres_table=args.libpq_table, cluster_node=args.cluster_node or f"{socket.gethostname()}:{args.port}",
+        postgres_table=args.libpq_table, cluster_node=args.cluster_node,
         lease_interval=args.lease_interval, takeover_after=args.takeover_after,
     )
 

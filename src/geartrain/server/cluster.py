@@ -18,20 +18,36 @@ import asyncio
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from .store import StoreError
+from .broker import QUEUED, RUNNING, SCHEDULED
+from .store import StoredJob, StoreError
 
 log = logging.getLogger("geartrain.cluster")
 
 #: Jobs claimed per transaction: other nodes claim the rest meanwhile, and the loop is never held long.
 CLAIM_CHUNK = 1000
+#: Share of --takeover-after without a renewed lease after which a node stops handing out its stored jobs.
+FENCE_SHARE = 0.5
 
 
 def unique_handle(function: bytes, key: bytes) -> bytes:
     """The handle of a background job with a unique, the same on every node of a cluster."""
     digest = hashlib.blake2b(function + b"\x00" + key, digest_size=12).hexdigest()
     return b"H:geartrain-cluster:" + digest.encode()
+
+
+class LeaseLost(StoreError):
+    """Another node took this node's jobs over (its lease had expired): what it held is no longer its own."""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A stored job with the number of times it was taken over from a dead node (its attempts)."""
+
+    job: StoredJob
+    attempts: int
 
 
 class Cluster:
@@ -47,6 +63,9 @@ class Cluster:
         self.claimed = 0
         self.dropped = 0
         self.last_takeover: tuple[str, int, float] | None = None
+        #: When the lease was last renewed (monotonic), and whether the stored jobs are withheld meanwhile.
+        self._renewed = time.monotonic()
+        self.fenced = False
         broker.unique_handle = unique_handle
 
     def start(self) -> None:
@@ -79,40 +98,38 @@ class Cluster:
                 log.exception("node %s: error while renewing its lease or taking jobs over", self.node)
 
     async def tick(self) -> None:
-        """One round: renew (or rejoin), then take over every dead node."""
-        from .store.postgres import LeaseLost
-
+        """One round: renew (or rejoin, or fence), then take over every dead node."""
         store = self.store
+        now = time.monotonic()
         try:
             await store.run(store.renew)
         except LeaseLost as exc:
             log.error("node %s: %s", self.node, exc)
-            owned = await store.run(store.rejoin)
-            self.drop_unowned(owned)
+            self.resync(await store.run(store.rejoin), "its lease was lost and another node took the job over")
+            self._renewed = time.monotonic()
+            return
         except StoreError:
-            return  # unreachable: the store logged why and backs off; try again next round
+            # Unreachable (the store logged why and backs off). Before another node may take our jobs over,
+            # stop handing them out: they stay in the database, and come back once the lease is renewed.
+            if not self.fenced and now - self._renewed > store.takeover_after * FENCE_SHARE:
+                self.fence()
+            return
+        self._renewed = now
+        if self.fenced:
+            self.resync(await store.run(store.owned), "another node took the job over")
         for dead in await store.run(store.dead_nodes):
             await self.take_over(dead)
 
     async def take_over(self, dead: str) -> int:
         """Claim a dead node's jobs, chunk by chunk, into this node's broker."""
-        store, broker = self.store, self.broker
+        store = self.store
         began = time.monotonic()
         total = 0
         while True:
             base = store.reserve(CLAIM_CHUNK)
             claimed = await store.run(store.claim, dead, base, CLAIM_CHUNK)
-            for item in claimed:
-                stored = item.job
-                job = broker.restore(stored.function, stored.unique, stored.data, stored.priority, stored.when,
-                                     stored.ref, stored.reducer)
-                job.retries = max(job.retries, item.attempts)
-                if job.store_ref != stored.ref:  # coalesced onto a job of ours: one row is enough
-                    store.remove(_Ref(stored.ref))
+            self.restore(claimed)
             total += len(claimed)
-            flush = getattr(self.server, "schedule_flush", None)
-            if flush is not None and claimed:
-                flush()  # the wake-ups of sleeping workers
             if len(claimed) < CLAIM_CHUNK:
                 break
         if total:
@@ -123,29 +140,58 @@ class Cluster:
                         dead, took)
         return total
 
-    def drop_unowned(self, owned: set[int]) -> None:
-        refs = {job.store_ref for job in self.broker.jobs.values()
-                if job.store_ref is not None and job.store_ref not in owned}
-        self.drop_refs(refs, "its lease was lost and another node took the job over")
+    def restore(self, items: list[ClaimedJob]) -> None:
+        """Add stored jobs to the broker, as start-up replay does, with their attempt counts as retries."""
+        broker = self.broker
+        for item in items:
+            stored = item.job
+            job = broker.restore(stored.function, stored.unique, stored.data, stored.priority, stored.when,
+                                 stored.ref, stored.reducer)
+            job.retries = max(job.retries, item.attempts)
+            if job.store_ref != stored.ref:  # coalesced onto a job of ours: one row is enough
+                self.store.remove(_Ref(stored.ref))
+        flush = getattr(self.server, "schedule_flush", None)
+        if flush is not None and items:
+            flush()  # the wake-ups of sleeping workers
 
-    def drop_refs(self, refs: set[int], why: str) -> None:
+    def fence(self) -> None:
+        """Cut off from the database for a while: drop the queued stored jobs (they stay in the database)."""
+        self.fenced = True
+        refs = {job.store_ref for job in self.broker.jobs.values()
+                if job.store_ref is not None and job.state in (QUEUED, SCHEDULED)}
+        log.error("node %s has not renewed its lease for %.1fs: its %d queued background jobs are no longer "
+                  "handed out until it reaches the database again", self.node, time.monotonic() - self._renewed,
+                  len(refs))
+        self.drop_refs(refs, "the node is cut off from the database", quiet=True)
+
+    def resync(self, owned: list[ClaimedJob], why: str) -> None:
+        """Make the broker hold exactly the stored jobs this node owns: drop the others, bring back the missing."""
+        self.fenced = False
+        refs = {item.job.ref for item in owned}
+        present = {job.store_ref for job in self.broker.jobs.values() if job.store_ref is not None}
+        self.drop_refs(present - refs, why)
+        missing = [item for item in owned if item.job.ref not in present]
+        if missing:
+            log.warning("node %s: %d of its stored jobs are back in its queues", self.node, len(missing))
+            self.restore(missing)
+
+    def drop_refs(self, refs: set[int], why: str, quiet: bool = False) -> None:
         """Forget the jobs stored under these refs: another node runs them. A running one finishes here."""
         if not refs:
             return
-        from .broker import RUNNING
-
         broker = self.broker
         jobs = [job for job in broker.jobs.values() if job.store_ref in refs]
         running = 0
         for job in jobs:
-            job.store_ref = None  # the row is another node's now: never delete it
+            job.store_ref = None  # the row is not ours to delete
             if job.state == RUNNING:
                 running += 1
             else:
                 broker.cancel(job.handle)
-        self.dropped += len(jobs)
-        log.warning("node %s dropped %d jobs (%d of them already running here): %s", self.node, len(jobs),
-                    running, why)
+        if not quiet:
+            self.dropped += len(jobs)
+            log.warning("node %s dropped %d jobs (%d of them already running here): %s", self.node, len(jobs),
+                        running, why)
 
 
 class _Ref:

@@ -22,9 +22,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from ..cluster import ClaimedJob, Cluster, LeaseLost
 from . import GroupCommitStore, Row, StoredJob, StoreError
 
 log = logging.getLogger("geartrain.store")
@@ -79,14 +83,6 @@ _CLAIM = f"""WITH picked AS (
     RETURNING {', '.join('j.' + c for c in _COLUMNS.split(', '))}"""
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A job taken over from a dead node: the stored job under its new ref, and how often it was taken over."""
-
-    job: StoredJob
-    attempts: int
-
-
 class PostgresStore(GroupCommitStore):
     """Background jobs in a PostgreSQL table shared by the nodes of a cluster, written in group commits."""
 
@@ -124,8 +120,6 @@ class PostgresStore(GroupCommitStore):
                 if attempts:
                     job.retries = attempts
             self._attempts = {}
-        from ..cluster import Cluster
-
         self.cluster = Cluster(self, server.broker, server)
         self.cluster.start()
 
@@ -149,8 +143,6 @@ class PostgresStore(GroupCommitStore):
     # ------------------------------------------------------------------ connection (writer thread)
 
     def _connect(self) -> Any:
-        import psycopg
-
         now = time.monotonic()
         if now < self._next_attempt:
             raise StoreError(f"{self.location} is unreachable ({self.reason}); next attempt in "
@@ -196,8 +188,6 @@ class PostgresStore(GroupCommitStore):
 
     def _call(self, what: Callable[[Any], Any]) -> Any:
         """Run what(conn) in a transaction; a lost connection becomes a StoreError that says so."""
-        import psycopg
-
         conn = self._db()
         try:
             result = what(conn)
@@ -219,8 +209,6 @@ class PostgresStore(GroupCommitStore):
     # ------------------------------------------------------------------ engine hooks (writer thread)
 
     def open_engine(self) -> None:
-        import psycopg
-
         try:
             conn = self.conn = self._connect()
         except StoreError:
@@ -271,8 +259,6 @@ class PostgresStore(GroupCommitStore):
         columns = {row[0] for row in cur.fetchall()}
         if not {"unique_key", "function_name", "priority", "data"} <= columns:
             return
-        from psycopg import sql
-
         table = sql.Identifier(self.gearmand_table)
         when = sql.SQL("when_to_run" if "when_to_run" in columns else "0")
         cur.execute(sql.SQL("SELECT unique_key, function_name, priority, {}, data FROM {} ORDER BY ctid FOR UPDATE")
@@ -290,19 +276,16 @@ class PostgresStore(GroupCommitStore):
                  self.location)
 
     def load(self) -> Iterable[StoredJob]:
-        import psycopg
-
         conn = self._db()
         try:
             with conn.cursor(binary=True) as cur:
-                cur.execute(f"SELECT {_COLUMNS} FROM geartrain_jobs WHERE node = %s ORDER BY ref", (self.node,))
-                rows = cur.fetchall()
+                owned = self._owned(cur)
             conn.commit()
         except psycopg.Error as exc:
             self.close_engine()
             raise StoreError(f"cannot read the jobs of {self.location}: {one_line(exc)}") from exc
-        self._attempts = {row[0]: row[7] for row in rows if row[7]}
-        return [stored_job(row) for row in rows]
+        self._attempts = {item.job.ref: item.attempts for item in owned if item.attempts}
+        return [item.job for item in owned]
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
         def batch(conn: Any) -> list[int]:
@@ -354,10 +337,10 @@ class PostgresStore(GroupCommitStore):
 
         self._call(renew)
 
-    def rejoin(self) -> set[int]:
-        """After a lost lease: a new generation, and the refs this node still owns (the rest was taken)."""
-        def rejoin(conn: Any) -> set[int]:
-            with conn.cursor() as cur:
+    def rejoin(self) -> list[ClaimedJob]:
+        """After a lost lease: a new generation, and the jobs this node still owns (the rest was taken)."""
+        def rejoin(conn: Any) -> list[ClaimedJob]:
+            with conn.cursor(binary=True) as cur:
                 cur.execute("UPDATE geartrain_nodes SET generation = generation + 1, renewed = now() "
                             "WHERE node = %s RETURNING generation", (self.node,))
                 found = cur.fetchone()
@@ -366,13 +349,26 @@ class PostgresStore(GroupCommitStore):
                                 "VALUES (%s, now(), 1, %s) RETURNING generation",
                                 (self.node, socket.gethostname()))
                     found = cur.fetchone()
-                cur.execute("SELECT ref FROM geartrain_jobs WHERE node = %s", (self.node,))
-                owned = {row[0] for row in cur.fetchall()}
+                owned = self._owned(cur)
             conn.commit()
             self.generation = found[0]
             return owned
 
         return self._call(rejoin)
+
+    def owned(self) -> list[ClaimedJob]:
+        """The jobs this node owns in the database, oldest first."""
+        def owned(conn: Any) -> list[ClaimedJob]:
+            with conn.cursor(binary=True) as cur:
+                rows = self._owned(cur)
+            conn.commit()
+            return rows
+
+        return self._call(owned)
+
+    def _owned(self, cur: Any) -> list[ClaimedJob]:
+        cur.execute(f"SELECT {_COLUMNS} FROM geartrain_jobs WHERE node = %s ORDER BY ref", (self.node,))
+        return [ClaimedJob(stored_job(row), row[7]) for row in cur.fetchall()]
 
     def dead_nodes(self) -> list[str]:
         """Nodes whose lease expired more than takeover_after ago and that still own jobs."""
@@ -414,10 +410,6 @@ class PostgresStore(GroupCommitStore):
         self._call(hand_off)
 
 
-class LeaseLost(StoreError):
-    """Another node took this node's jobs over (its lease had expired): what it held is no longer its own."""
-
-
 def stored_job(row: tuple) -> StoredJob:
     ref, function, unique, priority, when, reducer, data = row[:7]
     return StoredJob(ref, bytes(function), bytes(unique), priority, float(when), bytes(reducer), bytes(data))
@@ -442,10 +434,6 @@ def one_line(exc: BaseException) -> str:
 
 def describe_dsn(dsn: str) -> str:
     """The DSN without its password, for log lines."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:  # psycopg missing: open_store says so
-        return "database"
     try:
         params = conninfo_to_dict(dsn)
     except Exception:
