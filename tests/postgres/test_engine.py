@@ -67,3 +67,39 @@ def test_geard_imports_gearmand_s_libpq_queue_once(server_factory, postgres_dsn)
                            "--cluster-node", "a")
     with Wire(again.host, again.port) as admin:
         assert admin.admin("status").lines == ()
+
+
+def test_two_live_nodes_claiming_one_dead_node_at_once_never_claim_the_same_job(postgres_dsn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geartrain.server.store.postgres import PostgresStore
+
+    def opened(name: str) -> PostgresStore:
+        store = PostgresStore(postgres_dsn, name, takeover_after=0)
+        store.open_engine()
+        store.load()
+        return store
+
+    dead, b, c = opened("a"), opened("b"), opened("c")
+    try:
+        dead.write([(ref, b"work", b"u%d" % ref, ref % 3, 0.0, b"", b"d") for ref in range(1, 5001)], [])
+        dead.hand_off()
+
+        def claim_all(store: PostgresStore, first_ref: int) -> list[bytes]:
+            got, base = [], first_ref
+            while rows(postgres_dsn, "SELECT count(*) FROM geartrain_jobs WHERE node = 'a'") != [(0,)]:
+                claimed = store.claim("a", base, 100)
+                base += 100
+                got += [item.job.unique for item in claimed]
+                assert all(item.attempts == 1 for item in claimed)
+            return got
+
+        with ThreadPoolExecutor(2) as pool:
+            by_b, by_c = pool.map(claim_all, (b, c), (1, 1))
+    finally:
+        for store in (dead, b, c):
+            store.close_engine()
+    assert not set(by_b) & set(by_c)
+    assert sorted(by_b + by_c) == sorted(b"u%d" % ref for ref in range(1, 5001))
+    assert rows(postgres_dsn, "SELECT node, count(*) FROM geartrain_jobs GROUP BY node ORDER BY node") == [
+        ("b", len(by_b)), ("c", len(by_c))]
