@@ -17,9 +17,9 @@ DEADLINE = 120.0
 
 
 def node(server_factory, dsn: str, name: str, *extra: str, port: int | None = None,
-         takeover: str = TAKEOVER):
+         takeover: str = TAKEOVER, lease: str = LEASE):
     return server_factory("geard", "--queue-type", "postgres", "--postgres-dsn", dsn, "--cluster-node", name,
-                          "--lease-interval", LEASE, "--takeover-after", takeover, *extra, port=port)
+                          "--lease-interval", lease, "--takeover-after", takeover, *extra, port=port)
 
 
 def submit_many(server, count: int, function: bytes = b"work", prefix: bytes = b"j") -> list[bytes]:

@@ -95,9 +95,10 @@ def test_a_node_frozen_past_its_lease_drops_what_was_taken_and_rejoins(server_fa
 
 
 def test_a_graceful_shutdown_hands_queued_jobs_over_at_once(server_factory, postgres_dsn):
-    # A take-over would wait 10 minutes: the jobs arriving on b within the deadline came by hand-off.
+    # b's next lease round is 10 minutes away, and so is a take-over: the jobs arriving on b within the
+    # deadline came by hand-off, announced to b at once.
     a = node(server_factory, postgres_dsn, "a", takeover="600")
-    b = node(server_factory, postgres_dsn, "b", takeover="600")
+    b = node(server_factory, postgres_dsn, "b", takeover="600", lease="600")
     submit_many(a, 200)
     with Wire(a.host, a.port) as admin:
         assert admin.admin("shutdown graceful").lines[0].startswith(b"OK")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -66,13 +67,30 @@ class Cluster:
         #: When the lease was last renewed (monotonic), and whether the stored jobs are withheld meanwhile.
         self._renewed = time.monotonic()
         self.fenced = False
+        self._wake = asyncio.Event()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
         broker.unique_handle = unique_handle
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"geartrain-cluster-{self.node}")
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run(), name=f"geartrain-cluster-{self.node}")
+        watch = getattr(self.store, "watch_hand_offs", None)
+        if watch is not None:
+            def handed_off(node: str) -> None:
+                try:
+                    loop.call_soon_threadsafe(self._wake.set)
+                except RuntimeError:  # the loop closed meanwhile
+                    pass
+
+            self._watcher = threading.Thread(target=watch, args=(handed_off, self._stopping), daemon=True,
+                                             name=f"geartrain-hand-offs-{self.node}")
+            self._watcher.start()
 
     async def stop(self) -> None:
         """Stop looking after the lease and hand the queued jobs to the live nodes."""
+        self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -80,6 +98,9 @@ class Cluster:
                 await task
             except asyncio.CancelledError:
                 pass
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await asyncio.get_running_loop().run_in_executor(None, watcher.join, 5.0)
         try:
             await self.store.run(self.store.hand_off)
             log.info("node %s left the cluster: its queued jobs go to the live nodes", self.node)
@@ -89,7 +110,11 @@ class Cluster:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.store.lease_interval)
+            try:  # a round every lease interval, and at once when another node hands its jobs off
+                await asyncio.wait_for(self._wake.wait(), self.store.lease_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self.tick()
             except asyncio.CancelledError:

@@ -36,6 +36,7 @@ log = logging.getLogger("geartrain.store")
 SCHEMA_VERSION = 1
 MIGRATION_LOCK = 0x6765617274  # pg_advisory_xact_lock key: one node creates or migrates the schema at a time
 LEASE_LOST = "GT001"
+HAND_OFF_CHANNEL = "geartrain_hand_off"
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS geartrain_schema (version integer NOT NULL)",
@@ -401,13 +402,28 @@ class PostgresStore(GroupCommitStore):
         return self._call(claim)
 
     def hand_off(self) -> None:
-        """Leaving: mark the lease expired so that live nodes take the queued jobs over at their next look."""
+        """Leaving: mark the lease expired and tell the live nodes, which take the queued jobs over at once."""
         def hand_off(conn: Any) -> None:
             conn.execute("UPDATE geartrain_nodes SET renewed = '-infinity' WHERE node = %s AND generation = %s",
                          (self.node, self.generation))
+            conn.execute("SELECT pg_notify(%s, %s)", (HAND_OFF_CHANNEL, self.node))
             conn.commit()
 
         self._call(hand_off)
+
+    def watch_hand_offs(self, on_hand_off: Callable[[str], None], stopping: threading.Event) -> None:
+        """Call on_hand_off(node) whenever a node hands its jobs off, until stopping is set (its own thread and
+        connection: the writer thread is never held by it). Reconnects after 1 s when the database is away."""
+        while not stopping.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {HAND_OFF_CHANNEL}")
+                    while not stopping.is_set():
+                        for notify in conn.notifies(timeout=0.5):
+                            if notify.payload != self.node:
+                                on_hand_off(notify.payload)
+            except psycopg.Error:
+                stopping.wait(1.0)
 
 
 def stored_job(row: tuple) -> StoredJob:
