@@ -9,7 +9,8 @@ database calls interleaved with packet handling on the server's loop, for nothin
 Each row belongs to one node of a cluster (``node``, ``ref``: the ref is the node's own counter). Every batch
 first renews the node's lease inside the same transaction (``geartrain_renew`` raises when another node took
 the lease), so a node that was taken over can never write a row it no longer owns. cluster.py drives leases
-and take-overs through the engine calls at the end of this file, all on the writer thread.
+and take-overs through the engine calls at the end of this file, on the writer thread; hand-off notifications
+are listened for on a connection and thread of their own.
 
 Background jobs with a unique are unique across the cluster ((function, unique) index): a row that loses that
 race is not inserted, and the store drops the local copy (see ``coalesced``).
@@ -105,7 +106,6 @@ class PostgresStore(GroupCommitStore):
         #: ref -> attempts of the jobs loaded at start (shown as retries in `show jobs`).
         self._attempts: dict[int, int] = {}
         self.cluster: Any = None
-        self._lock = threading.Lock()  # the engine's state is the writer thread's; this guards `reason`
 
     @property
     def healthy(self) -> bool:
@@ -171,15 +171,13 @@ class PostgresStore(GroupCommitStore):
         reason = f"database unreachable: {one_line(exc)}"
         if self.ready or reason != self.reason:
             log.error("%s: %s; retrying in %.1fs", self.location, reason, self._backoff)
-        with self._lock:
-            self.ready = False
-            self.reason = reason
+        self.ready = False
+        self.reason = reason
 
     def _ok(self) -> None:
         if not self.ready:
-            with self._lock:
-                self.ready = True
-                self.reason = "ok"
+            self.ready = True
+            self.reason = "ok"
 
     def _db(self) -> Any:
         """The open connection, reconnecting (with backoff) after a failure."""
@@ -188,21 +186,25 @@ class PostgresStore(GroupCommitStore):
         return self.conn
 
     def _call(self, what: Callable[[Any], Any]) -> Any:
-        """Run what(conn) in a transaction; a lost connection becomes a StoreError that says so."""
+        """Run what(conn) in a transaction; a lost connection becomes a StoreError that says so, a lost lease
+        LeaseLost."""
         conn = self._db()
         try:
             result = what(conn)
-        except psycopg.OperationalError as exc:
-            self._lost(exc)
-            raise StoreError(f"{self.location}: {one_line(exc)}") from exc
-        except BaseException as exc:
-            if not conn.closed:
-                try:
-                    conn.rollback()
-                except psycopg.Error:
-                    pass
-            if isinstance(exc, psycopg.Error) and exc.sqlstate == LEASE_LOST:
+        except psycopg.Error as exc:
+            if conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._lost(exc)
+                raise StoreError(f"{self.location}: {one_line(exc)}") from exc
+            try:
+                conn.rollback()
+            except psycopg.Error as again:
+                self._lost(again)
+            if exc.sqlstate == LEASE_LOST:
                 raise LeaseLost(f"{self.location}: {one_line(exc)}") from exc
+            raise StoreError(f"{self.location}: {one_line(exc)}") from exc
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
             raise
         self._ok()
         return result
@@ -210,10 +212,7 @@ class PostgresStore(GroupCommitStore):
     # ------------------------------------------------------------------ engine hooks (writer thread)
 
     def open_engine(self) -> None:
-        try:
-            conn = self.conn = self._connect()
-        except StoreError:
-            raise
+        conn = self.conn = self._connect()
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -313,9 +312,8 @@ class PostgresStore(GroupCommitStore):
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
-        with self._lock:
-            self.ready = False
-            self.reason = "closed"
+        self.ready = False
+        self.reason = "closed"
 
     # ------------------------------------------------------------------ loop side
 
@@ -323,7 +321,7 @@ class PostgresStore(GroupCommitStore):
         """Rows another node already held (same function and unique): that node runs the job, we drop ours.
 
         Called on the loop before the batch's acknowledgements go out, so the submitter still gets JOB_CREATED
-        (the handle of a unique background job is the same on every node: see Cluster.handle_for).
+        (the handle of a unique background job is the same on every node: see cluster.unique_handle).
         """
         if self.cluster is not None:
             self.cluster.drop_refs(set(refs), "another node holds the same function and unique")
