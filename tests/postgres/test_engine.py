@@ -38,6 +38,8 @@ def test_an_unreachable_database_or_a_missing_dsn_is_a_clear_start_up_error(post
     assert "cannot connect to PostgreSQL" in err and "port=1" in err
     err = geard_exits("-q", "postgres")
     assert "--postgres-dsn" in err
+    err = geard_exits("-q", "postgres", "--postgres-dsn", "dbname=x", "--lease-interval", "5", "--takeover-after", "2")
+    assert "--takeover-after (2) must be longer than --lease-interval (5" in err
 
 
 @pytest.mark.skipif(GEARMAND is None, reason="gearmand is not installed")

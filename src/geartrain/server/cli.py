@@ -68,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite file for the durable queue (default: $XDG_STATE_HOME/geartrain/queue.sqlite3, "
                    "else ~/.local/state/geartrain/queue.sqlite3; the directory is created)")
     p.add_argument("--postgres-dsn", "--libpq-conninfo", dest="postgres_dsn", help="PostgreSQL DSN of the queue")
-    p.add_argument("--libpq-table", default="queue", help="gearmand's queue table, imported once (queue)")
+    p.add_argument("--libpq-table", default=ServerConfig.postgres_table,
+                   help="gearmand's queue table, imported once (%(default)s)")
     p.add_argument("--cluster-node", help="this node's name in a PostgreSQL cluster (default host:port)")
-    p.add_argument("--lease-interval", type=float, default=2.0, help="seconds between lease renewals (2)")
-    p.add_argument("--takeover-after", type=float, default=10.0,
-                   help="seconds after a node's lease expired before live nodes take its jobs over (10)")
+    p.add_argument("--lease-interval", type=float, default=ServerConfig.lease_interval,
+                   help="seconds between lease renewals (%(default)s)")
+    p.add_argument("--takeover-after", type=float, default=ServerConfig.takeover_after,
+                   help="seconds a node's lease must be expired before live nodes take its jobs over (%(default)s)")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=sorted(VERBOSE_LEVELS), help="log level without --log-config (WARNING)")
     p.add_argument("--version", action="version", version=f"geard (geartrain) {__version__}")

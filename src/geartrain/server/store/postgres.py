@@ -39,7 +39,9 @@ MIGRATION_LOCK = 0x6765617274  # pg_advisory_xact_lock key: one node creates or 
 LEASE_LOST = "GT001"
 HAND_OFF_CHANNEL = "geartrain_hand_off"
 
-_SCHEMA = [
+#: The statements that bring the schema from version n - 1 to n (0: no tables), applied in order at start.
+MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS[1] = [
     "CREATE TABLE IF NOT EXISTS geartrain_schema (version integer NOT NULL)",
     """CREATE TABLE IF NOT EXISTS geartrain_nodes (
         node text PRIMARY KEY,
@@ -226,8 +228,9 @@ class PostgresStore(GroupCommitStore):
                     raise StoreError(f"{self.location} holds a geartrain schema of version {version}, newer "
                                      f"than this geard's ({SCHEMA_VERSION}): upgrade geartrain")
                 if version < SCHEMA_VERSION:
-                    for statement in _SCHEMA:
-                        cur.execute(statement)
+                    for step in range(version + 1, SCHEMA_VERSION + 1):
+                        for statement in MIGRATIONS[step]:
+                            cur.execute(statement)
                     cur.execute("DELETE FROM geartrain_schema")
                     cur.execute("INSERT INTO geartrain_schema VALUES (%s)", (SCHEMA_VERSION,))
                     log.info("%s: schema version %d created or migrated from %d", self.location,
