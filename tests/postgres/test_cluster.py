@@ -98,17 +98,26 @@ def test_a_graceful_shutdown_hands_queued_jobs_over_at_once(server_factory, post
     # b's next lease round is 10 minutes away, and so is a take-over: the jobs arriving on b within the
     # deadline came by hand-off, announced to b at once.
     a = node(server_factory, postgres_dsn, "a", takeover="600")
-    b = node(server_factory, postgres_dsn, "b", takeover="600", lease="600")
+    b = node(server_factory, postgres_dsn, "b", takeover="1200", lease="600")
     submit_many(a, 200)
-    with Wire(a.host, a.port) as admin:
-        assert admin.admin("shutdown graceful").lines[0].startswith(b"OK")
-    a.process.wait(30)
-    wait_for(lambda: queued(b) == 200, deadline=60, what="the hand-off to node b")
+    with Wire(a.host, a.port) as worker:
+        worker.register(b"work")
+        running = worker.grab()  # a keeps this one running through its drain
+        with Wire(a.host, a.port) as admin:
+            assert admin.admin("shutdown graceful").lines[0].startswith(b"OK")
+        wait_for(lambda: queued(b) == 199, deadline=60, what="the hand-off to node b")
+        assert a.process.poll() is None  # still draining: the queued jobs did not wait for it
+        worker.send(C.GRAB_JOB_UNIQ)
+        assert worker.expect(C.NO_JOB)  # nothing left to hand out on a
+        worker.send(C.WORK_COMPLETE, running.args[0], b"")
+        a.process.wait(30)
     with Wire(b.host, b.port) as admin:
         retries = {line.split(b"\t")[1] for line in admin.admin("show jobs").lines}
     assert retries == {b"1"}  # the attempt count kept in the row: taken over once
     assert rows(postgres_dsn, "SELECT node, min(attempts), max(attempts), count(*) FROM geartrain_jobs "
-                "GROUP BY node") == [("b", 1, 1, 200)]
+                "GROUP BY node") == [("b", 1, 1, 199)]
+    assert running.args[2] not in {u for (u,) in rows(postgres_dsn, "SELECT unique_key FROM geartrain_jobs")}
+    assert rows(postgres_dsn, "SELECT node FROM geartrain_nodes ORDER BY node") == [("a",), ("b",)]
 
 
 def test_the_same_unique_on_two_nodes_is_one_job_with_one_handle(server_factory, postgres_dsn):

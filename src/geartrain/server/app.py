@@ -161,6 +161,9 @@ class Server:
             return
         for listener in self.listeners:
             listener.close()
+        leaving = getattr(self.store, "leaving", None)
+        if leaving is not None:  # a cluster node: its queued jobs go to the live nodes now, not after the drain
+            leaving()
         self._check_drained()
 
     def _check_drained(self) -> None:

@@ -67,6 +67,7 @@ class Cluster:
         #: When the lease was last renewed (monotonic), and whether the stored jobs are withheld meanwhile.
         self._renewed = time.monotonic()
         self.fenced = False
+        self.leaving = False
         self._wake = asyncio.Event()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -89,7 +90,7 @@ class Cluster:
             self._watcher.start()
 
     async def stop(self) -> None:
-        """Stop looking after the lease and hand the queued jobs to the live nodes."""
+        """Stop renewing and taking over (the store hands the queued jobs off once its last batch is written)."""
         self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
@@ -101,12 +102,6 @@ class Cluster:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await asyncio.get_running_loop().run_in_executor(None, watcher.join, 5.0)
-        try:
-            await self.store.run(self.store.hand_off)
-            log.info("node %s left the cluster: its queued jobs go to the live nodes", self.node)
-        except StoreError as exc:
-            log.warning("node %s could not hand its jobs off (%s): they are taken over once its lease "
-                        "expires", self.node, exc)
 
     async def _run(self) -> None:
         while True:
@@ -142,6 +137,8 @@ class Cluster:
         self._renewed = now
         if self.fenced:
             self.resync(await store.run(store.owned), "another node took the job over")
+        if self.leaving:
+            return
         for dead in await store.run(store.dead_nodes):
             await self.take_over(dead)
 
@@ -179,11 +176,30 @@ class Cluster:
         if flush is not None and items:
             flush()  # the wake-ups of sleeping workers
 
+    async def leave(self) -> None:
+        """A graceful shutdown began: the queued stored jobs go to the live nodes now; the running ones finish
+        here (their rows, and whatever is queued after this, are handed off when the store closes)."""
+        self.leaving = True  # it takes nothing over from now on
+        refs = self._queued_refs()
+        self.drop_refs(refs, "the node is leaving", quiet=True)
+        if not refs:
+            return
+        try:
+            await self.store.run(self.store.release, sorted(refs))
+        except StoreError as exc:
+            log.warning("node %s could not hand %d queued jobs off (%s): they are taken over once its lease "
+                        "expires", self.node, len(refs), exc)
+            return
+        log.info("node %s is leaving: %d queued jobs handed to the live nodes", self.node, len(refs))
+
+    def _queued_refs(self) -> set[int]:
+        return {job.store_ref for job in self.broker.jobs.values()
+                if job.store_ref is not None and job.state in (QUEUED, SCHEDULED)}
+
     def fence(self) -> None:
         """Cut off from the database for a while: drop the queued stored jobs (they stay in the database)."""
         self.fenced = True
-        refs = {job.store_ref for job in self.broker.jobs.values()
-                if job.store_ref is not None and job.state in (QUEUED, SCHEDULED)}
+        refs = self._queued_refs()
         log.error("node %s has not renewed its lease for %.1fs: its %d queued background jobs are no longer "
                   "handed out until it reaches the database again", self.node, time.monotonic() - self._renewed,
                   len(refs))

@@ -22,6 +22,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,6 +39,8 @@ SCHEMA_VERSION = 1
 MIGRATION_LOCK = 0x6765617274  # pg_advisory_xact_lock key: one node creates or migrates the schema at a time
 LEASE_LOST = "GT001"
 HAND_OFF_CHANNEL = "geartrain_hand_off"
+#: Jobs handed off by a leaving node wait under "<node>/left-<id>", a node whose lease has always expired.
+POOL_MARK = "/left-"
 
 #: The statements that bring the schema from version n - 1 to n (0: no tables), applied in order at start.
 MIGRATIONS: dict[int, list[str]] = {}
@@ -136,6 +139,11 @@ class PostgresStore(GroupCommitStore):
         if self._executor is None or self.loop is None:
             raise StoreError(f"the store {self.location} is not open")
         return self.loop.run_in_executor(self._executor, call, *args)
+
+    def leaving(self) -> None:
+        """A graceful shutdown began: hand the queued jobs to the live nodes while the running ones finish."""
+        if self.cluster is not None and self.loop is not None:
+            self.loop.create_task(self.cluster.leave())
 
     def reserve(self, count: int) -> int:
         """Reserve `count` refs for jobs taken over; returns the first."""
@@ -312,6 +320,14 @@ class PostgresStore(GroupCommitStore):
             self.loop.call_soon_threadsafe(self.coalesced, lost)
 
     def close_engine(self) -> None:
+        if self.conn is not None and self.cluster is not None:
+            # After the last batch (whose lease renewal would undo it): live nodes take the queued jobs now.
+            try:
+                self.hand_off()
+                log.info("node %s left the cluster: its queued jobs go to the live nodes", self.node)
+            except StoreError as exc:
+                log.warning("node %s could not hand its jobs off (%s): they are taken over once its lease "
+                            "expires", self.node, exc)
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
@@ -397,6 +413,8 @@ class PostgresStore(GroupCommitStore):
                 cur.execute("UPDATE geartrain_nodes SET generation = generation + 1 WHERE node = %s", (dead,))
                 cur.execute(_CLAIM, {"dead": dead, "me": self.node, "base": base, "limit": limit})
                 rows = sorted(cur.fetchall())
+                if len(rows) < limit and POOL_MARK in dead:  # a hand-off pool, now empty: forget it
+                    cur.execute("DELETE FROM geartrain_nodes WHERE node = %s", (dead,))
             conn.commit()
             return [ClaimedJob(stored_job(row), row[7]) for row in rows]
 
@@ -411,6 +429,22 @@ class PostgresStore(GroupCommitStore):
             conn.commit()
 
         self._call(hand_off)
+
+    def release(self, refs: list[int]) -> None:
+        """Hand these jobs to the live nodes now: they move to a node of their own whose lease has expired (a
+        new name each time, so their refs never collide), and the live nodes are told."""
+        def release(conn: Any) -> None:
+            pool = f"{self.node}{POOL_MARK}{uuid.uuid4().hex[:12]}"
+            with conn.cursor() as cur:
+                cur.execute("SELECT geartrain_renew(%s, %s)", (self.node, self.generation))
+                cur.execute("INSERT INTO geartrain_nodes (node, renewed, generation, address) "
+                            "VALUES (%s, '-infinity', 1, %s)", (pool, socket.gethostname()))
+                cur.execute("UPDATE geartrain_jobs SET node = %s WHERE node = %s AND ref = ANY(%s)",
+                            (pool, self.node, refs))
+                cur.execute("SELECT pg_notify(%s, %s)", (HAND_OFF_CHANNEL, pool))
+            conn.commit()
+
+        self._call(release)
 
     def watch_hand_offs(self, on_hand_off: Callable[[str], None], stopping: threading.Event) -> None:
         """Call on_hand_off(node) whenever a node hands its jobs off, until stopping is set (its own thread and
