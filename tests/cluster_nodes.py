@@ -51,6 +51,8 @@ class Runner(threading.Thread):
             while not self.done.is_set():
                 wire.send(C.GRAB_JOB_UNIQ)
                 event = wire.next_event()
+                while event.ptype == C.NOOP:  # the wake-up of a sleep we stopped waiting for
+                    event = wire.next_event()
                 if event.ptype == C.NO_JOB:
                     wire.send(C.PRE_SLEEP)
                     try:

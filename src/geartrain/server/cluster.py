@@ -125,7 +125,9 @@ class Cluster:
             await store.run(store.renew)
         except LeaseLost as exc:
             log.error("node %s: %s", self.node, exc)
-            self.resync(await store.run(store.rejoin), "its lease was lost and another node took the job over")
+            written = store.written_below()
+            self.resync(await store.run(store.rejoin), written,
+                        "its lease was lost and another node took the job over")
             self._renewed = time.monotonic()
             return
         except StoreError:
@@ -136,7 +138,8 @@ class Cluster:
             return
         self._renewed = now
         if self.fenced:
-            self.resync(await store.run(store.owned), "another node took the job over")
+            written = store.written_below()
+            self.resync(await store.run(store.owned), written, "another node took the job over")
         if self.leaving:
             return
         for dead in await store.run(store.dead_nodes):
@@ -205,12 +208,15 @@ class Cluster:
                   len(refs))
         self.drop_refs(refs, "the node is cut off from the database", quiet=True)
 
-    def resync(self, owned: list[ClaimedJob], why: str) -> None:
-        """Make the broker hold exactly the stored jobs this node owns: drop the others, bring back the missing."""
+    def resync(self, owned: list[ClaimedJob], written: int, why: str) -> None:
+        """Make the broker hold exactly the stored jobs this node owns: drop the others, bring back the missing.
+
+        `owned` was read after every batch with refs below `written` and before any other: a job with a higher
+        ref may still be on its way to the database, and is kept."""
         self.fenced = False
         refs = {item.job.ref for item in owned}
         present = {job.store_ref for job in self.broker.jobs.values() if job.store_ref is not None}
-        self.drop_refs(present - refs, why)
+        self.drop_refs({ref for ref in present - refs if ref < written}, why)
         missing = [item for item in owned if item.job.ref not in present]
         if missing:
             log.warning("node %s: %d of its stored jobs are back in its queues", self.node, len(missing))

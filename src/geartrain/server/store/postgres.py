@@ -145,6 +145,11 @@ class PostgresStore(GroupCommitStore):
         if self.cluster is not None and self.loop is not None:
             self.loop.create_task(self.cluster.leave())
 
+    def written_below(self) -> int:
+        """A ref below which every job's batch has gone to the writer thread: an engine call queued now reads
+        the database after all of them (and before the rest)."""
+        return min(self._adds, default=self._next_ref)
+
     def reserve(self, count: int) -> int:
         """Reserve `count` refs for jobs taken over; returns the first."""
         first = self._next_ref
