@@ -164,7 +164,7 @@ class PostgresStore(GroupCommitStore):
             raise StoreError(f"{self.location} is unreachable ({self.reason}); next attempt in "
                              f"{self._next_attempt - now:.1f}s")
         try:
-            conn = psycopg.connect(self.dsn, connect_timeout=5, application_name=f"geard {self.node}"[:63])
+            conn = psycopg.connect(**connection_options(self.dsn, f"geard {self.node}"))
         except psycopg.Error as exc:
             self._lost(exc)
             raise StoreError(f"cannot connect to {self.location}: {one_line(exc)}") from exc
@@ -456,7 +456,8 @@ class PostgresStore(GroupCommitStore):
         connection: the writer thread is never held by it). Reconnects after 1 s when the database is away."""
         while not stopping.is_set():
             try:
-                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(**connection_options(self.dsn, f"geard {self.node} hand-offs"),
+                                     autocommit=True) as conn:
                     conn.execute(f"LISTEN {HAND_OFF_CHANNEL}")
                     while not stopping.is_set():
                         for notify in conn.notifies(timeout=0.5):
@@ -486,6 +487,18 @@ def as_bytes(value: object) -> bytes:
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+#: libpq settings a DSN may override: a database that vanishes without a word (machine gone, network cut) is
+#: noticed in seconds, not after the kernel's two hours of TCP keepalive.
+CONNECTION_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5",
+                       "keepalives_interval": "2", "keepalives_count": "3", "tcp_user_timeout": "10000"}
+
+
+def connection_options(dsn: str, application: str) -> dict[str, str]:
+    """The DSN's settings over CONNECTION_DEFAULTS, with this node's application name."""
+    options = {**CONNECTION_DEFAULTS, "application_name": application[:63], **conninfo_to_dict(dsn)}
+    return {"conninfo": "", **options}
 
 
 def describe_dsn(dsn: str) -> str:
