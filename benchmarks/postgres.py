@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import durable  # noqa: E402
 
-from pgserver import PostgresServer, missing  # noqa: E402
+from pgserver import missing, running  # noqa: E402
 
 HOST = durable.HOST
 
@@ -161,50 +161,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dsn", help="an existing PostgreSQL server to use (host=... port=... user=...), no dbname")
     opts = p.parse_args(argv)
     opts.empty_uniques = False
-    pg = None
     if opts.dsn:
-        admin_dsn = opts.dsn
-    else:
-        why = missing()
-        if why is not None:
-            print(f"cannot run: {why}")
-            return 2
-        pg = PostgresServer()
-        pg.init()
-        pg.start()
-        admin_dsn = pg.dsn().replace(" dbname=postgres", "")
+        return run(opts, opts.dsn)
+    why = missing()
+    if why is not None:
+        print(f"cannot run: {why}")
+        return 2
+    with running() as pg:
+        return run(opts, pg.dsn().replace(" dbname=postgres", ""))
+
+
+def run(opts: argparse.Namespace, admin_dsn: str) -> int:
     print(f"durable background submits: {opts.connections} connections x {opts.window} in flight, {opts.size}-byte "
           f"jobs, {opts.duration:g}s per server, {os.cpu_count()} CPUs, PostgreSQL "
           f"{'at ' + opts.dsn if opts.dsn else '15 started for this run (fsync on)'}")
     results = []
     failed = False
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-postgres-") as tmp:
-            for name in [n for n in opts.servers.split(",") if n]:
-                if name.startswith("gearmand") and not os.access(durable.GEARMAND, os.X_OK):
-                    print(f"{name}: skipped, {durable.GEARMAND} is not installed")
-                    continue
-                result = run_server(name, f"{admin_dsn} dbname=postgres", opts, Path(tmp))
-                ok = result.queued == result.created == result.stored
-                failed |= not ok
-                result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
-                results.append(result)
-        print()
-        print(f"{'server':<20} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'stored rows':>12}  check")
-        for r in results:
-            print(f"{r.name:<20} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {r.stored:>12}  {r.note}")
-        by_name = {r.name: r for r in results}
-        print()
-        for a, b in (("geartrain-postgres", "gearmand-postgres"), ("geartrain-postgres", "geartrain-sqlite")):
-            if a in by_name and b in by_name and by_name[b].rate:
-                print(f"{a} / {b}: {by_name[a].rate / by_name[b].rate:.1f}x")
-        if opts.takeover_jobs:
-            took, held = takeover(f"{admin_dsn} dbname=postgres", opts)
-            print(f"take-over: {held} jobs of a SIGKILLed node held by the live node {took:.1f}s after the kill "
-                  f"(--lease-interval {opts.lease_interval:g}, --takeover-after {opts.takeover_after:g})")
-    finally:
-        if pg is not None:
-            pg.remove()
+    with tempfile.TemporaryDirectory(prefix="bench-postgres-") as tmp:
+        for name in [n for n in opts.servers.split(",") if n]:
+            if name.startswith("gearmand") and not os.access(durable.GEARMAND, os.X_OK):
+                print(f"{name}: skipped, {durable.GEARMAND} is not installed")
+                continue
+            result = run_server(name, f"{admin_dsn} dbname=postgres", opts, Path(tmp))
+            ok = result.queued == result.created == result.stored
+            failed |= not ok
+            result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
+            results.append(result)
+    print()
+    print(f"{'server':<20} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'stored rows':>12}  check")
+    for r in results:
+        print(f"{r.name:<20} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {r.stored:>12}  {r.note}")
+    by_name = {r.name: r for r in results}
+    print()
+    for a, b in (("geartrain-postgres", "gearmand-postgres"), ("geartrain-postgres", "geartrain-sqlite")):
+        if a in by_name and b in by_name and by_name[b].rate:
+            print(f"{a} / {b}: {by_name[a].rate / by_name[b].rate:.1f}x")
+    if opts.takeover_jobs:
+        took, held = takeover(f"{admin_dsn} dbname=postgres", opts)
+        print(f"take-over: {held} jobs of a SIGKILLed node held by the live node {took:.1f}s after the kill "
+              f"(--lease-interval {opts.lease_interval:g}, --takeover-after {opts.takeover_after:g})")
     return 1 if failed else 0
 
 

@@ -201,18 +201,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator:
     """A throwaway PostgreSQL server for the whole session (tests/pgserver.py); removed even on failure."""
-    from pgserver import PostgresServer, missing
+    from pgserver import missing, running
 
     why = missing()
     if why is not None:
         pytest.skip(why)
-    server = PostgresServer()
-    try:
-        server.init()
-        server.start()
+    with running() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ owns. stop() ends the server and removes the folder; the session fixture calls i
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BIN = Path(os.environ.get("GEARTRAIN_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -98,3 +100,15 @@ class PostgresServer:
         with self.connect() as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.dsn(name)
+
+
+@contextlib.contextmanager
+def running() -> Iterator[PostgresServer]:
+    """A started server, stopped and removed on the way out whatever happened (check missing() first)."""
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()

@@ -12,7 +12,7 @@ from geartrain.protocol import constants as C
 
 from cluster_nodes import DEADLINE, node, rows, wait_for
 from conftest import start_geartrain
-from pgserver import PostgresServer, missing
+from pgserver import missing, running
 from wire import Wire
 
 
@@ -22,13 +22,8 @@ def own_postgres():
     why = missing()
     if why is not None:
         pytest.skip(why)
-    server = PostgresServer()
-    try:
-        server.init()
-        server.start()
+    with running() as server:
         yield server
-    finally:
-        server.remove()
 
 
 class Submitter(threading.Thread):
