@@ -12,15 +12,13 @@ from geartrain.protocol.pool import Ring, server_name
 
 from .base import BaseClient, OptionReqTask, SubmitJobTask, _fraction, _StatusWaiter
 from .connection import Connection, _name
+from .constants import PRECEDENCE_HIGH, PRECEDENCE_LOW, PRECEDENCE_NORMAL
 from .errors import ConfigurationError, ConnectionError, GearmanError, NoConnectedServersError, TimeoutError
 from .job import Job, submit_args, to_bytes
 from .packet import Packet
 
 __all__ = ["Client", "PRECEDENCE_HIGH", "PRECEDENCE_LOW", "PRECEDENCE_NORMAL"]
 
-PRECEDENCE_NORMAL = 0
-PRECEDENCE_LOW = 1
-PRECEDENCE_HIGH = 2
 
 #: gear's precedences as the protocol's priorities (the submit types come from the protocol's one table).
 _PRIORITY = {
