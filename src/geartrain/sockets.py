@@ -1,4 +1,4 @@
-"""Socket helpers shared by every client face: tuning, one reused receive buffer, the client TLS context.
+"""Socket helpers shared by every face: tuning (the server's too), one reused receive buffer, the client TLS context.
 
 ``ssl`` is imported only when a TLS context is built, so that ``import gear`` stays light.
 """

@@ -10,11 +10,11 @@ import asyncio
 import itertools
 import logging
 import resource
-import socket
 import ssl
 from typing import Any
 
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
+from ..sockets import tune
 from .broker import Broker, Peer, error_packet
 from .config import ServerConfig
 from .tls import ServerTLSSession, peer_common_name
@@ -90,19 +90,6 @@ class ServerState:
             conn.write(chunks)
 
 
-def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval: int, count: int) -> None:
-    """TCP_NODELAY always; keepalive with its timers when asked."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if keepalive:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
-            option = getattr(socket, name, None)
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
 class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
@@ -144,7 +131,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             transport.abort()
             return
         state.connections.add(self)
-        tune_socket(sock, config.keepalive, config.tcp_keepidle,
+        tune(sock, config.keepalive, config.tcp_keepidle,
                     config.tcp_keepintvl, config.tcp_keepcnt)
         transport.set_write_buffer_limits(high=config.output_high_water)  # type: ignore[attr-defined]
         if self.ssl_context is not None:
