@@ -35,7 +35,7 @@ from . import GroupCommitStore, Row, StoredJob, StoreError
 
 log = logging.getLogger("geartrain.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATION_LOCK = 0x6765617274  # pg_advisory_xact_lock key: one node creates or migrates the schema at a time
 LEASE_LOST = "GT001"
 HAND_OFF_CHANNEL = "geartrain_hand_off"
@@ -75,6 +75,15 @@ MIGRATIONS[1] = [
                 USING ERRCODE = '{LEASE_LOST}';
         END IF;
     END $$ LANGUAGE plpgsql""",
+]
+# Server state beside the jobs (dead letters, schedules, attempt counts of retried jobs: lifecycle.py), per node.
+MIGRATIONS[2] = [
+    """CREATE TABLE IF NOT EXISTS geartrain_state (
+        node text NOT NULL,
+        kind text NOT NULL,
+        key text NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (node, kind, key))""",
 ]
 _COLUMNS = "ref, function, unique_key, priority, when_to_run, reducer, data, attempts"
 _INSERT = """INSERT INTO geartrain_jobs (node, ref, function, unique_key, priority, when_to_run, reducer, data)
@@ -323,6 +332,34 @@ class PostgresStore(GroupCommitStore):
             lost = [row[0] for row in adds if row[0] not in kept]
             assert self.loop is not None
             self.loop.call_soon_threadsafe(self.coalesced, lost)
+
+    def load_state(self) -> dict[str, dict[str, bytes]]:
+        def load(conn: Any) -> dict[str, dict[str, bytes]]:
+            state: dict[str, dict[str, bytes]] = {}
+            with conn.cursor(binary=True) as cur:
+                cur.execute("SELECT kind, key, value FROM geartrain_state WHERE node = %s ORDER BY kind, key",
+                            (self.node,))
+                for kind, key, value in cur.fetchall():
+                    state.setdefault(kind, {})[key] = bytes(value)
+            conn.commit()
+            return state
+
+        return self._call(load)
+
+    def write_state(self, changes: dict[tuple[str, str], bytes | None]) -> None:
+        def write(conn: Any) -> None:
+            with conn.cursor() as cur:
+                gone = [key for key, value in changes.items() if value is None]
+                kept = [(self.node, *key, value) for key, value in changes.items() if value is not None]
+                if gone:
+                    cur.executemany("DELETE FROM geartrain_state WHERE node = %s AND kind = %s AND key = %s",
+                                    [(self.node, *key) for key in gone])
+                if kept:
+                    cur.executemany("INSERT INTO geartrain_state (node, kind, key, value) VALUES (%s, %s, %s, %s) "
+                                    "ON CONFLICT (node, kind, key) DO UPDATE SET value = excluded.value", kept)
+            conn.commit()
+
+        self._call(write)
 
     def close_engine(self) -> None:
         if self.conn is not None and self.cluster is not None:
