@@ -9,8 +9,9 @@ import psycopg
 import pytest
 
 from geartrain.protocol import constants as C
+from geartrain.server.store.postgres import SCHEMA_VERSION
 
-from cluster_nodes import node, rows
+from cluster_nodes import node, rows, submit_many
 from conftest import GEARMAND, start_gearmand
 from wire import Wire
 
@@ -23,10 +24,25 @@ def geard_exits(*args: str) -> str:
     return result.stderr
 
 
+def test_a_version_1_schema_is_migrated_with_its_jobs_kept(server_factory, postgres_dsn):
+    first = node(server_factory, postgres_dsn, "a")
+    submit_many(first, 3)
+    first.stop()
+    with psycopg.connect(postgres_dsn) as conn:  # as version 1 left it: no state table
+        conn.execute("DROP TABLE geartrain_state")
+        conn.execute("UPDATE geartrain_schema SET version = 1")
+    again = node(server_factory, postgres_dsn, "a")
+    assert rows(postgres_dsn, "SELECT version FROM geartrain_schema") == [(SCHEMA_VERSION,)]
+    assert rows(postgres_dsn, "SELECT count(*) FROM geartrain_state") == [(0,)]
+    with Wire(again.host, again.port) as worker:
+        worker.register(b"work")
+        assert sorted(worker.grab().args[2] for _ in range(3)) == [b"j0", b"j1", b"j2"]
+
+
 def test_the_schema_is_created_with_its_version_and_a_newer_one_is_refused(server_factory, postgres_dsn):
     first = node(server_factory, postgres_dsn, "a")
     first.stop()
-    assert rows(postgres_dsn, "SELECT version FROM geartrain_schema") == [(1,)]
+    assert rows(postgres_dsn, "SELECT version FROM geartrain_schema") == [(SCHEMA_VERSION,)]
     with psycopg.connect(postgres_dsn) as conn:
         conn.execute("UPDATE geartrain_schema SET version = 99")
     err = geard_exits("-q", "postgres", "--postgres-dsn", postgres_dsn)
