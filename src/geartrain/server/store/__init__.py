@@ -27,6 +27,11 @@ How the server uses a store (the contract every engine keeps):
   just before that batch's jobs; ``stored_state()`` gives what start() read back. Both are optional: the defaults
   keep nothing, and the server then holds that state in memory only.
 
+- A backlog bigger than memory (spill.py): an engine that sets ``can_spill`` lets queued jobs past --memory-jobs
+  stay only in the store; ``fetch(ranges, callback)`` reads committed rows back by ref range on the writer thread
+  (``read_rows``), in order with the commits, and calls ``callback(rows, None)`` or ``callback(None, exc)`` on the
+  loop. An engine without it keeps every queued job in memory.
+
 An engine (SQLite here; PostgreSQL or Redis later) implements the blocking methods of GroupCommitStore
 (``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread; it may also
 give ``check_engine`` (raise StoreLost when its file is gone; run before every batch and every idle second),
@@ -117,6 +122,8 @@ class Store(abc.ABC):
     location: str = ""
     #: How many jobs start() replayed (geard's start-up line).
     replayed: int = 0
+    #: Whether queued jobs past --memory-jobs may stay only in the store (fetch() reads them back; spill.py).
+    can_spill: bool = False
 
     @abc.abstractmethod
     async def start(self, server: Any) -> None:
@@ -162,6 +169,11 @@ class Store(abc.ABC):
         """The state kept by earlier runs, {kind: {key: value}}, as read by start() (handed over once); by default
         none."""
         return {}
+
+    def fetch(self, ranges: list[tuple[int, int]], callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Read the rows with refs in the (first, last) ranges back, then callback(rows by ref, None) or
+        callback(None, exc) on the loop (stores with can_spill)."""
+        raise StoreError("this store cannot read jobs back")
 
 
 Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
@@ -268,6 +280,10 @@ class GroupCommitStore(Store):
         """Nothing was written for idle_delay seconds: a moment to tidy up (checkpoint) and check_engine()."""
         self.check_engine()
 
+    def read_rows(self, ranges: list[tuple[int, int]]) -> dict[int, Row]:
+        """The stored rows whose refs lie in the (first, last) ranges, by ref (engines with can_spill)."""
+        raise StoreError(f"the store {self.location} cannot read jobs back")
+
     # ------------------------------------------------------------------ life cycle
 
     async def start(self, server: Any) -> None:
@@ -354,6 +370,20 @@ class GroupCommitStore(Store):
     def save_state(self, kind: str, key: str, value: bytes | None) -> None:
         self._state[(kind, key)] = value
         self._touch()
+
+    def fetch(self, ranges: list[tuple[int, int]], callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Read committed rows back (spill.py) on the writer thread; callback(rows, exc) runs on the loop."""
+        if self._executor is None or self.loop is None:
+            assert self.loop is not None
+            self.loop.call_soon(callback, None, StoreError(f"the store {self.location} is not open"))
+            return
+        future = self.loop.run_in_executor(self._executor, self.read_rows, ranges)
+
+        def done(future: asyncio.Future) -> None:
+            exc = future.exception()
+            callback(None if exc is not None else future.result(), exc)
+
+        future.add_done_callback(done)
 
     def stored_state(self) -> dict[str, dict[str, bytes]]:
         state, self._stored_state = self._stored_state, {}  # handed over once: the server keeps it from then on

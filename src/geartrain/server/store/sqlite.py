@@ -56,7 +56,8 @@ _SCHEMA = [
     " reason TEXT)",
 ]
 EXPECTED_COLUMNS = ["id", "function", "unique_key", "priority", "when_to_run", "reducer", "data"]
-_SELECT = f"SELECT id, function, unique_key, priority, when_to_run, reducer, data FROM {TABLE} ORDER BY id"
+_SELECT_COLUMNS = f"SELECT id, function, unique_key, priority, when_to_run, reducer, data FROM {TABLE}"
+_SELECT = f"{_SELECT_COLUMNS} ORDER BY id"
 _INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
           "VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EMPTY = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
@@ -325,6 +326,18 @@ class SQLiteStore(GroupCommitStore):
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
         self._apply(adds, removes)
+
+    can_spill = True
+
+    def read_rows(self, ranges: list[tuple[int, int]]) -> dict[int, Row]:
+        # By rowid ranges: the primary key serves them, no index of its own to keep up on every insert.
+        conn = self._conn()
+        rows: dict[int, Row] = {}
+        select = f"{_SELECT_COLUMNS} WHERE id BETWEEN ? AND ?"
+        for first, last in ranges:
+            for row in conn.execute(select, (first, last)):
+                rows[row[0]] = row
+        return rows
 
     def _apply(self, adds: list[Row], removes: list[int], rewrite_header: bool = False) -> None:
         # Many rows per statement: the sqlite3 module lets go of the GIL around every step, and taking it back
