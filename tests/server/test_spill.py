@@ -143,3 +143,47 @@ def test_maxqueue_counts_spilled_jobs(server_factory, tmp_path):
         assert client.admin("maxqueue work 5").lines == (b"OK",)
         client.send(C.SUBMIT_JOB_BG, b"work", b"", b"sixth")
         assert client.expect(C.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
+
+
+def geard(server_factory, db, *extra: str):
+    return server_factory("geard", "--queue-type", "sqlite", "--sqlite-db", str(db), *extra)
+
+
+def test_a_spilled_backlog_is_replayed_in_order_after_a_restart(server_factory, tmp_path):
+    db = tmp_path / "q.db"
+    first = geard(server_factory, db, "--memory-jobs", "4")
+    order = ["low", "normal", "high"] * 15
+    jobs = [(PRIORITY_TYPES[p], b"work", b"%s-%d" % (p.encode(), i), b"%d" % i) for i, p in enumerate(order)]
+    with Wire(first.host, first.port) as client:
+        handles = submit_all(client, jobs)
+        assert client.admin("cancel job " + handles[10].decode()).lines == (b"OK",)  # spilled by then
+    first.stop()  # SIGTERM: the cancel's delete is committed on the way out
+    second = geard(server_factory, db, "--memory-jobs", "4")
+    with Wire(second.host, second.port) as worker:
+        assert worker.admin("prioritystatus").lines == (b"work\t15\t14\t15\t0",)
+        assert len(worker.admin("show jobs").lines) == 44
+        worker.register(b"work")
+        got = [unique for _, unique, _ in drain(worker, 44)]
+        assert no_more_jobs(worker)
+    kept = [job for i, job in enumerate(jobs) if i != 10]
+    assert got == [j[2] for p in ("high", "normal", "low") for j in kept if j[2].startswith(p.encode())]
+
+
+def test_maxqueue_persists_across_a_restart_with_a_durable_queue(server_factory, tmp_path):
+    db = tmp_path / "q.db"
+    first = geard(server_factory, db)
+    with Wire(first.host, first.port) as client:
+        assert client.admin("maxqueue capped 2 1 0").lines == (b"OK",)
+        assert client.admin("maxqueue loose 3").lines == (b"OK",)
+        assert client.admin("maxqueue loose 0").lines == (b"OK",)  # lifted: forgotten in the store too
+    first.stop()
+    second = geard(server_factory, db)
+    with Wire(second.host, second.port) as client:
+        assert client.admin("status").lines == (b"capped\t0\t0\t0",)  # listed, as a maxqueue'd function is
+        submit_all(client, [(C.SUBMIT_JOB_HIGH_BG, b"capped", b"", b"1"), (C.SUBMIT_JOB_HIGH_BG, b"capped", b"", b"2"),
+                            (C.SUBMIT_JOB_BG, b"capped", b"", b"3"), (C.SUBMIT_JOB_LOW_BG, b"capped", b"", b"4")])
+        client.send(C.SUBMIT_JOB_HIGH_BG, b"capped", b"", b"5")
+        assert client.expect(C.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
+        client.send(C.SUBMIT_JOB_BG, b"capped", b"", b"6")
+        assert client.expect(C.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
+        submit_all(client, [(C.SUBMIT_JOB_BG, b"loose", b"", b"%d" % i) for i in range(5)])

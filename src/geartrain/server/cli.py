@@ -85,7 +85,7 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "type": int, "help": "jobs held at most (queued, spilled, scheduled, running); submits past it get "
         "QUEUE_ERROR (0: no limit)"}),
     (("--memory-jobs",), "memory_jobs", {
-        "type": int, "metavar": "N", "help": "with a durable queue, queued background jobs kept in memory per "
+        "type": int, "help": "with a durable queue, queued background jobs kept in memory per "
         "function and priority; the rest wait in the store (%(default)s; 0: all in memory)"}),
     (("--http-port",), "http_port", {
         "type": int, "help": "serve metrics, health, the JSON API, the dashboard and HTTP job submission on this "
