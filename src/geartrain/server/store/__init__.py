@@ -61,6 +61,9 @@ from ..stats import COMMIT_SECONDS, Histogram
 
 log = logging.getLogger("geartrain.store")
 
+#: Rows read per step of the replay at start (see load_chunk).
+REPLAY_CHUNK = 10_000
+
 __all__ = [
     "GroupCommitStore", "Store", "StoreError", "StoreLost", "StoredJob", "default_sqlite_path", "failure_reason",
     "open_store",
@@ -243,6 +246,13 @@ class GroupCommitStore(Store):
     def load(self) -> Iterable[StoredJob]:
         """Every stored job in ascending ref order (the order they were added)."""
 
+    def load_chunk(self, after: int, limit: int) -> tuple[list[StoredJob], int, bool]:
+        """Stored jobs with refs above `after`, in ref order, at most about `limit`: (jobs, the highest ref read,
+        whether that was the last chunk). Replay reads a big store chunk by chunk, so that jobs past
+        --memory-jobs are spilled again as they come; the default reads everything at once with load()."""
+        jobs = list(self.load())
+        return jobs, jobs[-1].ref if jobs else after, True
+
     @abc.abstractmethod
     def write(self, adds: list[Row], removes: list[int]) -> None:
         """Apply one batch atomically and durably; return only once it would survive a crash."""
@@ -292,24 +302,26 @@ class GroupCommitStore(Store):
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geartrain-store")
+        broker = self.broker = server.broker
+        duplicates = []
+        last = count = 0
         try:
             await loop.run_in_executor(self._executor, self.open_engine)
-            jobs = await loop.run_in_executor(self._executor, lambda: list(self.load()))
+            done = False
+            while not done:
+                jobs, last, done = await loop.run_in_executor(self._executor, self.load_chunk, last, REPLAY_CHUNK)
+                count += len(jobs)
+                for stored in jobs:
+                    job = broker.restore(stored.function, stored.unique, stored.data, stored.priority,
+                                         stored.when, stored.ref, stored.reducer)
+                    if job.store_ref != stored.ref:
+                        duplicates.append(stored.ref)
             self._stored_state = await loop.run_in_executor(self._executor, self.load_state)
         except BaseException:
             await self._shutdown_executor()
             raise
-        broker = self.broker = server.broker
-        duplicates = []
-        last = 0
-        for stored in jobs:
-            last = max(last, stored.ref)
-            job = broker.restore(stored.function, stored.unique, stored.data, stored.priority, stored.when,
-                                 stored.ref, stored.reducer)
-            if job.store_ref != stored.ref:
-                duplicates.append(stored.ref)
         self._next_ref = max(self._next_ref, last + 1)
-        self.stored = self.replayed = len(jobs) - len(duplicates)
+        self.stored = self.replayed = count - len(duplicates)
         if duplicates:
             log.warning("%d stored jobs repeated the function and unique of an earlier one: removed",
                         len(duplicates))

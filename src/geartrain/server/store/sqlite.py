@@ -297,10 +297,19 @@ class SQLiteStore(GroupCommitStore):
         log.info("took over %d jobs from gearmand's table %s in %s", len(rows), name, self.path)
 
     def load(self) -> Iterable[StoredJob]:
+        return self._load(self._conn().execute(_SELECT))
+
+    def load_chunk(self, after: int, limit: int) -> tuple[list[StoredJob], int, bool]:
+        rows = self._conn().execute(f"{_SELECT_COLUMNS} WHERE id > ? ORDER BY id LIMIT ?", (after, limit)).fetchall()
+        last = rows[-1][0] if rows and isinstance(rows[-1][0], int) else after
+        return self._load(rows), last, len(rows) < limit
+
+    def _load(self, rows: Iterable[tuple]) -> list[StoredJob]:
+        """The valid rows as jobs; invalid ones are moved to INVALID_TABLE with the reason."""
         conn = self._conn()
         jobs = []
         invalid: list[tuple[tuple, str]] = []
-        for row in conn.execute(_SELECT):
+        for row in rows:
             result = validate_row(row)
             if isinstance(result, str):
                 invalid.append((row, result))
