@@ -252,14 +252,18 @@ class Spill:
             return None
         function, priority, num, ref = found
         queue = function.spill[priority]  # type: ignore[index]
+        broker = self.broker
         job = queue.live.get(num)
         if job is not None:
+            if key and not job.key:  # materialized by handle before: now its unique is known
+                job.unique, job.key = unique, key
+                function.uniques[key] = job
+                broker.by_unique[unique] = job
             return job
         job = Job(handle, function, unique, key, b"", priority, True)
         job.store_ref = ref
         job.state = SPILLED
         queue.live[num] = job
-        broker = self.broker
         broker.jobs[handle] = job
         if key:
             function.uniques[key] = job

@@ -56,7 +56,7 @@ from typing import Any
 
 from ...protocol.codec import pack
 from ...protocol.constants import JOB_CREATED, RES
-from ..broker import error_packet
+from ..broker import SPILLED, error_packet
 from ..stats import COMMIT_SECONDS, Histogram
 
 log = logging.getLogger("geartrain.store")
@@ -503,10 +503,12 @@ class GroupCommitStore(Store):
         future.add_done_callback(lambda f: self._done(seq, f, adds, jobs, removes))
 
     def _rows_held(self, adds: list[Row]) -> list[Row]:
-        """Every stored job the broker still holds whose row is not in this batch, in ref order."""
+        """Every stored job the broker still holds whose row is not in this batch, in ref order (spilled jobs
+        were only in the lost file: they are gone with it)."""
         new = {row[0] for row in adds}
         rows = [(job.store_ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
-                for job in self.broker.jobs.values() if job.store_ref is not None and job.store_ref not in new]
+                for job in self.broker.jobs.values()
+                if job.store_ref is not None and job.store_ref not in new and job.state != SPILLED]
         rows.sort(key=lambda row: row[0])
         return rows
 
