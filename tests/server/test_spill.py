@@ -187,3 +187,24 @@ def test_maxqueue_persists_across_a_restart_with_a_durable_queue(server_factory,
         client.send(C.SUBMIT_JOB_BG, b"capped", b"", b"6")
         assert client.expect(C.ERROR).args == (b"QUEUE_ERROR", b"Job queue is full")
         submit_all(client, [(C.SUBMIT_JOB_BG, b"loose", b"", b"%d" % i) for i in range(5)])
+
+
+def test_replay_in_chunks_spills_again_and_keeps_order(server_factory, tmp_path, monkeypatch):
+    import geartrain.server.store as store
+
+    monkeypatch.setattr(store, "REPLAY_CHUNK", 7)  # several chunks, some ending inside a priority's run
+    first = spilling(server_factory, tmp_path)
+    order = ["low", "high", "normal", "high"] * 8
+    jobs = [(PRIORITY_TYPES[p], b"work", b"%s-%d" % (p.encode(), i), b"%d" % i) for i, p in enumerate(order)]
+    with Wire(first.host, first.port) as client:
+        submit_all(client, jobs)
+    first.stop()
+    second = spilling(server_factory, tmp_path)
+    assert second.server.store.replayed == 32
+    assert spilled(second) == 32 - 9
+    with Wire(second.host, second.port) as worker:
+        assert worker.admin("prioritystatus").lines == (b"work\t16\t8\t8\t0",)
+        worker.register(b"work")
+        got = [unique for _, unique, _ in drain(worker, 32)]
+        assert no_more_jobs(worker)
+    assert got == [j[2] for p in ("high", "normal", "low") for j in jobs if j[2].startswith(p.encode())]
