@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -248,17 +249,32 @@ def main() -> int:
     parser.add_argument("--servers", default="spill,no-spill,gearmand",
                         help="spill, no-spill (both geartrain with SQLite), memory (geartrain), gearmand, "
                         "gearmand-sqlite (an fsync per job: slow)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds, interleaved across the servers; the "
+                        "median round per server is reported")
     args = parser.parse_args()
-    results = []
+    kinds = []
     for kind in args.servers.split(","):
         if kind.startswith("gearmand") and not os.path.exists(GEARMAND):
             print(f"{kind}: skipped, gearmand is not installed")
-            continue
-        result = run(kind, args)
-        results.append(result)
-        print(f"{kind:16} jobs {result['jobs']:>9}  submit {result['submit_per_s']:>9.0f}/s  "
-              f"drain {result['drain_per_s']:>9.0f}/s  RSS {result['rss_mb']:>8.1f} MB (peak {result['peak_mb']:.1f})"
-              f"  {result['bytes_per_job']:>6.0f} B/job  {'ok' if result['ok'] else 'CHECK FAILED'}", flush=True)
+        else:
+            kinds.append(kind)
+    rounds: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for number in range(args.repeat):
+        for kind in kinds:
+            result = run(kind, args)
+            rounds[kind].append(result)
+            print(f"round {number + 1} {kind:16} jobs {result['jobs']:>9}  submit {result['submit_per_s']:>9.0f}/s  "
+                  f"drain {result['drain_per_s']:>9.0f}/s  RSS {result['rss_mb']:>8.1f} MB "
+                  f"(peak {result['peak_mb']:.1f})  {result['bytes_per_job']:>6.0f} B/job  "
+                  f"{'ok' if result['ok'] else 'CHECK FAILED'}", flush=True)
+    results = []
+    for kind in kinds:
+        median = {key: statistics.median(r[key] for r in rounds[kind])
+                  for key in ("submit_per_s", "drain_per_s", "rss_mb", "peak_mb", "bytes_per_job")}
+        results.append({**rounds[kind][0], **median, "ok": all(r["ok"] for r in rounds[kind])})
+        if args.repeat > 1:
+            print(f"median {kind:16} submit {median['submit_per_s']:>9.0f}/s  drain {median['drain_per_s']:>9.0f}/s"
+                  f"  RSS {median['rss_mb']:>8.1f} MB")
     by = {r["server"]: r for r in results}
     if "spill" in by and "no-spill" in by:
         s, n = by["spill"], by["no-spill"]
