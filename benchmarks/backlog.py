@@ -219,6 +219,10 @@ def run(kind: str, args: argparse.Namespace) -> dict:
         else:
             drain_s = asyncio.run(drain(port, args.jobs, args.workers))
             left = queued(port)
+            deadline = time.monotonic() + 30
+            while left and time.monotonic() < deadline:  # the last WORK_COMPLETEs may still be on their way
+                time.sleep(0.1)
+                left = queued(port)
         return {
             "server": kind, "jobs": args.jobs, "uniques": uniques, "submit_per_s": args.jobs / submit_s,
             "drain_per_s": args.jobs / drain_s, "rss_mb": resident / 1e6, "peak_mb": peak / 1e6,
