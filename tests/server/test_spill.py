@@ -208,3 +208,18 @@ def test_replay_in_chunks_spills_again_and_keeps_order(server_factory, tmp_path,
         got = [unique for _, unique, _ in drain(worker, 32)]
         assert no_more_jobs(worker)
     assert got == [j[2] for p in ("high", "normal", "low") for j in jobs if j[2].startswith(p.encode())]
+
+
+def test_every_acknowledged_spilled_job_survives_sigkill(server_factory, tmp_path):
+    db = tmp_path / "q.db"
+    first = geard(server_factory, db, "--memory-jobs", "3")
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"", b"job-%d" % i) for i in range(40)]
+    with Wire(first.host, first.port) as client:
+        submit_all(client, jobs)
+        first.process.kill()  # at once after the last JOB_CREATED: no shutdown code runs
+        first.process.wait(timeout=30)
+    second = geard(server_factory, db, "--memory-jobs", "3")
+    with Wire(second.host, second.port) as worker:
+        worker.register(b"work")
+        assert [data for _, _, data in drain(worker, 40)] == [data for _, _, _, data in jobs]
+        assert no_more_jobs(worker)
