@@ -34,6 +34,19 @@ def printable(value: bytes) -> bytes:
     return _UNSAFE.sub(lambda m: b"\\x%02x" % m[0][0], value)
 
 
+def restore_max_queues(broker: Broker, state: dict[str, dict[str, bytes]]) -> None:
+    """Apply the maxqueue limits an earlier run kept in the store (Server.start; see Admin.maxqueue)."""
+    for key, value in state.get(MAXQUEUE, {}).items():
+        try:
+            name, limits = bytes.fromhex(key), [int(n) for n in value.split()]
+        except ValueError:
+            limits = []
+        if len(limits) != 3:
+            log.warning("ignored a stored maxqueue that is not a hex name and three numbers: %r %r", key, value)
+            continue
+        broker.set_max_queue(name, limits)
+
+
 def listing(lines: list[bytes]) -> bytes:
     return b"".join(line + b"\n" for line in lines) + b".\n"
 
@@ -150,17 +163,6 @@ class Admin:
             limits = self.broker.functions[words[0]].max_queue
             store.save_state(MAXQUEUE, words[0].hex(), b"%d %d %d" % tuple(limits) if any(limits) else None)
         return OK
-
-    def restore(self, state: dict[str, dict[str, bytes]]) -> None:
-        """Apply the maxqueue limits an earlier run kept in the store (Server.start)."""
-        for key, value in state.get(MAXQUEUE, {}).items():
-            try:
-                name, limits = bytes.fromhex(key), [int(n) for n in value.split()]
-            except ValueError:
-                log.warning("ignored a stored maxqueue that is not NAME-hex and three numbers: %r %r", key, value)
-                continue
-            if len(limits) == 3:
-                self.broker.set_max_queue(name, limits)
 
     def cancel(self, peer: Peer, words: list[bytes]) -> bytes:
         if len(words) != 2 or words[0].lower() != b"job":

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from .admin import Admin
+from .admin import Admin, restore_max_queues
 from .broker import Broker
 from .config import ServerConfig
 from .lifecycle import Lifecycle
@@ -151,7 +151,7 @@ class Server:
         if self.store is not None:
             await self.store.start(self.state)
         stored_state = self.store.stored_state() if self.store is not None else {}
-        self.admin.restore(stored_state)
+        restore_max_queues(self.broker, stored_state)
         self.lifecycle.start(stored_state)
         config = self.config
         if config.ssl_key and config.ssl_cert:
