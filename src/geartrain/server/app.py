@@ -113,11 +113,11 @@ class Server:
     def _open_store(self) -> Any:
         if self.config.queue_type == "memory":
             return None
-        if self.config.queue_type == "sqlite":
+        if self.config.queue_type in ("sqlite", "postgres"):
             from .store import open_store
 
             return open_store(self.config)
-        raise ValueError(f"unknown queue type {self.config.queue_type!r}: use memory or sqlite")
+        raise ValueError(f"unknown queue type {self.config.queue_type!r}: use memory, sqlite or postgres")
 
     # ------------------------------------------------------------------ addresses
 
@@ -220,6 +220,9 @@ class Server:
         self.ready = False
         for listener in self.listeners:
             listener.close()
+        leaving = getattr(self.store, "leaving", None)
+        if leaving is not None:  # a cluster node: its queued jobs go to the live nodes now, not after the drain
+            leaving()
         self._check_drained()
 
     def _check_drained(self) -> None:

@@ -279,6 +279,8 @@ class Broker:
         self.lifecycle: Any = None
         #: Counters behind metrics and the dashboard (geartrain.server.stats); None turns counting off.
         self.stats: Stats | None = Stats(clock)
+        #: (function, unique) -> handle for background jobs with a unique (a cluster's nodes share it).
+        self.unique_handle: Callable[[bytes, bytes], bytes] | None = None
         self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
             C.CAN_DO: self._can_do,
             C.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -595,8 +597,11 @@ class Broker:
                 self._rejected("limit")
                 self._maybe_forget(function)
                 return None
-        self.counter += 1
-        handle = b"%s%d" % (self.prefix, self.counter)
+        if background and key and self.unique_handle is not None:
+            handle = self.unique_handle(name, key)
+        else:
+            self.counter += 1
+            handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
         if self.stats is not None:

@@ -82,7 +82,7 @@ class ServerConfig:
     statsd_host: str | None = None
     statsd_port: int = 8125
     statsd_prefix: str | None = None
-    #: "memory" or "sqlite". An embedded server keeps jobs in memory; a plain `geard` uses GEARD_QUEUE_TYPE.
+    #: "memory", "sqlite" or "postgres". An embedded server keeps jobs in memory; a plain `geard` uses GEARD_QUEUE_TYPE.
     queue_type: str = "memory"
     #: The SQLite file; None: default_sqlite_path() (geard passes the per-port file).
     sqlite_db: str | None = None
@@ -115,6 +115,16 @@ class ServerConfig:
     metrics_max_functions: int = 1000
     #: Keep the counters behind metrics and the dashboard (turned off only to measure what they cost).
     stats: bool = True
+    #: PostgreSQL queue: libpq DSN; gearmand's queue table imported once at start.
+    postgres_dsn: str | None = None
+    postgres_table: str = "queue"
+    #: Cluster on one PostgreSQL: this node's name (default host:port), lease renewal and take-over delays.
+    cluster_node: str | None = None
+    lease_interval: float = 2.0
+    takeover_after: float = 10.0
+
+    def node_name(self) -> str:
+        return self.cluster_node or f"{socket.gethostname()}:{self.listen[0][1] if self.listen else 0}"
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"
