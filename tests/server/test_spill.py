@@ -223,3 +223,13 @@ def test_every_acknowledged_spilled_job_survives_sigkill(server_factory, tmp_pat
         worker.register(b"work")
         assert [data for _, _, data in drain(worker, 40)] == [data for _, _, _, data in jobs]
         assert no_more_jobs(worker)
+
+
+def test_show_job_describes_a_job_queued_only_in_the_store(server_factory, tmp_path):
+    server = spilling(server_factory, tmp_path, memory_jobs=1)
+    with Wire(server.host, server.port) as client:
+        handles = submit_all(client, [(C.SUBMIT_JOB_LOW_BG, b"work", b"u%d" % i, b"%d" % i) for i in range(3)])
+        by_handle = dict(line.split(b"\t", 1) for line in client.admin(b"show job " + handles[2]).lines)
+        assert by_handle[b"state"] == b"queued" and by_handle[b"priority"] == b"low"
+        by_unique = dict(line.split(b"\t", 1) for line in client.admin(b"show job unique work u1").lines)
+        assert by_unique[b"handle"] == handles[1] and by_unique[b"state"] == b"queued"
