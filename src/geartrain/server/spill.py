@@ -139,6 +139,8 @@ class Spill:
         self.loads = 0
         #: Functions taken out of the ready lists while a priority of theirs is read back (see block()).
         self.blocked: set[Function] = set()
+        #: Whether the last read failed (logged once until one works again).
+        self.failing = False
         broker.spill = self
 
     # ------------------------------------------------------------------ spilling
@@ -321,10 +323,15 @@ class Spill:
         queue = function.spill[priority]  # type: ignore[index]
         if exc is not None or rows is None:
             queue.loading = 0
-            log.error("reading spilled jobs of %r back from the store failed: %s; trying again in %gs",
-                      function.name, exc, RETRY_DELAY)
+            if not self.failing:  # once per episode: it is tried again every RETRY_DELAY
+                log.error("reading spilled jobs of %r back from the store failed: %s; trying again every %gs",
+                          function.name, exc, RETRY_DELAY)
+            self.failing = True
             self.broker.add_timer(self.broker.clock() + RETRY_DELAY, lambda: self.drained(function, priority))
             return
+        if self.failing:
+            log.warning("spilled jobs are read back from the store again")
+            self.failing = False
         broker = self.broker
         gone = queue.gone
         live = queue.live
