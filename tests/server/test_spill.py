@@ -204,6 +204,10 @@ def test_replay_in_chunks_spills_again_and_keeps_order(server_factory, tmp_path,
     assert spilled(second) == 32 - 9
     with Wire(second.host, second.port) as worker:
         assert worker.admin("prioritystatus").lines == (b"work\t16\t8\t8\t0",)
+        # A replayed job that waits only in the store still coalesces by unique.
+        handle = worker.submit(b"work", b"again", b"low-28", C.SUBMIT_JOB_LOW_BG)
+        assert handle in [line.split(b"\t")[0] for line in worker.admin("show jobs").lines]
+        assert worker.admin("prioritystatus").lines == (b"work\t16\t8\t8\t0",)
         worker.register(b"work")
         got = [unique for _, unique, _ in drain(worker, 32)]
         assert no_more_jobs(worker)
