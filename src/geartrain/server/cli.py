@@ -81,6 +81,12 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "help": "gearmand's libsqlite3 table in the queue file: its jobs are taken over at start (gearman_queue)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
+    (("--max-queued-jobs",), "max_queued_jobs", {
+        "type": int, "help": "jobs held at most (queued, spilled, scheduled, running); submits past it get "
+        "QUEUE_ERROR (0: no limit)"}),
+    (("--memory-jobs",), "memory_jobs", {
+        "type": int, "help": "with a durable queue, queued background jobs kept in memory per "
+        "function and priority; the rest wait in the store (%(default)s; 0: all in memory)"}),
     (("--http-port",), "http_port", {
         "type": int, "help": "serve metrics, health, the JSON API, the dashboard and HTTP job submission on this "
         "port"}),

@@ -65,6 +65,13 @@ class ServerConfig:
     output_limit: int = 256 * 1024 * 1024
     #: Total bytes of queued job data; submits past it get QUEUE_ERROR. 0 means no limit.
     max_queued_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Jobs the server holds at most (queued in memory or in the store, scheduled, running); submits past it get
+    #: QUEUE_ERROR. 0 means no limit.
+    max_queued_jobs: int = 0
+    #: With a durable queue that can spill (sqlite): queued background jobs kept in memory per function and
+    #: priority; the rest wait only in the store and are read back in order as the queue drains (spill.py).
+    #: 0 keeps every job in memory.
+    memory_jobs: int = 100_000
     #: Functions with no worker and no job stay listed (as gearmand keeps them) up to this many, about 3 KB
     #: each; past it the longest idle are forgotten. `drop function NAME` removes one. 0 means no limit.
     max_idle_functions: int = 10_000
