@@ -11,13 +11,20 @@ that is the protocol limit the faces are compared with ("of raw"). In the batch 
 one submit at a time awaiting its JOB_CREATED ("of serial raw"): the limit for an API whose submit call returns
 the job handle, as gear's submitJob does.
 
+With ``--baseline-src /path/to/other/checkout/src`` every face of this checkout also runs from that source tree,
+as rows labelled "(before)", interleaved with this checkout's in the same run (same server, same rounds), and
+each of this checkout's rows gets its jobs/s over the "(before)" row's ("vs before"): a before/after comparison
+that the machine's drifts touch alike.
+
     python benchmarks/faces.py --quick
+    python benchmarks/faces.py --repeat 3 --baseline-src /tmp/geartrain-before/src
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -45,6 +52,8 @@ RAW = "raw protocol"
 #: returns the job handle (gear's submitJob), in the batch modes.
 RAW_SERIAL = "raw, serial submits"
 RAWS = (RAW, RAW_SERIAL)
+#: The suffix of the rows of --baseline-src's faces.
+BEFORE = " (before)"
 MIB = 1024 * 1024
 
 
@@ -56,6 +65,7 @@ class Impl:
     requirement: str | None = None
     probe: str = ""
     task_bytes: bool = False
+    src: str | None = None  # with venv None: the source tree to import (None: this checkout's)
 
 
 IMPLS = [
@@ -99,6 +109,7 @@ class FaceRow:
     client_cpu_us: float | None = None  # client process CPU per job
     worker_cpu_us: float | None = None  # worker process CPU per job
     ratio: float | None = None  # this checkout's jobs/s over the original's (on the original's rows)
+    vs_before: float | None = None  # this checkout's jobs/s over the same face's from --baseline-src
     of_raw: float | None = None  # jobs/s over the raw protocol's in the same mode
     of_serial_raw: float | None = None  # jobs/s over the raw protocol's with serial submits (batch modes)
     ok: bool = True
@@ -118,8 +129,10 @@ def _python_for(impl: Impl, log: Callable[[str], None]) -> tuple[str | None, str
 
 
 def _env(impl: Impl) -> dict[str, str]:
-    if impl.venv is None:  # this checkout's faces, whether or not it is pip-installed
-        return dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if impl.venv is None:  # this checkout's faces (or --baseline-src's), whether or not it is pip-installed
+        src = impl.src or str(SRC)
+        rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(SRC)]
+        return dict(os.environ, PYTHONPATH=os.pathsep.join([src, *rest]))
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
@@ -300,11 +313,26 @@ def add_ratios(rows: list[FaceRow]) -> None:
         mine = ours.get((r.api, r.mode))
         if mine and r.impl not in RAWS and not r.impl.startswith("geartrain"):
             r.ratio = mine / r.jobs_per_s
+    before = {(r.impl.removesuffix(BEFORE), r.mode): r.jobs_per_s for r in rows if r.impl.endswith(BEFORE) and r.ok}
+    for r in rows:
+        old = before.get((r.impl, r.mode))
+        if r.ok and r.jobs_per_s and old:
+            r.vs_before = r.jobs_per_s / old
+
+
+def with_baseline(impls: list[Impl], src: str) -> list[Impl]:
+    """Each of this checkout's faces, followed by its twin importing the source tree ``src``."""
+    out: list[Impl] = []
+    for impl in impls:
+        out.append(impl)
+        if impl.venv is None:
+            out.append(dataclasses.replace(impl, name=impl.name + BEFORE, src=src))
+    return out
 
 
 def format_faces(rows: list[FaceRow]) -> str:
     header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "of serial raw", "client us/job",
-              "worker us/job", "ours/this", "notes"]
+              "worker us/job", "ours/this", "vs before", "notes"]
 
     def num(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
@@ -314,13 +342,14 @@ def format_faces(rows: list[FaceRow]) -> str:
         if r.ok:
             body.append([r.api, r.impl, r.mode, str(r.jobs), f"{r.jobs_per_s:,.0f}", num(r.of_raw, ".2f"),
                          num(r.of_serial_raw, ".2f"), num(r.client_cpu_us, ",.0f"), num(r.worker_cpu_us, ",.0f"),
-                         "-" if r.ratio is None else f"{r.ratio:.1f}x", r.note or MODES[r.mode].note])
+                         "-" if r.ratio is None else f"{r.ratio:.1f}x", num(r.vs_before, ".2f"),
+                         r.note or MODES[r.mode].note])
         else:
             why = r.errors[0] if r.errors else r.note
             body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-", "-", "-",
-                         "-", "-", why.splitlines()[0][:100]])
+                         "-", "-", "-", why.splitlines()[0][:100]])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    right = {3, 4, 5, 6, 7, 8, 9}
+    right = {3, 4, 5, 6, 7, 8, 9, 10}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
@@ -338,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is reported")
     p.add_argument("--impls", help="comma-separated implementation names to run (the raw protocol always runs): "
                    + ", ".join(repr(i.name) for i in IMPLS))
+    p.add_argument("--baseline-src", metavar="DIR",
+                   help="another checkout's src directory: its faces run beside this one's, labelled (before)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     jobs = args.jobs or (10000 if args.quick else 20000)
@@ -349,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     impls = [i for i in IMPLS if i.name in args.impls.split(",")] if args.impls else None
     if args.impls and len(impls or ()) != len(args.impls.split(",")):
         p.error(f"unknown implementations in {args.impls!r}")
+    if args.baseline_src:
+        baseline = Path(args.baseline_src).resolve()
+        if not (baseline / "geartrain" / "protocol").is_dir():
+            p.error(f"{baseline} is not a geartrain src directory (no geartrain/protocol in it)")
+        impls = with_baseline(IMPLS if impls is None else impls, str(baseline))
     rows = run_faces(jobs, duration, log=lambda m: print(m, file=sys.stderr, flush=True), modes=modes,
                      repeat=args.repeat, impls=impls)
     print(format_faces(rows))

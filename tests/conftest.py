@@ -196,3 +196,21 @@ def server_factory() -> Iterator:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator:
+    """A throwaway PostgreSQL server for the whole session (tests/pgserver.py); removed even on failure."""
+    from pgserver import missing, running
+
+    why = missing()
+    if why is not None:
+        pytest.skip(why)
+    with running() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """The DSN of a fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import selectors
 import threading
 import time
 from typing import Any
 
 from geartrain.protocol import ProtocolError
+from geartrain.protocol.pool import Backoff
 
 from . import constants
 from .connection import Connection, _Closed, _Connector, _name
@@ -257,10 +257,15 @@ class BaseClientServer:
         conn._connector = None
         self._activate(conn, sock)
 
+    def _backoff(self, conn: Connection) -> Backoff:
+        backoff = conn._backoff
+        if backoff is None:
+            backoff = conn._backoff = Backoff(self.reconnect_delay, self.reconnect_delay_max,
+                                              self.reconnect_stable_after)
+        return backoff
+
     def _scheduleRetry(self, conn: Connection) -> None:
-        delay = conn._backoff or self.reconnect_delay
-        conn._retry_at = time.monotonic() + random.uniform(delay / 2, delay)
-        conn._backoff = min(delay * 2, self.reconnect_delay_max)
+        conn._retry_at = time.monotonic() + self._backoff(conn).next_delay()
 
     def _connectFailed(self, conn: Connection) -> None:
         connector = conn._connector
@@ -281,6 +286,7 @@ class BaseClientServer:
             return
         conn._owner = self
         conn._attach(sock)
+        self._backoff(conn).connected(time.monotonic())
         self._selector.register(sock, selectors.EVENT_READ, ("read", conn))
         with self.broadcast_lock:
             try:
@@ -330,7 +336,7 @@ class BaseClientServer:
         ptype = packet.ptype
         job = None
         if ptype in _ENDING_TYPES:
-            job = packet.connection.related_jobs.get(packet.getArgument(0))
+            job = packet._job or packet.connection.related_jobs.get(packet.getArgument(0))
         try:
             self.handlePacket(packet)
         finally:
@@ -362,8 +368,7 @@ class BaseClientServer:
             if not conn.connected:
                 return
             self.log.debug("Marking %s as disconnected", conn)
-            jobs = list(conn.related_jobs.values())
-            up_for = time.time() - (conn.connect_time or time.time())
+            jobs = conn._waitingJobs()
             sock = conn._detach()
             if sock is not None:
                 self._to_close.append(sock)
@@ -371,8 +376,7 @@ class BaseClientServer:
                 self.active_connections.remove(conn)
             if conn not in self.inactive_connections:
                 self.inactive_connections.append(conn)
-            if up_for >= self.reconnect_stable_after:
-                conn._backoff = 0.0
+            self._backoff(conn).lost(time.monotonic())
             self._scheduleRetry(conn)
             self.connections_condition.notify_all()
         self._wake()
@@ -548,7 +552,7 @@ class BaseClientServer:
             self.inactive_connections = []
             self.connections_condition.notify_all()
         for conn in connections:
-            jobs = list(conn.related_jobs.values())
+            jobs = conn._waitingJobs()
             conn._owner = None
             conn.disconnect()
             for job in jobs:
@@ -676,12 +680,23 @@ class BaseClient(BaseClientServer):
         packet.connection.handleEchoRes(packet.getArgument(0, True))
 
     def handleError(self, packet: Packet) -> None:
-        """Log an ERROR packet and end the oldest pending request on its connection."""
+        """Log an ERROR packet and end the request it answers (the oldest pending one) on its connection."""
         self.log.error(
             "Received ERROR packet: %s: %s", packet.getArgument(0), packet.getArgument(1, True)
         )
-        if packet.connection.pending_tasks:
-            packet.connection.pending_tasks.pop(0).setComplete()
+        conn = packet.connection
+        task = packet._task
+        if task is None:
+            if conn.pending_tasks:
+                conn.pending_tasks.pop(0).setComplete()
+        elif isinstance(task, Task):
+            conn._taskDone(task)
+            task.setComplete()
+        elif isinstance(task, _StatusWaiter):
+            queue = conn._status_waiters.get(task.job.handle)
+            if queue and task in queue:
+                queue.remove(task)
+            task.event.set()
 
     def _onConnect(self, conn: Connection) -> None:
         """Called in the poll thread right after a (re)connection, before the pool sees it."""

@@ -7,27 +7,32 @@ import time
 from collections import deque
 from typing import Any
 
-from . import constants
+from geartrain.protocol import constants as wire
+from geartrain.protocol.pool import Ring, server_name
+
 from .base import BaseClient, OptionReqTask, SubmitJobTask, _fraction, _StatusWaiter
 from .connection import Connection, _name
-from .errors import ConfigurationError, ConnectionError, GearmanError, TimeoutError
+from .constants import PRECEDENCE_HIGH, PRECEDENCE_LOW, PRECEDENCE_NORMAL
+from .errors import ConfigurationError, ConnectionError, GearmanError, NoConnectedServersError, TimeoutError
 from .job import Job, submit_args, to_bytes
 from .packet import Packet
 
 __all__ = ["Client", "PRECEDENCE_HIGH", "PRECEDENCE_LOW", "PRECEDENCE_NORMAL"]
 
-PRECEDENCE_NORMAL = 0
-PRECEDENCE_LOW = 1
-PRECEDENCE_HIGH = 2
 
-_SUBMIT = {
-    (False, PRECEDENCE_NORMAL): constants.SUBMIT_JOB,
-    (False, PRECEDENCE_LOW): constants.SUBMIT_JOB_LOW,
-    (False, PRECEDENCE_HIGH): constants.SUBMIT_JOB_HIGH,
-    (True, PRECEDENCE_NORMAL): constants.SUBMIT_JOB_BG,
-    (True, PRECEDENCE_LOW): constants.SUBMIT_JOB_LOW_BG,
-    (True, PRECEDENCE_HIGH): constants.SUBMIT_JOB_HIGH_BG,
+#: gear's precedences as the protocol's priorities (the submit types come from the protocol's one table).
+_PRIORITY = {
+    PRECEDENCE_NORMAL: wire.PRIORITY_NORMAL,
+    PRECEDENCE_LOW: wire.PRIORITY_LOW,
+    PRECEDENCE_HIGH: wire.PRIORITY_HIGH,
 }
+
+
+def _submitType(background: bool, precedence: int) -> int:
+    try:
+        return wire.SUBMIT_BY_KIND[(bool(background), _PRIORITY[precedence])]
+    except (KeyError, TypeError):
+        raise ConfigurationError("Invalid precedence value") from None
 
 
 class Client(BaseClient):
@@ -42,10 +47,18 @@ class Client(BaseClient):
     :arg str client_id: appended to the logger name (e.g. gear.Client.client_id). Defaults to 'unknown'.
     """
 
+    #: New in this implementation (set it on the instance or a subclass). False, gear's behaviour: jobs go
+    #: round-robin over the connected servers. True: a job with a unique goes to the server that unique hashes to
+    #: on a ring over the pool in a canonical order (the next one on the ring while it is down), so clients that
+    #: list the same servers in any order send a unique to the same server, which coalesces it; jobs without a
+    #: unique still go round-robin.
+    route_by_unique = False
+
     def __init__(self, client_id: Any = "unknown") -> None:
         super().__init__(client_id)
         self.log = logging.getLogger(f"gear.Client.{_name(self.client_id)}")
         self.options: set[bytes] = set()
+        self._ring: Ring[Connection] = Ring(())
 
     def __repr__(self) -> str:
         return f"<gear.Client 0x{id(self):x}>"
@@ -57,13 +70,12 @@ class Client(BaseClient):
                 self._setOptionConnection(name, conn)
 
     def _setOptionConnection(self, name: bytes, conn: Connection) -> OptionReqTask | None:
-        packet = Packet(constants.REQ, constants.OPTION_REQ, name)
         task = OptionReqTask()
         try:
-            with conn.send_lock:
-                conn.pending_tasks.append(task)
-                self.sendPacket(packet, conn)
+            conn._sendOption(name, task)
         except Exception:
+            self.log.exception("Exception while sending an option request %s to %s", name, conn)
+            self._lostConnection(conn)
             return None
         return task
 
@@ -91,6 +103,30 @@ class Client(BaseClient):
                 success = False
         return success
 
+    def _currentRing(self) -> Ring[Connection]:
+        """The ring over every server added so far (servers are only ever added)."""
+        ring = self._ring
+        with self.connections_condition:
+            pool = self.active_connections + self.inactive_connections
+        if len(ring) != len(pool):
+            ring = self._ring = Ring((conn, server_name(conn.host, conn.port)) for conn in pool)
+        return ring
+
+    def _pickConnection(self, job: Job, attempted: set[Connection]) -> Connection | None:
+        """The server for a submit: by the unique's place on the ring when route_by_unique (and the job has a
+        unique), else the next one round-robin; one not tried yet. NoConnectedServersError if none is up."""
+        unique = job.binary_unique if self.route_by_unique else None
+        if unique:
+            conn = self._currentRing().pick(unique, lambda c: c.connected and c not in attempted)
+            if conn is not None or attempted:
+                return conn
+            raise NoConnectedServersError("No connected Gearman servers")
+        conn = self.getConnection()
+        if conn in attempted:
+            untried = [c for c in list(self.active_connections) if c not in attempted]
+            return untried[0] if untried else None
+        return conn
+
     def submitJob(
         self,
         job: Job,
@@ -110,28 +146,22 @@ class Client(BaseClient):
         :raises NoConnectedServersError: if no server is connected.
         :raises GearmanError: if no connected server accepted the job.
         """
-        ptype = _SUBMIT.get((bool(background), precedence))
-        if ptype is None:
-            raise ConfigurationError("Invalid precedence value")
-        packet = Packet._build(ptype, *submit_args(job))
+        ptype = _submitType(background, precedence)
+        frame = Packet._build(ptype, *submit_args(job)).toBinary()
         if hasattr(job, "_reset_for_submit"):
             job._reset_for_submit()
         attempted: set[Connection] = set()
         while True:
-            conn = self.getConnection()
-            if conn in attempted:
-                untried = [c for c in list(self.active_connections) if c not in attempted]
-                if not untried:
-                    break
-                conn = untried[0]
+            conn = self._pickConnection(job, attempted)
+            if conn is None:
+                break
             attempted.add(conn)
             task = SubmitJobTask(job)
             try:
-                with conn.send_lock:
-                    conn.pending_tasks.append(task)
-                    self.sendPacket(packet, conn)
+                conn._sendRequest(frame, ptype, task)
             except Exception:
-                self.log.info("Sending packet failed")
+                self.log.exception("Exception while sending a submit job request to %s", conn)
+                self._lostConnection(conn)
                 continue
             if not task.wait(timeout):
                 self.log.error("Connection %s timed out waiting for a response to a submit job request: %s",
@@ -165,23 +195,22 @@ class Client(BaseClient):
         :raises NoConnectedServersError: if no server is connected.
         :raises GearmanError: if no connected server accepted one of the jobs.
         """
-        ptype = _SUBMIT.get((bool(background), precedence))
-        if ptype is None:
-            raise ConfigurationError("Invalid precedence value")
+        ptype = _submitType(background, precedence)
         jobs = list(jobs)
         frames = [Packet._build(ptype, *submit_args(job)).toBinary() for job in jobs]  # all valid, or none sent
         batches: dict[Connection, list[tuple[Job, SubmitJobTask, bytes]]] = {}
         for job, frame in zip(jobs, frames, strict=True):
             if hasattr(job, "_reset_for_submit"):
                 job._reset_for_submit()
-            batches.setdefault(self.getConnection(), []).append((job, SubmitJobTask(job), frame))
+            conn = self._pickConnection(job, set())
+            if conn is None:
+                raise NoConnectedServersError("No connected Gearman servers")
+            batches.setdefault(conn, []).append((job, SubmitJobTask(job), frame))
         sent: list[tuple[Connection, Job, SubmitJobTask]] = []
         retry: list[Job] = []
         for conn, batch in batches.items():
             try:
-                with conn.send_lock:
-                    conn.pending_tasks.extend(task for _, task, _ in batch)
-                    conn.sendRaw(b"".join(frame for _, _, frame in batch))
+                conn._sendRequests([frame for _, _, frame in batch], ptype, [task for _, task, _ in batch])
             except Exception:
                 self.log.info("Sending %s jobs to %s failed", len(batch), conn)
                 self._lostConnection(conn)
@@ -216,9 +245,13 @@ class Client(BaseClient):
         if conn is None or not job.handle:
             raise ConfigurationError("the job has not been submitted")
         waiter = _StatusWaiter(job)
-        with conn.send_lock:
-            conn._status_waiters.setdefault(job.handle, deque()).append(waiter)
-            self.sendPacket(Packet(constants.REQ, constants.GET_STATUS, job.handle), conn)
+        try:
+            with conn.send_lock:
+                conn._status_waiters.setdefault(job.handle, deque()).append(waiter)
+                conn.sendRaw(conn._protocol.get_status(job.handle, waiter))
+        except Exception:
+            self._lostConnection(conn)
+            raise
         if not waiter.event.wait(timeout):
             # Keep the waiter queued: the late STATUS_RES must not be taken as the answer to a later query.
             raise TimeoutError(f"no status answer within {timeout}s")
@@ -227,9 +260,14 @@ class Client(BaseClient):
         return job
 
     def _oldestTask(self, packet: Packet, kind: type, what: str) -> Any:
-        """The oldest pending task on the packet's connection, which must be of `kind`; else drop the link."""
+        """The task the packet answers (as the session matched it; else the oldest pending one), which must be
+        of `kind`; else drop the link."""
         conn = packet.connection
-        task = conn.pending_tasks.pop(0) if conn.pending_tasks else None
+        task = packet._task
+        if task is not None:
+            conn._taskDone(task)
+        else:
+            task = conn.pending_tasks.pop(0) if conn.pending_tasks else None
         if not isinstance(task, kind):
             msg = f"Unexpected response received to {what}: {packet!r}"
             self.log.error(msg)

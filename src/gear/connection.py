@@ -1,5 +1,9 @@
-"""One connection to a Gearman server: the socket, geartrain's sans-I/O ClientConnection over it, and the
-requests waiting on it (submits, options, admin commands, echoes, status queries)."""
+"""One connection to a Gearman server: the socket, geartrain's sans-I/O ClientSession over it, and the
+requests waiting on it (submits, options, admin commands, echoes, status queries).
+
+The session matches each reply to the request it answers (a reply only answers a request of its own kind, so a
+server that ignores OPTION_REQ shifts nothing) and names every job waiting on a handle (coalesced submits share
+one); received packets carry what they answer (``_task``) or the job they are for (``_job``)."""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ import uuid
 from collections import deque
 from typing import Any
 
-from geartrain.protocol import AdminLine, AdminResponse, ClientConnection, PacketError, ProtocolError
-from geartrain.protocol import Packet as WirePacket
-from geartrain.sockets import RECV_SIZE, recv_some
+from geartrain.protocol import AdminLine, AdminResponse, PacketError, ProtocolError
+from geartrain.protocol import constants as wire
+from geartrain.protocol.session import ClientSession, Reply, Unanswered, Unsolicited, Work, WorkerSession
+from geartrain.sockets import RECV_SIZE, client_context, recv_some, tune
 
 from . import constants
 from .errors import ConnectionError, InvalidDataError, TimeoutError
@@ -25,6 +30,12 @@ from .job import to_bytes
 from .packet import AdminRequest, Packet
 
 __all__ = ["Connection"]
+
+#: The token of a request sent through sendPacket() by code outside gear's own request paths: its answer goes
+#: to the oldest pending task, as gear always did.
+RAW = object()
+#: Request types whose answer comes back in order (the session must see every one of them sent).
+_ANSWERED = frozenset((*wire.SUBMIT_TYPES, wire.GET_STATUS, wire.GET_STATUS_UNIQUE, wire.ECHO_REQ, wire.OPTION_REQ))
 
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY, 0}
 
@@ -96,15 +107,27 @@ class Connection:
         self._io_lock: Any = threading.Lock() if self.use_ssl else contextlib.nullcontext()
         self._would_block: tuple[type[BaseException], ...] = (BlockingIOError,)
         # Either magic, as gear's Connection reads (gear's own tests feed it REQ packets).
-        self._protocol = ClientConnection(accept=b"")
+        self._protocol = ClientSession(exceptions=False, accept=b"")
+        #: A Worker's side of this connection: its abilities and the grab machine, whose state is ``state``.
+        self._worker = WorkerSession()
         self._events: deque[Any] = deque()
         #: The Client or Worker whose poll loop reads this connection (None: callers read it themselves).
         self._owner: Any = None
         # Reconnection bookkeeping of the owner's poll loop.
         self._retry_at = 0.0
-        self._backoff = 0.0
+        self._backoff: Any = None  # the owner's Backoff for this server, made on first use
         self._connector: _Connector | None = None
         self._init()
+
+    def _waitingJobs(self) -> list[Any]:
+        """Every job waiting for a result on this connection: related_jobs holds one per handle, the session
+        also knows the others that coalesced on a handle."""
+        jobs = {id(job): job for job in self.related_jobs.values()}
+        for tasks in self._protocol.handles.values():
+            for task in tasks:
+                if task is not RAW:
+                    jobs.setdefault(id(task.job), task.job)
+        return list(jobs.values())
 
     def _init(self) -> None:
         self.conn: Any = None
@@ -120,8 +143,17 @@ class Connection:
 
     def changeState(self, state: str) -> None:
         """Record the worker state machine's state for this connection (INIT, IDLE, GRAB_WAIT, SLEEP)."""
-        self.state = state
+        self._worker.state = state
         self.state_time = time.time()
+
+    @property
+    def state(self) -> str:
+        """The worker state machine's state on this connection (kept by the protocol's WorkerSession)."""
+        return self._worker.state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._worker.state = value
 
     def __repr__(self) -> str:
         return f"<gear.Connection 0x{id(self):x} host: {self.host} port: {self.port}>"
@@ -132,26 +164,12 @@ class Connection:
         if self._ssl_context is None:
             import ssl
 
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ssl_ca)
-            context.check_hostname = self.check_hostname
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.load_cert_chain(self.ssl_cert, self.ssl_key)
-            self._ssl_context = context
+            self._ssl_context = client_context(self.ssl_key, self.ssl_cert, self.ssl_ca, self.check_hostname)
             self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
         return self._ssl_context
 
     def _configureSocket(self, sock: socket.socket) -> None:
-        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for option, value in (
-                ("TCP_KEEPIDLE", self.tcp_keepidle),
-                ("TCP_KEEPINTVL", self.tcp_keepintvl),
-                ("TCP_KEEPCNT", self.tcp_keepcnt),
-            ):
-                if hasattr(socket, option):
-                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        tune(sock, self.keepalive, self.tcp_keepidle, self.tcp_keepintvl, self.tcp_keepcnt)
 
     def _addresses(self) -> list:
         try:
@@ -191,7 +209,7 @@ class Connection:
         TLS record that carries no data) with fresh protocol state."""
         sock.setblocking(False)
         self._init()
-        self._protocol.reset()
+        self._protocol.connect()  # gear sends no greeting of its own: options come from Client.setOption
         self._events.clear()
         self.conn = sock
         self.connected = True
@@ -204,6 +222,7 @@ class Connection:
         self.conn = None
         self.connected = False
         self._failWaiters()
+        self._protocol.lost()
         return sock
 
     def _failWaiters(self) -> None:
@@ -307,7 +326,45 @@ class Connection:
     def sendPacket(self, packet: Packet) -> None:
         """Send a :py:class:`Packet` to the server."""
         self.log.debug("Sending packet to %s: %s", self, packet)
+        if packet.ptype in _ANSWERED and packet.code == constants.REQ:
+            with self.send_lock:
+                self._protocol.track(packet.ptype, RAW)
+                self.sendRaw(packet.toBinary())
+            return
         self.sendRaw(packet.toBinary())
+
+    def _sendRequest(self, data: bytes, ptype: int, task: Any) -> None:
+        """Send a request gear's own code built, recording ``task`` as what its answer completes."""
+        with self.send_lock:
+            self.pending_tasks.append(task)
+            self._protocol.track(ptype, task)
+            self.sendRaw(data)
+
+    def _sendRequests(self, frames: list[bytes], ptype: int, tasks: list[Any]) -> None:
+        """Several requests of one type in one write (see _sendRequest)."""
+        with self.send_lock:
+            self.pending_tasks.extend(tasks)
+            track = self._protocol.track
+            for task in tasks:
+                track(ptype, task)
+            self.sendRaw(b"".join(frames))
+
+    def _sendOption(self, name: bytes, task: Any) -> None:
+        """OPTION_REQ (with the session's probe, so that a server ignoring it shifts nothing) for ``task``."""
+        with self.send_lock:
+            self.pending_tasks.append(task)
+            self.sendRaw(self._protocol.option(name, task))
+
+    def _taskDone(self, task: Any) -> None:
+        """Take an answered task out of pending_tasks (it is nearly always the first)."""
+        tasks = self.pending_tasks
+        if tasks and tasks[0] is task:
+            del tasks[0]
+        else:
+            try:
+                tasks.remove(task)
+            except ValueError:
+                pass
 
     def sendAdminRequest(self, request: AdminRequest, timeout: float | None = 90) -> None:
         """Send an admin command and wait for its answer (in ``request.response``).
@@ -363,7 +420,9 @@ class Connection:
         raise TimeoutError(f"no echo within {timeout}s")
 
     def sendEchoReq(self, data: bytes) -> None:
-        self.sendPacket(Packet(constants.REQ, constants.ECHO_REQ, data))
+        with self.send_lock:
+            self._protocol.track(constants.ECHO_REQ, data)
+            self.sendRaw(Packet(constants.REQ, constants.ECHO_REQ, data).toBinary())
 
     def handleEchoRes(self, data: bytes) -> bool:
         """Wake the :py:meth:`echo` waiting for data; False if none was."""
@@ -400,16 +459,34 @@ class Connection:
         return data
 
     def _receive(self, data: bytes) -> list[Any]:
-        """Decode bytes with the protocol core into gear Packets and answered AdminRequests."""
+        """Decode bytes with the session into gear Packets (each knowing what it answers or the job it is for)
+        and answered AdminRequests."""
         out: list[Any] = []
+        received = Packet._received
         protocol = self._protocol
         while protocol.admin_pending < len(self.admin_requests):
             # A request appended to admin_requests directly (gear's own tests do): expect its answer too.
             protocol.send_admin(self.admin_requests[protocol.admin_pending].getCommand())
         for event in protocol.receive_data(data):
             kind = type(event)
-            if kind is WirePacket:
-                out.append(Packet._received(event.magic, event.ptype, event.args, self))
+            if kind is Work:
+                wp = event.packet
+                for task in event.jobs:
+                    packet = received(wp.magic, wp.ptype, wp.args, self)
+                    if task is not RAW:
+                        packet._job = task.job
+                    out.append(packet)
+            elif kind is Reply:
+                wp = event.packet
+                packet = received(wp.magic, wp.ptype, wp.args, self)
+                if event.request is not RAW:
+                    packet._task = event.request
+                out.append(packet)
+            elif kind is Unsolicited:
+                wp = event.packet
+                out.append(received(wp.magic, wp.ptype, wp.args, self))
+            elif kind is Unanswered:
+                self._unanswered(event)
             elif kind is AdminResponse:
                 if not self.admin_requests:
                     self.log.warning("Admin answer with no request pending on %s: %r", self, event.raw)
@@ -426,6 +503,20 @@ class Connection:
             elif kind is AdminLine:
                 self.log.warning("Unexpected admin text from %s: %r", self, event.line)
         return out
+
+    def _unanswered(self, event: Unanswered) -> None:
+        """The server passed a request over (gear 0.16.0's geard ignores OPTION_REQ): end its wait unanswered."""
+        self.log.warning("%s did not answer %s: it does not support it", self, wire.TYPE_NAMES[event.kind])
+        task = event.request
+        if task is RAW:
+            task = self.pending_tasks[0] if self.pending_tasks else None
+        if task is None or isinstance(task, bytes):
+            return
+        self._taskDone(task)
+        if hasattr(task, "setComplete"):
+            task.setComplete()
+        elif hasattr(task, "event"):  # a status waiter
+            task.event.set()
 
     def _readAvailable(self) -> list[Any]:
         """Read once from a readable socket and decode; raises _Closed, OSError or ProtocolError."""

@@ -55,7 +55,15 @@ from geartrain.protocol.constants import TYPE_NAMES as _TYPE_NAMES
 #: {packet type number: name}, e.g. ``types[1] == "CAN_DO"``.
 types: dict[int, str] = dict(_TYPE_NAMES)
 
+#: A job's precedence (gear.PRECEDENCE_*), for the client's submits and the server's queues.
+PRECEDENCE_NORMAL = 0
+PRECEDENCE_LOW = 1
+PRECEDENCE_HIGH = 2
+
 __all__ = [
+    "PRECEDENCE_HIGH",
+    "PRECEDENCE_LOW",
+    "PRECEDENCE_NORMAL",
     "ALL_YOURS",
     "CANT_DO",
     "CAN_DO",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from geartrain.protocol import constants as wire_constants
 from geartrain.protocol import join_body, pack
 
 from . import constants
@@ -37,18 +38,7 @@ _HANDLE_TYPES = frozenset(
         constants.WORK_WARNING,
     )
 )
-_SUBMIT_TYPES = frozenset(
-    (
-        constants.SUBMIT_JOB,
-        constants.SUBMIT_JOB_BG,
-        constants.SUBMIT_JOB_HIGH,
-        constants.SUBMIT_JOB_HIGH_BG,
-        constants.SUBMIT_JOB_LOW,
-        constants.SUBMIT_JOB_LOW_BG,
-        constants.SUBMIT_JOB_SCHED,
-        constants.SUBMIT_JOB_EPOCH,
-    )
-)
+_SUBMIT_TYPES = frozenset(wire_constants.SUBMIT_TYPES)  # the protocol's one submit-type table
 
 
 class Packet:
@@ -82,6 +72,10 @@ class Packet:
     _frame = b""
     _frame_of: bytes | None = None
     _frame_type = -1
+    #: What a received reply answers (the task given when its request was sent), and the job a received WORK_*
+    #: packet is for (one of several when submits coalesced on one handle): set by the connection's session.
+    _task: Any = None
+    _job: Any = None
 
     @classmethod
     def _received(cls, code: bytes, ptype: int, args: tuple[bytes, ...], connection: Any) -> Packet:
@@ -170,6 +164,9 @@ class Packet:
 
         :raises UnknownJobError: if the connection holds no job with that handle.
         """
+        job = self._job
+        if job is not None:
+            return job
         handle = self.getArgument(0)
         job = self.connection.related_jobs.get(handle) if self.connection is not None else None
         if not job:

@@ -19,55 +19,17 @@ import time
 from typing import Any
 
 from . import constants
+from .base import _HANDLERS as CONNECTION_HANDLERS
+from .constants import PRECEDENCE_HIGH, PRECEDENCE_LOW, PRECEDENCE_NORMAL
 from .packet import Packet
 from .server_records import ServerAdminRequest, ServerConnection, ServerJob
 
 __all__ = ["Server", "ServerAdminRequest", "ServerConnection", "ServerJob"]
 
-PRECEDENCE_NORMAL = 0
-PRECEDENCE_LOW = 1
-PRECEDENCE_HIGH = 2
-
-#: The handler method gear's handlePacket calls for each packet type (and GRAB_JOB_ALL, GET_STATUS_UNIQUE).
-_HANDLERS = {
-    constants.JOB_CREATED: "handleJobCreated",
-    constants.WORK_COMPLETE: "handleWorkComplete",
-    constants.WORK_FAIL: "handleWorkFail",
-    constants.WORK_EXCEPTION: "handleWorkException",
-    constants.WORK_DATA: "handleWorkData",
-    constants.WORK_WARNING: "handleWorkWarning",
-    constants.WORK_STATUS: "handleWorkStatus",
-    constants.STATUS_RES: "handleStatusRes",
-    constants.GET_STATUS: "handleGetStatus",
-    constants.JOB_ASSIGN_UNIQ: "handleJobAssignUnique",
-    constants.JOB_ASSIGN: "handleJobAssign",
-    constants.NO_JOB: "handleNoJob",
-    constants.NOOP: "handleNoop",
-    constants.SUBMIT_JOB: "handleSubmitJob",
-    constants.SUBMIT_JOB_BG: "handleSubmitJobBg",
-    constants.SUBMIT_JOB_HIGH: "handleSubmitJobHigh",
-    constants.SUBMIT_JOB_HIGH_BG: "handleSubmitJobHighBg",
-    constants.SUBMIT_JOB_LOW: "handleSubmitJobLow",
-    constants.SUBMIT_JOB_LOW_BG: "handleSubmitJobLowBg",
-    constants.SUBMIT_JOB_SCHED: "handleSubmitJobSched",
-    constants.SUBMIT_JOB_EPOCH: "handleSubmitJobEpoch",
-    constants.GRAB_JOB_UNIQ: "handleGrabJobUniq",
-    constants.GRAB_JOB_ALL: "handleGrabJobUniq",
-    constants.GRAB_JOB: "handleGrabJob",
-    constants.PRE_SLEEP: "handlePreSleep",
-    constants.SET_CLIENT_ID: "handleSetClientID",
-    constants.CAN_DO: "handleCanDo",
-    constants.CAN_DO_TIMEOUT: "handleCanDoTimeout",
-    constants.CANT_DO: "handleCantDo",
-    constants.RESET_ABILITIES: "handleResetAbilities",
-    constants.ECHO_REQ: "handleEchoReq",
-    constants.ECHO_RES: "handleEchoRes",
-    constants.ERROR: "handleError",
-    constants.ALL_YOURS: "handleAllYours",
-    constants.OPTION_REQ: "handleOptionReq",
-    constants.OPTION_RES: "handleOptionRes",
-    constants.GET_STATUS_UNIQUE: "handleGetStatusUnique",
-}
+#: The handler method gear's handlePacket calls for each packet type: the connection's, and GRAB_JOB_ALL and
+#: GET_STATUS_UNIQUE.
+_HANDLERS = {**CONNECTION_HANDLERS, constants.GRAB_JOB_ALL: "handleGrabJobUniq",
+             constants.GET_STATUS_UNIQUE: "handleGetStatusUnique"}
 
 #: Methods whose override in a subclass selects gear's server model (see the module docstring).
 _HOOK_PREFIXES = ("handle", "send", "_handle", "getJobForConnection", "wakeConnection", "reportTimingStats",

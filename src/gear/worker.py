@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from geartrain.protocol.session import timeout_ms
+
 from . import constants
 from .base import BaseClient
 from .connection import Connection, _name
@@ -16,11 +18,6 @@ from .job import FunctionRecord, TextWorkerJob, WorkerJob, to_bytes
 from .packet import Packet
 
 __all__ = ["TextWorker", "Worker"]
-
-
-def _timeout_ms(timeout: Any) -> bytes:
-    """CAN_DO_TIMEOUT's argument: gear takes seconds, servers (gearmand, geartrain) read milliseconds."""
-    return str(max(int(round(float(timeout) * 1000)), 1)).encode("ascii")
 
 
 class Worker(BaseClient):
@@ -104,18 +101,13 @@ class Worker(BaseClient):
                     connection.changeState("IDLE")
             self._updateStateMachines()
 
-    def _abilityPacket(self, record: FunctionRecord) -> Packet:
-        if record.timeout:
-            return Packet._build(constants.CAN_DO_TIMEOUT, record.name, _timeout_ms(record.timeout))
-        return Packet._build(constants.CAN_DO, record.name)
-
     def _sendCanDo(self, name: bytes) -> None:
         with self.broadcast_lock:
             self.broadcast(Packet._build(constants.CAN_DO, name))
 
     def _sendCanDoTimeout(self, name: bytes, timeout: Any) -> None:
         with self.broadcast_lock:
-            self.broadcast(Packet._build(constants.CAN_DO_TIMEOUT, name, _timeout_ms(timeout)))
+            self.broadcast(Packet._build(constants.CAN_DO_TIMEOUT, name, timeout_ms(timeout)))
 
     def _sendCantDo(self, name: bytes) -> None:
         with self.broadcast_lock:
@@ -126,24 +118,35 @@ class Worker(BaseClient):
             self.broadcast(Packet(constants.REQ, constants.RESET_ABILITIES, b""))
 
     def _sendPreSleep(self, connection: Connection) -> None:
-        self.sendPacket(Packet(constants.REQ, constants.PRE_SLEEP, b""), connection)
+        self._sendWorker(connection, connection._worker.pre_sleep())
 
     def _sendGrabJobUniq(self, connection: Connection | None = None) -> None:
-        packet = Packet(constants.REQ, constants.GRAB_JOB_UNIQ, b"")
-        if connection is not None:
-            self.sendPacket(packet, connection)
-        else:
-            self.broadcast(packet)
+        if connection is None:  # every server, whatever its state
+            self.broadcast(Packet(constants.REQ, constants.GRAB_JOB_UNIQ, b""))
+            return
+        session = connection._worker
+        session.state = "IDLE"  # gear's hooks decide when to grab; the session builds it and moves to GRAB_WAIT
+        self._sendWorker(connection, session.grab())
+
+    def _sendWorker(self, connection: Connection, data: bytes) -> None:
+        """Send bytes the connection's WorkerSession built; a failed send drops the connection and raises."""
+        try:
+            connection.sendRaw(data)
+        except Exception:
+            self.log.exception("Exception while sending to %s", connection)
+            self._lostConnection(connection)
+            raise
 
     # -- connections -----------------------------------------------------------------------------------------
 
     def _onConnect(self, conn: Connection) -> None:
         # Runs in the poll thread on every (re)connection, under broadcast_lock: id and abilities first.
         with self.broadcast_lock:
-            conn.sendPacket(Packet._build(constants.SET_CLIENT_ID, self.client_id))
+            session = conn._worker
+            session.client_id = self.client_id
+            session.abilities = {name: record.timeout for name, record in self.functions.items()}
+            conn.sendRaw(session.connect())  # SET_CLIENT_ID, then CAN_DO / CAN_DO_TIMEOUT for each function
             super()._onConnect(conn)
-            for record in self.functions.values():
-                conn.sendPacket(self._abilityPacket(record))
             conn.changeState("IDLE")
 
     def _onActiveConnection(self, conn: Connection) -> None:

@@ -1,11 +1,13 @@
 """GearmanClient: submit jobs and wait for them in a single-threaded select loop, as python-gearman 2.0.2.
 
 Differences from the original, on purpose:
-- a job's server is chosen by a stable hash (zlib.crc32) of its unique, with failover to the next server, so
-  coalescing and status queries work across a pool;
-- replies to submits are matched in order per connection, and an ERROR (e.g. QUEUE_ERROR for a full queue)
-  fails the request it answers (state JOB_FAILED, ``request.error`` = (code, text)) instead of shifting
-  handles;
+- a job's server is chosen by its unique on a consistent-hash ring over the pool in a canonical order (the same
+  server whatever order the host list gives), with failover to the next server on the ring, so coalescing and
+  status queries work across a pool;
+- replies are matched per connection by geartrain's session core (a reply only answers a request of its own
+  kind), and an ERROR (e.g. QUEUE_ERROR for a full queue) fails the request it answers (state JOB_FAILED,
+  ``request.error`` = (code, text)) instead of shifting handles; every request coalesced on one handle gets the
+  job's updates;
 - every connection asks for the "exceptions" option, so WORK_EXCEPTION reaches ``request.exception``; the
   request then ends as JOB_FAILED (gearmand ends a job on WORK_EXCEPTION and sends no WORK_FAIL after it);
 - submit_job raises ServerUnavailable when no server can be reached; the batch calls leave such requests in
@@ -16,16 +18,16 @@ Differences from the original, on purpose:
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import time
-import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from geartrain.protocol import AdminResponse, Packet, PacketError
+from geartrain.protocol import Packet
 from geartrain.protocol import constants as P
+from geartrain.protocol.pool import Ring, server_name
+from geartrain.protocol.session import ClientSession, Reply, Unanswered, Work
 
 from .connection import GearmanConnection
 from .connection_manager import GearmanConnectionManager
@@ -45,18 +47,14 @@ from .job import GearmanJob, GearmanJobRequest
 
 log = logging.getLogger("gearman.client")
 
-_OPTION = object()  # marks an OPTION_REQ awaiting its OPTION_RES (or ERROR) in a connection's reply queue
 #: After a failed connect a server is tried after the others for this many seconds.
 _DOWN_MEMORY = 1.0
 
-_SUBMIT_TYPES = {
-    (False, PRIORITY_NONE): P.SUBMIT_JOB,
-    (True, PRIORITY_NONE): P.SUBMIT_JOB_BG,
-    (False, PRIORITY_HIGH): P.SUBMIT_JOB_HIGH,
-    (True, PRIORITY_HIGH): P.SUBMIT_JOB_HIGH_BG,
-    (False, PRIORITY_LOW): P.SUBMIT_JOB_LOW,
-    (True, PRIORITY_LOW): P.SUBMIT_JOB_LOW_BG,
-}
+#: Packets nobody waits for that need no warning (WORK_* for a job no request follows any more, ...).
+_QUIET = frozenset((P.NOOP, P.ECHO_RES, P.STATUS_RES_UNIQUE, P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION,
+                    P.WORK_DATA, P.WORK_WARNING, P.WORK_STATUS))
+#: python-gearman's priorities as the protocol's (the submit types come from the protocol's one table).
+_PRIORITY = {PRIORITY_NONE: P.PRIORITY_NORMAL, PRIORITY_HIGH: P.PRIORITY_HIGH, PRIORITY_LOW: P.PRIORITY_LOW}
 
 
 def _normal_priority(priority: Any) -> Any:
@@ -74,15 +72,15 @@ def _normal_priority(priority: Any) -> Any:
 
 
 class _ConnectionState:
-    """Client bookkeeping for one connection: replies awaited in order, live handles, status waiters."""
+    """Client bookkeeping for one connection: its session (requests and handles), status waiters."""
 
-    __slots__ = ("awaiting", "handles", "status_waiters", "down_since")
+    __slots__ = ("session", "status_waiters", "down_since", "events")
 
     def __init__(self) -> None:
-        self.awaiting: collections.deque = collections.deque()
-        self.handles: dict[bytes, list[GearmanJobRequest]] = {}
+        self.session = ClientSession()
         self.status_waiters: dict[bytes, list[GearmanJobRequest]] = {}
         self.down_since: float | None = None
+        self.events: list[Any] = []
 
 
 class GearmanClient(GearmanConnectionManager):
@@ -93,6 +91,7 @@ class GearmanClient(GearmanConnectionManager):
 
     def __init__(self, host_list: Iterable[Any] | None = None, random_unique_bytes: int = 16) -> None:
         self._states: dict[int, _ConnectionState] = {}
+        self._ring: Ring[GearmanConnection] = Ring(())
         super().__init__(host_list)
         self.random_unique_bytes = random_unique_bytes
         self._unreachable: set[int] = set()
@@ -229,7 +228,7 @@ class GearmanClient(GearmanConnectionManager):
                 f"Exceeded {current_request.max_connection_attempts} connection attempt(s) :: {current_request!r}"
             )
         job = current_request.job
-        ptype = _SUBMIT_TYPES[(bool(current_request.background), _normal_priority(current_request.priority))]
+        ptype = P.submit_type(current_request.background, _PRIORITY[_normal_priority(current_request.priority)])
         data = self.data_encoder.encode(job.data)
         task = to_wire(job.task, "task")
         unique = to_wire(job.unique, "unique")
@@ -239,19 +238,14 @@ class GearmanClient(GearmanConnectionManager):
         job.handle = None
         current_request.connection_attempts += 1
         current_request.state = JOB_PENDING
-        self._state(connection).awaiting.append(current_request)
-        connection.send_command(ptype, task, unique, data)
+        connection.send_raw(self._state(connection).session.submit(ptype, (task, unique, data), current_request))
         return current_request
 
     def establish_request_connection(self, current_request: GearmanJobRequest) -> GearmanConnection:
         """The request's server: hash of its unique over the pool, then the next ones; failed ones last."""
         if not self.connection_list:
             raise ServerUnavailable("Found no valid connections: the host list is empty")
-        # Hash over the pool in a canonical order, so clients listing the same servers in another order agree.
-        pool = sorted(self.connection_list, key=lambda c: (c.gearman_host, c.gearman_port))
-        count = len(pool)
-        start = zlib.crc32(to_wire(current_request.job.unique, "unique")) % count
-        ordered = [pool[(start + i) % count] for i in range(count)]
+        ordered = self._current_ring().order(to_wire(current_request.job.unique, "unique"))
         now = time.monotonic()
 
         def recently_down(connection: GearmanConnection) -> bool:
@@ -295,9 +289,10 @@ class GearmanClient(GearmanConnectionManager):
                 log.info("cannot ask %s for a status: %s", connection.address, exc)
                 continue
             handle = to_wire_lossless(request.job.handle)
-            waiters = self._state(connection).status_waiters.setdefault(handle, [])
+            state = self._state(connection)
+            waiters = state.status_waiters.setdefault(handle, [])
             if not waiters:
-                connection.send_command(P.GET_STATUS, handle)
+                connection.send_raw(state.session.get_status(handle, None))
             waiters.append(request)
             asked.append(request)
 
@@ -314,75 +309,65 @@ class GearmanClient(GearmanConnectionManager):
             request.timed_out = not_updated(request)
         return job_requests
 
+    def _current_ring(self) -> Ring[GearmanConnection]:
+        """The ring over the host list (rebuilt when connections were added)."""
+        if len(self._ring) != len(self.connection_list):
+            self._ring = Ring((c, server_name(c.gearman_host, c.gearman_port)) for c in self.connection_list)
+        return self._ring
+
     # -- the server's side -----------------------------------------------------------------------------
     def on_connect(self, connection: GearmanConnection) -> None:
         state = self._state(connection)
-        state.awaiting.clear()
-        state.handles.clear()
         state.status_waiters.clear()
         state.down_since = None
-        connection.send_command(P.OPTION_REQ, b"exceptions")
-        state.awaiting.append(_OPTION)
+        connection.send_raw(state.session.connect())  # OPTION_REQ exceptions, and its probe
 
     def on_connection_lost(self, connection: GearmanConnection, reason: Exception) -> None:
         state = self._state(connection)
-        for entry in state.awaiting:
-            if entry is not _OPTION and entry.state == JOB_PENDING:
-                entry.state = JOB_UNKNOWN
-        for requests in state.handles.values():
-            for request in requests:
-                if request.state == JOB_CREATED:
-                    request.state = JOB_UNKNOWN
-        state.awaiting.clear()
-        state.handles.clear()
+        loss = state.session.lost()
+        for request in loss.unacknowledged:
+            if request.state == JOB_PENDING:
+                request.state = JOB_UNKNOWN
+        for request in loss.acknowledged:
+            if request.state == JOB_CREATED:
+                request.state = JOB_UNKNOWN
         state.status_waiters.clear()
         state.down_since = time.monotonic()  # a re-send tries the other servers first for a while
 
     def handle_event(self, connection: GearmanConnection, event: Any) -> None:
-        if isinstance(event, (AdminResponse, PacketError)) or not isinstance(event, Packet):
+        if type(event) is not Packet:
             log.warning("unexpected %r from %s", event, connection.address)
             return
         state = self._state(connection)
-        ptype, args = event.ptype, event.args
-        if ptype == P.JOB_CREATED:
-            request = self._next_awaiting(state, connection, event)
-            if request is None:
+        events = state.events
+        state.session.receive(event, events)
+        for matched in events:
+            kind = type(matched)
+            if kind is Work:
+                ptype, args = matched.packet.ptype, matched.packet.args
+                for request in matched.jobs:
+                    self._work_update(request, ptype, args)
+            elif kind is Reply:
+                self._reply(connection, state, matched)
+            elif kind is Unanswered:
+                log.warning("%s did not answer %s", connection.address, P.TYPE_NAMES[matched.kind])
+                if matched.kind in P.SUBMIT_TYPES:
+                    matched.request.error = (b"UNANSWERED", b"the server passed this submit over")
+                    matched.request.state = JOB_FAILED
+            else:
+                packet = matched.packet
+                if packet.ptype == P.ERROR:
+                    log.warning("%s sent ERROR %s: %s", connection.address, packet.args[0], packet.args[1])
+                elif packet.ptype not in _QUIET:
+                    log.warning("unexpected %s from %s", packet.name, connection.address)
+        events.clear()
+
+    def _reply(self, connection: GearmanConnection, state: _ConnectionState, reply: Reply) -> None:
+        ptype, args = reply.packet.ptype, reply.packet.args
+        if reply.kind == P.GET_STATUS:
+            if ptype != P.STATUS_RES:
+                log.warning("%s refused a status request: %s %s", connection.address, args[0], args[-1])
                 return
-            request.job.handle = from_wire(args[0])
-            request.state = JOB_CREATED
-            if not request.background:
-                state.handles.setdefault(args[0], []).append(request)
-        elif ptype == P.ERROR:
-            code, text = args
-            if state.awaiting and state.awaiting[0] is _OPTION:
-                state.awaiting.popleft()
-                log.info("%s does not support the exceptions option: %r", connection.address, args)
-                return
-            request = self._next_awaiting(state, connection, event)
-            if request is None:
-                return
-            log.info("%s refused %r: %s %s", connection.address, request, code, text)
-            request.error = (code, text)
-            request.state = JOB_FAILED
-        elif ptype == P.OPTION_RES:
-            if state.awaiting and state.awaiting[0] is _OPTION:
-                state.awaiting.popleft()
-        elif ptype in (
-            P.WORK_COMPLETE,
-            P.WORK_FAIL,
-            P.WORK_EXCEPTION,
-            P.WORK_DATA,
-            P.WORK_WARNING,
-            P.WORK_STATUS,
-        ):
-            requests = state.handles.get(args[0])
-            if not requests:
-                return
-            if ptype in (P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION):
-                del state.handles[args[0]]
-            for request in requests:
-                self._work_update(request, ptype, args)
-        elif ptype == P.STATUS_RES:
             for request in state.status_waiters.pop(args[0], ()):
                 request.status.update(
                     {
@@ -394,18 +379,16 @@ class GearmanClient(GearmanConnectionManager):
                         "time_received": time.time(),
                     }
                 )
-        elif ptype in (P.NOOP, P.ECHO_RES, P.STATUS_RES_UNIQUE):
             return
-        else:
-            log.warning("unexpected %s from %s", event.name, connection.address)
-
-    def _next_awaiting(self, state: _ConnectionState, connection: GearmanConnection, event: Packet) -> Any:
-        while state.awaiting:
-            entry = state.awaiting.popleft()
-            if entry is not _OPTION:
-                return entry
-        log.warning("%s sent %s but no submit awaits an answer", connection.address, event.name)
-        return None
+        request = reply.request
+        if ptype == P.ERROR:
+            code, text = args
+            log.info("%s refused %r: %s %s", connection.address, request, code, text)
+            request.error = (code, text)
+            request.state = JOB_FAILED
+            return
+        request.job.handle = from_wire(args[0])
+        request.state = JOB_CREATED
 
     def _decode(self, data: bytes) -> Any:
         return self.data_encoder.decode(data)

@@ -12,7 +12,8 @@ import ssl
 from typing import Any
 
 from geartrain.protocol import ClientConnection, ClientEvent
-from geartrain.sockets import RECV_SIZE, recv_some
+from geartrain.protocol.address import parse_address
+from geartrain.sockets import RECV_SIZE, client_context, recv_some, tune
 
 from .constants import DEFAULT_CONNECT_TIMEOUT, DEFAULT_GEARMAN_PORT
 from .encoding import to_wire
@@ -20,38 +21,28 @@ from .errors import ConnectionError, GearmanError
 
 
 def parse_host(entry: Any) -> dict:
-    """One host_list entry ('host:port', 'host', (host, port), bytes, or the TLS dict) as keywords."""
+    """One host_list entry ('host:port', '[v6]:port', 'host', (host, port), bytes, or the TLS dict) as keywords."""
     if isinstance(entry, dict):
         unknown = set(entry) - {"host", "port", "keyfile", "certfile", "ca_certs"}
         if unknown or "host" not in entry:
             raise GearmanError(f"bad host entry {entry!r}: expected host, port, keyfile, certfile, ca_certs")
-        host = entry["host"]
-        host = host.decode("utf-8") if isinstance(host, bytes) else str(host)
+        host, port = _address((entry["host"], entry.get("port") or DEFAULT_GEARMAN_PORT))
         return {
             "host": host,
-            "port": int(entry.get("port") or DEFAULT_GEARMAN_PORT),
+            "port": port,
             "keyfile": entry.get("keyfile"),
             "certfile": entry.get("certfile"),
             "ca_certs": entry.get("ca_certs"),
         }
-    if isinstance(entry, (tuple, list)):
-        if len(entry) != 2:
-            raise GearmanError(f"bad host entry {entry!r}: expected (host, port)")
-        host, port = entry
-        host = host.decode("utf-8") if isinstance(host, bytes) else str(host)
-        return {"host": host, "port": int(port)}
-    if isinstance(entry, bytes):
-        entry = entry.decode("utf-8")
-    if not isinstance(entry, str) or not entry:
-        raise GearmanError(f"bad host entry {entry!r}")
-    if entry.startswith("["):  # [IPv6]:port
-        host, _, rest = entry[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else DEFAULT_GEARMAN_PORT
-        return {"host": host, "port": port}
-    if entry.count(":") == 1:
-        host, port = entry.split(":")
-        return {"host": host, "port": int(port)}
-    return {"host": entry, "port": DEFAULT_GEARMAN_PORT}
+    host, port = _address(entry)
+    return {"host": host, "port": port}
+
+
+def _address(entry: Any) -> tuple[str, int]:
+    try:
+        return parse_address(entry, DEFAULT_GEARMAN_PORT)
+    except ValueError as exc:
+        raise GearmanError(str(exc)) from None
 
 
 class GearmanConnection:
@@ -100,8 +91,7 @@ class GearmanConnection:
         except OSError as exc:
             raise ConnectionError(f"could not connect to {self.address}: {exc}") from exc
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            tune(sock, keepalive=True)
             if self.use_ssl:
                 sock = self._ssl_context().wrap_socket(sock, server_hostname=self.gearman_host)
             sock.setblocking(False)
@@ -114,16 +104,8 @@ class GearmanConnection:
         self._out.clear()
 
     def _ssl_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        if self.ca_certs:
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(cafile=self.ca_certs)
-        else:
-            context.verify_mode = ssl.CERT_NONE
-        if self.certfile:
-            context.load_cert_chain(self.certfile, self.keyfile)
-        return context
+        # python-gearman verified the server only when given ca_certs.
+        return client_context(self.keyfile, self.certfile, self.ca_certs, verify=bool(self.ca_certs))
 
     def close(self) -> None:
         if self.gearman_socket is not None:
@@ -139,6 +121,10 @@ class GearmanConnection:
     def send_command(self, ptype: int, *args: bytes) -> None:
         """Queue one binary request packet."""
         self._out += self.protocol.send_packet(ptype, *args)
+
+    def send_raw(self, data: bytes) -> None:
+        """Queue bytes a session built."""
+        self._out += data
 
     def send_admin(self, command: str | bytes) -> None:
         """Queue one admin text command; its answer arrives as an AdminResponse."""

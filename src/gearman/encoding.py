@@ -18,10 +18,8 @@ class DataEncoder:
     def encode(cls, encodable_object: Any) -> bytes:
         if encodable_object is None:
             return b""
-        if isinstance(encodable_object, str):
-            return encodable_object.encode("utf-8")
-        if isinstance(encodable_object, (bytes, bytearray, memoryview)):
-            return bytes(encodable_object)
+        if isinstance(encodable_object, (str, bytes, bytearray, memoryview)):
+            return to_bytes(encodable_object)
         raise TypeError(
             f"DataEncoder cannot send a {type(encodable_object).__name__}: pass bytes or str, "
             "or set a data_encoder that serialises it"

@@ -1,7 +1,8 @@
 """GearmanWorker: runs the tasks it registered for every server in one select loop (python-gearman 2.0.2).
 
 Differences from the original, on purpose:
-- a lost server is reconnected with exponential backoff and jitter, and gets the client id and tasks again;
+- a lost server is reconnected with the protocol's one backoff policy (exponential, with jitter), and gets the
+  client id and tasks again; the grab / NO_JOB / PRE_SLEEP / NOOP machine is geartrain's WorkerSession;
   work() never dies because a server went away;
 - a task returning None completes the job with empty data (the default DataEncoder encodes None as b"");
 - a task that raises sends WORK_EXCEPTION (a one-line description of the error, through the data encoder),
@@ -13,7 +14,6 @@ Differences from the original, on purpose:
 from __future__ import annotations
 
 import logging
-import random
 import selectors
 import socket
 import sys
@@ -23,8 +23,10 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from geartrain.protocol import JOB_ASSIGNMENTS, Packet, assignment
+from geartrain.protocol import Packet
 from geartrain.protocol import constants as P
+from geartrain.protocol.pool import Backoff
+from geartrain.protocol.session import IDLE, SLEEP, Assigned, NoJob, Wake, WorkerSession
 
 from .connection import GearmanConnection
 from .connection_manager import GearmanConnectionManager
@@ -36,16 +38,18 @@ log = logging.getLogger("gearman.worker")
 
 POLL_TIMEOUT_IN_SECONDS = 60.0
 
-_DOWN, _IDLE, _GRABBING, _SLEEPING, _WORKING = "down", "idle", "grabbing", "sleeping", "working"
 _FINAL = frozenset((P.WORK_COMPLETE, P.WORK_FAIL))
 
 
 class _WorkerConnectionState:
-    __slots__ = ("phase", "failures", "next_attempt")
+    """One server: its WorkerSession (abilities and the grab machine), whether a job of it runs, its backoff."""
 
-    def __init__(self) -> None:
-        self.phase = _DOWN
-        self.failures = 0
+    __slots__ = ("session", "working", "backoff", "next_attempt")
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.session = WorkerSession()
+        self.working = False
+        self.backoff = backoff
         self.next_attempt = 0.0
 
 
@@ -56,6 +60,8 @@ class GearmanWorker(GearmanConnectionManager):
     #: First reconnect delay after a server went away, doubled per failed attempt up to the maximum.
     reconnect_initial_delay = 0.1
     reconnect_max_delay = 5.0
+    #: A connection that stayed up this long starts again from reconnect_initial_delay when it is lost.
+    reconnect_stable_after = 10.0
 
     def __init__(self, host_list: Iterable[Any] | None = None) -> None:
         self._wstates: dict[int, _WorkerConnectionState] = {}
@@ -78,7 +84,11 @@ class GearmanWorker(GearmanConnectionManager):
     def _wstate(self, connection: GearmanConnection) -> _WorkerConnectionState:
         state = self._wstates.get(id(connection))
         if state is None:
-            state = self._wstates[id(connection)] = _WorkerConnectionState()
+            backoff = Backoff(self.reconnect_initial_delay, self.reconnect_max_delay, self.reconnect_stable_after)
+            state = self._wstates[id(connection)] = _WorkerConnectionState(backoff)
+            state.session.abilities.update(self._timeouts)
+            if self.worker_client_id is not None:
+                state.session.client_id = to_wire(self.worker_client_id, "client id")
         return state
 
     # -- abilities -------------------------------------------------------------------------------------
@@ -88,10 +98,13 @@ class GearmanWorker(GearmanConnectionManager):
         self.worker_abilities[task] = callback_function
         self._tasks_by_wire[wire] = task
         self._timeouts[wire] = timeout
-        for connection in self._live_connections():
-            self._send_can_do(connection, wire)
-            if self._wstate(connection).phase == _SLEEPING:
-                self._wstate(connection).phase = _IDLE
+        for connection in self.connection_list:
+            session = self._wstate(connection).session
+            data = session.can_do(wire, timeout)
+            if connection.connected:
+                connection.send_raw(data)
+                if session.state == SLEEP:  # a sleeping worker is not woken for a new ability: ask
+                    session.state = IDLE
         self._schedule_grab()
         return task
 
@@ -102,22 +115,20 @@ class GearmanWorker(GearmanConnectionManager):
         if known is not None:
             self.worker_abilities.pop(known, None)
         self.worker_abilities.pop(task, None)
-        for connection in self._live_connections():
-            connection.send_command(P.CANT_DO, wire)
+        for connection in self.connection_list:
+            data = self._wstate(connection).session.cant_do(wire)
+            if connection.connected:
+                connection.send_raw(data)
         return task
 
     def set_client_id(self, client_id: str | bytes) -> Any:
         self.worker_client_id = client_id
-        for connection in self._live_connections():
-            connection.send_command(P.SET_CLIENT_ID, to_wire(client_id, "client id"))
+        wire = to_wire(client_id, "client id")
+        for connection in self.connection_list:
+            data = self._wstate(connection).session.set_client_id(wire)
+            if connection.connected:
+                connection.send_raw(data)
         return client_id
-
-    def _send_can_do(self, connection: GearmanConnection, wire: bytes) -> None:
-        timeout = self._timeouts.get(wire)
-        if timeout:
-            connection.send_command(P.CAN_DO_TIMEOUT, wire, str(max(1, int(timeout * 1000))).encode())
-        else:
-            connection.send_command(P.CAN_DO, wire)
 
     def _live_connections(self) -> list[GearmanConnection]:
         return [c for c in self.connection_list if c.connected]
@@ -168,8 +179,9 @@ class GearmanWorker(GearmanConnectionManager):
         for connection in self.connection_list:
             connection.close()
             state = self._wstate(connection)
-            state.phase = _DOWN
-            state.failures = 0
+            state.session.lost()
+            state.working = False
+            state.backoff.reset()
             state.next_attempt = 0.0
         self._grab_inflight = None
         self._assigned.clear()
@@ -183,9 +195,8 @@ class GearmanWorker(GearmanConnectionManager):
             try:
                 self.establish_connection(connection)
             except ConnectionError as exc:
-                state.failures += 1
-                delay = min(self.reconnect_max_delay, self.reconnect_initial_delay * 2**state.failures)
-                state.next_attempt = time.monotonic() + delay * random.uniform(0.5, 1.0)
+                delay = state.backoff.next_delay()
+                state.next_attempt = time.monotonic() + delay
                 log.info("server %s unavailable (%s); next attempt in %.2fs", connection.address, exc, delay)
         self._schedule_grab()
 
@@ -197,18 +208,17 @@ class GearmanWorker(GearmanConnectionManager):
 
     def on_connect(self, connection: GearmanConnection) -> None:
         state = self._wstate(connection)
-        state.failures = 0
-        state.phase = _IDLE
-        if self.worker_client_id is not None:
-            connection.send_command(P.SET_CLIENT_ID, to_wire(self.worker_client_id, "client id"))
-        for wire in self._tasks_by_wire:
-            self._send_can_do(connection, wire)
+        state.working = False
+        state.backoff.connected(time.monotonic())
+        connection.send_raw(state.session.connect())  # SET_CLIENT_ID, every CAN_DO / CAN_DO_TIMEOUT
         log.info("connected to %s", connection.address)
 
     def on_connection_lost(self, connection: GearmanConnection, reason: Exception) -> None:
         state = self._wstate(connection)
-        state.phase = _DOWN
-        state.next_attempt = time.monotonic() + self.reconnect_initial_delay * random.uniform(0.5, 1.0)
+        state.session.lost()
+        state.working = False
+        state.backoff.lost(time.monotonic())
+        state.next_attempt = time.monotonic() + state.backoff.next_delay()
         if self._grab_inflight is connection:
             self._grab_inflight = None
         self._assigned = [(c, job) for c, job in self._assigned if c is not connection]
@@ -225,9 +235,8 @@ class GearmanWorker(GearmanConnectionManager):
             index = (self._rotation + step) % count
             connection = self.connection_list[index]
             state = self._wstate(connection)
-            if connection.connected and state.phase == _IDLE:
-                connection.send_command(P.GRAB_JOB_UNIQ)
-                state.phase = _GRABBING
+            if connection.connected and not state.working and state.session.state == IDLE:
+                connection.send_raw(state.session.grab())
                 self._grab_inflight = connection
                 self._rotation = index + 1
                 return
@@ -238,21 +247,22 @@ class GearmanWorker(GearmanConnectionManager):
             return
         state = self._wstate(connection)
         ptype, args = event.ptype, event.args
-        if ptype == P.NOOP:
-            if state.phase == _SLEEPING:
-                state.phase = _IDLE
+        was_sleeping = state.session.state == SLEEP
+        happened = state.session.receive(event)
+        kind = type(happened)
+        if kind is Wake:
+            if was_sleeping:
                 self._schedule_grab()
-        elif ptype == P.NO_JOB:
+        elif kind is NoJob:
             if self._grab_inflight is connection:
                 self._grab_inflight = None
-            connection.send_command(P.PRE_SLEEP)
-            state.phase = _SLEEPING
+            connection.send_raw(state.session.pre_sleep())
             self._schedule_grab()
-        elif ptype in JOB_ASSIGNMENTS:
+        elif kind is Assigned:
             if self._grab_inflight is connection:
                 self._grab_inflight = None
-            state.phase = _WORKING
-            self._assigned.append((connection, self._make_job(connection, *assignment(event))))
+            state.working = True
+            self._assigned.append((connection, self._make_job(connection, *happened.job)))
         elif ptype == P.ERROR:
             log.info("%s answered ERROR %s: %s", connection.address, args[0], args[1])
         elif ptype in (P.ECHO_RES, P.OPTION_RES):
@@ -304,7 +314,7 @@ class GearmanWorker(GearmanConnectionManager):
         finally:
             self._current_job = None
             if connection.connected:
-                self._wstate(connection).phase = _IDLE
+                self._wstate(connection).working = False
         if self.after_job() is False:
             self._stop_after_job = True
 
@@ -386,7 +396,7 @@ class GearmanWorker(GearmanConnectionManager):
         if connection is None or not connection.connected:
             log.warning("connection of job %r is gone: %s not sent", current_job, P.TYPE_NAMES[ptype])
             return
-        connection.send_command(ptype, to_wire_lossless(current_job.handle), *args)
+        connection.send_raw(self._wstate(connection).session.work(ptype, to_wire_lossless(current_job.handle), *args))
         if self._task_returned and current_job is self._current_job and ptype in _FINAL:
             return  # the loop sends it at once, in one write with the next GRAB_JOB
         self._drain(connection, poll_timeout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,19 @@ from gearman_helpers import dead_address, wait_for_workers, wait_until  # noqa: 
 import gearman  # noqa: E402
 from gearman.connection import parse_host  # noqa: E402
 from gearman.errors import ExceededConnectionAttempts, ServerUnavailable  # noqa: E402
+from geartrain.protocol.pool import Ring  # noqa: E402
 
 pytest_plugins = ["gearman_helpers"]  # fixtures: run_worker, server_kind, port_servers, dropping_listener
 
 
-def unique_hashing_to(index: int, count: int) -> str:
-    """A unique whose server, in a pool of count sorted addresses, is the one at index."""
+def unique_hashing_to(address: str, addresses: list[str]) -> str:
+    """A unique whose server, on the ring over these "host:port" addresses, is ``address``."""
+    ring = Ring((a, a) for a in addresses)
     for n in range(10_000):
         unique = f"u{n}"
-        if zlib.crc32(unique.encode()) % count == index:
+        if ring.pick(unique.encode()) == address:
             return unique
     raise AssertionError("no unique found")
-
-
-def sorted_addresses(*addresses: str) -> list[str]:
-    return sorted(addresses, key=lambda a: (a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])))
 
 
 def test_poll_timeout_sets_timed_out_and_raises_nothing(any_server):
@@ -70,8 +67,7 @@ def test_lost_connections_exceed_connection_attempts(dropping_listener, max_retr
 
 
 def test_retry_goes_to_the_next_server_after_a_lost_connection(any_server, dropping_listener):
-    pool = sorted_addresses(dropping_listener.address, any_server.address)
-    unique = unique_hashing_to(pool.index(dropping_listener.address), len(pool))
+    unique = unique_hashing_to(dropping_listener.address, [dropping_listener.address, any_server.address])
     client = gearman.GearmanClient([any_server.address, dropping_listener.address])
 
     request = client.submit_job("gm_retry", b"data", unique=unique, background=True, max_retries=1)

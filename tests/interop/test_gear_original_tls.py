@@ -26,6 +26,11 @@ from wire import Wire
 VENV = Path(os.environ.get("GEARTRAIN_TEST_VENVS", "/tmp/geartrain-test-venvs")) / "gear-0.16.0"
 
 
+def original_env() -> dict[str, str]:
+    """The environment for gear 0.16.0's programs: without PYTHONPATH, which may name our gear (a checkout's src/)."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
 @pytest.fixture(scope="session")
 def original_gear() -> Path:
     """The python of a virtualenv holding gear 0.16.0, built once per machine."""
@@ -63,7 +68,7 @@ def test_original_gear_client_talks_tls_to_geartrain(original_gear, tmp_path):
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     client = subprocess.Popen([original_gear, str(script), "127.0.0.1", str(server.port), *pki.client_files("c")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              env=original_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         with Wire("127.0.0.1", server.port, ssl_context=client_context(*pki.client_files("w")), timeout=30) as w:
             w.register(b"reverse")
@@ -86,7 +91,8 @@ def test_our_gear_client_talks_tls_to_the_original_geard(original_gear, tmp_path
     key, cert, ca = pki.server_files()
     port = free_port()
     geard = subprocess.Popen([original_gear.parent / "geard", "-d", "-p", str(port), "--ssl-key", key,
-                              "--ssl-cert", cert, "--ssl-ca", ca], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              "--ssl-cert", cert, "--ssl-ca", ca], env=original_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
     client = worker = None
     try:
         wait_for_port("127.0.0.1", port, process=geard)

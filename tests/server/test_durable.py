@@ -1,4 +1,5 @@
-"""The durable queue end to end: geard subprocesses on one SQLite file, killed with SIGKILL and restarted."""
+"""The durable queue end to end: geard subprocesses on one SQLite file or one PostgreSQL database (each test runs
+on both engines), killed with SIGKILL and restarted."""
 
 from __future__ import annotations
 
@@ -17,8 +18,52 @@ from wire import Wire
 PRIORITY_TYPES = {"high": C.SUBMIT_JOB_HIGH_BG, "normal": C.SUBMIT_JOB_BG, "low": C.SUBMIT_JOB_LOW_BG}
 
 
-def geard(server_factory, db, *extra: str):
-    return server_factory("geard", "--queue-type", "sqlite", "--sqlite-db", str(db), *extra)
+class SQLiteQueue:
+    def __init__(self, path) -> None:
+        self.path = path
+        self.args = ("--queue-type", "sqlite", "--sqlite-db", str(path))
+        self.location = str(path)
+
+    def query(self, sql: str) -> list[tuple]:
+        conn = sqlite3.connect(str(self.path))
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def check(self) -> None:
+        assert self.query("PRAGMA integrity_check") == [("ok",)]
+        assert self.query("SELECT count(*) FROM geartrain_jobs_invalid") == [(0,)]
+
+
+class PostgresQueue:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        # One node name: a restarted server owns the rows of the killed one.
+        self.args = ("--queue-type", "postgres", "--postgres-dsn", dsn, "--cluster-node", "durable")
+        self.location = "dbname=" + dsn.split("dbname=")[1].split()[0]
+
+    def query(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                    for row in conn.execute(sql).fetchall()]
+
+    def check(self) -> None:
+        pass  # PostgreSQL checks its own pages; nothing is moved aside
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def queue(request, tmp_path):
+    """The durable queue a test runs on: a SQLite file, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return SQLiteQueue(tmp_path / "q.db")
+    return PostgresQueue(request.getfixturevalue("postgres_dsn"))
+
+
+def geard(server_factory, queue, *extra: str):
+    return server_factory("geard", *queue.args, *extra)
 
 
 def kill(server) -> None:
@@ -50,16 +95,15 @@ def drain(worker: Wire, limit: int = 100_000, complete: bool = True) -> list[tup
 
 
 @pytest.mark.parametrize("priority", sorted(PRIORITY_TYPES))
-def test_every_acknowledged_job_is_delivered_once_after_sigkill(server_factory, tmp_path, priority):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+def test_every_acknowledged_job_is_delivered_once_after_sigkill(server_factory, queue, priority):
+    first = geard(server_factory, queue)
     jobs = [(PRIORITY_TYPES[priority], b"work", b"u-%d" % i, b"data\x00%d-%s" % (i, b"x" * (i % 50)))
             for i in range(300)]
     with Wire(first.host, first.port) as client:
         handles = submit_all(client, jobs)
         kill(first)  # at once after the last JOB_CREATED
     assert len(set(handles)) == 300
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         assert drain(worker) == [(b"work", unique, data) for _, _, unique, data in jobs]
@@ -67,27 +111,26 @@ def test_every_acknowledged_job_is_delivered_once_after_sigkill(server_factory, 
 
 @pytest.mark.parametrize("sync", ["full", "normal"])
 def test_with_either_queue_sync_every_acknowledged_job_survives_sigkill(server_factory, tmp_path, sync):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db, "--queue-sync", sync)
+    queue = SQLiteQueue(tmp_path / "q.db")  # --queue-sync is SQLite's (PRAGMA synchronous)
+    first = geard(server_factory, queue, "--queue-sync", sync)
     jobs = [(C.SUBMIT_JOB_BG, b"work", b"u-%d" % i, b"%d" % i) for i in range(500)]
     with Wire(first.host, first.port) as client:
         submit_all(client, jobs)
         kill(first)  # at once after the last JOB_CREATED: "normal" has synced nothing, the OS holds the log
-    second = geard(server_factory, db, "--queue-sync", sync)
+    second = geard(server_factory, queue, "--queue-sync", sync)
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         assert drain(worker) == [(b"work", unique, data) for _, _, unique, data in jobs]
 
 
-def test_replay_keeps_the_order_within_each_priority(server_factory, tmp_path):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+def test_replay_keeps_the_order_within_each_priority(server_factory, queue):
+    first = geard(server_factory, queue)
     order = ["low", "normal", "high"] * 20
     jobs = [(PRIORITY_TYPES[p], b"work", b"%s-%d" % (p.encode(), i), b"%d" % i) for i, p in enumerate(order)]
     with Wire(first.host, first.port) as client:
         submit_all(client, jobs)
         kill(first)
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         got = [unique for _, unique, _ in drain(worker)]
@@ -95,21 +138,19 @@ def test_replay_keeps_the_order_within_each_priority(server_factory, tmp_path):
     assert got == expected
 
 
-def test_jobs_without_unique_are_all_kept(server_factory, tmp_path):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+def test_jobs_without_unique_are_all_kept(server_factory, queue):
+    first = geard(server_factory, queue)
     with Wire(first.host, first.port) as client:
         submit_all(client, [(C.SUBMIT_JOB_BG, b"work", b"", b"same data")] * 5)
         kill(first)
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         assert drain(worker) == [(b"work", b"", b"same data")] * 5
 
 
-def test_completed_and_cancelled_jobs_are_not_replayed(server_factory, tmp_path):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+def test_completed_and_cancelled_jobs_are_not_replayed(server_factory, queue):
+    first = geard(server_factory, queue)
     jobs = [(C.SUBMIT_JOB_BG, b"work", b"u%d" % i, b"d%d" % i) for i in range(10)]
     with Wire(first.host, first.port) as client, Wire(first.host, first.port) as worker:
         handles = submit_all(client, jobs)
@@ -126,15 +167,14 @@ def test_completed_and_cancelled_jobs_are_not_replayed(server_factory, tmp_path)
         # above is on disk too.
         assert submit_all(worker, [(C.SUBMIT_JOB_BG, b"work", b"sync", b"")])
         kill(first)
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         assert [u for _, u, _ in drain(worker)] == [b"u5", b"u6", b"u7", b"u8", b"sync"]
 
 
-def test_a_job_whose_worker_or_server_dies_runs_again_but_never_twice_at_once(server_factory, tmp_path):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+def test_a_job_whose_worker_or_server_dies_runs_again_but_never_twice_at_once(server_factory, queue):
+    first = geard(server_factory, queue)
     with Wire(first.host, first.port) as client:
         submit_all(client, [(C.SUBMIT_JOB_BG, b"work", b"one", b"1"), (C.SUBMIT_JOB_BG, b"work", b"two", b"2")])
         with Wire(first.host, first.port) as lost:
@@ -146,7 +186,7 @@ def test_a_job_whose_worker_or_server_dies_runs_again_but_never_twice_at_once(se
             assert running.grab().args[2] == b"two"
             assert running.grab().args[2] == b"one"
             kill(first)
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as a, Wire(second.host, second.port) as b:
         a.register(b"work")
         b.register(b"work")
@@ -155,13 +195,12 @@ def test_a_job_whose_worker_or_server_dies_runs_again_but_never_twice_at_once(se
     assert sorted(u for _, u, _ in got_a) == [b"one", b"two"] and got_b == []
 
 
-def test_replayed_jobs_coalesce_by_unique_and_show_in_admin(server_factory, tmp_path):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+def test_replayed_jobs_coalesce_by_unique_and_show_in_admin(server_factory, queue):
+    first = geard(server_factory, queue)
     with Wire(first.host, first.port) as client:
         submit_all(client, [(C.SUBMIT_JOB_BG, b"work", b"the-unique", b"payload")])
         kill(first)
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as client, Wire(second.host, second.port) as worker:
         assert client.admin("status").lines == (b"work\t1\t0\t0",)
         (line,) = client.admin("show jobs").lines
@@ -178,11 +217,10 @@ def test_replayed_jobs_coalesce_by_unique_and_show_in_admin(server_factory, tmp_
         assert drain(worker) == []
 
 
-def test_epoch_and_reduce_jobs_keep_their_time_and_reducer(server_factory, tmp_path):
-    db = tmp_path / "q.db"
+def test_epoch_and_reduce_jobs_keep_their_time_and_reducer(server_factory, queue):
     far = 4_000_000_000  # in 2096
     soon = int(time.time()) + 1
-    first = geard(server_factory, db)
+    first = geard(server_factory, queue)
     with Wire(first.host, first.port) as client:
         client.send(C.SUBMIT_JOB_EPOCH, b"work", b"far", b"%d" % far, b"later")
         client.send(C.SUBMIT_JOB_EPOCH, b"work", b"soon", b"%d" % soon, b"sooner")
@@ -190,7 +228,7 @@ def test_epoch_and_reduce_jobs_keep_their_time_and_reducer(server_factory, tmp_p
         for _ in range(3):
             client.expect(C.JOB_CREATED)
         kill(first)
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         assigned = []
@@ -210,32 +248,26 @@ def test_epoch_and_reduce_jobs_keep_their_time_and_reducer(server_factory, tmp_p
         assert len(worker.admin("show jobs").lines) == 3
     second.process.send_signal(signal.SIGTERM)
     second.process.wait(timeout=30)
-    conn = sqlite3.connect(str(db))
-    try:
-        stored = conn.execute("SELECT unique_key, when_to_run, reducer FROM geartrain_jobs").fetchall()
-    finally:
-        conn.close()
+    stored = queue.query("SELECT unique_key, when_to_run, reducer FROM geartrain_jobs")
     assert sorted(stored) == [(b"far", far, b""), (b"reduce", 0.0, b"the-reducer"), (b"soon", soon, b"")]
 
 
-def test_start_logs_how_many_jobs_were_replayed_and_from_where(server_factory, tmp_path):
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+def test_start_logs_how_many_jobs_were_replayed_and_from_where(server_factory, queue):
+    first = geard(server_factory, queue)
     with Wire(first.host, first.port) as client:
         submit_all(client, [(C.SUBMIT_JOB_LOW_BG, b"work", b"", b"%d" % i) for i in range(3)])
         kill(first)
-    second = geard(server_factory, db, "--verbose", "INFO")
+    second = geard(server_factory, queue, "--verbose", "INFO")
     with Wire(second.host, second.port) as client:
         client.admin("version")
     second.process.send_signal(signal.SIGTERM)
     _, err = second.process.communicate(timeout=30)
-    assert f"replayed 3 jobs from {db}".encode() in err
+    assert b"replayed 3 jobs from " in err and queue.location.encode() in err
 
 
-def test_a_kill_during_a_burst_loses_no_acknowledged_job_and_leaves_no_bad_row(server_factory, tmp_path):
+def test_a_kill_during_a_burst_loses_no_acknowledged_job_and_leaves_no_bad_row(server_factory, queue):
     """Four connections submit without pause; the server is killed while they still do."""
-    db = tmp_path / "q.db"
-    first = geard(server_factory, db)
+    first = geard(server_factory, queue)
     conns, most, chunk = 4, 25_000, 200
     acked = [0] * conns  # per connection: JOB_CREATED answer the submits in order, so a count says which
     sent = [0] * conns
@@ -290,7 +322,7 @@ def test_a_kill_during_a_burst_loses_no_acknowledged_job_and_leaves_no_bad_row(s
         for wire in wires:
             wire.close()
     assert sum(acked) < conns * most  # the kill came in the middle of the burst
-    second = geard(server_factory, db)
+    second = geard(server_factory, queue)
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         got = drain(worker, limit=conns * most)
@@ -301,13 +333,8 @@ def test_a_kill_during_a_burst_loses_no_acknowledged_job_and_leaves_no_bad_row(s
     assert set(delivered) <= {job(c, i)[0] for c in range(conns) for i in range(max(sent[c], acked[c]))}
     second.process.send_signal(signal.SIGTERM)
     second.process.wait(timeout=30)
-    conn = sqlite3.connect(str(db))
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT count(*) FROM geartrain_jobs").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM geartrain_jobs_invalid").fetchone()[0] == 0
-    finally:
-        conn.close()
+    assert queue.query("SELECT count(*) FROM geartrain_jobs") == [(0,)]
+    queue.check()
 
 
 @pytest.mark.skipif(GEARMAND is None, reason="gearmand is not installed")
@@ -320,7 +347,7 @@ def test_geard_takes_over_the_queue_gearmand_left_in_its_sqlite_file(server_fact
                                 (C.SUBMIT_JOB_HIGH_BG, b"work", b"g2", b"two")])
     finally:
         gearmand.stop()
-    second = geard(server_factory, db, "--libsqlite3-db", str(db))
+    second = server_factory("geard", "--queue-type", "sqlite", "--libsqlite3-db", str(db))
     with Wire(second.host, second.port) as worker:
         worker.register(b"work")
         assert drain(worker) == [(b"work", b"g2", b"two"), (b"work", b"g1", b"one")]

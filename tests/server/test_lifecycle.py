@@ -28,11 +28,13 @@ backoff_initial = 0.05
 
 
 class Geard:
-    """Starts geard with the test's queue (memory or one SQLite file), kills and restarts it."""
+    """Starts geard with the test's queue (memory, one SQLite file or a PostgreSQL database), kills and restarts
+    it."""
 
-    def __init__(self, server_factory, tmp_path, queue: str) -> None:
+    def __init__(self, server_factory, tmp_path, queue: str, dsn: str | None = None) -> None:
         self.factory = server_factory
         self.queue = queue
+        self.dsn = dsn
         self.db = tmp_path / "q.db"
         self.policy = tmp_path / "policy.toml"
         self.policy.write_text(POLICY)
@@ -40,10 +42,12 @@ class Geard:
 
     @property
     def durable(self) -> bool:
-        return self.queue == "sqlite"
+        return self.queue != "memory"
 
     def start(self, *extra: str):
-        queue = ("--queue-type", "sqlite", "--sqlite-db", str(self.db)) if self.durable else ()
+        queue = {"memory": (), "sqlite": ("--queue-type", "sqlite", "--sqlite-db", str(self.db)),
+                 "postgres": ("--queue-type", "postgres", "--postgres-dsn", str(self.dsn), "--cluster-node", "t")}
+        queue = queue[self.queue]
         self.server = self.factory("geard", *queue, "--policy-file", str(self.policy), "--result-ttl", "600",
                                    *extra)
         return self.server
@@ -56,9 +60,10 @@ class Geard:
         return Wire(self.server.host, self.server.port, timeout=30)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def geard(request, server_factory, tmp_path) -> Geard:
-    return Geard(server_factory, tmp_path, request.param)
+    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else None
+    return Geard(server_factory, tmp_path, request.param, dsn)
 
 
 def durable(wire: Wire) -> None:

@@ -8,6 +8,7 @@
 - The exceptions (errors.py): GearmanError and its subclasses.
 """
 
+from ..protocol.address import parse_address as parse_server
 from .client import Client
 from .errors import (
     ConnectionLost,
@@ -20,7 +21,7 @@ from .errors import (
     ServerError,
 )
 from .job import Job, JobStatus, UniqueStatus
-from .link import Link, parse_server
+from .link import Link
 from .worker import Worker, WorkerJob
 
 __all__ = [

@@ -1,9 +1,11 @@
 """Client: submits jobs to a set of Gearman servers over asyncio and follows them to their result.
 
-Each server is a Link that reconnects by itself. Per connection a _Session matches the server's in-order replies
-(JOB_CREATED, STATUS_RES, ECHO_RES, OPTION_RES, ERROR) to the requests in one FIFO and routes WORK_* packets to
-the Jobs by handle. On loss, submits not yet acknowledged are sent again (to the next live server if need be),
-acknowledged foreground jobs fail with JobLost, other waiting requests get ConnectionLost.
+Each server is a Link that reconnects by itself, with a geartrain.protocol ClientSession that matches the
+server's replies to the requests (a reply only answers a request of its own kind) and names every job waiting on
+a handle. A job goes to the server its unique hashes to on a ring over the pool in canonical order (the same
+server whatever order the pool was given in; the next one on the ring while that one is down); jobs submitted
+without a unique go round-robin. On loss, submits not yet acknowledged are sent again (to the next live server
+if need be), acknowledged foreground jobs fail with JobLost, other waiting requests get ConnectionLost.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import datetime
 import logging
 import ssl
 import uuid
-import zlib
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import AdminResponse, ClientEvent, Packet, PacketError, to_bytes
+from ..protocol import AdminResponse, PacketError, to_bytes
 from ..protocol import constants as C
+from ..protocol.pool import Ring, RoundRobin
+from ..protocol.session import ClientSession, Reply, Unanswered, Unsolicited, Work
 from .errors import ConnectionLost, GearmanError, JobLost, NoServerAvailable, ServerError
 from .job import CREATED, LOST, PENDING, Job, JobStatus, UniqueStatus, to_int
 from .link import Link, ServerSpec, parse_servers
@@ -28,28 +30,10 @@ from .link import Link, ServerSpec, parse_servers
 log = logging.getLogger("geartrain.client")
 
 _PRIORITIES = {"high": C.PRIORITY_HIGH, "normal": C.PRIORITY_NORMAL, "low": C.PRIORITY_LOW}
-_REPLIES = frozenset({C.JOB_CREATED, C.ERROR, C.OPTION_RES, C.STATUS_RES, C.STATUS_RES_UNIQUE, C.ECHO_RES})
-_WORK = frozenset({C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION})
 
 
-@dataclass
-class _Request:
-    """One request waiting for its in-order reply: a submit (job) or a future for anything else."""
-
-    kind: int
-    job: Job | None = None
-    future: asyncio.Future[Any] | None = None
-
-
-@dataclass
-class _Session:
-    """What one live connection is waiting for; replaced on every reconnect."""
-
-    pending: deque[_Request] = field(default_factory=deque)
-    jobs: dict[bytes, list[Job]] = field(default_factory=dict)
-    admin: deque[asyncio.Future[AdminResponse]] = field(default_factory=deque)
-    #: Whether the server confirmed the "exceptions" option on this connection.
-    exceptions: bool = False
+def _is_up(link: Link) -> bool:
+    return link.transport is not None
 
 
 class Client:
@@ -67,6 +51,10 @@ class Client:
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         self.links: list[Link] = []
+        self._ring: Ring[Link] = Ring(())
+        self._round_robin: RoundRobin[Link] = RoundRobin()
+        #: Admin commands waiting for their answer, per link, in order.
+        self._admin: dict[Link, deque[asyncio.Future[AdminResponse]]] = {}
         self._unrouted: deque[Job] = deque()
         self._closed = False
 
@@ -79,10 +67,12 @@ class Client:
         """
         if not self.links:
             self.links = [
-                Link(address, on_connected=self._connected, on_events=self._events, on_lost=self._lost,
-                     ssl_context=self.ssl_context, connect_timeout=self.connect_timeout)
+                Link(address, ClientSession(self.client_id), on_connected=self._connected, on_events=self._events,
+                     on_lost=self._lost, ssl_context=self.ssl_context, connect_timeout=self.connect_timeout)
                 for address in self.addresses
             ]
+            self._ring = Ring((link, link.name) for link in self.links)
+            self._admin = {link: deque() for link in self.links}
             for link in self.links:
                 link.start()
         results = await asyncio.gather(*(link.first_attempt() for link in self.links))
@@ -133,6 +123,7 @@ class Client:
         uq = to_bytes(unique, "unique") if unique is not None else uuid.uuid4().hex.encode()
         ptype = C.submit_type(background, level)
         job = Job(fn, body, uq, ptype, (fn, uq, body), background, priority.lower())
+        job._hashed = unique is not None
         return await self._submit(job)
 
     async def submit_epoch(
@@ -150,6 +141,7 @@ class Client:
         uq = to_bytes(unique, "unique") if unique is not None else uuid.uuid4().hex.encode()
         epoch = str(int(when)).encode()
         job = Job(fn, body, uq, C.SUBMIT_JOB_EPOCH, (fn, uq, epoch, body), True, "normal")
+        job._hashed = unique is not None
         return await self._submit(job)
 
     async def run(
@@ -177,18 +169,19 @@ class Client:
         return job
 
     def _order(self, key: bytes) -> list[Link]:
-        """The servers in the order a key tries them: a stable hash picks the first, the rest follow."""
-        start = zlib.crc32(key) % len(self.links)
-        return self.links[start:] + self.links[:start]
+        """The servers in the order a unique tries them: its place on the ring first, then along the ring."""
+        return self._ring.order(key)
 
     def _route(self, job: Job) -> None:
-        """Send a submit to the first live server in its unique's order, or hold it until one connects."""
-        for link in self._order(job.unique):
-            if link.connected:
-                link.write(link.conn.send_packet(job._ptype, *job._packet_args))
-                link.state.pending.append(_Request(job._ptype, job=job))
-                return
-        self._unrouted.append(job)
+        """Send a submit to its server (by unique, or round-robin without one), or hold it until one connects."""
+        if job._hashed:
+            link = self._ring.pick(job.unique, _is_up)
+        else:
+            link = self._round_robin.pick(self.links, _is_up)
+        if link is None:
+            self._unrouted.append(job)
+            return
+        link.write(link.conn.submit(job._ptype, job._packet_args, job))
 
     # ------------------------------------------------------------------ other requests
 
@@ -210,10 +203,15 @@ class Client:
             raise ConnectionLost(f"{link.name} is not connected")
         return link
 
-    async def _request(self, link: Link, ptype: int, *args: bytes) -> Any:
+    async def _request(self, link: Link, ptype: int, arg: bytes) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        link.write(link.conn.send_packet(ptype, *args))
-        link.state.pending.append(_Request(ptype, future=future))
+        session: ClientSession = link.conn
+        if ptype == C.GET_STATUS:
+            link.write(session.get_status(arg, future))
+        elif ptype == C.GET_STATUS_UNIQUE:
+            link.write(session.get_status_unique(arg, future))
+        else:
+            link.write(session.echo(arg, future))
         return await future
 
     async def echo(self, data: bytes | str = b"", server: str | int | None = None) -> bytes:
@@ -264,43 +262,35 @@ class Client:
         link = self._pick(server)
         future: asyncio.Future[AdminResponse] = asyncio.get_running_loop().create_future()
         link.write(link.conn.send_admin(command))
-        link.state.admin.append(future)
+        self._admin[link].append(future)
         return await future
 
     # ------------------------------------------------------------------ Link callbacks
 
     def _connected(self, link: Link) -> None:
-        link.state = session = _Session()
-        if self.client_id is not None:
-            link.write(link.conn.send_packet(C.SET_CLIENT_ID, self.client_id))
-        link.write(link.conn.send_packet(C.OPTION_REQ, b"exceptions"))
-        session.pending.append(_Request(C.OPTION_REQ))
+        link.write(link.conn.connect())  # SET_CLIENT_ID, the exceptions option
         held, self._unrouted = self._unrouted, deque()
         for job in held:
             if not job._abandoned:
                 self._route(job)
 
     def _lost(self, link: Link, exc: Exception | None) -> None:
-        session: _Session | None = link.state
-        link.state = None
-        if session is None:
-            return
+        loss = link.conn.lost()
         reason = f"the connection to {link.name} was lost" + (f" ({exc})" if exc else "")
-        resend: list[Job] = []
-        for request in session.pending:
-            if request.job is not None:
-                if request.job.state == PENDING and not request.job._abandoned:
-                    resend.append(request.job)
-            elif request.future is not None and not request.future.done():
-                request.future.set_exception(ConnectionLost(reason))
-        for future in session.admin:
+        for future, _kind in loss.requests:
             if not future.done():
                 future.set_exception(ConnectionLost(reason))
-        for handle, jobs in session.jobs.items():
-            for job in jobs:
-                job._finish(LOST, exc=JobLost(
-                    f"job {handle!r} on {link.name} was lost with its connection; its result cannot arrive", job))
-        for job in resend:
+        admin = self._admin[link]
+        while admin:
+            future = admin.popleft()
+            if not future.done():
+                future.set_exception(ConnectionLost(reason))
+        for job in loss.acknowledged:
+            job._finish(LOST, exc=JobLost(
+                f"job {job.handle!r} on {link.name} was lost with its connection; its result cannot arrive", job))
+        for job in loss.unacknowledged:
+            if job.state != PENDING or job._abandoned:
+                continue
             if self._closed:
                 job._reject(ConnectionLost(reason))
             else:
@@ -308,59 +298,55 @@ class Client:
                          job.function, job.unique, link.name)
                 self._route(job)
 
-    def _events(self, link: Link, events: list[ClientEvent]) -> None:
-        session: _Session = link.state
+    def _events(self, link: Link, events: list[Any]) -> None:
         for event in events:
-            if type(event) is Packet:
-                ptype, args = event.ptype, event.args
-                if ptype in _WORK:
-                    jobs = session.jobs.get(args[0])
-                    if jobs:
-                        ended = False
-                        for job in jobs:
-                            ended = job._packet(ptype, args) or ended
-                        if ended:
-                            del session.jobs[args[0]]
-                elif ptype in _REPLIES:
-                    self._reply(link, session, ptype, args)
-                else:
-                    log.debug("ignoring %s from %s", event.name, link.name)
-            elif type(event) is AdminResponse:
-                if session.admin:
-                    future = session.admin.popleft()
+            kind = type(event)
+            if kind is Work:
+                ptype, args = event.packet.ptype, event.packet.args
+                for job in event.jobs:
+                    job._packet(ptype, args)
+            elif kind is Reply:
+                self._reply(link, event)
+            elif kind is Unanswered:
+                self._unanswered(link, event)
+            elif kind is AdminResponse:
+                admin = self._admin[link]
+                if admin:
+                    future = admin.popleft()
                     if not future.done():
                         future.set_result(event)
-            elif type(event) is PacketError:
+            elif kind is Unsolicited:
+                packet = event.packet
+                if packet.ptype == C.ERROR:
+                    log.warning("ERROR from %s: %s %s", link.name, packet.args[0], packet.args[1])
+                elif packet.ptype != C.NOOP:
+                    log.debug("ignoring %s from %s", packet.name, link.name)
+            elif kind is PacketError:
                 log.warning("unusable packet from %s: %s", link.name, event.message)
 
-    def _reply(self, link: Link, session: _Session, ptype: int, args: tuple[bytes, ...]) -> None:
-        if not session.pending:
-            if ptype == C.ERROR:
-                log.warning("ERROR from %s: %s %s", link.name, args[0], args[1])
-            else:
-                log.warning("unexpected %s from %s", C.TYPE_NAMES[ptype], link.name)
-            return
-        request = session.pending.popleft()
-        if ptype == C.ERROR:
-            error = ServerError(args[0], args[1], link.name)
-            if request.job is not None:
-                request.job._reject(error)
-            elif request.future is not None:
-                if not request.future.done():
-                    request.future.set_exception(error)
-            else:
-                log.warning("%s refused %s: %s", link.name, C.TYPE_NAMES.get(request.kind), error)
-            return
-        if request.job is not None:
-            job = request.job
-            if ptype != C.JOB_CREATED:
-                log.warning("%s answered a submit with %s", link.name, C.TYPE_NAMES[ptype])
-                job._reject(GearmanError(f"{link.name} answered a submit with {C.TYPE_NAMES[ptype]}"))
+    def _reply(self, link: Link, reply: Reply) -> None:
+        packet, request = reply.packet, reply.request
+        if type(request) is Job:
+            if packet.ptype == C.ERROR:
+                request._reject(ServerError(packet.args[0], packet.args[1], link.name))
                 return
-            job._acknowledge(args[0], link.name)
-            if not job.background and not job._abandoned and job.state == CREATED:
-                session.jobs.setdefault(args[0], []).append(job)
-        elif request.kind == C.OPTION_REQ:
-            session.exceptions = ptype == C.OPTION_RES
-        elif request.future is not None and not request.future.done():
-            request.future.set_result(args[0] if ptype == C.ECHO_RES else args)
+            request._acknowledge(packet.args[0], link.name)
+            if not request.background and (request._abandoned or request.state != CREATED):
+                link.conn.forget(request)
+        elif request.done():
+            pass
+        elif packet.ptype == C.ERROR:
+            request.set_exception(ServerError(packet.args[0], packet.args[1], link.name))
+        elif packet.ptype == C.ECHO_RES:
+            request.set_result(packet.args[0])
+        else:
+            request.set_result(packet.args)
+
+    def _unanswered(self, link: Link, event: Unanswered) -> None:
+        what = C.TYPE_NAMES[event.kind]
+        log.warning("%s passed over a %s: it does not support it", link.name, what)
+        error = GearmanError(f"{link.name} did not answer {what} (a server that does not support it)")
+        if type(event.request) is Job:
+            event.request._reject(error)
+        elif not event.request.done():
+            event.request.set_exception(error)

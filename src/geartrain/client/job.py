@@ -75,6 +75,8 @@ class Job:
         self._outcome: asyncio.Future[bytes] = loop.create_future()
         self._waiters: list[asyncio.Future[None]] = []
         self._abandoned = False
+        #: Whether the job's server is chosen by its unique (False: the user gave none, round-robin).
+        self._hashed = True
 
     def __repr__(self) -> str:
         return f"<Job {self.function!r} handle={self.handle!r} state={self.state}>"

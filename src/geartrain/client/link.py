@@ -1,60 +1,37 @@
-"""Link: one server address held open by asyncio, reconnecting with exponential backoff and jitter.
+"""Link: one server address held open by asyncio, reconnecting by the protocol's one Backoff policy.
 
-A Link owns the socket and a geartrain.protocol.ClientConnection; it hands decoded events to its owner (the
-Client or the Worker) through three callbacks and batches writes into one transport.write per loop pass.
+A Link owns the socket and feeds what arrives to its session (a ClientSession or WorkerSession from
+geartrain.protocol.session, given by its owner); it hands the session's events to its owner (the Client or the
+Worker) through three callbacks and batches writes into one transport.write per loop pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..protocol import ClientConnection, ClientEvent, ProtocolError
-from ..protocol.constants import DEFAULT_PORT
+from ..protocol import ProtocolError
+from ..protocol.address import parse_address
+from ..protocol.pool import Backoff, server_name
+from ..sockets import tune
 
 log = logging.getLogger("geartrain.client")
-
-#: Reconnect delays: the first retry waits about INITIAL_BACKOFF, each failure doubles it up to MAX_BACKOFF.
-INITIAL_BACKOFF = 0.1
-MAX_BACKOFF = 5.0
 
 Address = tuple[str, int]
 ServerSpec = tuple[str, int] | str
 
 
-def parse_server(spec: ServerSpec) -> Address:
-    """(host, port) from a (host, port) pair, "host:port", "[v6]:port" or "host" (port 4730)."""
-    if isinstance(spec, tuple):
-        host, port = spec
-        return str(host), int(port)
-    text = spec.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, int(port)
-    return text, DEFAULT_PORT
-
-
 def parse_servers(specs: Sequence[ServerSpec] | ServerSpec) -> list[Address]:
-    """Addresses from a list of server specs (a single spec is accepted too)."""
+    """Addresses from a list of server specs (a single spec is accepted too); see protocol.address."""
     if isinstance(specs, str) or (isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], int)):
         specs = [specs]  # type: ignore[list-item]
-    addresses = [parse_server(spec) for spec in specs]  # type: ignore[union-attr]
+    addresses = [parse_address(spec) for spec in specs]  # type: ignore[union-attr]
     if not addresses:
         raise ValueError("at least one server address is needed")
     return addresses
-
-
-def backoff_delay(attempt_delay: float) -> float:
-    """The delay actually slept: between half and all of the nominal delay (jitter spreads reconnect storms)."""
-    return attempt_delay * random.uniform(0.5, 1.0)
 
 
 class _LinkProtocol(asyncio.Protocol):
@@ -83,9 +60,10 @@ class Link:
     def __init__(
         self,
         address: Address,
+        session: Any,
         *,
         on_connected: Callable[[Link], None],
-        on_events: Callable[[Link, list[ClientEvent]], None],
+        on_events: Callable[[Link, list[Any]], None],
         on_lost: Callable[[Link, Exception | None], None],
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
@@ -93,7 +71,9 @@ class Link:
         self.host, self.port = address
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
-        self.conn = ClientConnection()
+        #: The protocol state machine of this connection (ClientSession or WorkerSession); the owner calls its
+        #: connect() in on_connected and its lost() in on_lost.
+        self.conn = session
         #: Owner's per-connection state, replaced by the owner on every (re)connect.
         self.state: Any = None
         #: Counts connections made: work tied to an older connection must not be sent on a newer one.
@@ -110,12 +90,11 @@ class Link:
         self._first: asyncio.Future[bool] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._delay = INITIAL_BACKOFF
+        self.backoff = Backoff()
 
     @property
     def name(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return server_name(self.host, self.port)
 
     @property
     def connected(self) -> bool:
@@ -174,8 +153,7 @@ class Link:
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 log.debug("connect to %s failed: %s", self.name, exc or type(exc).__name__)
                 self._resolve_first(False)
-                await asyncio.sleep(backoff_delay(self._delay))
-                self._delay = min(self._delay * 2, MAX_BACKOFF)
+                await asyncio.sleep(self.backoff.next_delay())
                 continue
             lost = self._lost
             if lost is not None and not lost.done():
@@ -183,8 +161,7 @@ class Link:
             if self._closing:
                 break
             # Wait a little before reconnecting: a server that accepts and drops at once gets no busy loop.
-            await asyncio.sleep(backoff_delay(self._delay))
-            self._delay = min(self._delay * 2, MAX_BACKOFF)
+            await asyncio.sleep(self.backoff.next_delay())
 
     def _resolve_first(self, value: bool) -> None:
         if self._first is not None and not self._first.done():
@@ -196,17 +173,13 @@ class Link:
         if self._closing:
             transport.abort()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        tune(transport.get_extra_info("socket"))
         self.transport = transport
-        self._lost = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
         self._buffer.clear()
         self._paused = False
-        self.conn.reset()
+        self.backoff.connected(loop.time())
         self.generation += 1
         log.debug("connected to %s", self.name)
         try:
@@ -215,7 +188,6 @@ class Link:
             self._resolve_first(True)
 
     def _received(self, data: bytes) -> None:
-        self._delay = INITIAL_BACKOFF  # the server talks: the next loss starts the backoff afresh
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as exc:
@@ -234,7 +206,7 @@ class Link:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self.conn.reset()
+        self.backoff.lost(asyncio.get_running_loop().time())
         self._resume()
         if not self._closing:
             log.info("connection to %s lost%s", self.name, f": {exc}" if exc else "")

@@ -14,9 +14,11 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ..protocol import JOB_ASSIGNMENTS, ClientEvent, Packet, assignment, to_bytes
 from ..protocol import constants as C
+from ..protocol import to_bytes
+from ..protocol.session import GRAB_WAIT, SLEEP, Assigned, NoJob, Unsolicited, Wake, WorkerSession
 from .errors import ConnectionLost, JobFailed
 from .link import Link, ServerSpec, parse_servers
 
@@ -55,7 +57,7 @@ class WorkerJob:
     async def _send(self, ptype: int, *args: bytes) -> None:
         if self.connection_lost:
             raise ConnectionLost(f"the connection to {self.server} that assigned job {self.handle!r} was lost")
-        self._link.write(self._link.conn.send_packet(ptype, self.handle, *args))
+        self._link.write(self._link.conn.work(ptype, self.handle, *args))
         await self._link.drain()
 
     async def send_data(self, data: bytes | str) -> None:
@@ -78,11 +80,9 @@ class _Ability:
 
 
 class _Session:
-    """The grab loop's state on one live connection."""
+    """The jobs running on one live connection (the grab machine itself is the link's WorkerSession)."""
 
     def __init__(self) -> None:
-        self.grabbing = False
-        self.sleeping = False
         self.running = 0
 
 
@@ -96,10 +96,8 @@ def _is_async(handler: Handler) -> bool:
 def _result_bytes(value: Result) -> bytes:
     if value is None:
         return b""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        return to_bytes(value)
     raise TypeError(f"a handler must return bytes, str or None, not {type(value).__name__}")
 
 
@@ -135,24 +133,25 @@ class Worker:
         name = to_bytes(function, "function")
         self.abilities[name] = _Ability(handler, timeout)
         for link in self.links:
+            data = link.conn.can_do(name, timeout)
             if link.connected:
-                link.write(self._can_do(link, name))
-                link.state.sleeping = False  # a sleeping worker is not woken for a new ability: ask
-                self._grab(link)
+                link.write(data)
+                self._grab(link, wake=True)  # a sleeping worker is not woken for a new ability: ask
 
     def unregister(self, function: bytes | str) -> None:
         """Stop taking ``function`` (CANT_DO); jobs of it already running finish normally."""
         name = to_bytes(function, "function")
         if self.abilities.pop(name, None) is not None:
             for link in self.links:
+                data = link.conn.cant_do(name)
                 if link.connected:
-                    link.write(link.conn.send_packet(C.CANT_DO, name))
+                    link.write(data)
 
-    def _can_do(self, link: Link, name: bytes) -> bytes:
-        timeout = self.abilities[name].timeout
-        if timeout is None:
-            return link.conn.send_packet(C.CAN_DO, name)
-        return link.conn.send_packet(C.CAN_DO_TIMEOUT, name, str(max(1, round(timeout * 1000))).encode())
+    def _session(self) -> WorkerSession:
+        session = WorkerSession(self.client_id)
+        for name, ability in self.abilities.items():
+            session.can_do(name, ability.timeout)
+        return session
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,8 +166,8 @@ class Worker:
         self._changed = asyncio.Event()
         self._done = asyncio.Event()
         self.links = [
-            Link(address, on_connected=self._connected, on_events=self._events, on_lost=self._lost,
-                 ssl_context=self.ssl_context, connect_timeout=self.connect_timeout)
+            Link(address, self._session(), on_connected=self._connected, on_events=self._events,
+                 on_lost=self._lost, ssl_context=self.ssl_context, connect_timeout=self.connect_timeout)
             for address in self.addresses
         ]
         for link in self.links:
@@ -205,7 +204,7 @@ class Worker:
         self._stopping = True
 
         async def drain() -> None:
-            while self._tasks or any(link.connected and link.state.grabbing for link in self.links):
+            while self._tasks or any(link.connected and link.conn.state == GRAB_WAIT for link in self.links):
                 await self._wait_change()
 
         try:
@@ -224,56 +223,50 @@ class Worker:
 
     # ------------------------------------------------------------------ grab loop
 
-    def _grab(self, link: Link) -> None:
-        session: _Session = link.state
-        if (self._stopping or session.grabbing or session.sleeping or session.running >= self.concurrency
-                or not self.abilities):
+    def _grab(self, link: Link, wake: bool = False) -> None:
+        """Ask for a job when a slot is free, unless one grab is out or (unless woken) the link sleeps."""
+        session: WorkerSession = link.conn
+        if (self._stopping or link.state.running >= self.concurrency or not self.abilities
+                or (session.state == SLEEP and not wake)):
             return
-        session.grabbing = True
-        link.write(link.conn.send_packet(C.GRAB_JOB_UNIQ))
+        data = session.grab()
+        if data:
+            link.write(data)
 
     def _connected(self, link: Link) -> None:
         link.state = _Session()
-        if self.client_id is not None:
-            link.write(link.conn.send_packet(C.SET_CLIENT_ID, self.client_id))
-        for name in self.abilities:
-            link.write(self._can_do(link, name))
+        link.write(link.conn.connect())  # SET_CLIENT_ID, every CAN_DO / CAN_DO_TIMEOUT
         self._grab(link)
         self._signal()
 
     def _lost(self, link: Link, exc: Exception | None) -> None:
+        link.conn.lost()
         link.state = None
         self._signal()
 
-    def _events(self, link: Link, events: list[ClientEvent]) -> None:
+    def _events(self, link: Link, events: list[Any]) -> None:
         session: _Session = link.state
         for event in events:
-            if type(event) is not Packet:
-                continue
-            ptype, args = event.ptype, event.args
-            if ptype == C.NOOP:
-                session.sleeping = False
+            kind = type(event)
+            if kind is Assigned:
+                self._start(link, session, WorkerJob(link, link.generation, *event.job))
                 self._grab(link)
-            elif ptype == C.NO_JOB:
-                session.grabbing = False
+            elif kind is Wake:
+                self._grab(link)
+            elif kind is NoJob:
                 if not self._stopping:
-                    session.sleeping = True
-                    link.write(link.conn.send_packet(C.PRE_SLEEP))
+                    link.write(link.conn.pre_sleep())
                 self._signal()
-            elif ptype in JOB_ASSIGNMENTS:
-                session.grabbing = False
-                self._start(link, session, WorkerJob(link, link.generation, *assignment(event)))
-                self._grab(link)
-            elif ptype == C.ERROR and args[0] == b"JOB_NOT_FOUND":
-                # gearmand ends a job on WORK_EXCEPTION, so the WORK_FAIL sent after it finds no job.
-                log.debug("ERROR from %s: %r %r", link.name, args[0], args[1])
-            elif ptype == C.ERROR:
-                log.warning("ERROR from %s: %s %s", link.name, args[0].decode("utf-8", "replace"),
-                            args[1].decode("utf-8", "replace"))
-            elif ptype == C.ECHO_RES or ptype == C.OPTION_RES:
-                pass
-            else:
-                log.debug("ignoring %s from %s", event.name, link.name)
+            elif kind is Unsolicited:
+                ptype, args = event.packet.ptype, event.packet.args
+                if ptype == C.ERROR and args[0] == b"JOB_NOT_FOUND":
+                    # gearmand ends a job on WORK_EXCEPTION, so the WORK_FAIL sent after it finds no job.
+                    log.debug("ERROR from %s: %r %r", link.name, args[0], args[1])
+                elif ptype == C.ERROR:
+                    log.warning("ERROR from %s: %s %s", link.name, args[0].decode("utf-8", "replace"),
+                                args[1].decode("utf-8", "replace"))
+                elif ptype not in (C.ECHO_RES, C.OPTION_RES):
+                    log.debug("ignoring %s from %s", event.packet.name, link.name)
 
     def _start(self, link: Link, session: _Session, job: WorkerJob) -> None:
         session.running += 1
@@ -291,19 +284,19 @@ class Worker:
             if ability is None:
                 log.warning("%s assigned %r, which this worker no longer does: failing it", link.name, job.function)
                 if not job.connection_lost:
-                    link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                    link.write(link.conn.work(C.WORK_FAIL, job.handle))
                 return
             try:
                 result = await self._call(ability.handler, job)
-                packet = link.conn.send_packet(C.WORK_COMPLETE, job.handle, _result_bytes(result))
+                packet = link.conn.work(C.WORK_COMPLETE, job.handle, _result_bytes(result))
             except asyncio.CancelledError:
                 if not job.connection_lost:
-                    link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                    link.write(link.conn.work(C.WORK_FAIL, job.handle))
                 raise
             except JobFailed:
                 # The handler's way to fail a job without an exception: WORK_FAIL alone.
                 if not job.connection_lost:
-                    link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                    link.write(link.conn.work(C.WORK_FAIL, job.handle))
                 return
             except Exception as exc:
                 if job.connection_lost:
@@ -311,8 +304,8 @@ class Worker:
                     return
                 log.exception("handler for %r failed on job %r", job.function, job.handle)
                 text = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
-                link.write(link.conn.send_packet(C.WORK_EXCEPTION, job.handle, text))
-                link.write(link.conn.send_packet(C.WORK_FAIL, job.handle))
+                link.write(link.conn.work(C.WORK_EXCEPTION, job.handle, text))
+                link.write(link.conn.work(C.WORK_FAIL, job.handle))
                 return
             if job.connection_lost:
                 log.info("job %r finished after its connection to %s was lost: result dropped (the server "

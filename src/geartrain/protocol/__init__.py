@@ -16,6 +16,7 @@ from .codec import (
 )
 from .connection import JOB_ASSIGNMENTS, AdminResponse, Assignment, ClientConnection, ClientEvent, assignment
 from .constants import REQ, RES
+from .session import ClientSession, WorkerSession
 from .text import to_bytes
 
 __all__ = [
@@ -26,12 +27,14 @@ __all__ = [
     "AdminResponse",
     "Assignment",
     "ClientConnection",
+    "ClientSession",
     "ClientEvent",
     "Decoder",
     "Event",
     "Packet",
     "PacketError",
     "ProtocolError",
+    "WorkerSession",
     "constants",
     "encode",
     "encode_request",

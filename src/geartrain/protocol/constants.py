@@ -123,12 +123,18 @@ SUBMIT_TYPES: dict[int, tuple[bool, int]] = {
 }
 
 
+#: The one submit-type table every face uses: (background, priority) -> SUBMIT_JOB* type.
+SUBMIT_BY_KIND: dict[tuple[bool, int], int] = {
+    key: ptype for ptype, key in SUBMIT_TYPES.items() if ptype < SUBMIT_JOB_SCHED
+}
+
+
 def submit_type(background: bool, priority: int) -> int:
     """The SUBMIT_JOB* packet type for a (background, priority) pair."""
-    for ptype, key in SUBMIT_TYPES.items():
-        if key == (background, priority) and ptype < SUBMIT_JOB_SCHED:
-            return ptype
-    raise ValueError(f"no submit type for background={background!r} priority={priority!r}")
+    try:
+        return SUBMIT_BY_KIND[(bool(background), priority)]
+    except (KeyError, TypeError):
+        raise ValueError(f"no submit type for background={background!r} priority={priority!r}") from None
 
 
 #: Admin commands whose successful answer is several lines closed by a line holding ".".

@@ -15,6 +15,8 @@ from .broker import Broker, Peer
 log = logging.getLogger("geartrain.admin")
 
 OK = b"OK\r\n"
+#: The kind of server state (Store.save_state) that keeps maxqueue limits: key the function name in hex.
+MAXQUEUE = "maxqueue"
 LEVELS = ("FATAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
@@ -30,6 +32,19 @@ _UNSAFE = re.compile(rb"[\x00-\x1f\x7f\\]")
 def printable(value: bytes) -> bytes:
     """A unique as it may appear in a listing: control characters and backslashes escaped as \\xNN."""
     return _UNSAFE.sub(lambda m: b"\\x%02x" % m[0][0], value)
+
+
+def restore_max_queues(broker: Broker, state: dict[str, dict[str, bytes]]) -> None:
+    """Apply the maxqueue limits an earlier run kept in the store (Server.start; see Admin.maxqueue)."""
+    for key, value in state.get(MAXQUEUE, {}).items():
+        try:
+            name, limits = bytes.fromhex(key), [int(n) for n in value.split()]
+        except ValueError:
+            limits = []
+        if len(limits) != 3:
+            log.warning("ignored a stored maxqueue that is not a hex name and three numbers: %r %r", key, value)
+            continue
+        broker.set_max_queue(name, limits)
 
 
 def listing(lines: list[bytes]) -> bytes:
@@ -90,23 +105,32 @@ class Admin:
 
     def priority_status(self, peer: Peer, words: list[bytes]) -> bytes:
         lines = [
-            b"%s\t%d\t%d\t%d\t%d" % (f.name, f.counts[0], f.counts[1], f.counts[2], len(f.workers))
+            b"%s\t%d\t%d\t%d\t%d" % (f.name, f.waiting(0), f.waiting(1), f.waiting(2), len(f.workers))
             for f in self.broker.functions.values()
         ]
         return listing(lines)
 
     def show(self, peer: Peer, words: list[bytes]) -> bytes:
         kind = [w.lower() for w in words]
+        spill = self.broker.spill
         if kind == [b"jobs"]:
-            from .broker import QUEUED, RUNNING
+            from .broker import QUEUED, RUNNING, SPILLED
 
             lines = [
                 b"%s\t%d\t%d\t%d" % (job.handle, job.retries, 0, 1 if job.state in (QUEUED, RUNNING) else 0)
-                for job in self.broker.jobs.values()
+                for job in self.broker.jobs.values() if job.state != SPILLED
             ]
+            if spill is not None:  # jobs waiting only in the store (spill.py), materialized ones included
+                lines.extend(b"%s\t0\t0\t1" % handle for handle, _ in spill.listing())
             return listing(lines)
         if kind == [b"unique", b"jobs"]:
-            return listing([printable(job.unique) for job in self.broker.jobs.values() if job.unique])
+            from .broker import SPILLED
+
+            lines = [printable(job.unique) for job in self.broker.jobs.values()
+                     if job.unique and job.state != SPILLED]
+            if spill is not None:
+                lines.extend(printable(unique) for _, unique in spill.listing() if unique)
+            return listing(lines)
         extension = self.show_commands.get(kind[0]) if kind else None
         if extension is not None:
             return extension(peer, words[1:])
@@ -134,13 +158,17 @@ class Admin:
             return err(problem[0].decode(), problem[1])
         self.broker.set_max_queue(words[0], limits)
         log.info("maxqueue %r %s", words[0], dict(zip(PRIORITY_NAMES, limits, strict=True)))
+        store = self.broker.store
+        if store is not None:  # kept across restarts with a durable queue (gearmand forgets them)
+            limits = self.broker.functions[words[0]].max_queue
+            store.save_state(MAXQUEUE, words[0].hex(), b"%d %d %d" % tuple(limits) if any(limits) else None)
         return OK
 
     def cancel(self, peer: Peer, words: list[bytes]) -> bytes:
         if len(words) != 2 or words[0].lower() != b"job":
             return err("INVALID_ARGUMENTS", "use cancel job HANDLE")
         handle = words[1]
-        job = self.broker.jobs.get(handle)
+        job = self.broker.find(handle)
         acl = self.broker.acl
         if job is not None and acl is not None and not acl.canInvoke(peer.subject, job.function.name):
             if self.broker.stats is not None:

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from .admin import Admin
+from .admin import Admin, restore_max_queues
 from .broker import Broker
 from .config import ServerConfig
 from .lifecycle import Lifecycle
@@ -57,6 +57,7 @@ class Server:
             max_unique_length=self.config.max_unique_length,
             max_function_length=self.config.max_function_length,
             max_queued_bytes=self.config.max_queued_bytes,
+            max_queued_jobs=self.config.max_queued_jobs,
             max_idle_functions=self.config.max_idle_functions,
             exceptions=self.config.exceptions,
             store=self.store,
@@ -70,6 +71,10 @@ class Server:
         )
         if not self.config.stats:
             self.broker.stats = None
+        if self.store is not None and self.store.can_spill and self.config.memory_jobs > 0:
+            from .spill import Spill
+
+            Spill(self.broker, self.store, self.config.memory_jobs)
         self.admin = Admin(self.broker, self)
         LifecycleCommands(self.lifecycle, self).install(self.admin)
         self.statsd = self._statsd_reporter()
@@ -108,11 +113,11 @@ class Server:
     def _open_store(self) -> Any:
         if self.config.queue_type == "memory":
             return None
-        if self.config.queue_type == "sqlite":
+        if self.config.queue_type in ("sqlite", "postgres"):
             from .store import open_store
 
             return open_store(self.config)
-        raise ValueError(f"unknown queue type {self.config.queue_type!r}: use memory or sqlite")
+        raise ValueError(f"unknown queue type {self.config.queue_type!r}: use memory, sqlite or postgres")
 
     # ------------------------------------------------------------------ addresses
 
@@ -145,7 +150,9 @@ class Server:
             await self.http.start()
         if self.store is not None:
             await self.store.start(self.state)
-        self.lifecycle.start(self.store.stored_state() if self.store is not None else {})
+        stored_state = self.store.stored_state() if self.store is not None else {}
+        restore_max_queues(self.broker, stored_state)
+        self.lifecycle.start(stored_state)
         config = self.config
         if config.ssl_key and config.ssl_cert:
             from .tls import server_context
@@ -213,6 +220,9 @@ class Server:
         self.ready = False
         for listener in self.listeners:
             listener.close()
+        leaving = getattr(self.store, "leaving", None)
+        if leaving is not None:  # a cluster node: its queued jobs go to the live nodes now, not after the drain
+            leaving()
         self._check_drained()
 
     def _check_drained(self) -> None:

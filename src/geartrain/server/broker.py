@@ -31,6 +31,7 @@ SCHEDULED = 2  # an epoch job waiting for its time
 DONE = 3
 TIMER = 4  # a callback timer (see Broker.add_timer)
 STORING = 5  # a durable job whose row is not committed yet: queued by stored(), or dropped by refuse()
+SPILLED = 6  # queued, but its data is only in the store (spill.py): materialized, waiting to be loaded
 
 NO_CLIENTS: tuple[()] = ()
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
@@ -54,6 +55,10 @@ def frame(ptype: int, head: bytes, data: bytes = b"") -> tuple[bytes, ...]:
 
 def error_packet(code: bytes, message: str) -> bytes:
     return pack(RES, C.ERROR, code + b"\x00" + message.encode("utf-8", "replace"))
+
+
+#: gearmand's answer to a submit past a function's maxqueue, word for word.
+QUEUE_FULL = error_packet(b"QUEUE_ERROR", "Job queue is full")
 
 
 class Peer:
@@ -130,7 +135,7 @@ class Function:
     """One function name: its three priority queues, its workers and its unique index."""
 
     __slots__ = ("name", "queues", "counts", "running", "jobs", "workers", "sleepers", "uniques", "max_queue",
-                 "stats")
+                 "stats", "spill")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -149,10 +154,22 @@ class Function:
         self.max_queue = [0, 0, 0]
         #: This name's counters (stats.FunctionStats), kept by the broker's Stats across forget and re-create.
         self.stats: Any = None
+        #: Jobs queued only in the store, per priority (spill.SpillQueue x 3), or None (all in memory).
+        self.spill: Any = None
 
     @property
     def queued(self) -> int:
-        return self.counts[0] + self.counts[1] + self.counts[2]
+        """Queued jobs, in memory and spilled."""
+        counts = self.counts
+        if self.spill is None:
+            return counts[0] + counts[1] + counts[2]
+        return sum(counts) + sum(queue.count for queue in self.spill)
+
+    def waiting(self, priority: int) -> int:
+        """Queued jobs of one priority, in memory and spilled (maxqueue, prioritystatus)."""
+        if self.spill is None:
+            return self.counts[priority]
+        return self.counts[priority] + self.spill[priority].count
 
 
 class Job:
@@ -218,6 +235,7 @@ class Broker:
         max_unique_length: int = 64,
         max_function_length: int = 512,
         max_queued_bytes: int = 0,
+        max_queued_jobs: int = 0,
         max_idle_functions: int = 0,
         exceptions: bool = False,
         clock: Callable[[], float] = time.time,
@@ -244,6 +262,10 @@ class Broker:
         self.max_function_length = max_function_length
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
+        #: Jobs held at most (in memory and spilled, any state); submits past it get QUEUE_ERROR. 0: no limit.
+        self.max_queued_jobs = max_queued_jobs
+        #: Spilling to the store (spill.Spill attaches itself), or None: every queued job stays in memory.
+        self.spill: Any = None
         #: Functions with no job and no worker, longest idle first (entries may be stale); 0: no limit.
         self.idle: dict[bytes, Function] = {}
         self.max_idle_functions = max_idle_functions
@@ -257,6 +279,8 @@ class Broker:
         self.lifecycle: Any = None
         #: Counters behind metrics and the dashboard (geartrain.server.stats); None turns counting off.
         self.stats: Stats | None = Stats(clock)
+        #: (function, unique) -> handle for background jobs with a unique (a cluster's nodes share it).
+        self.unique_handle: Callable[[bytes, bytes], bytes] | None = None
         self.handlers: dict[int, Callable[[Peer, tuple[bytes, ...]], None]] = {
             C.CAN_DO: self._can_do,
             C.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -541,6 +565,8 @@ class Broker:
         key = data if unique == b"-" else unique
         if key:
             job = function.uniques.get(key)
+            if job is None and function.spill is not None:
+                job = self.spill.join(function, key)
             if job is not None:
                 if peer is not None:
                     if not background:
@@ -552,9 +578,17 @@ class Broker:
                 return job
         if peer is not None:
             limit = function.max_queue[priority]
-            if limit > 0 and function.counts[priority] >= limit:
-                peer.send(error_packet(b"QUEUE_ERROR", f"queue of {name!r} is full"))
+            if limit > 0 and function.waiting(priority) >= limit:
+                peer.send(QUEUE_FULL)  # gearmand's words
+                log.info("refused a job of %r: its maxqueue of %d is reached", name, limit)
                 self._rejected("queue_full")
+                self._maybe_forget(function)
+                return None
+            if self.max_queued_jobs and self.job_count() >= self.max_queued_jobs:
+                peer.send(error_packet(b"QUEUE_ERROR", "Job queue is full: the server holds its maximum of "
+                                                       f"{self.max_queued_jobs} jobs"))
+                log.warning("refused a job of %r: --max-queued-jobs %d reached", name, self.max_queued_jobs)
+                self._rejected("limit")
                 self._maybe_forget(function)
                 return None
             if self.max_queued_bytes and self.queued_bytes + len(data) > self.max_queued_bytes:
@@ -563,8 +597,11 @@ class Broker:
                 self._rejected("limit")
                 self._maybe_forget(function)
                 return None
-        self.counter += 1
-        handle = b"%s%d" % (self.prefix, self.counter)
+        if background and key and self.unique_handle is not None:
+            handle = self.unique_handle(name, key)
+        else:
+            self.counter += 1
+            handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
         if self.stats is not None:
@@ -589,9 +626,16 @@ class Broker:
         return job
 
     def stored(self, job: Job) -> None:
-        """The store committed the job's row: queue it (or wait for its time)."""
+        """The store committed the job's row: queue it (or wait for its time), or leave it only in the store
+        when its queue is full in memory (spill.py)."""
         if job.state == STORING:
+            if self.spill is not None and not (job.when and job.when > self.clock()) and self.spill.take(job):
+                return
             self._queue(job)
+
+    def job_count(self) -> int:
+        """Jobs the server holds (queued, scheduled, running, spilled)."""
+        return len(self.jobs) + (self.spill.total if self.spill is not None else 0)
 
     def refuse(self, job: Job) -> bool:
         """The store could not write the job's row: it never runs; clients that joined it get WORK_FAIL.
@@ -664,6 +708,10 @@ class Broker:
             if not function.counts[job.priority]:
                 self.ready[job.priority].pop(function, None)
                 function.queues[job.priority].clear()
+            if function.spill is not None:
+                self.spill.drained(function, job.priority)
+        elif job.state == SPILLED:
+            self.spill.discard(job)
         job.state = DONE
 
     # ----------------------------------------------------------------- timers
@@ -730,10 +778,16 @@ class Broker:
                         ready.pop(function, None)
                         if function.counts[priority]:
                             ready[function] = None  # round robin: to the back of the line
+                        if function.spill is not None:
+                            self.spill.drained(function, priority)
                         return job
                 # Counts said queued but only stale entries were left: repair.
                 function.counts[priority] = 0
                 ready.pop(function, None)
+            if function.spill is not None and function.spill[priority].count:
+                # Jobs of this priority are being read back from the store: none of a lower one goes first.
+                self.spill.block(function, priority)
+                return None
         return None
 
     def _grab_job(self, peer: Peer, args: tuple[bytes, ...]) -> None:
@@ -912,7 +966,9 @@ class Broker:
     def _get_status(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         handle = args[0]
         job = self.jobs.get(handle)
-        if job is None:
+        if job is None and self.spill is not None and self.spill.holds(handle):
+            body = b"\x00".join((handle, b"1", b"0", b"0", b"0"))
+        elif job is None:
             body = b"\x00".join((handle, b"0", b"0", b"0", b"0"))
         else:
             body = b"\x00".join((handle, b"1", b"1" if job.state == RUNNING else b"0",
@@ -922,7 +978,9 @@ class Broker:
     def _get_status_unique(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         unique = args[0]
         job = self.by_unique.get(unique)
-        if job is None:
+        if job is None and self.spill is not None and self.spill.holds_unique(unique):
+            body = b"\x00".join((unique, b"1", b"0", b"0", b"0", b"0"))
+        elif job is None:
             body = b"\x00".join((unique, b"0", b"0", b"0", b"0", b"0"))
         else:
             body = b"\x00".join((unique, b"1", b"1" if job.state == RUNNING else b"0", job.numerator,
@@ -951,9 +1009,16 @@ class Broker:
 
     # ----------------------------------------------------------------- admin operations
 
+    def find(self, handle: bytes) -> Job | None:
+        """The live job with this handle; a spilled one is materialized (see spill.py)."""
+        job = self.jobs.get(handle)
+        if job is None and self.spill is not None:
+            job = self.spill.materialize(handle)
+        return job
+
     def cancel(self, handle: bytes) -> bool:
         """Cancel a job that is queued or scheduled (not running): its clients get WORK_FAIL."""
-        job = self.jobs.get(handle)
+        job = self.find(handle)
         if job is None or job.state == RUNNING:
             return False
         self._drop_queued(job)
@@ -991,4 +1056,6 @@ class Broker:
         assert job is not None
         if job.store_ref is None:
             job.store_ref = store_ref
+            if self.spill is not None and job.state == QUEUED:
+                self.spill.restored(job)
         return job

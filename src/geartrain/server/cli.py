@@ -31,7 +31,7 @@ VERBOSE_LEVELS = {
 }
 
 #: gearmand's queue names for ours.
-QUEUE_ALIASES = {"builtin": "memory", "libsqlite3": "sqlite"}
+QUEUE_ALIASES = {"builtin": "memory", "libsqlite3": "sqlite", "Postgres": "postgres"}
 #: gearmand's HTTP port when `-r http` comes without --http-port.
 GEARMAND_HTTP_PORT = 8080
 #: Where --syslog sends records (the local syslog daemon's socket).
@@ -84,6 +84,12 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "survives a power cut) or once the commit reached the OS (normal: survives a killed server) (%(default)s)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
+    (("--max-queued-jobs",), "max_queued_jobs", {
+        "type": int, "help": "jobs held at most (queued, spilled, scheduled, running); submits past it get "
+        "QUEUE_ERROR (0: no limit)"}),
+    (("--memory-jobs",), "memory_jobs", {
+        "type": int, "help": "with a durable queue, queued background jobs kept in memory per "
+        "function and priority; the rest wait in the store (%(default)s; 0: all in memory)"}),
     (("--http-port",), "http_port", {
         "type": int, "help": "serve metrics, health, the JSON API, the dashboard and HTTP job submission on this "
         "port"}),
@@ -120,6 +126,15 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "type": int, "help": "payload bytes of all dead letters together (%(default)s; 0: no limit)"}),
     (("--dead-letter-max-age",), "dead_letter_max_age", {
         "type": float, "help": "seconds dead letters are kept (0: ever)"}),
+    (("--postgres-dsn", "--libpq-conninfo"), "postgres_dsn", {
+        "metavar": "DSN", "help": "PostgreSQL DSN of the queue (--queue-type postgres)"}),
+    (("--libpq-table",), "postgres_table", {"help": "gearmand's queue table, imported once (%(default)s)"}),
+    (("--cluster-node",), "cluster_node", {
+        "metavar": "NAME", "help": "this node's name in a PostgreSQL cluster (default host:port)"}),
+    (("--lease-interval",), "lease_interval", {"type": float, "help": "seconds between lease renewals (%(default)s)"}),
+    (("--takeover-after",), "takeover_after", {
+        "type": float, "help": "seconds a node's lease must be expired before live nodes take its jobs over "
+        "(%(default)s)"}),
 ]
 
 #: Fields whose default a variable of the environment overrides, as gear's geard reads them.
@@ -205,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pidfile", "-P", "--pid-file", dest="pidfile", help="write the process id to this file")
     p.add_argument("-u", "--user", help="switch to this user (and its groups) once the ports are bound")
     p.add_argument("-f", "--file-descriptors", type=int, help="raise the open file limit to N")
-    p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", *QUEUE_ALIASES], default=None,
-                   help="where background jobs are kept: sqlite (durable, the default; gearmand: libsqlite3) "
-                   "or memory (gearmand: builtin)")
+    p.add_argument("--queue-type", "-q", choices=["memory", "sqlite", "postgres", *QUEUE_ALIASES], default=None,
+                   help="where background jobs are kept: sqlite (durable, the default; gearmand: libsqlite3), "
+                   "postgres (a database several geard can share; gearmand: Postgres) or memory (gearmand: builtin)")
     p.add_argument("--sqlite-db", "--libsqlite3-db", dest="sqlite_db",
                    help="SQLite file for the durable queue (default: queue-PORT.sqlite3 in $XDG_STATE_HOME/"
                    "geartrain, else ~/.local/state/geartrain; the directory is created)")

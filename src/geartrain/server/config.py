@@ -65,6 +65,13 @@ class ServerConfig:
     output_limit: int = 256 * 1024 * 1024
     #: Total bytes of queued job data; submits past it get QUEUE_ERROR. 0 means no limit.
     max_queued_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Jobs the server holds at most (queued in memory or in the store, scheduled, running); submits past it get
+    #: QUEUE_ERROR. 0 means no limit.
+    max_queued_jobs: int = 0
+    #: With a durable queue that can spill (sqlite): queued background jobs kept in memory per function and
+    #: priority; the rest wait only in the store and are read back in order as the queue drains (spill.py).
+    #: 0 keeps every job in memory.
+    memory_jobs: int = 100_000
     #: Functions with no worker and no job stay listed (as gearmand keeps them) up to this many, about 3 KB
     #: each; past it the longest idle are forgotten. `drop function NAME` removes one. 0 means no limit.
     max_idle_functions: int = 10_000
@@ -75,7 +82,7 @@ class ServerConfig:
     statsd_host: str | None = None
     statsd_port: int = 8125
     statsd_prefix: str | None = None
-    #: "memory" or "sqlite". An embedded server keeps jobs in memory; a plain `geard` uses GEARD_QUEUE_TYPE.
+    #: "memory", "sqlite" or "postgres". An embedded server keeps jobs in memory; a plain `geard` uses GEARD_QUEUE_TYPE.
     queue_type: str = "memory"
     #: The SQLite file; None: default_sqlite_path() (geard passes the per-port file).
     sqlite_db: str | None = None
@@ -112,6 +119,16 @@ class ServerConfig:
     metrics_max_functions: int = 1000
     #: Keep the counters behind metrics and the dashboard (turned off only to measure what they cost).
     stats: bool = True
+    #: PostgreSQL queue: libpq DSN; gearmand's queue table imported once at start.
+    postgres_dsn: str | None = None
+    postgres_table: str = "queue"
+    #: Cluster on one PostgreSQL: this node's name (default host:port), lease renewal and take-over delays.
+    cluster_node: str | None = None
+    lease_interval: float = 2.0
+    takeover_after: float = 10.0
+
+    def node_name(self) -> str:
+        return self.cluster_node or f"{socket.gethostname()}:{self.listen[0][1] if self.listen else 0}"
 
     def handle_prefix(self) -> bytes:
         prefix = self.job_handle_prefix or f"H:{socket.gethostname()}"

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..protocol.constants import PRIORITY_NAMES
 from .admin import Admin, err, listing, printable
-from .broker import QUEUED, RUNNING, SCHEDULED, Job, Peer
+from .broker import QUEUED, RUNNING, SCHEDULED, SPILLED, Job, Peer
 from .cron import CronError, CronSpec
 from .deadletter import DeadLetter
 from .lifecycle import Lifecycle
@@ -24,7 +24,7 @@ log = logging.getLogger("geartrain.admin")
 
 __all__ = ["LifecycleCommands"]
 
-_STATES = {QUEUED: "queued", RUNNING: "running", SCHEDULED: "scheduled"}
+_STATES = {QUEUED: "queued", RUNNING: "running", SCHEDULED: "scheduled", SPILLED: "queued"}
 
 
 def _time(value: float) -> bytes:
@@ -71,11 +71,13 @@ class LifecycleCommands:
         now = self.broker.clock()
         results = self.lifecycle.results
         if len(words) == 1:
-            job = self.broker.jobs.get(words[0])
+            job = self.broker.find(words[0])  # a job queued only in the store too (spill.py)
             record = None if job is not None else results.get(words[0], now) if results.ttl else None
         elif len(words) == 3 and words[0].lower() == b"unique":
             function = self.broker.functions.get(words[1])
             job = function.uniques.get(words[2]) if function is not None else None
+            if job is None and function is not None and function.spill is not None:
+                job = self.broker.spill.join(function, words[2])
             record = None if job is not None else results.get_unique(words[1], words[2], now) if results.ttl \
                 else None
         else:

@@ -10,6 +10,8 @@ import os
 import ssl
 from typing import Any
 
+from ..sockets import client_context  # the one client context builder, re-exported for the tests
+
 __all__ = ["ServerTLSSession", "client_context", "peer_common_name", "server_context"]
 
 StrPath = str | os.PathLike[str]
@@ -26,30 +28,6 @@ def server_context(ssl_key: StrPath, ssl_cert: StrPath, ssl_ca: StrPath | None =
         context.verify_mode = ssl.CERT_REQUIRED
     else:
         context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def client_context(
-    ssl_key: StrPath | None = None,
-    ssl_cert: StrPath | None = None,
-    ssl_ca: StrPath | None = None,
-    check_hostname: bool = False,
-) -> ssl.SSLContext:
-    """A client-side context that verifies the server against `ssl_ca` (the system store when None) and
-    presents `ssl_cert`/`ssl_key` when given. Hostname checking is off unless asked: gear deployments use
-    certificates named by role (CN), not by host."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED
-    if ssl_ca is not None:
-        context.load_verify_locations(cafile=ssl_ca)
-    else:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if ssl_cert is not None:
-        context.load_cert_chain(certfile=ssl_cert, keyfile=ssl_key)
-    elif ssl_key is not None:
-        raise ValueError("ssl_key given without ssl_cert")
     return context
 
 

@@ -10,11 +10,11 @@ import asyncio
 import itertools
 import logging
 import resource
-import socket
 import ssl
 from typing import Any
 
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
+from ..sockets import tune
 from .broker import Broker, Peer, error_packet
 from .config import ServerConfig
 from .memory import MMAP_THRESHOLD
@@ -24,8 +24,8 @@ log = logging.getLogger("geartrain.transport")
 
 _ids = itertools.count(1)
 
-#: Bytes read per receive: a copy of a whole read (the decoder keeps those of large packets) stays under glibc's
-#: mapping threshold.
+#: Bytes read per receive: what is copied of a whole read (the decoder's buffer) stays under glibc's mapping
+#: threshold, in reused heap rather than fresh pages.
 READ_SIZE = MMAP_THRESHOLD - 4096
 
 #: File descriptors no connection may take: the store needs a few (SQLite opens its log and syncs its directory)
@@ -51,9 +51,7 @@ class ServerState:
         self.admin = admin
         self.store = store
         self.connections: set[GearmanProtocol] = set()
-        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer); a copy of
-        #: one read stays below glibc's mapping threshold (memory.py), so it is served from reused heap, not from
-        #: fresh pages the kernel must fault in and zero.
+        #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
         self.read_view = memoryview(bytearray(READ_SIZE))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.descriptor_ceiling = descriptor_ceiling()
@@ -97,19 +95,6 @@ class ServerState:
             conn.write(chunks)
 
 
-def tune_socket(sock: socket.socket | None, keepalive: bool, idle: int, interval: int, count: int) -> None:
-    """TCP_NODELAY always; keepalive with its timers when asked."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if keepalive:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
-            option = getattr(socket, name, None)
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
 class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
@@ -151,7 +136,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             transport.abort()
             return
         state.connections.add(self)
-        tune_socket(sock, config.keepalive, config.tcp_keepidle,
+        tune(sock, config.keepalive, config.tcp_keepidle,
                     config.tcp_keepintvl, config.tcp_keepcnt)
         transport.set_write_buffer_limits(high=config.output_high_water)  # type: ignore[attr-defined]
         if self.ssl_context is not None:

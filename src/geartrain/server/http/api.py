@@ -89,7 +89,7 @@ class Api:
     def _function_record(self, name: bytes, function: Function | None, now: float) -> dict[str, Any]:
         stats = self.server.broker.stats
         fstats = stats.functions.get(name) if stats is not None else None
-        counts = function.counts if function is not None else (0, 0, 0)
+        counts = [function.waiting(p) for p in range(3)] if function is not None else (0, 0, 0)
         return {
             "name": label(name),
             "waiting": dict(zip(PRIORITY_NAMES, counts, strict=True)),
@@ -148,7 +148,7 @@ class Api:
                 "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 1),
                 "ready": bool(getattr(server, "ready", False)),
-                "jobs": len(broker.jobs),
+                "jobs": broker.job_count(),
                 "queued": sum(f.queued for f in functions.values()),
                 "running": sum(f.running for f in functions.values()),
                 "connections": kinds,

@@ -77,7 +77,7 @@ class BrokerCollector(Collector):
     def _row(self, function: Function | None, fstats: FunctionStats | None, now: float) -> FunctionRow:
         row = FunctionRow()
         if function is not None:
-            row.waiting = list(function.counts)
+            row.waiting = [function.waiting(p) for p in range(3)]  # spilled jobs too
             row.running = function.running
             row.workers = len(function.workers)
             if fstats is not None:
@@ -91,7 +91,8 @@ class BrokerCollector(Collector):
         row = FunctionRow()
         waiting, running, workers, oldest = [0, 0, 0], 0, 0, 0.0
         for function in functions:
-            waiting = list(map(add, waiting, function.counts))
+            waiting = list(map(add, waiting, function.counts if function.spill is None
+                               else [function.waiting(p) for p in range(3)]))
             running += function.running
             workers += len(function.workers)
             if counting and function.queued:

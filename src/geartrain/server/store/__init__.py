@@ -27,6 +27,11 @@ How the server uses a store (the contract every engine keeps):
   just before that batch's jobs; ``stored_state()`` gives what start() read back. Both are optional: the defaults
   keep nothing, and the server then holds that state in memory only.
 
+- A backlog bigger than memory (spill.py): an engine that sets ``can_spill`` lets queued jobs past --memory-jobs
+  stay only in the store; ``fetch(ranges, callback)`` reads committed rows back by ref range on the writer thread
+  (``read_rows``), in order with the commits, and calls ``callback(rows, None)`` or ``callback(None, exc)`` on the
+  loop. An engine without it keeps every queued job in memory.
+
 An engine (SQLite here; PostgreSQL or Redis later) implements the blocking methods of GroupCommitStore
 (``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread; it may also
 give ``check_engine`` (raise StoreLost when its file is gone; run before every batch and every idle second),
@@ -51,10 +56,13 @@ from typing import Any
 
 from ...protocol.codec import pack
 from ...protocol.constants import JOB_CREATED, RES
-from ..broker import error_packet
+from ..broker import SPILLED, error_packet
 from ..stats import COMMIT_SECONDS, Histogram
 
 log = logging.getLogger("geartrain.store")
+
+#: Rows read per step of the replay at start (see load_chunk).
+REPLAY_CHUNK = 10_000
 
 __all__ = [
     "GroupCommitStore", "Store", "StoreError", "StoreLost", "StoredJob", "default_sqlite_path", "failure_reason",
@@ -117,6 +125,8 @@ class Store(abc.ABC):
     location: str = ""
     #: How many jobs start() replayed (geard's start-up line).
     replayed: int = 0
+    #: Whether queued jobs past --memory-jobs may stay only in the store (fetch() reads them back; spill.py).
+    can_spill: bool = False
 
     @abc.abstractmethod
     async def start(self, server: Any) -> None:
@@ -162,6 +172,11 @@ class Store(abc.ABC):
         """The state kept by earlier runs, {kind: {key: value}}, as read by start() (handed over once); by default
         none."""
         return {}
+
+    def fetch(self, ranges: list[tuple[int, int]], callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Read the rows with refs in the (first, last) ranges back, then callback(rows by ref, None) or
+        callback(None, exc) on the loop (stores with can_spill)."""
+        raise StoreError("this store cannot read jobs back")
 
 
 Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
@@ -231,6 +246,13 @@ class GroupCommitStore(Store):
     def load(self) -> Iterable[StoredJob]:
         """Every stored job in ascending ref order (the order they were added)."""
 
+    def load_chunk(self, after: int, limit: int) -> tuple[list[StoredJob], int, bool]:
+        """Stored jobs with refs above `after`, in ref order, at most about `limit`: (jobs, the highest ref read,
+        whether that was the last chunk). Replay reads a big store chunk by chunk, so that jobs past
+        --memory-jobs are spilled again as they come; the default reads everything at once with load()."""
+        jobs = list(self.load())
+        return jobs, jobs[-1].ref if jobs else after, True
+
     @abc.abstractmethod
     def write(self, adds: list[Row], removes: list[int]) -> None:
         """Apply one batch atomically and durably; return only once it would survive a crash."""
@@ -268,6 +290,10 @@ class GroupCommitStore(Store):
         """Nothing was written for idle_delay seconds: a moment to tidy up (checkpoint) and check_engine()."""
         self.check_engine()
 
+    def read_rows(self, ranges: list[tuple[int, int]]) -> dict[int, Row]:
+        """The stored rows whose refs lie in the (first, last) ranges, by ref (engines with can_spill)."""
+        raise StoreError(f"the store {self.location} cannot read jobs back")
+
     # ------------------------------------------------------------------ life cycle
 
     async def start(self, server: Any) -> None:
@@ -276,24 +302,26 @@ class GroupCommitStore(Store):
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geartrain-store")
+        broker = self.broker = server.broker
+        duplicates = []
+        last = count = 0
         try:
             await loop.run_in_executor(self._executor, self.open_engine)
-            jobs = await loop.run_in_executor(self._executor, lambda: list(self.load()))
+            done = False
+            while not done:
+                jobs, last, done = await loop.run_in_executor(self._executor, self.load_chunk, last, REPLAY_CHUNK)
+                count += len(jobs)
+                for stored in jobs:
+                    job = broker.restore(stored.function, stored.unique, stored.data, stored.priority,
+                                         stored.when, stored.ref, stored.reducer)
+                    if job.store_ref != stored.ref:
+                        duplicates.append(stored.ref)
             self._stored_state = await loop.run_in_executor(self._executor, self.load_state)
         except BaseException:
             await self._shutdown_executor()
             raise
-        broker = self.broker = server.broker
-        duplicates = []
-        last = 0
-        for stored in jobs:
-            last = max(last, stored.ref)
-            job = broker.restore(stored.function, stored.unique, stored.data, stored.priority, stored.when,
-                                 stored.ref, stored.reducer)
-            if job.store_ref != stored.ref:
-                duplicates.append(stored.ref)
         self._next_ref = max(self._next_ref, last + 1)
-        self.stored = self.replayed = len(jobs) - len(duplicates)
+        self.stored = self.replayed = count - len(duplicates)
         if duplicates:
             log.warning("%d stored jobs repeated the function and unique of an earlier one: removed",
                         len(duplicates))
@@ -354,6 +382,20 @@ class GroupCommitStore(Store):
     def save_state(self, kind: str, key: str, value: bytes | None) -> None:
         self._state[(kind, key)] = value
         self._touch()
+
+    def fetch(self, ranges: list[tuple[int, int]], callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Read committed rows back (spill.py) on the writer thread; callback(rows, exc) runs on the loop."""
+        if self._executor is None or self.loop is None:
+            assert self.loop is not None
+            self.loop.call_soon(callback, None, StoreError(f"the store {self.location} is not open"))
+            return
+        future = self.loop.run_in_executor(self._executor, self.read_rows, ranges)
+
+        def done(future: asyncio.Future) -> None:
+            exc = future.exception()
+            callback(None if exc is not None else future.result(), exc)
+
+        future.add_done_callback(done)
 
     def stored_state(self) -> dict[str, dict[str, bytes]]:
         state, self._stored_state = self._stored_state, {}  # handed over once: the server keeps it from then on
@@ -461,10 +503,12 @@ class GroupCommitStore(Store):
         future.add_done_callback(lambda f: self._done(seq, f, adds, jobs, removes))
 
     def _rows_held(self, adds: list[Row]) -> list[Row]:
-        """Every stored job the broker still holds whose row is not in this batch, in ref order."""
+        """Every stored job the broker still holds whose row is not in this batch, in ref order (spilled jobs
+        were only in the lost file: they are gone with it)."""
         new = {row[0] for row in adds}
         rows = [(job.store_ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
-                for job in self.broker.jobs.values() if job.store_ref is not None and job.store_ref not in new]
+                for job in self.broker.jobs.values()
+                if job.store_ref is not None and job.store_ref not in new and job.state != SPILLED]
         rows.sort(key=lambda row: row[0])
         return rows
 
@@ -591,10 +635,25 @@ def default_sqlite_path(port: int | None = None) -> Path:
 
 
 def open_store(config: Any) -> Store:
-    """The store a ServerConfig asks for (queue_type "sqlite"; sqlite_db, or the default path)."""
+    """The store a ServerConfig asks for (queue_type "sqlite": sqlite_db, or the default path; "postgres":
+    postgres_dsn, shared by the cluster's nodes)."""
     if config.queue_type == "sqlite":
         from .sqlite import SQLiteStore
 
         return SQLiteStore(config.sqlite_db or default_sqlite_path(), getattr(config, "libsqlite3_table", None),
                            getattr(config, "queue_sync", "full"))
+    if config.queue_type == "postgres":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise StoreError("the postgres queue needs psycopg 3: pip install 'psycopg[binary]'") from exc
+        from .postgres import PostgresStore
+
+        if not config.postgres_dsn:
+            raise StoreError("the postgres queue needs a database: --postgres-dsn (or --libpq-conninfo) DSN")
+        if not 0 < config.lease_interval < config.takeover_after:
+            raise StoreError(f"--takeover-after ({config.takeover_after:g}) must be longer than --lease-interval "
+                             f"({config.lease_interval:g}, above 0), or live nodes would be taken over")
+        return PostgresStore(config.postgres_dsn, config.node_name(), lease_interval=config.lease_interval,
+                             takeover_after=config.takeover_after, gearmand_table=config.postgres_table)
     raise StoreError(f"no durable store for queue type {config.queue_type!r}")

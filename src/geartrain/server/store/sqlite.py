@@ -60,7 +60,8 @@ _SCHEMA = [
     " reason TEXT)",
 ]
 EXPECTED_COLUMNS = ["id", "function", "unique_key", "priority", "when_to_run", "reducer", "data"]
-_SELECT = f"SELECT id, function, unique_key, priority, when_to_run, reducer, data FROM {TABLE} ORDER BY id"
+_SELECT_COLUMNS = f"SELECT id, function, unique_key, priority, when_to_run, reducer, data FROM {TABLE}"
+_SELECT = f"{_SELECT_COLUMNS} ORDER BY id"
 _INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
           "VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EMPTY = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
@@ -306,10 +307,19 @@ class SQLiteStore(GroupCommitStore):
         log.info("took over %d jobs from gearmand's table %s in %s", len(rows), name, self.path)
 
     def load(self) -> Iterable[StoredJob]:
+        return self._load(self._conn().execute(_SELECT))
+
+    def load_chunk(self, after: int, limit: int) -> tuple[list[StoredJob], int, bool]:
+        rows = self._conn().execute(f"{_SELECT_COLUMNS} WHERE id > ? ORDER BY id LIMIT ?", (after, limit)).fetchall()
+        last = rows[-1][0] if rows and isinstance(rows[-1][0], int) else after
+        return self._load(rows), last, len(rows) < limit
+
+    def _load(self, rows: Iterable[tuple]) -> list[StoredJob]:
+        """The valid rows as jobs; invalid ones are moved to INVALID_TABLE with the reason."""
         conn = self._conn()
         jobs = []
         invalid: list[tuple[tuple, str]] = []
-        for row in conn.execute(_SELECT):
+        for row in rows:
             result = validate_row(row)
             if isinstance(result, str):
                 invalid.append((row, result))
@@ -335,6 +345,18 @@ class SQLiteStore(GroupCommitStore):
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
         self._apply(adds, removes)
+
+    can_spill = True
+
+    def read_rows(self, ranges: list[tuple[int, int]]) -> dict[int, Row]:
+        # By rowid ranges: the primary key serves them, no index of its own to keep up on every insert.
+        conn = self._conn()
+        rows: dict[int, Row] = {}
+        select = f"{_SELECT_COLUMNS} WHERE id BETWEEN ? AND ?"
+        for first, last in ranges:
+            for row in conn.execute(select, (first, last)):
+                rows[row[0]] = row
+        return rows
 
     def _apply(self, adds: list[Row], removes: list[int], rewrite_header: bool = False) -> None:
         # Many rows per statement: the sqlite3 module lets go of the GIL around every step, and taking it back

@@ -1,0 +1,398 @@
+"""A backlog bigger than memory: queued background jobs past --memory-jobs per function and priority stay only in
+the durable store, and are read back in order, from the store's writer thread, as the queue drains.
+
+What a spilled job costs in memory: its place in a SpillQueue, runs of consecutive refs and handle numbers (three
+8-byte slots per run; a run of jobs submitted back to back to one function and priority costs one run however
+long), plus one entry in its function's unique index when it has a unique (a dict entry and the key, ~100-150
+bytes). Its data, reducer and time stay in the store. The index is kept in memory, not queried from the store,
+because coalescing, GET_STATUS_UNIQUE and submits are answered synchronously on the event loop, which never waits
+for a disk.
+
+Kept exact while jobs sit only in the store: counts (status, prioritystatus, maxqueue), coalescing by unique,
+GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs`, `cancel job`, and the order per priority
+(spilled jobs run after the in-memory ones of their priority, in submission order). A spilled job that something
+must hold on to (a foreground client joins it, `cancel job` names it) is materialized: a Job in state SPILLED
+without its data, still in its place in the spill order, which gets its data when it is loaded.
+
+An engine spills when it says so (``can_spill``) and gives ``fetch(ranges, callback)``; others keep every job in
+memory. Jobs that never spill: scheduled ones (they wait in the timer heap), ones a client waits on, requeued ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterator
+from typing import Any
+
+from .broker import QUEUED, SPILLED, Broker, Function, Job
+
+log = logging.getLogger("geartrain.spill")
+
+#: Queued jobs per function and priority held in memory when --memory-jobs is not given (ServerConfig's default).
+DEFAULT_MEMORY_JOBS = 100_000
+#: Jobs read back per fetch: one fetch's rows become jobs in one pass of the event loop, so it stays short.
+LOAD_CHUNK = 4096
+#: Seconds before a failed load is tried again.
+RETRY_DELAY = 1.0
+
+
+class SpillQueue:
+    """The jobs of one function and priority that wait in the store, oldest first, as runs of consecutive refs
+    and handle numbers. The first `loading` of them are being read back."""
+
+    __slots__ = ("refs", "nums", "lengths", "head", "count", "loading", "gone", "live")
+
+    def __init__(self) -> None:
+        self.refs = array("q")
+        self.nums = array("q")
+        self.lengths = array("q")
+        #: Index of the first run still spilled (runs before it are used up; cut off now and then).
+        self.head = 0
+        #: Jobs still spilled (cancelled ones excluded), loading ones included.
+        self.count = 0
+        self.loading = 0
+        #: Handle numbers of spilled jobs that ended (cancelled) before they were loaded: skipped when loaded.
+        self.gone: set[int] = set()
+        #: Materialized jobs (state SPILLED) by handle number.
+        self.live: dict[int, Job] = {}
+
+    def append(self, ref: int, num: int) -> None:
+        last = len(self.lengths) - 1
+        if last >= self.head:
+            length = self.lengths[last]
+            if self.refs[last] + length == ref and self.nums[last] + length == num:
+                self.lengths[last] = length + 1
+                self.count += 1
+                return
+        self.refs.append(ref)
+        self.nums.append(num)
+        self.lengths.append(1)
+        self.count += 1
+
+    def find(self, num: int) -> int | None:
+        """The ref of the spilled job with this handle number, or None."""
+        nums = self.nums
+        i = bisect_right(nums, num, self.head) - 1
+        if i < self.head or num >= nums[i] + self.lengths[i] or num in self.gone:
+            return None
+        return self.refs[i] + (num - nums[i])
+
+    def front(self, most: int) -> list[tuple[int, int, int]]:
+        """Up to `most` entries from the front as (first ref, first handle number, length) runs."""
+        runs = []
+        i = self.head
+        while most > 0 and i < len(self.lengths):
+            n = min(most, self.lengths[i])
+            runs.append((self.refs[i], self.nums[i], n))
+            most -= n
+            i += 1
+        return runs
+
+    def advance(self, n: int) -> None:
+        """The first n entries were loaded (or skipped): take them off the front."""
+        while n:
+            i = self.head
+            length = self.lengths[i]
+            if n >= length:
+                n -= length
+                self.head = i + 1
+            else:
+                self.refs[i] += n
+                self.nums[i] += n
+                self.lengths[i] = length - n
+                n = 0
+        if self.head > 1024 and self.head * 2 > len(self.lengths):
+            del self.refs[:self.head], self.nums[:self.head], self.lengths[:self.head]
+            self.head = 0
+
+    def handles(self) -> Iterator[int]:
+        """Handle numbers of the spilled jobs, in queue order."""
+        gone = self.gone
+        for i in range(self.head, len(self.lengths)):
+            start = self.nums[i]
+            for num in range(start, start + self.lengths[i]):
+                if num not in gone:
+                    yield num
+
+    def memory(self) -> int:
+        """Bytes the runs take (for the benchmark and tests)."""
+        return (len(self.refs) + len(self.nums) + len(self.lengths)) * 8
+
+
+class Spill:
+    """Spilling and loading for one broker over one spill-capable store."""
+
+    def __init__(self, broker: Broker, store: Any, memory_jobs: int = DEFAULT_MEMORY_JOBS) -> None:
+        self.broker = broker
+        self.store = store
+        self.memory_jobs = max(1, memory_jobs)
+        #: Loads start when fewer than this many jobs of a priority are queued in memory.
+        self.low_water = max(1, self.memory_jobs // 2)
+        self.prefix = broker.prefix
+        #: Functions with spill queues: {function: (high, normal, low)}.
+        self.queues: dict[Function, tuple[SpillQueue, SpillQueue, SpillQueue]] = {}
+        #: Per function: key -> handle number of a spilled job (negative: its unique was "-").
+        self.uniques: dict[Function, dict[bytes, int]] = {}
+        self.total = 0
+        self.loads = 0
+        #: Functions taken out of the ready lists while a priority of theirs is read back (see block()).
+        self.blocked: set[Function] = set()
+        #: Whether the last read failed (logged once until one works again).
+        self.failing = False
+        broker.spill = self
+
+    # ------------------------------------------------------------------ spilling
+
+    def take(self, job: Job) -> bool:
+        """Called as a committed job would be queued: keep it only in the store when its queue is full in
+        memory or has spilled jobs already (which must run first). True when it was spilled."""
+        function = job.function
+        priority = job.priority
+        queues = function.spill
+        if queues is None:
+            if function.counts[priority] < self.memory_jobs:
+                return False
+        elif not queues[priority].count and function.counts[priority] < self.memory_jobs:
+            return False
+        if job.clients or job.store_ref is None or job.handle[:len(self.prefix)] != self.prefix:
+            return False
+        if queues is None:
+            queues = function.spill = (SpillQueue(), SpillQueue(), SpillQueue())
+            self.queues[function] = queues
+        num = int(job.handle[len(self.prefix):])
+        queues[priority].append(job.store_ref, num)
+        self.total += 1
+        broker = self.broker
+        del broker.jobs[job.handle]
+        broker.queued_bytes -= len(job.data)
+        if job.key:
+            if function.uniques.get(job.key) is job:
+                del function.uniques[job.key]
+            if broker.by_unique.get(job.unique) is job:
+                del broker.by_unique[job.unique]
+            self.uniques.setdefault(function, {})[job.key] = -num if job.unique == b"-" else num
+        job.state = SPILLED  # the object itself is dropped: nothing refers to it any more
+        return True
+
+    def restored(self, job: Job) -> None:
+        """A job replayed at start was queued in memory: spill it when its queue is past memory_jobs."""
+        function = job.function
+        priority = job.priority
+        counts = function.counts
+        queues = function.spill
+        if counts[priority] <= self.memory_jobs and (queues is None or not queues[priority].count):
+            return
+        queue = function.queues[priority]
+        if not queue or queue[-1] is not job:
+            return
+        queue.pop()
+        counts[priority] -= 1
+        if not counts[priority]:
+            self.broker.ready[priority].pop(function, None)
+        if not self.take(job):  # cannot be spilled after all (no ref): back in memory
+            queue.append(job)
+            counts[priority] += 1
+            self.broker.ready[priority][function] = None
+
+    # ------------------------------------------------------------------ lookups
+
+    def _locate(self, handle: bytes) -> tuple[Function, int, int, int] | None:
+        """(function, priority, handle number, ref) of a spilled job, or None."""
+        if not self.total or handle[:len(self.prefix)] != self.prefix:
+            return None
+        try:
+            num = int(handle[len(self.prefix):])
+        except ValueError:
+            return None
+        for function, queues in self.queues.items():
+            for priority, queue in enumerate(queues):
+                if queue.count:
+                    ref = queue.find(num)
+                    if ref is not None:
+                        return function, priority, num, ref
+        return None
+
+    def holds(self, handle: bytes) -> bool:
+        return self._locate(handle) is not None
+
+    def _lookup_key(self, function: Function, key: bytes) -> int | None:
+        index = self.uniques.get(function)
+        if not index:
+            return None
+        signed = index.get(key)
+        if signed is None:
+            return None
+        num = abs(signed)
+        queues = function.spill
+        if queues is None or all(queue.find(num) is None for queue in queues):
+            del index[key]  # cancelled, or loaded under another key: stale
+            return None
+        return num
+
+    def holds_unique(self, unique: bytes) -> bool:
+        """Whether a spilled job has this unique (GET_STATUS_UNIQUE; "-" uniques are keyed by data)."""
+        return any(self._lookup_key(function, unique) is not None for function in list(self.uniques))
+
+    def join(self, function: Function, key: bytes) -> Job | None:
+        """The spilled job of the function with this key, materialized (a submit coalesces onto it)."""
+        index = self.uniques.get(function)
+        num = self._lookup_key(function, key)
+        if num is None or index is None:
+            return None
+        unique = b"-" if index[key] < 0 else key
+        del index[key]  # from now on function.uniques finds it
+        return self.materialize(self.prefix + b"%d" % num, unique, key)
+
+    def materialize(self, handle: bytes, unique: bytes = b"", key: bytes = b"") -> Job | None:
+        """A Job (state SPILLED, no data yet) for a spilled job something must hold: a client joins it, an admin
+        cancels it. It keeps its place in the spill order and gets its data (and its unique, when not given)
+        when loaded."""
+        found = self._locate(handle)
+        if found is None:
+            return None
+        function, priority, num, ref = found
+        queue = function.spill[priority]  # type: ignore[index]
+        broker = self.broker
+        job = queue.live.get(num)
+        if job is not None:
+            if key and not job.key:  # materialized by handle before: now its unique is known
+                job.unique, job.key = unique, key
+                function.uniques[key] = job
+                broker.by_unique[unique] = job
+            return job
+        job = Job(handle, function, unique, key, b"", priority, True)
+        job.store_ref = ref
+        job.state = SPILLED
+        queue.live[num] = job
+        broker.jobs[handle] = job
+        if key:
+            function.uniques[key] = job
+            broker.by_unique[unique] = job
+        return job
+
+    def discard(self, job: Job) -> None:
+        """A materialized spilled job ended before it was loaded (cancel): skipped when its turn comes."""
+        queue = job.function.spill[job.priority]  # type: ignore[index]
+        num = int(job.handle[len(self.prefix):])
+        queue.live.pop(num, None)
+        queue.gone.add(num)
+        queue.count -= 1
+        self.total -= 1
+        self.drained(job.function, job.priority)
+
+    def listing(self) -> Iterator[tuple[bytes, bytes]]:
+        """(handle, unique or b"") of every spilled job, queue by queue (show jobs; materialized ones too, which
+        `show jobs` skips in broker.jobs)."""
+        for function, queues in self.queues.items():
+            index = self.uniques.get(function) or {}
+            uniques = {abs(v): (b"-" if v < 0 else k) for k, v in index.items()} if index else {}
+            for queue in queues:
+                for num in queue.handles():
+                    job = queue.live.get(num)
+                    yield self.prefix + b"%d" % num, job.unique if job is not None and job.unique \
+                        else uniques.get(num, b"")
+
+    # ------------------------------------------------------------------ loading
+
+    def drained(self, function: Function, priority: int) -> None:
+        """The memory queue of (function, priority) got shorter: read the next spilled jobs when it runs low."""
+        queues = function.spill
+        if queues is None:
+            return
+        queue = queues[priority]
+        if queue.loading or queue.count <= 0 or function.counts[priority] >= self.low_water:
+            return
+        runs = queue.front(min(LOAD_CHUNK, self.memory_jobs - function.counts[priority]))
+        queue.loading = sum(run[2] for run in runs)
+        self.loads += 1
+        self.store.fetch([(ref, ref + n - 1) for ref, _, n in runs],
+                         lambda rows, exc: self._loaded(function, priority, runs, rows, exc))
+
+    def block(self, function: Function, priority: int) -> None:
+        """Its memory queue of `priority` ran dry while spilled jobs of it are read back: the function is out of
+        the ready lists until they are queued (so a job of lower priority does not jump ahead)."""
+        for ready in self.broker.ready:
+            ready.pop(function, None)
+        self.blocked.add(function)
+        self.drained(function, priority)
+
+    def _loaded(self, function: Function, priority: int, runs: list[tuple[int, int, int]],
+                rows: dict[int, tuple] | None, exc: BaseException | None) -> None:
+        queue = function.spill[priority]  # type: ignore[index]
+        if exc is not None or rows is None:
+            queue.loading = 0
+            if not self.failing:  # once per episode: it is tried again every RETRY_DELAY
+                log.error("reading spilled jobs of %r back from the store failed: %s; trying again every %gs",
+                          function.name, exc, RETRY_DELAY)
+            self.failing = True
+            self.broker.add_timer(self.broker.clock() + RETRY_DELAY, lambda: self.drained(function, priority))
+            return
+        if self.failing:
+            log.warning("spilled jobs are read back from the store again")
+            self.failing = False
+        broker = self.broker
+        gone = queue.gone
+        live = queue.live
+        index = self.uniques.get(function)
+        prefix = self.prefix
+        now = broker.clock()
+        for ref0, num0, n in runs:
+            for k in range(n):
+                num = num0 + k
+                if gone and num in gone:
+                    gone.discard(num)
+                    continue
+                queue.count -= 1
+                self.total -= 1
+                row = rows.get(ref0 + k)
+                job = live.pop(num, None) if live else None
+                handle = prefix + b"%d" % num
+                if row is None:
+                    log.error("spilled job %r of %r has no row in the store any more: it is lost", handle,
+                              function.name)
+                    if job is not None:
+                        job.store_ref = None
+                        broker._fail_clients(job)
+                        job.state = QUEUED
+                        broker._end(job)
+                    else:
+                        function.jobs -= 1
+                    continue
+                _, _, unique, _, when, reducer, data = row
+                key = data if unique == b"-" else unique
+                if job is None:
+                    job = Job(handle, function, unique, key, data, priority, True, when, reducer)
+                    job.store_ref = ref0 + k
+                    broker.jobs[handle] = job
+                    if key:
+                        if index is not None and abs(index.get(key, 0)) == num:
+                            del index[key]
+                        function.uniques[key] = job
+                        if unique:
+                            broker.by_unique[unique] = job
+                else:
+                    job.data, job.when, job.reducer = data, when, reducer
+                    if key and not job.key:  # materialized by handle: its unique comes with the row
+                        job.unique, job.key = unique, key
+                        if index is not None and abs(index.get(key, 0)) == num:
+                            del index[key]
+                        function.uniques[key] = job
+                        broker.by_unique[unique] = job
+                job.stamp = now
+                broker.queued_bytes += len(data)
+                broker._enqueue(job)
+            queue.advance(n)
+        queue.loading = 0
+        if function in self.blocked:
+            self.blocked.discard(function)
+            for p, ready in enumerate(broker.ready):
+                if function.counts[p]:
+                    ready[function] = None
+        if not queue.count and not queue.gone and all(not q.count for q in function.spill):  # type: ignore[union-attr]
+            function.spill = None
+            del self.queues[function]
+            self.uniques.pop(function, None)
+        else:
+            self.drained(function, priority)

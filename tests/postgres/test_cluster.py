@@ -1,0 +1,198 @@
+"""A cluster of geard processes on one real PostgreSQL database: take-over, come-back, hand-off, coalescing."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+
+from geartrain.protocol import constants as C
+
+from cluster_nodes import LEASE, TAKEOVER, Link, Runner, node, queued, rows, submit_many, wait_for
+from wire import Wire
+
+
+def test_a_killed_node_s_jobs_all_run_on_the_live_nodes_once(server_factory, postgres_dsn, capsys):
+    a = node(server_factory, postgres_dsn, "a")
+    b = node(server_factory, postgres_dsn, "b")
+    c = node(server_factory, postgres_dsn, "c")
+    count = 10_000
+    submit_many(a, count)
+    a.process.kill()
+    a.process.wait(30)
+    killed = time.monotonic()
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(b, ran, lock), Runner(c, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: len(ran) >= count, what=f"{count} jobs running after the take-over")
+        took = time.monotonic() - killed
+        wait_for(lambda: rows(postgres_dsn) == [(0,)], what="every completion removing its row")
+    finally:
+        for runner in runners:
+            runner.stop()
+    counts = collections.Counter(ran)
+    assert set(counts) == {b"j%d" % i for i in range(count)}  # none lost
+    twice = sum(1 for n in counts.values() if n > 1)
+    with capsys.disabled():
+        print(f"\n[takeover] {count} jobs of a SIGKILLed node ran on 2 live nodes {took:.1f}s after the kill "
+              f"(lease {LEASE}s, takeover-after {TAKEOVER}s); ran twice: {twice}")
+    assert twice == 0  # nothing was running on the killed node
+
+
+def test_a_node_that_comes_back_after_its_takeover_runs_none_of_the_claimed_jobs(server_factory, postgres_dsn):
+    a = node(server_factory, postgres_dsn, "a")
+    b = node(server_factory, postgres_dsn, "b")
+    submit_many(a, 500)
+    port = a.port
+    a.process.kill()
+    a.process.wait(30)
+    wait_for(lambda: queued(b) == 500, what="the take-over by node b")
+    again = node(server_factory, postgres_dsn, "a", port=port)  # the same node name comes back
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(again, ran, lock), Runner(b, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: len(ran) >= 500 and rows(postgres_dsn) == [(0,)], what="500 jobs run")
+    finally:
+        for runner in runners:
+            runner.stop()
+    assert sorted(ran) == sorted(b"j%d" % i for i in range(500))
+
+
+def test_a_node_frozen_past_its_lease_drops_what_was_taken_and_rejoins(server_factory, postgres_dsn):
+    """SIGSTOP stands for a node cut off from the database: alive, holding jobs it no longer owns."""
+    a = node(server_factory, postgres_dsn, "a", "--verbose", "INFO")
+    b = node(server_factory, postgres_dsn, "b")
+    submit_many(a, 300)
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: queued(b) == 300, what="the take-over by node b")
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: queued(a) == 0, what="node a dropping the jobs it lost")
+    # It rejoined: new jobs on it are its own, stored and run there.
+    submit_many(a, 10, prefix=b"after")
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(a, ran, lock), Runner(b, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: len(ran) >= 310 and rows(postgres_dsn) == [(0,)], what="310 jobs run")
+    finally:
+        for runner in runners:
+            runner.stop()
+    assert sorted(ran) == sorted([b"j%d" % i for i in range(300)] + [b"after%d" % i for i in range(10)])
+    a.process.send_signal(signal.SIGTERM)
+    _, err = a.process.communicate(timeout=30)
+    assert b"lost its lease" in err and b"dropped 300 jobs" in err
+
+
+def test_a_graceful_shutdown_hands_queued_jobs_over_at_once(server_factory, postgres_dsn):
+    # b's next lease round is 10 minutes away, and so is a take-over: the jobs arriving on b within the
+    # deadline came by hand-off, announced to b at once.
+    a = node(server_factory, postgres_dsn, "a", takeover="600")
+    b = node(server_factory, postgres_dsn, "b", takeover="1200", lease="600")
+    submit_many(a, 200)
+    with Wire(a.host, a.port) as worker:
+        worker.register(b"work")
+        running = worker.grab()  # a keeps this one running through its drain
+        with Wire(a.host, a.port) as admin:
+            assert admin.admin("shutdown graceful").lines[0].startswith(b"OK")
+        wait_for(lambda: queued(b) == 199, deadline=60, what="the hand-off to node b")
+        assert a.process.poll() is None  # still draining: the queued jobs did not wait for it
+        worker.send(C.GRAB_JOB_UNIQ)
+        assert worker.expect(C.NO_JOB)  # nothing left to hand out on a
+        worker.send(C.WORK_COMPLETE, running.args[0], b"")
+        a.process.wait(30)
+    with Wire(b.host, b.port) as admin:
+        retries = {line.split(b"\t")[1] for line in admin.admin("show jobs").lines}
+    assert retries == {b"1"}  # the attempt count kept in the row: taken over once
+    assert rows(postgres_dsn, "SELECT node, min(attempts), max(attempts), count(*) FROM geartrain_jobs "
+                "GROUP BY node") == [("b", 1, 1, 199)]
+    assert running.args[2] not in {u for (u,) in rows(postgres_dsn, "SELECT unique_key FROM geartrain_jobs")}
+    assert rows(postgres_dsn, "SELECT node FROM geartrain_nodes ORDER BY node") == [("a",), ("b",)]
+
+
+def test_the_same_unique_on_two_nodes_is_one_job_with_one_handle(server_factory, postgres_dsn):
+    a = node(server_factory, postgres_dsn, "a")
+    b = node(server_factory, postgres_dsn, "b")
+    with Wire(a.host, a.port) as client_a, Wire(b.host, b.port) as client_b:
+        handle_a = client_a.submit(b"work", b"from a", b"the-unique", C.SUBMIT_JOB_BG)
+        handle_b = client_b.submit(b"work", b"from b", b"the-unique", C.SUBMIT_JOB_BG)
+    assert handle_a == handle_b
+    assert rows(postgres_dsn, "SELECT node, unique_key FROM geartrain_jobs") == [("a", b"the-unique")]
+    wait_for(lambda: queued(b) == 0, what="node b dropping its copy")
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(a, ran, lock), Runner(b, ran, lock)]
+    for runner in runners:
+        runner.start()
+    try:
+        wait_for(lambda: ran and rows(postgres_dsn) == [(0,)], what="the job to run")
+        assert queued(a) == 0 and queued(b) == 0
+    finally:
+        for runner in runners:
+            runner.stop()
+    assert ran == [b"the-unique"]
+
+
+def test_a_node_cut_off_from_the_database_stops_handing_out_its_jobs_and_gets_them_back(
+        server_factory, postgres_server, postgres_dsn):
+    link = Link(postgres_server.port)
+    try:
+        via_link = postgres_dsn.replace(f"port={postgres_server.port}", f"port={link.port}")
+        a = node(server_factory, via_link, "a", "--verbose", "INFO", takeover="2")  # withholds after 1 s
+        b = node(server_factory, postgres_dsn, "b", takeover="600")  # never takes a's jobs over here
+        submit_many(a, 100)
+        link.cut()
+        wait_for(lambda: queued(a) == 0, what="node a withholding its jobs")
+        with Wire(a.host, a.port) as worker:
+            worker.register(b"work")
+            worker.send(C.GRAB_JOB_UNIQ)
+            assert worker.expect(C.NO_JOB)
+        link.mend()
+        wait_for(lambda: queued(a) == 100, what="node a handing its jobs out again")
+        assert queued(b) == 0
+    finally:
+        link.close()
+    a.process.send_signal(signal.SIGTERM)
+    _, err = a.process.communicate(timeout=30)
+    assert b"database unreachable" in err and b"no longer handed out" in err and b"are back in its queues" in err
+
+
+def test_jobs_of_a_node_cut_off_past_its_lease_run_once_on_the_others(server_factory, postgres_server,
+                                                                       postgres_dsn):
+    link = Link(postgres_server.port)
+    try:
+        via_link = postgres_dsn.replace(f"port={postgres_server.port}", f"port={link.port}")
+        a = node(server_factory, via_link, "a")
+        b = node(server_factory, postgres_dsn, "b")
+        submit_many(a, 300)
+        link.cut()
+        wait_for(lambda: queued(a) == 0, what="node a withholding its jobs")
+        ran: list[bytes] = []
+        lock = threading.Lock()
+        runners = [Runner(a, ran, lock), Runner(b, ran, lock)]  # a's worker is there while a is cut off
+        for runner in runners:
+            runner.start()
+        try:
+            wait_for(lambda: len(ran) >= 300, what="the take-over by node b")
+            link.mend()
+            wait_for(lambda: rows(postgres_dsn) == [(0,)], what="every row removed")
+            wait_for(lambda: rows(postgres_dsn, "SELECT count(*) FROM geartrain_nodes WHERE node = 'a' "
+                                  "AND renewed > now() - interval '1 second'") == [(1,)], what="node a rejoining")
+            submit_many(a, 10, prefix=b"after")  # a rejoined: its new jobs are stored and run
+            wait_for(lambda: len(ran) >= 310 and rows(postgres_dsn) == [(0,)], what="310 jobs run")
+        finally:
+            for runner in runners:
+                runner.stop()
+    finally:
+        link.close()
+    assert sorted(ran) == sorted([b"j%d" % i for i in range(300)] + [b"after%d" % i for i in range(10)])
