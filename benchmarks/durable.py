@@ -1,10 +1,16 @@
 """Background submit throughput into a durable queue, side by side, in one run.
 
-Servers: geartrain with its SQLite store (--queue-type sqlite), geartrain in memory, gearmand with its
-libsqlite3 queue (-q libsqlite3 --libsqlite3-db FILE) and gearmand in memory, each on an ephemeral loopback
-port with a fresh work directory. Load: a few client connections (in one or more processes, uvloop when
-installed) keep a window of SUBMIT_JOB_BG pipelined each and count JOB_CREATED for a fixed time; then they stop
-submitting and wait for every answer still due. A submit counts once its JOB_CREATED arrived.
+Servers: geartrain with its SQLite store (--queue-type sqlite) in both --queue-sync modes (geartrain-sqlite is
+"full", geartrain-sqlite-normal "normal"), geartrain in memory, gearmand with its libsqlite3 queue
+(-q libsqlite3 --libsqlite3-db FILE) and gearmand in memory, each on an ephemeral loopback port with a fresh
+work directory. Load: a few client connections (in one or more processes, uvloop when installed) keep
+a window of SUBMIT_JOB_BG pipelined each and count JOB_CREATED for a fixed time; then they stop submitting and
+wait for every answer still due. A submit counts once its JOB_CREATED arrived.
+
+The disk's limit for "full": every commit waits for one fsync of the write-ahead log, and at most every job in
+flight (connections x window) shares one commit, so no server can acknowledge more than (jobs in flight) /
+(fsync time) submits per second; the script measures the fsync time of a 4 KiB append in the servers' directory
+(median of FSYNC_SAMPLES) and prints that limit and each durable rate against it.
 
 Checks: the server's `status` holds exactly the jobs acknowledged, and after the server stops its SQLite file
 holds a row for each of them (for the durable queues).
@@ -34,6 +40,29 @@ HOST = "127.0.0.1"
 GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
 SUBMIT_JOB_BG = 18
 JOB_CREATED = 8
+
+
+#: fsyncs timed to measure the disk (the median is kept).
+FSYNC_SAMPLES = 200
+
+
+def fsync_seconds(directory: Path, samples: int = FSYNC_SAMPLES) -> float:
+    """Median time of appending 4 KiB to a file in `directory` and fsyncing it (what a WAL commit waits for)."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = b"\x5a" * 4096
+        times = []
+        for _ in range(samples):
+            began = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            times.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return times[len(times) // 2]
 
 
 def submit_packets(function: bytes, prefix: bytes | None, first: int, count: int, data: bytes) -> bytes:
@@ -156,11 +185,21 @@ class Result:
     seconds: float
     stored: int | None  # rows in the SQLite file after the server stopped, for the durable queues
     queued: int  # TOTAL of `status` at the end
+    cpu_us: float | None = None  # the server's CPU time (user + system, all threads) per acknowledged job
     note: str = ""
 
     @property
     def rate(self) -> float:
         return self.created / self.seconds if self.seconds else 0.0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process (all its threads) so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -207,9 +246,11 @@ def server_command(name: str, port: int, workdir: Path) -> tuple[list[str], Path
     """argv, the SQLite file and its table (None for memory)."""
     if name.startswith("geartrain"):
         argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST]
-        if name == "geartrain-sqlite":
+        if name in ("geartrain-sqlite", "geartrain-sqlite-normal"):
             db = workdir / "geartrain.sqlite3"
-            return argv + ["--queue-type", "sqlite", "--sqlite-db", str(db)], db, "geartrain_jobs"
+            sync = "normal" if name.endswith("-normal") else "full"
+            return argv + ["--queue-type", "sqlite", "--sqlite-db", str(db), "--queue-sync", sync], db, \
+                "geartrain_jobs"
         return argv + ["--queue-type", "memory"], None, None
     # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
     argv = [GEARMAND, "-p", str(port), "-L", HOST, "-t", "2", "-l", "none", "-P", str(workdir / "gearmand.pid")]
@@ -256,7 +297,9 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
         else:
             raise RuntimeError(f"{name} did not start: {process.stderr.read().decode(errors='replace')[-500:]}")
         try:
+            cpu0 = cpu_seconds(process.pid)
             created, seconds = run_clients(port, opts)
+            cpu1 = cpu_seconds(process.pid)
             queued = admin_status(port)
         finally:
             if process.poll() is None:
@@ -269,7 +312,8 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
             if process.stderr is not None:
                 process.stderr.close()
         stored = count_rows(db, table) if db is not None else None
-        return Result(name, created, seconds, stored, queued)
+        cpu_us = (cpu1 - cpu0) / created * 1e6 if created and cpu0 is not None and cpu1 is not None else None
+        return Result(name, created, seconds, stored, queued, cpu_us)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -281,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=1, help="client processes the connections are spread over (1)")
     p.add_argument("--window", type=int, default=256, help="submits outstanding per connection (256)")
     p.add_argument("--size", type=int, default=64, help="bytes of data per job (64)")
-    p.add_argument("--servers", default="geartrain-sqlite,geartrain-memory,gearmand-sqlite,gearmand-memory",
+    p.add_argument("--servers", default="geartrain-sqlite,geartrain-sqlite-normal,geartrain-memory,gearmand-sqlite,"
+                   "gearmand-memory",
                    help="comma-separated list of the servers to run")
     p.add_argument("--empty-uniques", action="store_true",
                    help="submit without uniques (gearmand's SQLite queue then keeps a single row: a known bug)")
@@ -296,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"background submit throughput: {opts.connections} connections in {opts.procs} process(es), window "
           f"{opts.window}, {opts.size}-byte jobs, {'empty' if opts.empty_uniques else 'distinct'} uniques, "
           f"{opts.duration:g}s per server, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="bench-fsync-") as probe:
+        fsync = fsync_seconds(Path(probe))
+    in_flight = opts.connections * opts.window
+    disk_limit = in_flight / fsync if fsync > 0 else float("inf")
+    print(f"fsync of a 4 KiB append in {tempfile.gettempdir()}: {fsync * 1e3:.3f} ms (median of {FSYNC_SAMPLES}); "
+          f"disk limit of a synced queue: {in_flight} jobs in flight / fsync = {disk_limit:,.0f} submits/s")
     results = []
     failed = False
     for name in names:
@@ -311,12 +362,24 @@ def main(argv: list[str] | None = None) -> int:
         result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
     by_name = {r.name: r for r in results}
     print()
-    print(f"{'server':<18} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'stored rows':>12}  check")
+    print(f"{'server':<24} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'srv CPU us/job':>14} "
+          f"{'stored rows':>12}  check")
     for r in results:
         stored = "-" if r.stored is None else str(r.stored)
-        print(f"{r.name:<18} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {stored:>12}  {r.note}")
+        cpu = "-" if r.cpu_us is None else f"{r.cpu_us:.1f}"
+        print(f"{r.name:<24} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {cpu:>14} {stored:>12}  {r.note}")
     print()
-    for a, b in (("geartrain-sqlite", "gearmand-sqlite"), ("geartrain-sqlite", "geartrain-memory"),
+    memory = by_name.get("geartrain-memory")
+    for name in ("geartrain-sqlite", "gearmand-sqlite"):
+        if name in by_name:
+            # The disk's limit, or the server's own in-memory rate where that is lower (a fast disk).
+            ceiling = min(disk_limit, memory.rate) if memory and memory.rate and name.startswith("geartrain") \
+                else disk_limit
+            print(f"{name} (fsync per commit) / disk limit: {by_name[name].rate / disk_limit:.3f}"
+                  + (f"; / min(disk limit, geartrain-memory): {by_name[name].rate / ceiling:.2f}"
+                     if ceiling != disk_limit else ""))
+    for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite", "gearmand-sqlite"),
+                 ("geartrain-sqlite", "geartrain-memory"),
                  ("geartrain-sqlite", "gearmand-memory"), ("geartrain-memory", "gearmand-memory")):
         if a in by_name and b in by_name and by_name[b].rate:
             print(f"{a} / {b}: {by_name[a].rate / by_name[b].rate:.2f}x")

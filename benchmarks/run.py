@@ -57,28 +57,35 @@ def _fmt_ratio(ratio: float | None) -> str:
 
 
 def add_ratios(rows: list[Row]) -> None:
-    base = {r.load: r.jobs_per_s for r in rows if r.server == "gearmand" and r.ok and r.jobs_per_s}
+    """jobs/s and server CPU per job of each row over gearmand's for the same load (CPU: extra["cpu_ratio"])."""
+    base = {r.load: r for r in rows if r.server == "gearmand" and r.ok}
     for r in rows:
         ref = base.get(r.load)
-        if r.ok and r.jobs_per_s and ref:
-            r.ratio = r.jobs_per_s / ref
+        if not r.ok or ref is None:
+            continue
+        if r.jobs_per_s and ref.jobs_per_s:
+            r.ratio = r.jobs_per_s / ref.jobs_per_s
+        if r.cpu_us_per_job and ref.cpu_us_per_job:
+            r.extra["cpu_ratio"] = r.cpu_us_per_job / ref.cpu_us_per_job
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ["server", "load", "jobs/s", "p50 ms", "p99 ms", "vs gearmand", "srv CPU us/job", "notes"]
+    header = ["server", "load", "jobs/s", "p50 ms", "p99 ms", "vs gearmand", "srv CPU us/job", "CPU vs gearmand",
+              "notes"]
     body = []
     for r in rows:
         if not r.ok:
             status = "FAILED" if r.errors else "skipped"
             first = r.errors[0].splitlines()[0] if r.errors else r.note
-            body.append([r.server, r.load, status, "-", "-", "-", "-", first[:90]])
+            body.append([r.server, r.load, status, "-", "-", "-", "-", "-", first[:90]])
             continue
         body.append([
             r.server, r.load, _fmt(r.jobs_per_s, 0), _fmt(r.p50_ms, 3), _fmt(r.p99_ms, 3),
-            _fmt_ratio(r.ratio), _fmt(r.cpu_us_per_job, 1), r.note,
+            _fmt_ratio(r.ratio), _fmt(r.cpu_us_per_job, 1), _fmt_ratio(r.extra.get("cpu_ratio")),  # type: ignore[arg-type]
+            r.note,
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    right = {2, 3, 4, 5, 6}
+    right = {2, 3, 4, 5, 6, 7}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
@@ -87,6 +94,40 @@ def format_table(rows: list[Row]) -> str:
     out = [line(header), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
     return "\n".join(out)
+
+
+#: Issue 19's CPU loads: the rows whose server CPU per job is summed for each (background is submit + drain).
+CPU_TARGET_LOADS = {"foreground": ("foreground",), "background": ("bg-submit", "bg-drain"), "large": ("large-1MiB",)}
+
+
+def format_targets(rows: list[Row]) -> str:
+    """Per server, against gearmand in the same run: server CPU per job of the CPU loads (target <= 0.8x),
+    the lowest jobs/s ratio of any load (target >= 1.0x) and the lock-step p99 (target <= 1.0x)."""
+    def of(server: str) -> dict[str, Row]:
+        return {r.load: r for r in rows if r.server == server and r.ok}
+
+    ref = of("gearmand")
+    if not ref:
+        return ""
+    lines = ["against gearmand (issue 19: CPU per job <= 0.8x, jobs/s >= 1.0x in every load, lock-step p99 "
+             "<= 1.0x):"]
+    for server in dict.fromkeys(r.server for r in rows if r.server != "gearmand"):
+        ours = of(server)
+        cells = []
+        for name, loads in CPU_TARGET_LOADS.items():
+            a = [ours[load].cpu_us_per_job for load in loads if load in ours]
+            b = [ref[load].cpu_us_per_job for load in loads if load in ref]
+            if len(a) == len(b) == len(loads) and all(a) and all(b):
+                cells.append(f"CPU {name} {sum(a):.1f}/{sum(b):.1f} us = {sum(a) / sum(b):.2f}x")  # type: ignore
+        ratios = [(r.ratio, load) for load, r in ours.items() if r.ratio]
+        if ratios:
+            low, load = min(ratios)
+            cells.append(f"lowest jobs/s {low:.2f}x ({load})")
+        if "lockstep" in ours and "lockstep" in ref and ours["lockstep"].p99_ms and ref["lockstep"].p99_ms:
+            cells.append(f"lock-step p99 {ours['lockstep'].p99_ms / ref['lockstep'].p99_ms:.2f}x")
+        if cells:
+            lines.append(f"  {server}: " + "; ".join(cells))
+    return "\n".join(lines) if len(lines) > 1 else ""
 
 
 def _version(argv: list[str]) -> str:
@@ -313,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
           f"repeat {settings.repeat}; "
           f"run took {time.monotonic() - started:.0f} s")
     print(format_table(rows))
+    targets = format_targets(rows)
+    if targets:
+        print("\n" + targets)
     if face_rows:
         print("\nclient faces on gearmand (a worker process and a client process of each library; of raw = jobs/s "
               "over the load generator's in the same mode; ours/this = our jobs/s over its):")

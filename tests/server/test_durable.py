@@ -109,6 +109,20 @@ def test_every_acknowledged_job_is_delivered_once_after_sigkill(server_factory, 
         assert drain(worker) == [(b"work", unique, data) for _, _, unique, data in jobs]
 
 
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_with_either_queue_sync_every_acknowledged_job_survives_sigkill(server_factory, tmp_path, sync):
+    queue = SQLiteQueue(tmp_path / "q.db")  # --queue-sync is SQLite's (PRAGMA synchronous)
+    first = geard(server_factory, queue, "--queue-sync", sync)
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"u-%d" % i, b"%d" % i) for i in range(500)]
+    with Wire(first.host, first.port) as client:
+        submit_all(client, jobs)
+        kill(first)  # at once after the last JOB_CREATED: "normal" has synced nothing, the OS holds the log
+    second = geard(server_factory, queue, "--queue-sync", sync)
+    with Wire(second.host, second.port) as worker:
+        worker.register(b"work")
+        assert drain(worker) == [(b"work", unique, data) for _, _, unique, data in jobs]
+
+
 def test_replay_keeps_the_order_within_each_priority(server_factory, queue):
     first = geard(server_factory, queue)
     order = ["low", "normal", "high"] * 20

@@ -539,3 +539,24 @@ def test_big_batches_are_split_into_statements_and_applied_whole(tmp_path):
 
     run(main())
     assert [r[2] for r in rows(db)] == [b"u%d" % i for i in range(1100, 1300)]
+
+
+@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
+def test_queue_sync_sets_the_commit_durability_of_the_connection(tmp_path, sync, level):
+    store = open_store(SimpleNamespace(queue_type="sqlite", sqlite_db=str(tmp_path / "q.db"), queue_sync=sync))
+
+    async def main() -> None:
+        broker = Broker(b"H:test", store=store)
+        await store.start(SimpleNamespace(broker=broker))
+        try:
+            assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == level  # 2 FULL, 1 NORMAL
+            assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_an_unknown_queue_sync_mode_is_refused_with_the_choices(tmp_path):
+    with pytest.raises(StoreError, match="'sometimes'.*full or normal"):
+        SQLiteStore(tmp_path / "q.db", sync="sometimes")

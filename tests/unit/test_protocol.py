@@ -189,3 +189,50 @@ def test_assignment_reads_every_job_assign_variant(ptype, args, expected):
 def test_assignment_refuses_other_packets():
     with pytest.raises(ValueError, match="NO_JOB does not assign a job"):
         assignment(Packet(C.RES, C.NO_JOB, ()))
+
+
+@pytest.mark.parametrize("read", [1, 7, 1000, 16 * 1024, 100_000, 258_048])
+def test_a_large_packet_read_in_pieces_comes_out_whole_with_what_follows(read):
+    data = bytes(range(256)) * 4096  # 1 MiB, NULs included
+    stream = (encode_request(C.SUBMIT_JOB, b"func", b"uniq", data) + encode_request(C.ECHO_REQ, b"hi")
+              + encode_request(C.WORK_FAIL, b"x" * 20_000) + b"status\n")
+    decoder = Decoder()
+    events = []
+    for i in range(0, len(stream), read):
+        events += decoder.feed(memoryview(stream)[i:i + read])
+        assert decoder.buffered <= C.HEADER_SIZE + len(data)
+    assert events == [Packet(C.REQ, C.SUBMIT_JOB, (b"func", b"uniq", data)), Packet(C.REQ, C.ECHO_REQ, (b"hi",)),
+                      Packet(C.REQ, C.WORK_FAIL, (b"x" * 20_000,)), AdminLine(b"status")]
+    assert all(type(arg) is bytes for event in events[:3] for arg in event.args)
+    assert decoder.buffered == 0
+
+
+def test_a_large_packet_short_of_arguments_is_a_packet_error_and_the_stream_stays_in_sync():
+    body = b"no-nul-at-all" * 4000
+    stream = struct.pack(">4sII", C.REQ, C.SUBMIT_JOB, len(body)) + body + encode_request(C.ECHO_REQ, b"hi")
+    decoder = Decoder()
+    events = decoder.feed(stream[:30_000]) + decoder.feed(stream[30_000:])
+    assert events[0] == PacketError(b"INVALID_PACKET", "SUBMIT_JOB needs 3 arguments, got 1", C.SUBMIT_JOB)
+    assert events[1:] == [Packet(C.REQ, C.ECHO_REQ, (b"hi",))]
+    assert decoder.buffered == 0
+
+
+def test_large_bodies_reuse_a_bounded_number_of_pieces():
+    from geartrain.protocol import codec
+
+    data = bytes(range(256)) * (14 * 1024)  # 3.5 MiB: four pieces
+    packet = encode_request(C.WORK_COMPLETE, b"H:x:1", data)
+    decoder = Decoder(max_packet_size=64 * 1024 * 1024)
+    for _ in range(4):
+        events = []
+        for i in range(0, len(packet), 300_001):
+            events += decoder.feed(packet[i:i + 300_001])
+        assert events == [Packet(C.REQ, C.WORK_COMPLETE, (b"H:x:1", data))]
+        assert len(codec._spare_pieces) <= codec.SPARE_PIECES
+    # A decoder dropped mid-packet (a peer gone) took its pieces out of the spares: they are freed with it.
+    before = len(codec._spare_pieces)
+    dropped = Decoder(max_packet_size=64 * 1024 * 1024)
+    dropped.feed(packet[:2_500_000])
+    assert dropped.buffered == 2_500_000 - C.HEADER_SIZE
+    assert len(codec._spare_pieces) < before
+    del dropped

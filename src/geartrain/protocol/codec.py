@@ -95,8 +95,73 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
     return pack_header(magic, ptype, len(body)) + body
 
 
-#: Bodies at least this large are split straight out of the receive buffer: one copy per byte, not three.
+#: Bodies at least this large are split straight out of the receive buffer: one copy per byte, not three; and
+#: when one arrives in several reads, its reads are copied into pieces (_Body) and joined once at its end.
 _COPY_ONCE = 16 * 1024
+#: A large body being received is copied into pieces of this size. Up to SPARE_PIECES pieces are kept for the next
+#: large bodies (per process): pages faulted in once serve again, where a fresh buffer per packet costs a page
+#: fault per 4 KiB. Each piece is a mapping of its own (above glibc's threshold, see server/memory.py), so the
+#: pieces of a packet beyond the spares, or of a peer gone mid-packet, go back to the system when freed.
+PIECE = 1024 * 1024
+SPARE_PIECES = 8
+_spare_pieces: list[bytearray] = []
+
+
+class _Body:
+    """The body of a large packet while it arrives: filled pieces, the last one filled up to `fill`."""
+
+    __slots__ = ("pieces", "fill", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytearray] = []
+        self.fill = PIECE
+        self.size = 0
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as view:
+            n = len(view)
+            pos = 0
+            while pos < n:
+                if self.fill == PIECE:
+                    try:
+                        piece = _spare_pieces.pop()
+                    except IndexError:
+                        piece = bytearray(PIECE)
+                    self.pieces.append(piece)
+                    self.fill = 0
+                take = min(PIECE - self.fill, n - pos)
+                self.pieces[-1][self.fill:self.fill + take] = view[pos:pos + take]
+                self.fill += take
+                pos += take
+        self.size += n
+
+    def arguments(self, nargs: int) -> tuple[bytes, ...]:
+        """The body split into at most nargs arguments (as bytes), then the pieces go back to the spares."""
+        pieces = self.pieces
+        views = [memoryview(piece) for piece in pieces]
+        try:
+            views[-1] = views[-1][:self.fill]
+            first = views[0]
+            args: list[bytes] = []
+            start = 0
+            for _ in range(nargs - 1):  # the leading arguments are short: in the first piece
+                nul = pieces[0].find(0, start, len(first))
+                if nul < 0:
+                    break
+                args.append(bytes(first[start:nul]))
+                start = nul + 1
+            if len(args) == nargs - 1:
+                args.append(b"".join([first[start:], *views[1:]]))
+                return tuple(args)
+            body = b"".join(views)
+            return tuple(body.split(b"\x00", nargs - 1))
+        finally:
+            for view in views:
+                view.release()
+            self.pieces = []
+            for piece in pieces:
+                if len(_spare_pieces) < SPARE_PIECES:
+                    _spare_pieces.append(piece)
 
 
 def _split_large(buf: bytearray, start: int, end: int, nargs: int) -> tuple[bytes, ...]:
@@ -126,7 +191,8 @@ class Decoder:
     subclasses add private types), else as a PacketError(INVALID_COMMAND).
     """
 
-    __slots__ = ("_buf", "accept", "max_packet_size", "max_line_length", "unknown_types")
+    __slots__ = ("_buf", "_body", "_need", "_large", "accept", "max_packet_size", "max_line_length",
+                 "unknown_types")
 
     def __init__(
         self,
@@ -136,6 +202,11 @@ class Decoder:
         unknown_types: bool = False,
     ) -> None:
         self._buf = bytearray()
+        #: The body of a large packet being received (see _COPY_ONCE), or None; _need is how many of its bytes
+        #: are still to come, _large its (magic, type, nargs).
+        self._body: _Body | None = None
+        self._need = 0
+        self._large: tuple[bytes, int, int] = (REQ, 0, 0)
         self.accept = accept
         self.unknown_types = unknown_types
         self.max_packet_size = max_packet_size
@@ -144,16 +215,28 @@ class Decoder:
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of an event."""
-        return len(self._buf)
+        return len(self._buf) + (self._body.size if self._body is not None else 0)
 
     def feed(self, data: bytes) -> list[Event]:
         """Add bytes and return every event they complete; raise ProtocolError on an undecodable stream."""
+        out: list[Event] = []
+        body = self._body
+        if body is not None:
+            need = self._need
+            if len(data) < need:
+                body.add(data)
+                self._need -= len(data)
+                return out
+            body.add(data[:need])
+            out.append(self._finish_large())
+            data = data[need:]
         buf = self._buf
         buf += data
-        out: list[Event] = []
         pos = 0
         n = len(buf)
         accept = self.accept
+        max_packet_size = self.max_packet_size
+        arg_counts = ARG_COUNTS
         try:
             while pos < n:
                 if buf[pos] == 0:
@@ -164,24 +247,33 @@ class Decoder:
                     magic, ptype, size = _unpack_header(buf, pos)
                     if magic != accept and magic not in (REQ, RES):
                         raise ProtocolError(b"INVALID_MAGIC", f"bad packet magic {bytes(magic)!r}")
-                    if size > self.max_packet_size:
+                    if size > max_packet_size:
                         raise ProtocolError(
                             b"ARGUMENT_TOO_LARGE",
-                            f"packet body of {size} bytes exceeds the limit of {self.max_packet_size}",
+                            f"packet body of {size} bytes exceeds the limit of {max_packet_size}",
                         )
                     end = pos + HEADER_SIZE + size
-                    if end > n:
-                        break
                     start = pos + HEADER_SIZE
+                    if end > n:
+                        if size >= _COPY_ONCE and (magic == accept or not accept) and arg_counts.get(ptype):
+                            # Its body is kept as the chunks that come, not grown in the buffer: one copy of each
+                            # byte until the last argument is joined, and no buffer of the whole packet.
+                            self._body = _Body()
+                            self._body.add(buf[start:n])
+                            self._need = end - n
+                            self._large = (bytes(magic), ptype, arg_counts[ptype])
+                            pos = n
+                        break
                     pos = end
                     if magic != accept and accept:
                         out.append(PacketError(b"INVALID_MAGIC", f"expected {accept!r} magic", ptype))
                         continue
-                    nargs = ARG_COUNTS.get(ptype)
-                    if nargs is None and self.unknown_types:
-                        out.append(Packet(magic, ptype, (bytes(buf[start:end]),)))
-                    elif nargs is None:
-                        out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
+                    nargs = arg_counts.get(ptype)
+                    if nargs is None:
+                        if self.unknown_types:
+                            out.append(Packet(magic, ptype, (bytes(buf[start:end]),)))
+                        else:
+                            out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
                     elif nargs == 0:
                         out.append(Packet(magic, ptype, ()))
                     elif size < _COPY_ONCE:
@@ -220,3 +312,14 @@ class Decoder:
         if pos:
             del buf[:pos]
         return out
+
+    def _finish_large(self) -> Event:
+        """The event of the large packet whose last bytes just came."""
+        body, self._body = self._body, None
+        assert body is not None
+        self._need = 0
+        magic, ptype, nargs = self._large
+        args = body.arguments(nargs)
+        if len(args) != nargs:
+            return _missing_arguments(ptype, nargs, len(args))
+        return Packet(magic, ptype, args)

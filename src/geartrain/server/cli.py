@@ -79,6 +79,9 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--libsqlite3-table",), "libsqlite3_table", {
         "metavar": "TABLE",
         "help": "gearmand's libsqlite3 table in the queue file: its jobs are taken over at start (gearman_queue)"}),
+    (("--queue-sync",), "queue_sync", {
+        "choices": ["full", "normal"], "help": "acknowledge a durable job after its commit is fsync'd (full: "
+        "survives a power cut) or once the commit reached the OS (normal: survives a killed server) (%(default)s)"}),
     (("--max-queued-bytes",), "max_queued_bytes", {
         "type": int, "help": "total queued job data; submits past it get QUEUE_ERROR (%(default)s; 0: no limit)"}),
     (("--max-queued-jobs",), "max_queued_jobs", {

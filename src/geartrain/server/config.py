@@ -86,6 +86,10 @@ class ServerConfig:
     queue_type: str = "memory"
     #: The SQLite file; None: default_sqlite_path() (geard passes the per-port file).
     sqlite_db: str | None = None
+    #: When a durable background job is acknowledged (see store/sqlite.py): "full", after its commit is fsync'd
+    #: (survives a power cut), or "normal", after its commit reached the operating system (survives a killed
+    #: server, not a power cut or a kernel crash).
+    queue_sync: str = "full"
     #: gearmand's libsqlite3 table in that file whose jobs are taken over at start; None: gearman_queue.
     libsqlite3_table: str | None = None
     #: TOML file of retry policies and repeating schedules (see policy.py); reread on SIGHUP.

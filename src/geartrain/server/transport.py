@@ -17,11 +17,16 @@ from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolEr
 from ..sockets import tune
 from .broker import Broker, Peer, error_packet
 from .config import ServerConfig
+from .memory import MMAP_THRESHOLD
 from .tls import ServerTLSSession, peer_common_name
 
 log = logging.getLogger("geartrain.transport")
 
 _ids = itertools.count(1)
+
+#: Bytes read per receive: what is copied of a whole read (the decoder's buffer) stays under glibc's mapping
+#: threshold, in reused heap rather than fresh pages.
+READ_SIZE = MMAP_THRESHOLD - 4096
 
 #: File descriptors no connection may take: the store needs a few (SQLite opens its log and syncs its directory)
 #: and a flood of connections at the descriptor limit must not make its commits fail.
@@ -47,7 +52,7 @@ class ServerState:
         self.store = store
         self.connections: set[GearmanProtocol] = set()
         #: The receive buffer every connection of this server reads into (see GearmanProtocol.get_buffer).
-        self.read_view = memoryview(bytearray(256 * 1024))
+        self.read_view = memoryview(bytearray(READ_SIZE))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.descriptor_ceiling = descriptor_ceiling()
         self._flush_scheduled = False
@@ -242,12 +247,18 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self._dispatch(peer, events)
         if self.idle_handle is not None:
             self._arm_idle_timer()
+        state = self.state
         if peer.out:
             # Answers to this peer's own requests go out at once (one write, as they would at the end of the
             # pass); what it caused for other peers still waits for the pass's flush. Writing now also lets
             # pause_writing() stop reading a peer that does not read its answers before the loop reads again.
-            self.state.send_output(peer)
-        self.state.schedule_flush()
+            state.send_output(peer)
+        dirty = state.broker.dirty
+        if len(dirty) == 1 and dirty[0] is peer and not peer.out and (state.store is None
+                                                                     or not state.store.pending()):
+            dirty.clear()  # only this peer had output, all written: no flush pass (a worker's grab, say)
+        else:
+            state.schedule_flush()
 
     def _decrypt(self, data: bytes) -> bytes:
         tls, transport = self.tls, self.transport

@@ -640,7 +640,8 @@ def open_store(config: Any) -> Store:
     if config.queue_type == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(config.sqlite_db or default_sqlite_path(), getattr(config, "libsqlite3_table", None))
+        return SQLiteStore(config.sqlite_db or default_sqlite_path(), getattr(config, "libsqlite3_table", None),
+                           getattr(config, "queue_sync", "full"))
     if config.queue_type == "postgres":
         try:
             import psycopg  # noqa: F401

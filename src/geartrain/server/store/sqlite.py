@@ -1,8 +1,12 @@
-"""The embedded durable queue: one SQLite file in WAL mode, synchronous=FULL, one writer thread.
+"""The embedded durable queue: one SQLite file in WAL mode, one writer thread.
 
-Each batch is one transaction; a commit syncs the write-ahead log, so a job whose JOB_CREATED went out survives
-SIGKILL and (as far as SQLite and the disk promise) power loss. A torn write at the end of the log is discarded
-by SQLite at the next open together with the unacknowledged batch it belonged to.
+Each batch is one transaction, and a job's JOB_CREATED goes out after its commit. What the commit promises is the
+queue-sync setting (SYNC_MODES, PRAGMA synchronous): with "full" (the default) the commit syncs the write-ahead
+log, so an acknowledged job survives SIGKILL and (as far as SQLite and the disk promise) power loss; with "normal"
+the commit reaches the operating system but the log is synced only at checkpoints, so an acknowledged job
+survives a killed server, not a power cut or a kernel crash (which may lose the last commits, never corrupt the
+file). A torn write at the end of the log is discarded by SQLite at the next open together with the
+unacknowledged batch it belonged to.
 
 The file is opened with locking_mode=EXCLUSIVE: a second server pointed at the same file refuses to start
 instead of replaying (and running) the same jobs a second time. The queue can be read with the sqlite3 shell
@@ -65,6 +69,8 @@ _INSERT_EMPTY = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_
 #: Job data at least this large is written through a blob handle: SQLite keeps a copy of every bound parameter in
 #: a cached statement until it is bound again, which would hold large payloads long after their jobs ended.
 LARGE_DATA = 16 * 1024
+#: --queue-sync: PRAGMA synchronous of each mode (see the module docstring for what each promises).
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
 _DELETE = f"DELETE FROM {TABLE} WHERE id = ?"
 
 
@@ -142,10 +148,14 @@ def validate_row(row: tuple) -> StoredJob | str:
 
 
 class SQLiteStore(GroupCommitStore):
-    """Background jobs in a SQLite file (WAL, synchronous=FULL, exclusive lock), written in group commits."""
+    """Background jobs in a SQLite file (WAL, synchronous per `sync`, exclusive lock), written in group commits."""
 
-    def __init__(self, path: str | Path, gearmand_table: str | None = None) -> None:
+    def __init__(self, path: str | Path, gearmand_table: str | None = None, sync: str = "full") -> None:
+        if sync not in SYNC_MODES:
+            raise StoreError(f"unknown queue sync mode {sync!r}: use {' or '.join(SYNC_MODES)}")
         self.path = Path(path).absolute()
+        #: PRAGMA synchronous of the connection (SYNC_MODES).
+        self.synchronous = SYNC_MODES[sync]
         #: gearmand's libsqlite3 table (its --libsqlite3-table) whose jobs are taken over at start.
         self.gearmand_table = gearmand_table or GEARMAND_TABLE
         super().__init__(str(self.path))
@@ -182,7 +192,7 @@ class SQLiteStore(GroupCommitStore):
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"the queue file {path} cannot use a write-ahead log (journal mode {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA temp_store=MEMORY")  # no temporary files: no descriptor to find at commit
             conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -375,7 +385,7 @@ class SQLiteStore(GroupCommitStore):
                 start += size
             if rewrite_header:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")  # synchronous=FULL: the log is synced before this returns
+            conn.execute("COMMIT")  # synchronous=FULL: the log is synced before this returns (NORMAL: written)
         except BaseException:
             if conn.in_transaction:
                 try:

@@ -1,0 +1,170 @@
+"""The server's per-packet path in-process: bytes into the transport's protocol objects, through the decoder and
+the broker, out through the flush pass, with no sockets and no event loop.
+
+    python benchmarks/hotpath.py [JOBS] [--profile]
+    valgrind --tool=callgrind python benchmarks/hotpath.py 20000     # instruction counts: repeatable on a busy box
+
+Two loads, shaped as benchmarks/run.py's: `foreground` (a client pipelines 16 SUBMIT_JOB per write; a worker
+answers each JOB_ASSIGN_UNIQ with WORK_COMPLETE + GRAB_JOB_UNIQ in one write) and `background` (16 SUBMIT_JOB_BG
+per write, then the worker drains). Prints ns per job (fastest of a few rounds); under callgrind the instruction
+count of the whole run is the figure to compare before and after a change.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from geartrain.protocol import constants as C  # noqa: E402
+from geartrain.protocol.codec import encode_request  # noqa: E402
+from geartrain.server.broker import Broker  # noqa: E402
+from geartrain.server.config import ServerConfig  # noqa: E402
+from geartrain.server.transport import GearmanProtocol, ServerState  # noqa: E402
+
+BATCH = 16
+
+
+class Sink:
+    """The transport's write side: keeps the last write for the load to parse handles from."""
+
+    def __init__(self) -> None:
+        self.last: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.last.append(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.last.extend(chunks)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = b"".join(self.last)
+        self.last.clear()
+        return data
+
+
+class Loop:
+    """call_soon without a loop: the load runs the flush itself, as the loop would at the end of the pass."""
+
+    def __init__(self) -> None:
+        self.ready: list[Any] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.ready.append(callback)
+
+    def run_once(self) -> None:
+        ready, self.ready = self.ready, []
+        for callback in ready:
+            callback()
+
+
+def _server() -> tuple[ServerState, Loop]:
+    config = ServerConfig(job_handle_prefix="H:bench")
+    broker = Broker(config.handle_prefix())
+    state = ServerState(config, broker, admin=None)
+    loop = Loop()
+    state.loop = loop  # type: ignore[assignment]
+    return state, loop
+
+
+def _connect(state: ServerState) -> tuple[GearmanProtocol, Sink]:
+    conn = GearmanProtocol(state)
+    sink = Sink()
+    conn.connection_made(sink)  # type: ignore[arg-type]
+    return conn, sink
+
+
+def _handles(data: bytes, ptype: int) -> list[bytes]:
+    """The first argument of every `ptype` response in a byte string."""
+    out, pos = [], 0
+    while pos < len(data):
+        kind = int.from_bytes(data[pos + 4:pos + 8], "big")
+        size = int.from_bytes(data[pos + 8:pos + 12], "big")
+        body = data[pos + 12:pos + 12 + size]
+        if kind == ptype:
+            out.append(body.split(b"\x00", 1)[0])
+        pos += 12 + size
+    return out
+
+
+def run(jobs: int, background: bool) -> float:
+    """ns per job of one round."""
+    state, loop = _server()
+    client, client_sink = _connect(state)
+    worker, worker_sink = _connect(state)
+    worker.data_received(encode_request(C.CAN_DO, b"f"))
+    submit_type = C.SUBMIT_JOB_BG if background else C.SUBMIT_JOB
+    batch = b"".join(encode_request(submit_type, b"f", b"", b"x" * 64) for _ in range(BATCH))
+    grab = encode_request(C.GRAB_JOB_UNIQ)
+    gc.collect()
+    began = time.perf_counter()
+    done = 0
+    while done < jobs:
+        if background:
+            for _ in range(max(1, jobs // BATCH)):
+                client.data_received(batch)
+                loop.run_once()
+            client_sink.take()
+            pending = jobs
+        else:
+            client.data_received(batch)
+            loop.run_once()
+            client_sink.take()
+            pending = BATCH
+        worker.data_received(grab)
+        loop.run_once()
+        for _ in range(pending):
+            assigned = _handles(worker_sink.take(), C.JOB_ASSIGN_UNIQ)
+            if not assigned:
+                break
+            worker.data_received(encode_request(C.WORK_COMPLETE, assigned[0], b"result") + grab)
+            loop.run_once()
+            done += 1
+        worker_sink.take()
+        client_sink.take()
+        if background:
+            break
+    return (time.perf_counter() - began) / max(done, 1) * 1e9
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    jobs = int(args[0]) if args else 20_000
+    if "--profile" in argv:
+        profile = cProfile.Profile()
+        profile.enable()
+        run(jobs, False)
+        run(jobs, True)
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        return 0
+    rounds = 1 if "--once" in argv else 5
+    for background in (False, True):
+        best = min(run(jobs, background) for _ in range(rounds))
+        print(f"{'background' if background else 'foreground':>10}: {best:7.0f} ns/job (fastest of {rounds})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
