@@ -161,11 +161,16 @@ class BaseClientServer:
 
     def _pollOnce(self) -> None:
         now = time.monotonic()
-        with self.connections_condition:
-            closing, self._to_close = self._to_close, []
-            inactive = list(self.inactive_connections)
-        for sock in closing:
-            self._forget(sock)
+        # Both lists only grow under connections_condition, each time followed by _wake(): when both are empty
+        # now, whatever is added meanwhile is seen on the next pass (the wake-up ends this one's select).
+        if self._to_close or self.inactive_connections:
+            with self.connections_condition:
+                closing, self._to_close = self._to_close, []
+                inactive = list(self.inactive_connections)
+            for sock in closing:
+                self._forget(sock)
+        else:
+            inactive = []
         timeout = 5.0
         for conn in inactive:
             if conn._connector is None and conn._retry_at <= now and self.running:

@@ -464,27 +464,28 @@ class Connection:
         out: list[Any] = []
         received = Packet._received
         protocol = self._protocol
-        while protocol.admin_pending < len(self.admin_requests):
-            # A request appended to admin_requests directly (gear's own tests do): expect its answer too.
-            protocol.send_admin(self.admin_requests[protocol.admin_pending].getCommand())
+        if self.admin_requests:
+            while protocol.admin_pending < len(self.admin_requests):
+                # A request appended to admin_requests directly (gear's own tests do): expect its answer too.
+                protocol.send_admin(self.admin_requests[protocol.admin_pending].getCommand())
         for event in protocol.receive_data(data):
             kind = type(event)
             if kind is Work:
-                wp = event.packet
-                for task in event.jobs:
-                    packet = received(wp.magic, wp.ptype, wp.args, self)
+                jobs, (magic, ptype, args), _ = event
+                for task in jobs:
+                    packet = received(magic, ptype, args, self)
                     if task is not RAW:
                         packet._job = task.job
                     out.append(packet)
             elif kind is Reply:
-                wp = event.packet
-                packet = received(wp.magic, wp.ptype, wp.args, self)
-                if event.request is not RAW:
-                    packet._task = event.request
+                request, _, wp = event
+                packet = received(wp[0], wp[1], wp[2], self)
+                if request is not RAW:
+                    packet._task = request
                 out.append(packet)
             elif kind is Unsolicited:
-                wp = event.packet
-                out.append(received(wp.magic, wp.ptype, wp.args, self))
+                wp = event[0]
+                out.append(received(wp[0], wp[1], wp[2], self))
             elif kind is Unanswered:
                 self._unanswered(event)
             elif kind is AdminResponse:

@@ -37,7 +37,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from . import constants as C
-from .codec import Packet, join_body, pack
+from .codec import AdminLine, Packet, join_body, pack
 from .connection import JOB_ASSIGNMENTS, Assignment, ClientConnection, assignment
 from .constants import REQ, RES
 
@@ -66,11 +66,30 @@ _SUBMITS = frozenset(C.SUBMIT_TYPES)
 _BACKGROUND = frozenset(ptype for ptype, (background, _) in C.SUBMIT_TYPES.items() if background)
 _WORK = frozenset((C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
 _ENDING = frozenset((C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
+_FOREGROUND = _SUBMITS - _BACKGROUND
+_JOB_CREATED, _ERROR = C.JOB_CREATED, C.ERROR
 _PROBE = object()  # the token of the GET_STATUS that follows every OPTION_REQ
 PROBE_HANDLE = b"geartrain-option-probe"
+#: Events are built on the hot path with tuple.__new__ (a C call), not the NamedTuple's Python-level __new__.
+_new = tuple.__new__
 
 
 # ---------------------------------------------------------------------------------------------------- events
+
+
+def _feed(conn: ClientConnection, data: bytes, on_packet: Any, out: list[Any]) -> None:
+    """Decode ``data`` with the connection's decoder in one pass (no intermediate list): each packet goes to
+    ``on_packet(packet, out)``, admin lines back to the connection (whole answers come out), the rest to ``out``."""
+    for event in conn._decoder.feed(data):
+        kind = type(event)
+        if kind is Packet:
+            on_packet(event, out)
+        elif kind is AdminLine:
+            answer = conn._admin_line(event.line)
+            if answer is not None:
+                out.append(answer)
+        else:
+            out.append(event)
 
 
 class Reply(NamedTuple):
@@ -145,7 +164,7 @@ class ClientSession:
         self._handles: dict[bytes, list[Any]] = {}
         #: The last WORK_* packet delivered for a handle with several jobs, and how many copies of it may follow.
         self._copy: Packet | None = None
-        self._copies = 0
+        self._copies = 0  # while 0, _copy means nothing
         self.client_id = client_id
         self.want_exceptions = exceptions
         #: Whether the server granted the "exceptions" option on this connection.
@@ -183,6 +202,7 @@ class ClientSession:
         self._pending.clear()
         self._handles.clear()
         self._copy = None
+        self._copies = 0
         self.exceptions = False
         self.options = set()
 
@@ -247,58 +267,58 @@ class ClientSession:
         """Feed the server's bytes; the events they complete (Reply, Unanswered, Work, Unsolicited,
         AdminResponse, AdminLine, PacketError). Raises codec.ProtocolError on an undecodable stream."""
         out: list[Any] = []
-        receive = self.receive
-        for event in self._conn.receive_data(data):
-            if type(event) is Packet:
-                receive(event, out)
-            else:
-                out.append(event)
+        _feed(self._conn, data, self.receive, out)
         return out
 
     def receive(self, packet: Packet, out: list[Any]) -> None:
         """Match one decoded packet; append its events to ``out`` (a face that decodes itself calls this)."""
-        ptype = packet.ptype
+        ptype = packet[1]
         if ptype in _WORK:
-            if self._copy is not None:
-                if self._copies and packet == self._copy:
+            if self._copies:
+                if packet == self._copy:
                     self._copies -= 1  # a copy for another job of the handle (see the module docstring)
                     return
-                self._copy = None
-            handle = packet.args[0]
-            jobs = self._handles.get(handle)
+                self._copies = 0
+            handle = packet[2][0]
+            handles = self._handles
+            jobs = handles.get(handle)
             if jobs is None:
-                out.append(Unsolicited(packet))
-                return
-            if len(jobs) > 1:
-                self._copy = packet
-                self._copies = len(jobs) - 1
-            if ptype in _ENDING:
-                del self._handles[handle]
-                out.append(Work(jobs, packet, True))
+                out.append(_new(Unsolicited, (packet,)))
+            elif ptype in _ENDING:
+                if len(jobs) > 1:
+                    self._copy = packet
+                    self._copies = len(jobs) - 1
+                del handles[handle]
+                out.append(_new(Work, (jobs, packet, True)))
             else:
-                out.append(Work(jobs, packet, False))
+                if len(jobs) > 1:
+                    self._copy = packet
+                    self._copies = len(jobs) - 1
+                out.append(_new(Work, (jobs, packet, False)))
             return
-        self._copy = None
-        if ptype == C.JOB_CREATED:
+        if self._copies:
+            self._copies = 0
+        if ptype == _JOB_CREATED:
             pending = self._pending
-            if pending and pending[0][0] in _SUBMITS:  # the common case, in line
-                kind, token = pending.popleft()
-                if kind not in _BACKGROUND:
-                    handle = packet.args[0]
+            if pending:
+                kind, token = pending[0]
+                if kind in _FOREGROUND:  # the common case, in line
+                    pending.popleft()
+                    handle = packet[2][0]
                     jobs = self._handles.get(handle)
                     if jobs is None:
                         self._handles[handle] = [token]
                     else:
                         jobs.append(token)
-                out.append(Reply(token, kind, packet))
-            else:
-                self._answer(packet, _SUBMITS, out)
-        elif ptype == C.ERROR:
+                    out.append(_new(Reply, (token, kind, packet)))
+                    return
+            self._answer(packet, _SUBMITS, out)
+        elif ptype == _ERROR:
             self._error(packet, out)
         elif ptype in _ANSWERS:
             self._answer(packet, (_ANSWERS[ptype],), out)
         else:
-            out.append(Unsolicited(packet))
+            out.append(_new(Unsolicited, (packet,)))
 
     def _answer(self, packet: Packet, kinds: Any, out: list[Any]) -> None:
         pending = self._pending
@@ -398,6 +418,11 @@ class Wake(NamedTuple):
 INIT, IDLE, GRAB_WAIT, SLEEP = "INIT", "IDLE", "GRAB_WAIT", "SLEEP"
 
 _GRABS = {C.GRAB_JOB: C.JOB_ASSIGN, C.GRAB_JOB_UNIQ: C.JOB_ASSIGN_UNIQ, C.GRAB_JOB_ALL: C.JOB_ASSIGN_ALL}
+#: The body-less requests of the grab machine, framed once.
+_GRAB_FRAMES = {grab: pack(REQ, grab, b"") for grab in _GRABS}
+_PRE_SLEEP = pack(REQ, C.PRE_SLEEP, b"")
+_NO_JOB = NoJob()
+_WAKE = Wake()
 
 
 class WorkerSession:
@@ -469,12 +494,12 @@ class WorkerSession:
         if self.state == GRAB_WAIT:
             return b""
         self.state = GRAB_WAIT
-        return pack(REQ, self.grab_type, b"")
+        return _GRAB_FRAMES[self.grab_type]
 
     def pre_sleep(self) -> bytes:
         """PRE_SLEEP, after a NO_JOB: the server will send NOOP when a job arrives."""
         self.state = SLEEP
-        return pack(REQ, C.PRE_SLEEP, b"")
+        return _PRE_SLEEP
 
     def work(self, ptype: int, handle: bytes, *args: bytes) -> bytes:
         """A job's WORK_* packet (WORK_DATA, WORK_WARNING, WORK_STATUS, WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION)."""
@@ -486,9 +511,11 @@ class WorkerSession:
         """Feed the server's bytes; events: Assigned, NoJob, Wake, Unsolicited (ERROR, ECHO_RES, ...),
         AdminResponse, AdminLine, PacketError."""
         out: list[Any] = []
-        for event in self._conn.receive_data(data):
-            out.append(self.receive(event) if type(event) is Packet else event)
+        _feed(self._conn, data, self._receive_into, out)
         return out
+
+    def _receive_into(self, packet: Packet, out: list[Any]) -> None:
+        out.append(self.receive(packet))
 
     def send_admin(self, command: bytes | str) -> bytes:
         return self._conn.send_admin(command)
@@ -496,15 +523,17 @@ class WorkerSession:
     def receive(self, packet: Packet) -> Any:
         """The event for one decoded packet, moving the grab machine along."""
         ptype = packet.ptype
+        if ptype == C.JOB_ASSIGN_UNIQ:  # the default grab's answer, in line
+            self.state = IDLE
+            return _new(Assigned, (_new(Assignment, packet.args), packet))
         if ptype in JOB_ASSIGNMENTS:
             self.state = IDLE
-            return Assigned(assignment(packet), packet)
+            return _new(Assigned, (assignment(packet), packet))
         if ptype == C.NO_JOB:
             self.state = IDLE
-            return NoJob()
+            return _NO_JOB
         if ptype == C.NOOP:
             if self.state != GRAB_WAIT:
                 self.state = IDLE
-            return Wake()
-        return Unsolicited(packet)
-
+            return _WAKE
+        return _new(Unsolicited, (packet,))
