@@ -4,45 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from geartrain.protocol import Decoder, Packet
+from geartrain.protocol import Packet
 from geartrain.protocol import constants as C
-from geartrain.server.admin import Admin
-from geartrain.server.broker import Broker, Peer
+from geartrain.server.broker import Peer
 from geartrain.server.lifecycle import Lifecycle
 from geartrain.server.lifecycle_admin import LifecycleCommands
 from geartrain.server.policy import RetryPolicy
 
+from broker_harness import Harness as BrokerHarness
+
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a whole minute
 
 
-class Harness:
-    """A broker with a Lifecycle and the admin commands, on a clock the test moves."""
+class Harness(BrokerHarness):
+    """The broker harness with a Lifecycle and its admin commands; submits default to background jobs."""
 
     def __init__(self, **options) -> None:
-        self.now = START
-        self.broker = Broker(b"H:test", clock=lambda: self.now, job_retries=options.pop("job_retries", 0))
+        super().__init__(now=START, job_retries=options.pop("job_retries", 0))
         self.lifecycle = Lifecycle(self.broker, rand=lambda: 0.0, **options)
         self.lifecycle.start()
-        self.admin = Admin(self.broker)
         LifecycleCommands(self.lifecycle).install(self.admin)
-        self.count = 0
-
-    def peer(self) -> Peer:
-        self.count += 1
-        return self.broker.connect(self.count, "127.0.0.1")
-
-    def send(self, peer: Peer, ptype: int, *args: bytes) -> None:
-        self.broker.handle(peer, ptype, args)
-
-    def recv(self, peer: Peer) -> list[Packet]:
-        events = Decoder(accept=C.RES).feed(peer.take_output())
-        self.broker.dirty.clear()
-        return events
-
-    def one(self, peer: Peer) -> Packet:
-        events = self.recv(peer)
-        assert len(events) == 1, events
-        return events[0]
 
     def cmd(self, line: str) -> str:
         return self.admin.handle(self.peer(), line.encode()).decode()
@@ -52,22 +33,9 @@ class Harness:
         assert answer.endswith(".\n"), answer
         return dict(row.split("\t", 1) for row in answer.splitlines()[:-1])
 
-    def worker(self, *functions: bytes) -> Peer:
-        peer = self.peer()
-        for name in functions:
-            self.send(peer, C.CAN_DO, name)
-        return peer
-
     def submit(self, client: Peer, name: bytes, data: bytes = b"d", unique: bytes = b"",
                ptype: int = C.SUBMIT_JOB_BG) -> bytes:
-        self.send(client, ptype, name, unique, data)
-        packet = self.one(client)
-        assert packet.ptype == C.JOB_CREATED, packet
-        return packet.args[0]
-
-    def grab(self, worker: Peer) -> Packet:
-        self.send(worker, C.GRAB_JOB_UNIQ)
-        return self.one(worker)
+        return super().submit(client, name, data, unique, ptype)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
