@@ -534,7 +534,7 @@ def test_big_batches_are_split_into_statements_and_applied_whole(tmp_path):
         for job in list(broker.jobs.values())[:1100]:
             broker.cancel(job.handle)
         await durable(store)
-        assert store.commits == 2
+        assert store.fault is None  # written again
         await store.close()
 
     run(main())
@@ -560,3 +560,31 @@ def test_queue_sync_sets_the_commit_durability_of_the_connection(tmp_path, sync,
 def test_an_unknown_queue_sync_mode_is_refused_with_the_choices(tmp_path):
     with pytest.raises(StoreError, match="'sometimes'.*full or normal"):
         SQLiteStore(tmp_path / "q.db", sync="sometimes")
+
+
+def test_a_stored_job_stored_again_in_a_failing_batch_keeps_its_row(tmp_path):
+    """A retry's backoff re-stores an acknowledged job (its old row out, a new one in, one batch): when that
+    batch fails, the job is not refused (it was acknowledged) and its row is written with the next batch."""
+    async def main() -> None:
+        broker, store = await started(tmp_path / "q.db", FlakyStore)
+        client, worker = broker.connect(1), broker.connect(2)
+        broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"r", b"retried"))
+        await durable(store)  # batch 1: stored and acknowledged
+        assert [e.ptype for e in Decoder(accept=C.RES).feed(b"".join(store.release(client)))] == [C.JOB_CREATED]
+        broker.handle(worker, C.CAN_DO, (b"f",))
+        broker.handle(worker, C.GRAB_JOB_UNIQ, ())
+        (job,) = broker.jobs.values()
+        store.failing = {2}
+        broker.retry_later(job, broker.clock() + 3600)  # batch 2: remove the old row, add the new one: fails
+        await durable(store)
+        assert store.failed_commits == 1 and store.refused_jobs == 0
+        assert broker.jobs.get(job.handle) is job and job.store_ref is not None
+        broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"n", b"next"))  # batch 3: the store writes again
+        await durable(store)
+        assert store.fault is None  # written again
+        ref = job.store_ref
+        await store.close()
+        return ref
+
+    ref = run(main())
+    assert [(r[0], r[2], r[-1]) for r in rows(tmp_path / "q.db")] == [(ref, b"r", b"retried"), (3, b"n", b"next")]

@@ -56,7 +56,7 @@ from typing import Any
 
 from ...protocol.codec import pack
 from ...protocol.constants import JOB_CREATED, RES
-from ..broker import SPILLED, error_packet
+from ..broker import SPILLED, STORING, error_packet
 from ..stats import COMMIT_SECONDS, Histogram
 
 log = logging.getLogger("geartrain.store")
@@ -577,19 +577,31 @@ class GroupCommitStore(Store):
                       "it can (logged once until it writes again)", self.location, reason)
         self.fault = reason
         self._retry.extend(removes)
-        self._retry.extend(row[0] for row in adds)
+        broker = self.broker
+        # A job stored again (a retry's new time) was acknowledged before: not refused, its row goes again with
+        # the next batch. The rows of the others are discarded again with it, in case they reached the file.
+        again = {job.store_ref: job for job in jobs
+                 if broker is not None and job.state != STORING and broker.jobs.get(job.handle) is job}
+        for row in adds:
+            job = again.get(row[0])
+            if job is None:
+                self._retry.append(row[0])
+            else:
+                self._adds[row[0]] = row
+                self._jobs[row[0]] = job
+        if again:
+            self._touch()
         refusal = error_packet(b"QUEUE_ERROR", f"the job was not stored: {reason}; it will not run, "
                                                "submit it again later")
-        announced = {pack(RES, JOB_CREATED, job.handle) for job in jobs}
+        announced = {pack(RES, JOB_CREATED, job.handle) for job in jobs if job.store_ref not in again}
         for peer, gates in self._held.items():
             out = peer.out
             for index in range(gates[0][1], len(out)):  # only held output can announce a job of this batch
                 if out[index] in announced:
                     out[index] = refusal
-        broker = self.broker
         if broker is not None:
             for job in jobs:
-                if broker.refuse(job):  # else it was cancelled meanwhile
+                if broker.refuse(job):  # else it ended meanwhile, or was stored again
                     self.refused_jobs += 1
 
     # ------------------------------------------------------------------ idle
