@@ -14,7 +14,8 @@ import pytest
 from geartrain.protocol import constants as C
 from geartrain.protocol.codec import Decoder
 from geartrain.server.broker import QUEUED, SCHEDULED, Broker
-from geartrain.server.store import StoreError, default_sqlite_path, open_store
+from geartrain.server.store import StoreError
+from geartrain.server.store.engines import default_sqlite_path, open_store
 from geartrain.server.store.sqlite import INVALID_TABLE, TABLE, SQLiteStore
 
 DEADLINE = 30.0

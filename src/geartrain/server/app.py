@@ -114,7 +114,7 @@ class Server:
         if self.config.queue_type == "memory":
             return None
         if self.config.queue_type in ("sqlite", "postgres"):
-            from .store import open_store
+            from .store.engines import open_store
 
             return open_store(self.config)
         raise ValueError(f"unknown queue type {self.config.queue_type!r}: use memory, sqlite or postgres")

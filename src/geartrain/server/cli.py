@@ -271,7 +271,7 @@ def _queue(args: argparse.Namespace, port: int) -> tuple[str, str | None]:
         return "sqlite", os.path.abspath(args.sqlite_db)  # absolute: daemonizing changes the directory
     if not port:
         raise ValueError("-q sqlite with -p 0 needs --sqlite-db FILE (there is no port to name the file after)")
-    from .store import default_sqlite_path
+    from .store.engines import default_sqlite_path
 
     return "sqlite", str(default_sqlite_path(port))
 

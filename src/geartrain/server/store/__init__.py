@@ -1,4 +1,5 @@
-"""The durable queue: the Store interface the broker talks to, group commit on a writer thread, and open_store().
+"""The durable queue: the Store interface the broker talks to, and group commit on a writer thread (the engines
+and the choice between them: sqlite.py, postgres.py, engines.py).
 
 How the server uses a store (the contract every engine keeps):
 
@@ -51,7 +52,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ...protocol.codec import pack
@@ -65,8 +65,7 @@ log = logging.getLogger("geartrain.store")
 REPLAY_CHUNK = 10_000
 
 __all__ = [
-    "GroupCommitStore", "Store", "StoreError", "StoreLost", "StoredJob", "default_sqlite_path", "failure_reason",
-    "open_store",
+    "GroupCommitStore", "Store", "StoreError", "StoreLost", "StoredJob", "failure_reason",
 ]
 
 
@@ -637,35 +636,3 @@ class GroupCommitStore(Store):
             self._tidy_failing = False
         if self._inflight is None:
             self._arm_idle()  # checked again every idle_delay while nothing is written
-
-
-def default_sqlite_path(port: int | None = None) -> Path:
-    """Where a `geard` on `port` keeps its queue: $XDG_STATE_HOME/geartrain/queue-PORT.sqlite3, else
-    ~/.local/state/geartrain/queue-PORT.sqlite3 (queue.sqlite3 without a port)."""
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "geartrain" / (f"queue-{port}.sqlite3" if port else "queue.sqlite3")
-
-
-def open_store(config: Any) -> Store:
-    """The store a ServerConfig asks for (queue_type "sqlite": sqlite_db, or the default path; "postgres":
-    postgres_dsn, shared by the cluster's nodes)."""
-    if config.queue_type == "sqlite":
-        from .sqlite import SQLiteStore
-
-        return SQLiteStore(config.sqlite_db or default_sqlite_path(), getattr(config, "libsqlite3_table", None),
-                           getattr(config, "queue_sync", "full"))
-    if config.queue_type == "postgres":
-        try:
-            import psycopg  # noqa: F401
-        except ImportError as exc:
-            raise StoreError("the postgres queue needs psycopg 3: pip install 'psycopg[binary]'") from exc
-        from .postgres import PostgresStore
-
-        if not config.postgres_dsn:
-            raise StoreError("the postgres queue needs a database: --postgres-dsn (or --libpq-conninfo) DSN")
-        if not 0 < config.lease_interval < config.takeover_after:
-            raise StoreError(f"--takeover-after ({config.takeover_after:g}) must be longer than --lease-interval "
-                             f"({config.lease_interval:g}, above 0), or live nodes would be taken over")
-        return PostgresStore(config.postgres_dsn, config.node_name(), lease_interval=config.lease_interval,
-                             takeover_after=config.takeover_after, gearmand_table=config.postgres_table)
-    raise StoreError(f"no durable store for queue type {config.queue_type!r}")
