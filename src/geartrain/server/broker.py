@@ -891,14 +891,21 @@ class Broker:
         """A job ended with a result: free its worker slot, its unique and its stored copy."""
         if self.lifecycle is not None:
             self.lifecycle.ended(job, state, data, exception)
+        self._off_worker(job)
+        job.state = DONE
+        self._end(job)
+
+    @staticmethod
+    def _off_worker(job: Job) -> None:
+        """The job no longer runs: its worker's slot and its function's running count are freed; the caller
+        says where it goes next (done, queued, scheduled)."""
         worker = job.worker
         if worker is not None:
             worker.running.pop(job.handle, None)
             job.worker = None
         if job.state == RUNNING:
             job.function.running -= 1
-        job.state = DONE
-        self._end(job)
+            job.state = QUEUED
 
     def _end(self, job: Job) -> None:
         if self.jobs.pop(job.handle, None) is None:
@@ -921,8 +928,7 @@ class Broker:
     def _requeue(self, job: Job, why: str, outcome: str = "worker_lost") -> None:
         """Put a job that lost its worker back at the tail of its queue (or after its retry policy's backoff), or
         fail it past --job-retries or its policy's attempts."""
-        if job.state == RUNNING:
-            job.function.running -= 1
+        self._off_worker(job)
         job.numerator = job.denominator = b"0"
         job.retries += 1
         if not job.background and not job.clients:
@@ -948,12 +954,7 @@ class Broker:
     def retry_later(self, job: Job, when: float) -> None:
         """Run a job again at `when` (a retry policy's backoff): off its worker, kept with its handle and unique,
         and stored again with its new time."""
-        worker = job.worker
-        if worker is not None:
-            worker.running.pop(job.handle, None)
-            job.worker = None
-            if job.state == RUNNING:
-                job.function.running -= 1
+        self._off_worker(job)
         job.numerator = job.denominator = b"0"
         job.when = when
         if job.store_ref is not None and self.store is not None:
