@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from servers import admin_listing
+
 HOST = "127.0.0.1"
 GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
 SUBMIT_JOB_BG, JOB_CREATED, CAN_DO, GRAB_JOB, JOB_ASSIGN, NO_JOB, PRE_SLEEP, NOOP, WORK_COMPLETE = \
@@ -89,20 +91,8 @@ def wait_port(port: int, process: subprocess.Popen, deadline: float = 60.0) -> N
     raise TimeoutError("server did not listen")
 
 
-def admin(port: int, line: bytes) -> bytes:
-    with socket.create_connection((HOST, port), timeout=120) as sock:
-        sock.sendall(line + b"\n")
-        data = b""
-        while not data.endswith(b".\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data
-
-
 def queued(port: int) -> int:
-    for line in admin(port, b"status").splitlines():
+    for line in admin_listing(port, b"status").splitlines():
         fields = line.split(b"\t")
         if fields[0] == FUNCTION:
             return int(fields[1])

@@ -25,7 +25,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import struct
@@ -35,6 +34,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from servers import admin_listing, stop_server
 
 HOST = "127.0.0.1"
 GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
@@ -223,14 +224,7 @@ def wait_for_port(port: int, process: subprocess.Popen, deadline: float = 30.0) 
 
 def admin_status(port: int) -> int:
     """Sum of TOTAL over the functions of `status`."""
-    with socket.create_connection((HOST, port), timeout=60) as sock:
-        sock.sendall(b"status\n")
-        data = b""
-        while not (data.endswith(b"\n.\n") or data == b".\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = admin_listing(port, b"status")
     return sum(int(line.split(b"\t")[1]) for line in data.splitlines() if b"\t" in line)
 
 
@@ -302,13 +296,7 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
             cpu1 = cpu_seconds(process.pid)
             queued = admin_status(port)
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_server(process, grace=60)
             if process.stderr is not None:
                 process.stderr.close()
         stored = count_rows(db, table) if db is not None else None

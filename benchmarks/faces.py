@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import selectors
-import socket
 import subprocess
 import sys
 import tempfile
@@ -138,14 +137,7 @@ def _env(impl: Impl) -> dict[str, str]:
 
 def _available_workers(port: int, function: str) -> int:
     """The "available workers" column of the server's ``status`` for function (0 when it is not listed)."""
-    with socket.create_connection((servers.HOST, port), timeout=5) as sock:
-        sock.sendall(b"status\n")
-        data = b""
-        while not data.endswith(b".\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = servers.admin_listing(port, b"status", timeout=5)
     for line in data.decode(errors="replace").splitlines():
         fields = line.split("\t")
         if len(fields) == 4 and fields[0] == function:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import durable  # noqa: E402
+from servers import stop_server  # noqa: E402
 
 from pgserver import missing, running  # noqa: E402
 
@@ -70,16 +70,6 @@ def start(argv_of, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"{argv_of(0)[:6]} did not start")
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def run_server(name: str, admin_dsn: str, opts: argparse.Namespace, workdir: Path) -> durable.Result:
     """One server under the submit load: acknowledged submits, and the rows its store holds afterwards."""
     if name == "geartrain-postgres":
@@ -102,7 +92,7 @@ def run_server(name: str, admin_dsn: str, opts: argparse.Namespace, workdir: Pat
         created, seconds = durable.run_clients(port, opts)
         queued = durable.admin_status(port)
     finally:
-        stop(process)
+        stop_server(process, grace=60)
     return durable.Result(name, created, seconds, rows(), queued)
 
 
@@ -131,8 +121,8 @@ def takeover(admin_dsn: str, opts: argparse.Namespace) -> tuple[float, int]:
             time.sleep(0.02)
         return time.monotonic() - killed, durable.admin_status(port_b)
     finally:
-        stop(a)
-        stop(b)
+        stop_server(a, grace=60)
+        stop_server(b, grace=60)
 
 
 def _count_packets(buffer: bytes, got: int) -> tuple[int, bytes]:

@@ -349,6 +349,19 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> 
         delay = min(delay * 2, 0.2)
 
 
+def admin_listing(port: int, command: bytes, timeout: float = 60.0) -> bytes:
+    """An admin command's answer, read up to the "." line that ends a listing."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(command + b"\n")
+        data = b""
+        while not (data.endswith(b"\n.\n") or data == b".\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
 def stop_server(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after a grace period: only this process, by its PID."""
     if proc.poll() is not None:
