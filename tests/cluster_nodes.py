@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 
@@ -75,6 +77,22 @@ class Runner(threading.Thread):
         self.join(30)
         self.wire.close()
         assert self.error is None, self.error
+
+
+@contextlib.contextmanager
+def workers(*servers) -> Iterator[list[bytes]]:
+    """A Runner on each server for the with block, all recording into one list (the uniques that ran); every
+    runner is stopped afterwards, and one that failed fails the test."""
+    ran: list[bytes] = []
+    lock = threading.Lock()
+    runners = [Runner(server, ran, lock) for server in servers]
+    for runner in runners:
+        runner.start()
+    try:
+        yield ran
+    finally:
+        for runner in runners:
+            runner.stop()
 
 
 def wait_for(condition, deadline: float = DEADLINE, what: str = "the condition") -> float:

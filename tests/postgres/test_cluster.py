@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import collections
 import signal
-import threading
 import time
 
 from geartrain.protocol import constants as C
 
-from cluster_nodes import LEASE, TAKEOVER, Link, Runner, node, queued, rows, submit_many, wait_for
+from cluster_nodes import LEASE, TAKEOVER, Link, node, queued, rows, submit_many, wait_for, workers
 from wire import Wire
 
 
@@ -22,18 +21,10 @@ def test_a_killed_node_s_jobs_all_run_on_the_live_nodes_once(server_factory, pos
     a.process.kill()
     a.process.wait(30)
     killed = time.monotonic()
-    ran: list[bytes] = []
-    lock = threading.Lock()
-    runners = [Runner(b, ran, lock), Runner(c, ran, lock)]
-    for runner in runners:
-        runner.start()
-    try:
+    with workers(b, c) as ran:
         wait_for(lambda: len(ran) >= count, what=f"{count} jobs running after the take-over")
         took = time.monotonic() - killed
         wait_for(lambda: rows(postgres_dsn) == [(0,)], what="every completion removing its row")
-    finally:
-        for runner in runners:
-            runner.stop()
     counts = collections.Counter(ran)
     assert set(counts) == {b"j%d" % i for i in range(count)}  # none lost
     twice = sum(1 for n in counts.values() if n > 1)
@@ -52,16 +43,8 @@ def test_a_node_that_comes_back_after_its_takeover_runs_none_of_the_claimed_jobs
     a.process.wait(30)
     wait_for(lambda: queued(b) == 500, what="the take-over by node b")
     again = node(server_factory, postgres_dsn, "a", port=port)  # the same node name comes back
-    ran: list[bytes] = []
-    lock = threading.Lock()
-    runners = [Runner(again, ran, lock), Runner(b, ran, lock)]
-    for runner in runners:
-        runner.start()
-    try:
+    with workers(again, b) as ran:
         wait_for(lambda: len(ran) >= 500 and rows(postgres_dsn) == [(0,)], what="500 jobs run")
-    finally:
-        for runner in runners:
-            runner.stop()
     assert sorted(ran) == sorted(b"j%d" % i for i in range(500))
 
 
@@ -78,16 +61,8 @@ def test_a_node_frozen_past_its_lease_drops_what_was_taken_and_rejoins(server_fa
     wait_for(lambda: queued(a) == 0, what="node a dropping the jobs it lost")
     # It rejoined: new jobs on it are its own, stored and run there.
     submit_many(a, 10, prefix=b"after")
-    ran: list[bytes] = []
-    lock = threading.Lock()
-    runners = [Runner(a, ran, lock), Runner(b, ran, lock)]
-    for runner in runners:
-        runner.start()
-    try:
+    with workers(a, b) as ran:
         wait_for(lambda: len(ran) >= 310 and rows(postgres_dsn) == [(0,)], what="310 jobs run")
-    finally:
-        for runner in runners:
-            runner.stop()
     assert sorted(ran) == sorted([b"j%d" % i for i in range(300)] + [b"after%d" % i for i in range(10)])
     a.process.send_signal(signal.SIGTERM)
     _, err = a.process.communicate(timeout=30)
@@ -129,17 +104,9 @@ def test_the_same_unique_on_two_nodes_is_one_job_with_one_handle(server_factory,
     assert handle_a == handle_b
     assert rows(postgres_dsn, "SELECT node, unique_key FROM geartrain_jobs") == [("a", b"the-unique")]
     wait_for(lambda: queued(b) == 0, what="node b dropping its copy")
-    ran: list[bytes] = []
-    lock = threading.Lock()
-    runners = [Runner(a, ran, lock), Runner(b, ran, lock)]
-    for runner in runners:
-        runner.start()
-    try:
+    with workers(a, b) as ran:
         wait_for(lambda: ran and rows(postgres_dsn) == [(0,)], what="the job to run")
         assert queued(a) == 0 and queued(b) == 0
-    finally:
-        for runner in runners:
-            runner.stop()
     assert ran == [b"the-unique"]
 
 
@@ -177,12 +144,7 @@ def test_jobs_of_a_node_cut_off_past_its_lease_run_once_on_the_others(server_fac
         submit_many(a, 300)
         link.cut()
         wait_for(lambda: queued(a) == 0, what="node a withholding its jobs")
-        ran: list[bytes] = []
-        lock = threading.Lock()
-        runners = [Runner(a, ran, lock), Runner(b, ran, lock)]  # a's worker is there while a is cut off
-        for runner in runners:
-            runner.start()
-        try:
+        with workers(a, b) as ran:  # a's worker is there while a is cut off
             wait_for(lambda: len(ran) >= 300, what="the take-over by node b")
             link.mend()
             wait_for(lambda: rows(postgres_dsn) == [(0,)], what="every row removed")
@@ -190,9 +152,6 @@ def test_jobs_of_a_node_cut_off_past_its_lease_run_once_on_the_others(server_fac
                                   "AND renewed > now() - interval '1 second'") == [(1,)], what="node a rejoining")
             submit_many(a, 10, prefix=b"after")  # a rejoined: its new jobs are stored and run
             wait_for(lambda: len(ran) >= 310 and rows(postgres_dsn) == [(0,)], what="310 jobs run")
-        finally:
-            for runner in runners:
-                runner.stop()
     finally:
         link.close()
     assert sorted(ran) == sorted([b"j%d" % i for i in range(300)] + [b"after%d" % i for i in range(10)])
