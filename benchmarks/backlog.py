@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -31,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from servers import admin_listing
+from servers import admin_listing, free_port, stop_server, wait_for_port
 
 HOST = "127.0.0.1"
 GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
@@ -43,12 +41,6 @@ FUNCTION = b"backlog"
 def packet(ptype: int, *args: bytes) -> bytes:
     body = b"\x00".join(args)
     return b"\x00REQ" + struct.pack(">II", ptype, len(body)) + body
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def rss(pid: int) -> tuple[int, int]:
@@ -76,19 +68,6 @@ def server_command(kind: str, port: int, work: Path, memory_jobs: int) -> list[s
     if kind == "gearmand-sqlite":
         return [*base, "-q", "libsqlite3", "--libsqlite3-db", str(work / "g.db")]
     raise ValueError(kind)
-
-
-def wait_port(port: int, process: subprocess.Popen, deadline: float = 60.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError("server did not listen")
 
 
 def queued(port: int) -> int:
@@ -197,7 +176,7 @@ def run(kind: str, args: argparse.Namespace) -> dict:
     process = subprocess.Popen(server_command(kind, port, work, args.memory_jobs), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, process)
+        wait_for_port(port, process, time.monotonic() + 60)
         before = rss(process.pid)[0]
         uniques = args.uniques or kind == "gearmand-sqlite"  # its table is keyed by unique
         data = b"x" * args.size
@@ -220,12 +199,7 @@ def run(kind: str, args: argparse.Namespace) -> dict:
             "status_after_submit": held, "status_after_drain": left,
         }
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process, grace=120)
         shutil.rmtree(work, ignore_errors=True)
 
 
