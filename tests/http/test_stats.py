@@ -43,6 +43,27 @@ def test_wait_and_run_times_and_results_with_a_driven_clock():
     assert (failure.handle, failure.result, failure.detail) == (handle, "exception", b"boom")
 
 
+def test_short_waits_and_runs_take_the_same_buckets_as_the_bisect():
+    # started() and finished() skip the bisect for times up to the first bound; the edges must agree with it.
+    for wait, run in ((0.0, 0.001), (0.001, 0.0015), (0.0015, 0.0), (0.5, 0.001)):
+        clock = Clock()
+        clock.now = 0.0
+        broker = Broker(clock=clock)
+        client, worker = broker.connect(1), broker.connect(2)
+        broker.handle(worker, C.CAN_DO, (b"f",))
+        broker.handle(client, C.SUBMIT_JOB, (b"f", b"", b"x"))
+        clock.now = wait
+        broker.handle(worker, C.GRAB_JOB, ())
+        clock.now = wait + run
+        broker.handle(worker, C.WORK_COMPLETE, (next(iter(worker.running)), b""))
+        stats = broker.stats.functions[b"f"]
+        expected_wait, expected_run = Histogram(JOB_SECONDS), Histogram(JOB_SECONDS)
+        expected_wait.observe(wait)
+        expected_run.observe(clock.now - wait)
+        assert stats.wait.counts == expected_wait.counts, wait
+        assert stats.run.counts == expected_run.counts, run
+
+
 def test_a_retry_restarts_the_wait_and_counts():
     clock = Clock()
     broker = Broker(clock=clock, job_retries=1)
