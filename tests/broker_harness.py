@@ -33,7 +33,8 @@ class Harness:
         return events[0]
 
     def admin_cmd(self, line: bytes, peer: Peer | None = None) -> bytes:
-        return self.admin.handle(peer or self.peer(), line)
+        answer = self.admin.handle(peer or self.peer(), line)
+        return answer if isinstance(answer, bytes) else b"".join(answer)
 
     def worker(self, *functions: bytes) -> Peer:
         peer = self.peer()

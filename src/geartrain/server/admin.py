@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
 from typing import Any
 
 from .. import __version__
@@ -47,8 +48,25 @@ def restore_max_queues(broker: Broker, state: dict[str, dict[str, bytes]]) -> No
         broker.set_max_queue(name, limits)
 
 
+#: Lines per chunk of a streamed listing (`show jobs`): what the server holds of one at a time.
+CHUNK_LINES = 4096
+
+
 def listing(lines: list[bytes]) -> bytes:
     return b"".join(line + b"\n" for line in lines) + b".\n"
+
+
+def streamed_listing(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """A listing as chunks of CHUNK_LINES lines, the last one ending with the "." line. The transport writes them
+    as the peer reads (GearmanProtocol's stream), so a listing of millions of jobs never sits whole in memory."""
+    lines = iter(lines)
+    while True:
+        batch = list(islice(lines, CHUNK_LINES))
+        chunk = b"".join(line + b"\n" for line in batch)
+        if len(batch) < CHUNK_LINES:
+            yield chunk + b".\n"
+            return
+        yield chunk
 
 
 class Admin:
@@ -75,8 +93,8 @@ class Admin:
         #: `show WORD ...` answered elsewhere (lifecycle_admin.py installs `show job` and `show failed`).
         self.show_commands: dict[bytes, Callable[[Peer, list[bytes]], bytes]] = {}
 
-    def handle(self, peer: Peer, line: bytes) -> bytes:
-        """The complete answer to one command line."""
+    def handle(self, peer: Peer, line: bytes) -> bytes | Iterator[bytes]:
+        """The complete answer to one command line, or (show jobs) its chunks, to be written as the peer reads."""
         words = line.split()
         if self.broker.stats is not None:
             self.broker.stats.admin_peers.add(peer)
@@ -110,27 +128,30 @@ class Admin:
         ]
         return listing(lines)
 
-    def show(self, peer: Peer, words: list[bytes]) -> bytes:
+    def show(self, peer: Peer, words: list[bytes]) -> bytes | Iterator[bytes]:
+        # The jobs in memory are taken at the command (references only); the spilled ones are read from a copy
+        # of the spill queues' runs as the listing is written. A job that ends meanwhile may still be listed.
         kind = [w.lower() for w in words]
         spill = self.broker.spill
         if kind == [b"jobs"]:
             from .broker import QUEUED, RUNNING, SPILLED
 
-            lines = [
+            jobs = [job for job in self.broker.jobs.values() if job.state != SPILLED]
+            lines: Iterable[bytes] = (
                 b"%s\t%d\t%d\t%d" % (job.handle, job.retries, 0, 1 if job.state in (QUEUED, RUNNING) else 0)
-                for job in self.broker.jobs.values() if job.state != SPILLED
-            ]
+                for job in jobs
+            )
             if spill is not None:  # jobs waiting only in the store (spill.py), materialized ones included
-                lines.extend(b"%s\t0\t0\t1" % handle for handle, _ in spill.listing())
-            return listing(lines)
+                lines = chain(lines, (b"%s\t0\t0\t1" % handle for handle, _ in spill.listing()))
+            return streamed_listing(lines)
         if kind == [b"unique", b"jobs"]:
             from .broker import SPILLED
 
-            lines = [printable(job.unique) for job in self.broker.jobs.values()
-                     if job.unique and job.state != SPILLED]
+            uniques = [job.unique for job in self.broker.jobs.values() if job.unique and job.state != SPILLED]
+            lines = map(printable, uniques)
             if spill is not None:
-                lines.extend(printable(unique) for _, unique in spill.listing() if unique)
-            return listing(lines)
+                lines = chain(lines, (printable(unique) for _, unique in spill.listing() if unique))
+            return streamed_listing(lines)
         extension = self.show_commands.get(kind[0]) if kind else None
         if extension is not None:
             return extension(peer, words[1:])

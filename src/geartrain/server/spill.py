@@ -108,11 +108,14 @@ class SpillQueue:
             self.head = 0
 
     def handles(self) -> Iterator[int]:
-        """Handle numbers of the spilled jobs, in queue order."""
-        gone = self.gone
-        for i in range(self.head, len(self.lengths)):
-            start = self.nums[i]
-            for num in range(start, start + self.lengths[i]):
+        """Handle numbers of the spilled jobs, in queue order: the runs are copied at the call, so the queue may
+        change while the numbers are read (a streamed `show jobs`)."""
+        return self._numbers(self.nums[self.head:], self.lengths[self.head:], self.gone)
+
+    @staticmethod
+    def _numbers(nums: array[int], lengths: array[int], gone: set[int]) -> Iterator[int]:
+        for start, length in zip(nums, lengths, strict=True):
+            for num in range(start, start + length):
                 if num not in gone:
                     yield num
 
@@ -284,8 +287,12 @@ class Spill:
 
     def listing(self) -> Iterator[tuple[bytes, bytes]]:
         """(handle, unique or b"") of every spilled job, queue by queue (show jobs; materialized ones too, which
-        `show jobs` skips in broker.jobs)."""
-        for function, queues in self.queues.items():
+        `show jobs` skips in broker.jobs). The functions are taken at the call, each queue's runs as it is reached:
+        jobs may come and go while a long listing is written."""
+        return self._listing(list(self.queues.items()))
+
+    def _listing(self, queues_of: list[tuple[Function, tuple[SpillQueue, ...]]]) -> Iterator[tuple[bytes, bytes]]:
+        for function, queues in queues_of:
             index = self.uniques.get(function) or {}
             uniques = {abs(v): (b"-" if v < 0 else k) for k, v in index.items()} if index else {}
             for queue in queues:

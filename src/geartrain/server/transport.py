@@ -11,6 +11,7 @@ import itertools
 import logging
 import resource
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
@@ -83,6 +84,9 @@ class ServerState:
     def send_output(self, peer: Peer) -> None:
         """Write what the peer's output may send now: all of it, or (while the store holds an acknowledgement
         that is not durable yet) what comes before that acknowledgement."""
+        conn = peer.conn
+        if conn is not None and conn.stream is not None:
+            return  # a listing is being written to it: the rest waits (GearmanProtocol._pump sends it after)
         store = self.store
         if store is not None and store.holds(peer):
             chunks = store.release(peer)
@@ -90,7 +94,6 @@ class ServerState:
                 return
         else:
             chunks = peer.take_chunks()
-        conn = peer.conn
         if conn is not None:
             conn.write(chunks)
 
@@ -99,7 +102,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
     __slots__ = ("state", "transport", "decoder", "peer", "handlers", "paused", "idle_handle", "ssl_context",
-                 "address", "tls", "handshake_timer")
+                 "address", "tls", "handshake_timer", "stream", "backlog", "pumping")
 
     def __init__(self, state: ServerState, ssl_context: ssl.SSLContext | None = None) -> None:
         self.state = state
@@ -115,6 +118,11 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.address = "-"
         self.tls: ServerTLSSession | None = None
         self.handshake_timer: asyncio.TimerHandle | None = None
+        #: A long admin listing being written as the peer reads it (chunks), and the requests that came after it:
+        #: while it lasts the peer is not read and its other output waits, so answers keep their order.
+        self.stream: Iterator[bytes] | None = None
+        self.backlog: list[Any] = []
+        self.pumping = False  # a _pump() call is scheduled
 
     # ------------------------------------------------------------------ connection life
 
@@ -180,6 +188,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         # peer <-> connection cycle that would otherwise keep both until the cyclic collector visits.
         self.decoder = Decoder()
         self.tls = None
+        self.stream, self.backlog = None, []
         self.idle_handle = self.handshake_timer = None
         peer, self.peer = self.peer, None
         self.transport = None
@@ -197,7 +206,10 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
-            self.transport.resume_reading()
+            if self.stream is None:
+                self.transport.resume_reading()
+            else:
+                self._schedule_pump()
 
     def _arm_idle_timer(self) -> None:
         timeout = self.state.config.idle_timeout
@@ -289,7 +301,8 @@ class GearmanProtocol(asyncio.BufferedProtocol):
 
     def _dispatch(self, peer: Peer, events: list) -> None:
         handlers = self.handlers
-        for event in events:
+        rest = iter(events)
+        for event in rest:
             try:
                 if type(event) is Packet:
                     handler = handlers.get(event.ptype)
@@ -298,13 +311,61 @@ class GearmanProtocol(asyncio.BufferedProtocol):
                     else:
                         handler(peer, event.args)
                 elif type(event) is AdminLine:
-                    peer.send(self.state.admin.handle(peer, event.line))
+                    answer = self.state.admin.handle(peer, event.line)
+                    if type(answer) is bytes:
+                        peer.send(answer)
+                    else:
+                        self._stream(peer, answer, list(rest))
+                        return
                 elif type(event) is PacketError:
                     log.info("bad packet from %s (connection %d): %s", peer.address, peer.id, event.message)
                     peer.send(error_packet(event.code, event.message))
             except Exception:
                 log.exception("error handling %r from %s (connection %d)", event[:2], peer.address, peer.id)
                 peer.send(error_packet(b"SERVER_ERROR", "the server failed to handle this request; see its log"))
+
+    # ------------------------------------------------------------------ streamed listings
+
+    def _stream(self, peer: Peer, chunks: Iterator[bytes], backlog: list[Any]) -> None:
+        """Write a long listing chunk by chunk, one per loop pass while the peer keeps up; the requests after it
+        (backlog) are handled once it is written."""
+        state = self.state
+        if peer.out:
+            state.send_output(peer)
+        if peer.out or self.transport is None:
+            # Output held behind an acknowledgement that is not durable yet: the listing queues behind it whole.
+            peer.send(b"".join(chunks))
+            self._dispatch(peer, backlog)
+            return
+        self.stream, self.backlog = chunks, backlog
+        self.transport.pause_reading()
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self.pumping:
+            self.pumping = True
+            assert self.state.loop is not None
+            self.state.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Write the listing's next chunk, unless the peer's output is paused (resume_writing() schedules again)."""
+        self.pumping = False
+        peer, transport = self.peer, self.transport
+        if self.stream is None or self.paused or peer is None or transport is None:
+            return
+        chunk = next(self.stream, None)
+        if chunk is not None:
+            self.write([chunk])
+            self._schedule_pump()
+            return
+        self.stream = None
+        backlog, self.backlog = self.backlog, []
+        if not self.paused:
+            transport.resume_reading()
+        self._dispatch(peer, backlog)
+        if peer.out:
+            self.state.send_output(peer)
+        self.state.schedule_flush()
 
     # ------------------------------------------------------------------ output
 
