@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -243,6 +244,8 @@ def _median_run(runs: list[list[Row]]) -> list[Row]:
     chosen = ordered[(len(ordered) - 1) // 2]
     if len(runs) > 1:
         chosen[0].extra["repeat_jobs_per_s"] = [rows[0].jobs_per_s for rows in runs]
+        for i, row in enumerate(chosen):  # per round, in round order: run.py --metrics pairs them
+            row.extra["repeat_cpu_us_per_job"] = [rows[i].cpu_us_per_job for rows in runs if len(rows) > i]
         chosen[0].note += "; median of " + ", ".join(f"{rows[0].jobs_per_s:,.0f}" for rows in runs)
     return chosen
 
@@ -314,16 +317,28 @@ def run_servers(names: list[str], loads: list[str], settings: Settings, log: Cal
 
 
 def format_metrics_cost(rows: list[Row]) -> str:
-    """Server CPU per job with the counters and /metrics on and off, per load, and the difference."""
-    on = {r.load: r.cpu_us_per_job for r in rows if r.server == "geartrain-metrics" and r.ok}
-    off = {r.load: r.cpu_us_per_job for r in rows if r.server == "geartrain-nometrics" and r.ok}
+    """Server CPU per job with the counters and /metrics on and off, per load, and the difference: with --repeat,
+    the median of the rounds' own ratios (round i on against round i off: the servers ran one after the other in
+    each round, so a drift of the machine falls on both)."""
+    on = {r.load: r for r in rows if r.server == "geartrain-metrics" and r.ok}
+    off = {r.load: r for r in rows if r.server == "geartrain-nometrics" and r.ok}
     lines = ["CPU per job with metrics on and off (server CPU, user + system, us/job):"]
     for load in [r.load for r in rows if r.server == "geartrain-metrics"]:
         a, b = on.get(load), off.get(load)
-        if a and b:
-            lines.append(f"  {load:<24} on {a:8.1f}   off {b:8.1f}   cost {100 * (a - b) / b:+6.1f}%")
-        else:
+        if a is None or b is None or not a.cpu_us_per_job or not b.cpu_us_per_job:
             lines.append(f"  {load:<24} -  (a run failed or was skipped)")
+            continue
+        pairs = [(x, y) for x, y in zip(a.extra.get("repeat_cpu_us_per_job", []),
+                                        b.extra.get("repeat_cpu_us_per_job", []), strict=False) if x and y]
+        line = f"  {load:<24} on {a.cpu_us_per_job:8.1f}   off {b.cpu_us_per_job:8.1f}"
+        if len(pairs) > 1:
+            ratios = sorted(x / y for x, y in pairs)
+            cost = statistics.median(ratios) - 1
+            line += (f"   cost {100 * cost:+6.1f}% (median of {len(pairs)} paired rounds: "
+                     + ", ".join(f"{100 * (r - 1):+.1f}%" for r in ratios) + ")")
+        else:
+            line += f"   cost {100 * (a.cpu_us_per_job - b.cpu_us_per_job) / b.cpu_us_per_job:+6.1f}%"
+        lines.append(line)
     return "\n".join(lines)
 
 
