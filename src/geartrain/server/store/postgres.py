@@ -6,9 +6,9 @@ never waits on the database. asyncpg would need a second event loop on those thr
 interleaved with packet handling on the server's loop, for nothing the writer threads lack.
 
 A batch is one statement, ``geartrain_write`` (schema 3), on a connection of its own in autocommit: one round
-trip, one transaction, no BEGIN or COMMIT. ``writers`` batches (WRITERS, 2) are in flight together, each on its
-writer thread's connection, so one batch's commit (its WAL flush) overlaps the next batch's work; the store takes
-their outcomes in order (store/__init__.py). Everything else (start-up, cluster calls, server state) runs on the
+trip, one transaction, no BEGIN or COMMIT. Up to ``writers`` batches (WRITERS) are in flight together, each on
+its writer thread's connection, so one batch's commit (its WAL flush) overlaps the next batch's work; the store
+takes their outcomes in order (store/__init__.py). Everything else (start-up, cluster calls, server state) runs on the
 control connection ``conn``, in transactions, never beside a batch.
 
 Each row belongs to one node of a cluster (``node``, ``ref``: the ref is the node's own counter). Every batch
@@ -41,7 +41,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ..cluster import ClaimedJob, Cluster, LeaseLost
-from . import GroupCommitStore, Row, StoredJob, StoreError
+from . import GroupCommitStore, Row, StoredJob, StoreError, pg_arrays
 
 log = logging.getLogger("geartrain.store")
 
@@ -49,8 +49,10 @@ SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x6765617274  # pg_advisory_xact_lock key: one node creates or migrates the schema at a time
 LEASE_LOST = "GT001"
 STALE_ROW = "GT002"
-#: Batches in flight together, each on a connection of its own (see the module's docstring).
-WRITERS = 2
+#: Batches in flight together, each on a connection of its own (see the module's docstring; geard
+#: --postgres-writers). One by default: on a database next to geard the work is CPU-bound, and a second batch in
+#: flight costs more CPU per job (smaller batches) than its overlap saves; a database far away gains from more.
+WRITERS = 1
 HAND_OFF_CHANNEL = "geartrain_hand_off"
 #: Jobs handed off by a leaving node wait under "<node>/left-<id>", a node whose lease has always expired.
 POOL_MARK = "/left-"
@@ -230,6 +232,7 @@ class PostgresStore(GroupCommitStore):
                              f"{self._next_attempt - now:.1f}s")
         try:
             conn = psycopg.connect(**connection_options(self.dsn, f"geard {self.node}"))
+            pg_arrays.register(conn)
         except psycopg.Error as exc:
             self._connection_lost(exc)
             raise StoreError(f"cannot connect to {self.location}: {one_line(exc)}") from exc
@@ -365,7 +368,7 @@ class PostgresStore(GroupCommitStore):
         start = cur.fetchone()[0] + 1
         adds = [(start + i, as_bytes(function), as_bytes(unique), int(priority), float(when_to_run or 0), b"",
                  as_bytes(data)) for i, (unique, function, priority, when_to_run, data) in enumerate(rows)]
-        cur.execute(_INSERT, (self.node, *columns_of(adds)))
+        cur.execute(_INSERT, (self.node, *pg_arrays.columns(adds)))
         cur.execute(sql.SQL("DELETE FROM {}").format(table))
         log.info("took over %d jobs from gearmand's table %s in %s", len(rows), self.gearmand_table,
                  self.location)
@@ -385,7 +388,8 @@ class PostgresStore(GroupCommitStore):
     def write(self, adds: list[Row], removes: list[int]) -> None:
         def batch(conn: Any) -> list[int] | None:
             with conn.cursor(binary=True) as cur:
-                cur.execute(_WRITE, (self.node, self.generation, removes, *columns_of(adds)), prepare=True)
+                cur.execute(_WRITE, (self.node, self.generation, pg_arrays.int8_array(removes),
+                                     *pg_arrays.columns(adds)), prepare=True)
                 return cur.fetchone()[0]
 
         lost = self._call(batch, batch=True)
@@ -580,11 +584,6 @@ def closed_by_server(conn: Any) -> bool:
 def stored_job(row: tuple) -> StoredJob:
     ref, function, unique, priority, when, reducer, data = row[:7]
     return StoredJob(ref, bytes(function), bytes(unique), priority, float(when), bytes(reducer), bytes(data))
-
-
-def columns_of(adds: list[Row]) -> list[list]:
-    """Rows as one list per column (for unnest): one insert statement, whatever the batch size."""
-    return [list(column) for column in zip(*adds, strict=True)] if adds else [[] for _ in range(7)]
 
 
 def as_bytes(value: object) -> bytes:
