@@ -20,10 +20,11 @@ How the server uses a store (the contract every engine keeps):
   sync serves many submits. An engine's ``writers`` says how many commits may be in flight together (SQLite: 1,
   one at a time on a single writer thread; PostgreSQL: several connections). Whatever order they land in, the
   store takes their outcomes in batch order (acknowledgements, queueing, refusals, callbacks), so a later batch
-  never answers before an earlier one. A batch starts beside others only when it cannot depend on them: not
-  while a batch that inserts a row it removes is in flight, nor with server state changes, nor after a lost
-  file. Engine calls besides commits (``run``, fetch, idle) wait until no commit is in flight, and commits wait
-  for them. Removes of a failed batch, and the refs of its refused adds, are written again with the next batch.
+  never answers before an earlier one. A batch starts beside others only once it is as big as the last one
+  started, and only when it cannot depend on them: not while a batch that inserts a row it removes is in
+  flight, nor with server state changes, nor after a lost file. Engine calls besides commits (``run``, fetch,
+  idle) wait until no commit is in flight, and commits wait for them. Removes of a failed batch, and the refs of
+  its refused adds, are written again with the next batch.
 - A failing store is logged once per episode (and once when it writes again) and counted: ``commits``,
   ``failed_commits``, ``refused_jobs``; ``fault`` holds the reason while the episode lasts.
 - ``start(state)`` opens the store and replays every stored job into ``state.broker`` in the order they were
@@ -224,6 +225,8 @@ class GroupCommitStore(Store):
         self._committed = 0
         #: The open batch removes a row that this batch (still flying) inserts: it starts only after it lands.
         self._after = 0
+        #: Changes in the last batch started (a batch starts beside others only once it has as many).
+        self._last_size = 0
         #: Engine calls waiting for the commits in flight (run_exclusive), and whether one runs.
         self._exclusive: deque[tuple[Callable[..., Any], tuple, asyncio.Future]] = deque()
         self._exclusive_running = False
@@ -464,8 +467,13 @@ class GroupCommitStore(Store):
         """Whether the open batch may start now, beside the commits in flight."""
         if self._exclusive or self._exclusive_running or len(self._flying) >= self.writers:
             return False
-        if self._flying and (self._state or self._lost or self._after in self._flying):
-            return False
+        if self._flying:
+            if self._state or self._lost or self._after in self._flying:
+                return False
+            # Beside a commit only a batch as big as the last one started: while the store keeps up, batches
+            # stay as big as with one commit at a time (fewer commits, less CPU per job); once it falls behind
+            # (a slow disk or network, a busy machine) the next batch no longer waits for the last one.
+            return len(self._adds) + len(self._removes) >= self._last_size
         return True
 
     def _touch(self) -> None:
@@ -562,6 +570,7 @@ class GroupCommitStore(Store):
         self._adds, self._jobs, self._removes, self._retry, self._state = {}, {}, [], [], {}
         self._touched = False
         self._after = 0
+        self._last_size = len(adds) + len(removes)
         self._flying[seq] = batch
         self._started = seq
         began = time.monotonic()
