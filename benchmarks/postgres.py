@@ -1,13 +1,13 @@
 """Durable background submits per second on PostgreSQL, side by side in one run, and the take-over time.
 
-Servers, each on an ephemeral loopback port: geartrain with its PostgreSQL store (--queue-type postgres; with
---writers 1,2 once per --postgres-writers value), geartrain with its SQLite store, and gearmand with its libpq
-queue (-q Postgres --libpq-conninfo DSN), the PostgreSQL ones on the same database server (a fresh database each
-run). The load is durable.py's: connections keep a window of SUBMIT_JOB_BG pipelined each (4 x 16 by default) for
-a fixed time; a submit counts once its JOB_CREATED arrived, and afterwards the store must hold a row for each.
---rounds runs the servers interleaved (A, B, C, A, B, C, ...) and reports the median round of each, with the CPU
-time per acknowledged job of the server, of PostgreSQL (all its processes, when this run started it) and of the
-load generator: on a shared machine those say more than the rates.
+Servers, each on an ephemeral loopback port: geartrain with its PostgreSQL store (--queue-type postgres, named
+geartrain-postgres/wN, once per --writers value N of --postgres-writers), geartrain with its SQLite store, and
+gearmand with its libpq queue (-q Postgres --libpq-conninfo DSN), the PostgreSQL ones on the same database server
+(a fresh database each run). The load is durable.py's: connections keep a window of SUBMIT_JOB_BG pipelined each
+(4 x 16 by default) for a fixed time; a submit counts once its JOB_CREATED arrived, and afterwards the store must
+hold a row for each. --rounds runs the servers interleaved (A, B, C, A, B, C, ...) and reports the median round of
+each, with the CPU time per acknowledged job of the server, of PostgreSQL (all its processes, when this run
+started it) and of the load generator: on a shared machine those say more than the rates.
 
 Take-over: node a of a two-node cluster gets --takeover-jobs background jobs, is SIGKILLed, and the time until
 node b holds them all is measured (lease expiry, --takeover-after, detection at b's next lease round, claim).
@@ -106,7 +106,7 @@ def run_server(name: str, admin_dsn: str, opts: argparse.Namespace, workdir: Pat
     .client_us)."""
     if name.startswith("geartrain-postgres"):
         dsn = new_database(admin_dsn, "bench_geartrain")
-        writers = name.partition("/w")[2] or "1"
+        writers = name.partition("/w")[2]
         argv_of = lambda p: geard(p, "-q", "postgres", "--postgres-dsn", dsn, "--cluster-node", "bench",  # noqa: E731
                                   "--postgres-writers", writers)
         rows = lambda: count(dsn, "geartrain_jobs")  # noqa: E731
@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", default="geartrain-postgres,geartrain-sqlite,gearmand-postgres",
                    help="comma-separated servers to run")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the median round of each is kept (1)")
-    p.add_argument("--writers", default="1",
-                   help="comma-separated --postgres-writers values for geartrain-postgres (1)")
+    p.add_argument("--writers", default="2",
+                   help="comma-separated --postgres-writers values for geartrain-postgres (2)")
     p.add_argument("--takeover-jobs", type=int, default=10_000, help="jobs on the killed node (10000; 0: skip)")
     p.add_argument("--lease-interval", type=float, default=2.0, help="cluster lease interval (2, the default)")
     p.add_argument("--takeover-after", type=float, default=10.0, help="cluster take-over delay (10, the default)")
@@ -213,10 +213,8 @@ def server_names(opts: argparse.Namespace) -> list[str]:
     for name in [n for n in opts.servers.split(",") if n]:
         if name.startswith("gearmand") and not os.access(durable.GEARMAND, os.X_OK):
             print(f"{name}: skipped, {durable.GEARMAND} is not installed")
-        elif name == "geartrain-postgres" and "," in opts.writers:
-            names += [f"{name}/w{w}" for w in opts.writers.split(",")]
         elif name == "geartrain-postgres":
-            names.append(f"{name}/w{opts.writers}" if opts.writers != "1" else name)
+            names += [f"{name}/w{w}" for w in opts.writers.split(",")]
         else:
             names.append(name)
     return names
