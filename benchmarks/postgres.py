@@ -15,7 +15,7 @@ node b holds them all is measured (lease expiry, --takeover-after, detection at 
 The PostgreSQL server is a throwaway one (Debian's postgresql 15, as tests/pgserver.py starts it) unless --dsn
 names one (each server then gets a fresh database of it).
 
-    python benchmarks/postgres.py [--duration 5] [--rounds 3] [--writers 1] [--connections 4] [--window 16]
+    python benchmarks/postgres.py [--duration 5] [--rounds 3] [--writers 2] [--connections 4] [--window 16]
                                   [--takeover-jobs 10000]
 """
 

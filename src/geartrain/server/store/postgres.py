@@ -1,4 +1,4 @@
-"""The shared durable queue: background jobs in PostgreSQL, written in group commits by one writer thread.
+"""The shared durable queue: background jobs in PostgreSQL, written in group commits by writer threads.
 
 Driver: psycopg 3 (blocking, libpq underneath). The store runs every engine call on writer threads, so a
 blocking driver fits it as it is: libpq lets go of the GIL while it waits on the network, and the event loop
