@@ -89,6 +89,40 @@ def test_a_later_batch_committed_first_is_acknowledged_only_after_the_earlier_on
     run(main())
 
 
+def test_jobs_committed_out_of_order_replay_in_submission_order_per_priority(postgres_dsn):
+    submitted: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
+
+    async def first() -> None:
+        broker, store = await started(postgres_dsn)
+        client = broker.connect(1)
+        blocker = hold_unique(postgres_dsn, b"f", b"u0")
+        try:
+            for i in range(30):
+                if i == 1:  # u0 alone in batch 1, held up; the rest commit beside it and land first
+                    await until(lambda: waiting_on_a_lock(postgres_dsn) == 1, "batch 1 waiting on the lock")
+                priority = i % 3
+                ptype = (C.SUBMIT_JOB_HIGH_BG, C.SUBMIT_JOB_BG, C.SUBMIT_JOB_LOW_BG)[priority]
+                broker.handle(client, ptype, (b"f", b"u%d" % i, b""))
+                submitted[priority].append(b"u%d" % i)
+            await until(lambda: rows(postgres_dsn, "SELECT count(*) FROM geartrain_jobs WHERE node = 'a'")
+                        == [(29,)], "the later batches committed")
+        finally:
+            blocker.rollback()
+            blocker.close()
+        await durable(store)
+        await store.close()
+
+    async def second() -> None:
+        broker, store = await started(postgres_dsn)
+        for priority in (0, 1, 2):
+            queue = broker.functions[b"f"].queues[priority]
+            assert [job.unique for job in queue if job.state == QUEUED] == submitted[priority]
+        await store.close()
+
+    run(first())
+    run(second())
+
+
 def test_a_remove_of_a_job_whose_insert_is_in_flight_is_written_after_it(postgres_dsn):
     async def main() -> None:
         broker, store = await started(postgres_dsn)
