@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="bytes of data per job (64)")
     p.add_argument("--servers", default="geartrain-postgres,geartrain-sqlite,gearmand-postgres",
                    help="comma-separated servers to run")
-    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the median round of each is kept (1)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round of each is kept (3)")
     p.add_argument("--writers", default="2",
                    help="comma-separated --postgres-writers values for geartrain-postgres (2)")
     p.add_argument("--takeover-jobs", type=int, default=10_000, help="jobs on the killed node (10000; 0: skip)")
