@@ -188,6 +188,8 @@ class Result:
     queued: int  # TOTAL of `status` at the end
     cpu_us: float | None = None  # the server's CPU time (user + system, all threads) per acknowledged job
     note: str = ""
+    pg_us: float | None = None  # PostgreSQL's CPU time per acknowledged job (postgres.py)
+    client_us: float | None = None  # the load generator's CPU time per acknowledged job (postgres.py)
 
     @property
     def rate(self) -> float:

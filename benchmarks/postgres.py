@@ -1,10 +1,13 @@
 """Durable background submits per second on PostgreSQL, side by side in one run, and the take-over time.
 
-Servers, each on an ephemeral loopback port: geartrain with its PostgreSQL store (--queue-type postgres),
-geartrain with its SQLite store, and gearmand with its libpq queue (-q Postgres --libpq-conninfo DSN), the two
-PostgreSQL ones on the same database server (a fresh database each). The load is durable.py's: connections keep a
-window of SUBMIT_JOB_BG pipelined each (4 x 16 by default) for a fixed time; a submit counts once its JOB_CREATED
-arrived, and afterwards the store must hold a row for each.
+Servers, each on an ephemeral loopback port: geartrain with its PostgreSQL store (--queue-type postgres, named
+geartrain-postgres/wN, once per --writers value N of --postgres-writers), geartrain with its SQLite store, and
+gearmand with its libpq queue (-q Postgres --libpq-conninfo DSN), the PostgreSQL ones on the same database server
+(a fresh database each run). The load is durable.py's: connections keep a window of SUBMIT_JOB_BG pipelined each
+(4 x 16 by default) for a fixed time; a submit counts once its JOB_CREATED arrived, and afterwards the store must
+hold a row for each. --rounds runs the servers interleaved (A, B, C, A, B, C, ...) and reports the median round of
+each, with the CPU time per acknowledged job of the server, of PostgreSQL (all its processes, when this run
+started it) and of the load generator: on a shared machine those say more than the rates.
 
 Take-over: node a of a two-node cluster gets --takeover-jobs background jobs, is SIGKILLed, and the time until
 node b holds them all is measured (lease expiry, --takeover-after, detection at b's next lease round, claim).
@@ -12,14 +15,17 @@ node b holds them all is measured (lease expiry, --takeover-after, detection at 
 The PostgreSQL server is a throwaway one (Debian's postgresql 15, as tests/pgserver.py starts it) unless --dsn
 names one (each server then gets a fresh database of it).
 
-    python benchmarks/postgres.py [--duration 5] [--connections 4] [--window 16] [--takeover-jobs 10000]
+    python benchmarks/postgres.py [--duration 5] [--rounds 3] [--writers 2] [--connections 4] [--window 16]
+                                  [--takeover-jobs 10000]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,11 +76,39 @@ def start(argv_of, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"{argv_of(0)[:6]} did not start")
 
 
-def run_server(name: str, admin_dsn: str, opts: argparse.Namespace, workdir: Path) -> durable.Result:
-    """One server under the submit load: acknowledged submits, and the rows its store holds afterwards."""
-    if name == "geartrain-postgres":
+def postgres_cpu(postmaster: int | None) -> dict[int, float]:
+    """CPU seconds so far of the PostgreSQL server's processes (the postmaster and its children), by pid."""
+    if postmaster is None:
+        return {}
+    cpu = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if int(entry.name) == postmaster or parent == postmaster:
+                seconds = durable.cpu_seconds(int(entry.name))
+                if seconds is not None:
+                    cpu[int(entry.name)] = seconds
+    return cpu
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_server(name: str, admin_dsn: str, opts: argparse.Namespace, workdir: Path,
+               postmaster: int | None) -> durable.Result:
+    """One server under the submit load: acknowledged submits, the rows its store holds afterwards, and the CPU
+    time per acknowledged job of the server, of PostgreSQL and of the load generator (Result.cpu_us, .pg_us,
+    .client_us)."""
+    if name.startswith("geartrain-postgres"):
         dsn = new_database(admin_dsn, "bench_geartrain")
-        argv_of = lambda p: geard(p, "-q", "postgres", "--postgres-dsn", dsn, "--cluster-node", "bench")  # noqa: E731
+        writers = name.partition("/w")[2]
+        argv_of = lambda p: geard(p, "-q", "postgres", "--postgres-dsn", dsn, "--cluster-node", "bench",  # noqa: E731
+                                  "--postgres-writers", writers)
         rows = lambda: count(dsn, "geartrain_jobs")  # noqa: E731
     elif name == "gearmand-postgres":
         dsn = new_database(admin_dsn, "bench_gearmand")
@@ -83,17 +117,26 @@ def run_server(name: str, admin_dsn: str, opts: argparse.Namespace, workdir: Pat
         rows = lambda: count(dsn, "queue")  # noqa: E731
     elif name == "geartrain-sqlite":
         db = workdir / "geartrain.sqlite3"
+        db.unlink(missing_ok=True)
         argv_of = lambda p: geard(p, "-q", "sqlite", "--sqlite-db", str(db))  # noqa: E731
         rows = lambda: durable.count_rows(db, "geartrain_jobs")  # noqa: E731
     else:
         raise ValueError(name)
     process, port = start(argv_of)
     try:
+        server0, pg0, clients0 = durable.cpu_seconds(process.pid), postgres_cpu(postmaster), children_cpu()
         created, seconds = durable.run_clients(port, opts)
+        server1, pg1, clients1 = durable.cpu_seconds(process.pid), postgres_cpu(postmaster), children_cpu()
         queued = durable.admin_status(port)
     finally:
         stop_server(process, grace=60)
-    return durable.Result(name, created, seconds, rows(), queued)
+    result = durable.Result(name, created, seconds, rows(), queued)
+    per_job = 1e6 / created if created else 0.0
+    if server0 is not None and server1 is not None:
+        result.cpu_us = (server1 - server0) * per_job
+    result.pg_us = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items()) * per_job if postmaster else None
+    result.client_us = (clients1 - clients0) * per_job
+    return result
 
 
 def takeover(admin_dsn: str, opts: argparse.Namespace) -> tuple[float, int]:
@@ -145,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="bytes of data per job (64)")
     p.add_argument("--servers", default="geartrain-postgres,geartrain-sqlite,gearmand-postgres",
                    help="comma-separated servers to run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round of each is kept (3)")
+    p.add_argument("--writers", default="2",
+                   help="comma-separated --postgres-writers values for geartrain-postgres (2)")
     p.add_argument("--takeover-jobs", type=int, default=10_000, help="jobs on the killed node (10000; 0: skip)")
     p.add_argument("--lease-interval", type=float, default=2.0, help="cluster lease interval (2, the default)")
     p.add_argument("--takeover-after", type=float, default=10.0, help="cluster take-over delay (10, the default)")
@@ -152,40 +198,62 @@ def main(argv: list[str] | None = None) -> int:
     opts = p.parse_args(argv)
     opts.empty_uniques = False
     if opts.dsn:
-        return run(opts, opts.dsn)
+        return run(opts, opts.dsn, None)
     why = missing()
     if why is not None:
         print(f"cannot run: {why}")
         return 2
     with running() as pg:
-        return run(opts, pg.dsn().replace(" dbname=postgres", ""))
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        return run(opts, pg.dsn().replace(" dbname=postgres", ""), postmaster)
 
 
-def run(opts: argparse.Namespace, admin_dsn: str) -> int:
+def server_names(opts: argparse.Namespace) -> list[str]:
+    names = []
+    for name in [n for n in opts.servers.split(",") if n]:
+        if name.startswith("gearmand") and not os.access(durable.GEARMAND, os.X_OK):
+            print(f"{name}: skipped, {durable.GEARMAND} is not installed")
+        elif name == "geartrain-postgres":
+            names += [f"{name}/w{w}" for w in opts.writers.split(",")]
+        else:
+            names.append(name)
+    return names
+
+
+def run(opts: argparse.Namespace, admin_dsn: str, postmaster: int | None) -> int:
     print(f"durable background submits: {opts.connections} connections x {opts.window} in flight, {opts.size}-byte "
-          f"jobs, {opts.duration:g}s per server, {os.cpu_count()} CPUs, PostgreSQL "
-          f"{'at ' + opts.dsn if opts.dsn else '15 started for this run (fsync on)'}")
-    results = []
+          f"jobs, {opts.duration:g}s per server, {opts.rounds} interleaved round(s), {os.cpu_count()} CPUs, "
+          f"PostgreSQL {'at ' + opts.dsn if opts.dsn else '15 started for this run (fsync on)'}")
+    names = server_names(opts)
+    rounds: dict[str, list[durable.Result]] = {name: [] for name in names}
     failed = False
     with tempfile.TemporaryDirectory(prefix="bench-postgres-") as tmp:
-        for name in [n for n in opts.servers.split(",") if n]:
-            if name.startswith("gearmand") and not os.access(durable.GEARMAND, os.X_OK):
-                print(f"{name}: skipped, {durable.GEARMAND} is not installed")
-                continue
-            result = run_server(name, f"{admin_dsn} dbname=postgres", opts, Path(tmp))
-            ok = result.queued == result.created == result.stored
-            failed |= not ok
-            result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
-            results.append(result)
+        for number in range(opts.rounds):
+            for name in names:
+                result = run_server(name, f"{admin_dsn} dbname=postgres", opts, Path(tmp), postmaster)
+                ok = result.queued == result.created == result.stored
+                failed |= not ok
+                result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
+                rounds[name].append(result)
+                print(f"round {number + 1}: {name:<22} {result.rate:>8.0f}/s  {result.note}", flush=True)
+    results = [sorted(rounds[name], key=lambda r: r.rate)[len(rounds[name]) // 2] for name in names]
+
+    def us(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
     print()
-    print(f"{'server':<20} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'stored rows':>12}  check")
+    print(f"{'server (median round)':<24} {'acknowledged':>12} {'submits/s':>10} {'rounds (submits/s)':>24} "
+          f"{'CPU us/job: server':>18} {'postgres':>8} {'clients':>8}  check")
     for r in results:
-        print(f"{r.name:<20} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {r.stored:>12}  {r.note}")
-    by_name = {r.name: r for r in results}
+        each = "/".join(f"{x.rate / 1000:.1f}k" for x in rounds[r.name])
+        print(f"{r.name:<24} {r.created:>12} {r.rate:>10.0f} {each:>24} {us(r.cpu_us):>18} {us(r.pg_us):>8} "
+              f"{us(r.client_us):>8}  {r.note}")
     print()
-    for a, b in (("geartrain-postgres", "gearmand-postgres"), ("geartrain-postgres", "geartrain-sqlite")):
-        if a in by_name and b in by_name and by_name[b].rate:
-            print(f"{a} / {b}: {by_name[a].rate / by_name[b].rate:.1f}x")
+    medians = {name: statistics.median(x.rate for x in rounds[name]) for name in names}
+    for a in [n for n in names if n.startswith("geartrain-postgres")]:
+        for b in ("gearmand-postgres", "geartrain-sqlite"):
+            if b in medians and medians[b]:
+                print(f"{a} / {b}: {medians[a] / medians[b]:.1f}x (median rates)")
     if opts.takeover_jobs:
         took, held = takeover(f"{admin_dsn} dbname=postgres", opts)
         print(f"take-over: {held} jobs of a SIGKILLed node held by the live node {took:.1f}s after the kill "

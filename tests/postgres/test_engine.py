@@ -121,3 +121,19 @@ def test_two_live_nodes_claiming_one_dead_node_at_once_never_claim_the_same_job(
     assert sorted(by_b + by_c) == sorted(b"u%d" % ref for ref in range(1, 5001))
     assert rows(postgres_dsn, "SELECT node, count(*) FROM geartrain_jobs GROUP BY node ORDER BY node") == [
         ("b", len(by_b)), ("c", len(by_c))]
+
+
+def test_batch_columns_reach_postgresql_as_the_arrays_they_stand_for(postgres_dsn):
+    from geartrain.server.store import pg_arrays
+
+    rows_in = [(1, b"f", b"", 0, 0.0, b"", b""),
+               (2**40, b"g\x00h", b"u" * 300, 2, 1.5e9, b"r", memoryview(b"\xff" * 70000)),
+               (-3, b"", b"-", 1, -2.25, b"", b"x")]
+    with psycopg.connect(postgres_dsn) as conn:
+        pg_arrays.register(conn)
+        for batch in (rows_in, []):
+            got = conn.execute("SELECT %b::bigint[], %b::bytea[], %b::bytea[], %b::smallint[], %b::float8[], "
+                               "%b::bytea[], %b::bytea[]", pg_arrays.columns(batch)).fetchone()
+            assert [list(column) for column in got] == [
+                [bytes(v) if isinstance(v, memoryview) else v for v in column] for column in zip(*batch, strict=True)
+            ] if batch else [[]] * 7

@@ -129,6 +129,9 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--postgres-dsn", "--libpq-conninfo"), "postgres_dsn", {
         "metavar": "DSN", "help": "PostgreSQL DSN of the queue (--queue-type postgres)"}),
     (("--libpq-table",), "postgres_table", {"help": "gearmand's queue table, imported once (%(default)s)"}),
+    (("--postgres-writers",), "postgres_writers", {
+        "type": int, "help": "group commits in flight together, each on a connection of its own "
+        "(%(default)s; more for a database far away)"}),
     (("--cluster-node",), "cluster_node", {
         "metavar": "NAME", "help": "this node's name in a PostgreSQL cluster (default host:port)"}),
     (("--lease-interval",), "lease_interval", {"type": float, "help": "seconds between lease renewals (%(default)s)"}),

@@ -1,7 +1,8 @@
 """A cluster of geard on one PostgreSQL database: leases, take-over of a dead node's jobs, hand-off on leave.
 
 Every node owns the background jobs it accepted (rows keyed by node) and renews a lease row every
-lease_interval; every batch it commits renews it too, inside the batch's transaction. A node whose lease is older
+lease_interval; every batch it commits checks it inside the batch's transaction (a share lock on the node's row at
+its generation, which a take-over's generation bump waits for and then fails). A node whose lease is older
 than takeover_after is dead: a live node claims its rows in chunks (row locks, SKIP LOCKED), re-keys them as its
 own with the attempt count raised, and adds them to its broker as start-up replay does. Jobs are run at least
 once: a job that was running on the dead node runs again. A node that lost its lease while alive (it lost the

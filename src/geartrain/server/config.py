@@ -122,6 +122,8 @@ class ServerConfig:
     #: PostgreSQL queue: libpq DSN; gearmand's queue table imported once at start.
     postgres_dsn: str | None = None
     postgres_table: str = "queue"
+    #: PostgreSQL queue: group commits in flight together, each on a connection of its own.
+    postgres_writers: int = 2
     #: Cluster on one PostgreSQL: this node's name (default host:port), lease renewal and take-over delays.
     cluster_node: str | None = None
     lease_interval: float = 2.0

@@ -16,9 +16,15 @@ How the server uses a store (the contract every engine keeps):
   commit of its own job's row, whatever batches come before or after, and replies keep their order.
 - ``pending()`` tells whether any change is not durable yet; ``commit_then(cb)`` makes sure a commit covering
   every change made so far runs, and calls ``cb`` on the loop once it has (or failed).
-- Changes are grouped: all the adds and removes that arrive while one commit runs go into the next one, so one
-  sync serves many submits. The commits run one at a time, in order, on a single writer thread. Removes of a
-  failed batch, and the refs of its refused adds, are written again with the next batch.
+- Changes are grouped: all the adds and removes that arrive while commits run go into the next one, so one
+  sync serves many submits. An engine's ``writers`` says how many commits may be in flight together (SQLite: 1,
+  one at a time on a single writer thread; PostgreSQL: several connections). Whatever order they land in, the
+  store takes their outcomes in batch order (acknowledgements, queueing, refusals, callbacks), so a later batch
+  never answers before an earlier one. A batch starts beside others only once it is as big as the last one
+  started, and only when it cannot depend on them: not while a batch that inserts a row it removes is in
+  flight, nor with server state changes, nor after a lost file. Engine calls besides commits (``run``, fetch,
+  idle) wait until no commit is in flight, and commits wait for them. Removes of a failed batch, and the refs of
+  its refused adds, are written again with the next batch.
 - A failing store is logged once per episode (and once when it writes again) and counted: ``commits``,
   ``failed_commits``, ``refused_jobs``; ``fault`` holds the reason while the episode lasts.
 - ``start(state)`` opens the store and replays every stored job into ``state.broker`` in the order they were
@@ -185,12 +191,15 @@ class GroupCommitStore(Store):
     """Batching, holds and replay for engines whose writes block: subclasses give the four blocking methods.
 
     The batch being gathered has a sequence number; each held acknowledgement waits for the batch that holds its
-    job's row. Commits run one after another on a single writer thread (so they apply in order), and whatever
-    gathers while one runs is the next batch.
+    job's row. Up to ``writers`` commits run at once on writer threads; their outcomes are taken in sequence
+    order, and whatever gathers while they run is the next batch.
     """
 
     #: Seconds without a commit after which the engine may tidy up (idle_engine: checkpoint, file check).
     idle_delay = 1.0
+    #: Commits that may be in flight together, each on a writer thread of its own (an engine whose write() may
+    #: run on several threads at once says how many; the default writes one batch at a time).
+    writers = 1
 
     def __init__(self, location: str) -> None:
         self.location = location
@@ -207,8 +216,20 @@ class GroupCommitStore(Store):
         #: Refs to delete again with the next batch: removes of a failed batch, adds it may have left behind.
         self._retry: list[int] = []
         self._touched = False
-        self._inflight: int | None = None
+        #: Batches started and not landed yet: seq -> their adds by ref (a remove of one of those refs must wait).
+        self._flying: dict[int, dict[int, Row]] = {}
+        #: Batches landed out of order, waiting for an earlier one: seq -> (future, adds, jobs, removes).
+        self._landed: dict[int, tuple[asyncio.Future, list[Row], list[Any], list[int]]] = {}
+        #: The last batch started, and the last whose outcome was taken (every one up to it, in order).
+        self._started = 0
         self._committed = 0
+        #: The open batch removes a row that this batch (still flying) inserts: it starts only after it lands.
+        self._after = 0
+        #: Changes in the last batch started (a batch starts beside others only once it has as many).
+        self._last_size = 0
+        #: Engine calls waiting for the commits in flight (run_exclusive), and whether one runs.
+        self._exclusive: deque[tuple[Callable[..., Any], tuple, asyncio.Future]] = deque()
+        self._exclusive_running = False
         self._kick_scheduled = False
         self._callbacks: dict[int, list[Callable[[], None]]] = {}
         #: peer -> gates on its output: [batch, index in peer.out of the first JOB_CREATED waiting for it], in
@@ -226,7 +247,6 @@ class GroupCommitStore(Store):
         self.stored = 0
         self.replayed = 0
         self.commit_seconds = Histogram(COMMIT_SECONDS)
-        self._commit_began = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._tidy_failing = False
         self.commits = 0  # batches committed
@@ -300,7 +320,7 @@ class GroupCommitStore(Store):
         began = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geartrain-store")
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.writers, thread_name_prefix="geartrain-store")
         broker = self.broker = server.broker
         duplicates = []
         last = count = 0
@@ -337,9 +357,9 @@ class GroupCommitStore(Store):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         assert self._idle is not None
-        # Let the running commit and the batch behind it finish (each started one follows the other).
-        while self._inflight is not None or self._touched:
-            if self._inflight is None:
+        # Let the running commits and the batch behind them finish (each landing starts the next).
+        while self._busy() or self._touched:
+            if not self._busy():
                 self._start_commit()
             self._idle.clear()
             await self._idle.wait()
@@ -374,6 +394,9 @@ class GroupCommitStore(Store):
         self.stored -= 1
         if self._adds.pop(ref, None) is None:  # not in the open batch: it was (or is being) written
             self._removes.append(ref)
+            for seq, adds in self._flying.items():
+                if ref in adds:  # its insert is in flight: this delete must not reach the store before it
+                    self._after = max(self._after, seq)
         else:
             del self._jobs[ref]
         self._touch()
@@ -383,12 +406,12 @@ class GroupCommitStore(Store):
         self._touch()
 
     def fetch(self, ranges: list[tuple[int, int]], callback: Callable[[Any, BaseException | None], None]) -> None:
-        """Read committed rows back (spill.py) on the writer thread; callback(rows, exc) runs on the loop."""
+        """Read committed rows back (spill.py) on a writer thread; callback(rows, exc) runs on the loop."""
         if self._executor is None or self.loop is None:
             assert self.loop is not None
             self.loop.call_soon(callback, None, StoreError(f"the store {self.location} is not open"))
             return
-        future = self.loop.run_in_executor(self._executor, self.read_rows, ranges)
+        future = self.run_exclusive(self.read_rows, ranges)
 
         def done(future: asyncio.Future) -> None:
             exc = future.exception()
@@ -400,9 +423,62 @@ class GroupCommitStore(Store):
         state, self._stored_state = self._stored_state, {}  # handed over once: the server keeps it from then on
         return state
 
+    def run_exclusive(self, call: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """Run an engine call on a writer thread once the commits started so far have landed, with no commit
+        beside it (commits wait for it); an awaitable future of its result."""
+        if self._executor is None or self.loop is None:
+            raise StoreError(f"the store {self.location} is not open")
+        future = self.loop.create_future()
+        self._exclusive.append((call, args, future))
+        self._pump()
+        return future
+
+    def _pump(self) -> None:
+        """Start the next waiting engine call when nothing else runs."""
+        if self._exclusive_running or self._flying or not self._exclusive or self.loop is None:
+            return
+        call, args, future = self._exclusive.popleft()
+        if self._executor is None:
+            future.set_exception(StoreError(f"the store {self.location} is not open"))
+            return self._pump()
+        self._exclusive_running = True
+        if self._idle is not None:
+            self._idle.clear()
+
+        def done(ran: asyncio.Future) -> None:
+            self._exclusive_running = False
+            if not future.cancelled():
+                exc = ran.exception()
+                if exc is not None:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(ran.result())
+            self._pump()
+            if not self._exclusive_running:
+                self._after_landing()
+
+        self.loop.run_in_executor(self._executor, call, *args).add_done_callback(done)
+
+    def _busy(self) -> bool:
+        """Whether a commit or an engine call is in flight or waits to run."""
+        return bool(self._flying or self._landed or self._exclusive or self._exclusive_running)
+
+    def _can_start(self) -> bool:
+        """Whether the open batch may start now, beside the commits in flight."""
+        if self._exclusive or self._exclusive_running or len(self._flying) >= self.writers:
+            return False
+        if self._flying:
+            if self._state or self._lost or self._after in self._flying:
+                return False
+            # Beside a commit only a batch as big as the last one started: while the store keeps up, batches
+            # stay as big as with one commit at a time (fewer commits, less CPU per job); once it falls behind
+            # (a slow disk or network, a busy machine) the next batch no longer waits for the last one.
+            return len(self._adds) + len(self._removes) >= self._last_size
+        return True
+
     def _touch(self) -> None:
         self._touched = True
-        if self._inflight is None and not self._kick_scheduled and self.loop is not None:
+        if not self._kick_scheduled and self.loop is not None and self._can_start():
             self._kick_scheduled = True
             self.loop.call_soon(self._kick)
 
@@ -414,17 +490,17 @@ class GroupCommitStore(Store):
                             len(self._adds) + len(self._removes))
                 self._adds, self._jobs, self._removes, self._touched = {}, {}, [], False
             return
-        if self._inflight is None and self._touched:
+        if self._touched and self._can_start():
             self._start_commit()
 
     def _target(self) -> int | None:
         """The batch whose commit makes every change so far durable, or None when all is durable."""
         if self._touched:
             return self._seq
-        return self._inflight
+        return self._started if self._started > self._committed else None
 
     def pending(self) -> bool:
-        return self._touched or self._inflight is not None
+        return self._touched or self._started > self._committed
 
     @property
     def pending_changes(self) -> int:
@@ -440,12 +516,14 @@ class GroupCommitStore(Store):
         callbacks = self._callbacks.setdefault(target, [])
         if callback not in callbacks:
             callbacks.append(callback)
-        if self._inflight is None:
+        if self._touched and self._can_start():
             self._start_commit()
 
     def hold(self, peer: Any, job: Any) -> None:
-        # The job's row is in the batch being gathered, or else in the one being written.
-        target = self._seq if job.store_ref in self._adds else (self._inflight or self._seq)
+        # The job's row is in the batch being gathered, or else in one started (the last started lands no earlier
+        # than it: outcomes are taken in order).
+        target = (self._seq if job.store_ref in self._adds or self._started <= self._committed
+                  else self._started)
         gates = self._held.get(peer)
         if gates is None:
             self._held[peer] = deque(([target, len(peer.out)],))
@@ -481,17 +559,21 @@ class GroupCommitStore(Store):
     # ------------------------------------------------------------------ commits
 
     def _start_commit(self) -> None:
-        assert self._inflight is None and self.loop is not None
+        assert self.loop is not None
         if self._executor is None:
             raise StoreError(f"the store {self.location} is not open")
         seq = self._seq
-        adds, jobs, state = list(self._adds.values()), list(self._jobs.values()), self._state
+        batch, state = self._adds, self._state
+        adds, jobs = list(batch.values()), list(self._jobs.values())
         removes = self._removes + self._retry if self._retry else self._removes
         self._seq = seq + 1
         self._adds, self._jobs, self._removes, self._retry, self._state = {}, {}, [], [], {}
         self._touched = False
-        self._inflight = seq
-        self._commit_began = time.monotonic()
+        self._after = 0
+        self._last_size = len(adds) + len(removes)
+        self._flying[seq] = batch
+        self._started = seq
+        began = time.monotonic()
         if self._idle is not None:
             self._idle.clear()
         if self._idle_timer is not None:
@@ -499,7 +581,7 @@ class GroupCommitStore(Store):
             self._idle_timer = None
         rebuild = self._rows_held(adds) if self._lost else None
         future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes, rebuild, state)
-        future.add_done_callback(lambda f: self._done(seq, f, adds, jobs, removes))
+        future.add_done_callback(lambda f: self._land(seq, began, f, adds, jobs, removes))
 
     def _rows_held(self, adds: list[Row]) -> list[Row]:
         """Every stored job the broker still holds whose row is not in this batch, in ref order (spilled jobs
@@ -530,10 +612,37 @@ class GroupCommitStore(Store):
                         log.debug("discarding the rows of a failed batch: %s", exc)
                 raise
 
-    def _done(self, seq: int, future: asyncio.Future, adds: list[Row], jobs: list[Any],
+    def _land(self, seq: int, began: float, future: asyncio.Future, adds: list[Row], jobs: list[Any],
               removes: list[int]) -> None:
-        self._inflight = None
-        self.commit_seconds.observe(time.monotonic() - self._commit_began)
+        """A batch's write returned: take its outcome, and those of later batches that landed before it, in
+        order; then start what waits."""
+        del self._flying[seq]
+        self.commit_seconds.observe(time.monotonic() - began)
+        self._landed[seq] = (future, adds, jobs, removes)
+        callbacks: list[Callable[[], None]] = []
+        while self._committed + 1 in self._landed:
+            done = self._committed + 1
+            self._done(done, *self._landed.pop(done))
+            callbacks += self._callbacks.pop(done, ())
+        self._after_landing()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("error in a callback after a store commit")
+
+    def _after_landing(self) -> None:
+        """Start what waited for a commit or an engine call: engine calls first, then the open batch."""
+        self._pump()
+        if self._touched and self._can_start():
+            self._start_commit()
+        elif not self._busy():
+            if self._idle is not None:
+                self._idle.set()
+            self._arm_idle()
+
+    def _done(self, seq: int, future: asyncio.Future, adds: list[Row], jobs: list[Any], removes: list[int]) -> None:
+        """The outcome of batch seq, every earlier one taken: acknowledge (queue) its jobs, or refuse them."""
         exc = future.exception()
         if exc is None:
             self.commits += 1
@@ -552,17 +661,6 @@ class GroupCommitStore(Store):
         if self._held:
             for peer in [peer for peer in self._held if peer.closed]:
                 del self._held[peer]
-        if self._touched:
-            self._start_commit()
-        else:
-            if self._idle is not None:
-                self._idle.set()
-            self._arm_idle()
-        for callback in self._callbacks.pop(seq, ()):
-            try:
-                callback()
-            except Exception:
-                log.exception("error in a callback after a store commit")
 
     def _failed(self, seq: int, exc: BaseException, adds: list[Row], jobs: list[Any], removes: list[int]) -> None:
         """A batch did not reach the store: each of its jobs is refused with an ERROR and never runs; its removes
@@ -614,10 +712,9 @@ class GroupCommitStore(Store):
 
     def _on_idle(self) -> None:
         self._idle_timer = None
-        if self._inflight is not None or self._touched or self._executor is None or self._closing:
+        if self._busy() or self._touched or self._executor is None or self._closing:
             return
-        future = self.loop.run_in_executor(self._executor, self.idle_engine)  # type: ignore[union-attr]
-        future.add_done_callback(self._idle_done)
+        self.run_exclusive(self.idle_engine).add_done_callback(self._idle_done)
 
     def _idle_done(self, future: asyncio.Future) -> None:
         exc = future.exception()
@@ -626,7 +723,7 @@ class GroupCommitStore(Store):
                 log.error("%s; background submits are refused until it is recreated", exc)
             self._lost = True
             self.fault = failure_reason(exc)
-            if self._inflight is None and self._executor is not None and not self._closing:
+            if not self._busy() and self._executor is not None and not self._closing:
                 self._start_commit()
         elif exc is not None:
             if not self._tidy_failing:  # once until it works again: it is retried every idle_delay
@@ -634,5 +731,5 @@ class GroupCommitStore(Store):
             self._tidy_failing = True
         else:
             self._tidy_failing = False
-        if self._inflight is None:
+        if not self._busy():
             self._arm_idle()  # checked again every idle_delay while nothing is written

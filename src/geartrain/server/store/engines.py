@@ -40,6 +40,9 @@ def open_store(config: Any) -> Store:
         if not 0 < config.lease_interval < config.takeover_after:
             raise StoreError(f"--takeover-after ({config.takeover_after:g}) must be longer than --lease-interval "
                              f"({config.lease_interval:g}, above 0), or live nodes would be taken over")
+        if config.postgres_writers < 1:
+            raise StoreError(f"--postgres-writers ({config.postgres_writers}) must be 1 or more")
         return PostgresStore(config.postgres_dsn, config.node_name(), lease_interval=config.lease_interval,
-                             takeover_after=config.takeover_after, gearmand_table=config.postgres_table)
+                             takeover_after=config.takeover_after, gearmand_table=config.postgres_table,
+                             writers=config.postgres_writers)
     raise StoreError(f"no durable store for queue type {config.queue_type!r}")

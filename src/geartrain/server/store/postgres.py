@@ -1,24 +1,34 @@
-"""The shared durable queue: background jobs in PostgreSQL, written in group commits by one writer thread.
+"""The shared durable queue: background jobs in PostgreSQL, written in group commits by writer threads.
 
-Driver: psycopg 3 (blocking, libpq underneath). The store already runs every engine call on its own writer
-thread, so a blocking driver fits it as it is: libpq lets go of the GIL while it waits on the network, the
-event loop never waits on the database, and psycopg's pipeline mode sends a whole batch (lease check, deletes,
-one multi-row insert, COMMIT) in one round trip. asyncpg would need a second event loop on that thread, or
-database calls interleaved with packet handling on the server's loop, for nothing the writer thread lacks.
+Driver: psycopg 3 (blocking, libpq underneath). The store runs every engine call on writer threads, so a
+blocking driver fits it as it is: libpq lets go of the GIL while it waits on the network, and the event loop
+never waits on the database. asyncpg would need a second event loop on those threads, or database calls
+interleaved with packet handling on the server's loop, for nothing the writer threads lack.
+
+A batch is one statement, ``geartrain_write`` (schema 3), on a connection of its own in autocommit: one round
+trip, one transaction, no BEGIN or COMMIT. Up to ``writers`` batches (WRITERS) are in flight together, each on
+its writer thread's connection, so one batch's commit (its WAL flush) overlaps the next batch's work; the store
+takes their outcomes in order (store/__init__.py). Everything else (start-up, cluster calls, server state) runs on the
+control connection ``conn``, in transactions, never beside a batch.
 
 Each row belongs to one node of a cluster (``node``, ``ref``: the ref is the node's own counter). Every batch
-first renews the node's lease inside the same transaction (``geartrain_renew`` raises when another node took
-the lease), so a node that was taken over can never write a row it no longer owns. cluster.py drives leases
-and take-overs through the engine calls at the end of this file, on the writer thread; hand-off notifications
-are listened for on a connection and thread of their own.
+first checks the node's lease inside its transaction: it share-locks the node's row at its generation (and
+raises LEASE_LOST when another node took the lease). Batches share that lock, so they run side by side; a node
+taking this one over bumps the generation under a row lock, which waits for the batches in flight and makes
+every later one fail: a node that was taken over can never write a row it no longer owns. The lease itself is
+renewed by cluster.py every lease interval. cluster.py drives leases and take-overs through the engine calls at
+the end of this file; hand-off notifications are listened for on a connection and thread of their own.
 
 Background jobs with a unique are unique across the cluster ((function, unique) index): a row that loses that
-race is not inserted, and the store drops the local copy (see ``coalesced``).
+race is not inserted, and the store drops the local copy (see ``coalesced``). A row that loses to a row of
+this very node (one whose removal is in flight beside it and failed) fails its batch instead (STALE_ROW): its
+jobs are refused with an ERROR, never acknowledged and dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 import time
@@ -31,13 +41,19 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ..cluster import ClaimedJob, Cluster, LeaseLost
-from . import GroupCommitStore, Row, StoredJob, StoreError
+from . import GroupCommitStore, Row, StoredJob, StoreError, pg_arrays
 
 log = logging.getLogger("geartrain.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x6765617274  # pg_advisory_xact_lock key: one node creates or migrates the schema at a time
 LEASE_LOST = "GT001"
+STALE_ROW = "GT002"
+#: Batches in flight together, each on a connection of its own (see the module's docstring; geard
+#: --postgres-writers). A batch starts beside another only once it is as big as the last one, so a second
+#: writer costs no CPU per job while one keeps up, and takes over the waiting when it does not (benchmarks/
+#: postgres.py: 2 beat 1 in every paired round; 3 was no better on 2 cores); a database far away may gain from more.
+WRITERS = 2
 HAND_OFF_CHANNEL = "geartrain_hand_off"
 #: Jobs handed off by a leaving node wait under "<node>/left-<id>", a node whose lease has always expired.
 POOL_MARK = "/left-"
@@ -85,12 +101,51 @@ MIGRATIONS[2] = [
         value bytea NOT NULL,
         PRIMARY KEY (node, kind, key))""",
 ]
+# One batch in one statement: the lease check, the deletes, one multi-row insert; returns the refs not inserted
+# because another node holds their function and unique (NULL when all were).
+MIGRATIONS[3] = [
+    f"""CREATE OR REPLACE FUNCTION geartrain_write(n text, g bigint, gone bigint[], refs bigint[],
+            functions bytea[], uniques bytea[], priorities smallint[], whens float8[], reducers bytea[],
+            datas bytea[]) RETURNS bigint[] AS $$
+    DECLARE
+        stored integer;
+        lost bigint[];
+    BEGIN
+        PERFORM 1 FROM geartrain_nodes WHERE node = n AND generation = g FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'node % lost its lease: another node took over its jobs', n
+                USING ERRCODE = '{LEASE_LOST}';
+        END IF;
+        IF cardinality(gone) > 0 THEN
+            -- Removes first: a job that ended and came again with its unique in one batch is no conflict.
+            DELETE FROM geartrain_jobs WHERE node = n AND ref = ANY(gone);
+        END IF;
+        IF cardinality(refs) > 0 THEN
+            INSERT INTO geartrain_jobs (node, ref, function, unique_key, priority, when_to_run, reducer, data)
+                SELECT n, * FROM unnest(refs, functions, uniques, priorities, whens, reducers, datas)
+                ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS stored = ROW_COUNT;
+            IF stored < cardinality(refs) THEN
+                SELECT array_agg(r) INTO lost FROM unnest(refs) r
+                    WHERE NOT EXISTS (SELECT 1 FROM geartrain_jobs j WHERE j.node = n AND j.ref = r);
+                IF EXISTS (SELECT 1 FROM unnest(refs, functions, uniques) AS t(r, f, u)
+                           JOIN geartrain_jobs j ON j.function = t.f AND j.unique_key = t.u
+                           WHERE t.r = ANY(lost) AND j.node = n) THEN
+                    RAISE EXCEPTION 'a row of node % with the same function and unique is still being removed', n
+                        USING ERRCODE = '{STALE_ROW}';
+                END IF;
+            END IF;
+        END IF;
+        RETURN lost;
+    END $$ LANGUAGE plpgsql""",
+]
 _COLUMNS = "ref, function, unique_key, priority, when_to_run, reducer, data, attempts"
+_WRITE = """SELECT geartrain_write(%s, %s, %b::bigint[], %b::bigint[], %b::bytea[], %b::bytea[], %b::smallint[],
+    %b::float8[], %b::bytea[], %b::bytea[])"""
 _INSERT = """INSERT INTO geartrain_jobs (node, ref, function, unique_key, priority, when_to_run, reducer, data)
     SELECT %s, * FROM unnest(%b::bigint[], %b::bytea[], %b::bytea[], %b::smallint[], %b::float8[], %b::bytea[],
                              %b::bytea[])
     ON CONFLICT DO NOTHING RETURNING ref"""
-_DELETE = "DELETE FROM geartrain_jobs WHERE node = %s AND ref = ANY(%s)"
 _CLAIM = f"""WITH picked AS (
         SELECT ref FROM geartrain_jobs WHERE node = %(dead)s ORDER BY ref LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
     numbered AS (SELECT ref, row_number() OVER (ORDER BY ref) AS n FROM picked)
@@ -103,10 +158,15 @@ class PostgresStore(GroupCommitStore):
     """Background jobs in a PostgreSQL table shared by the nodes of a cluster, written in group commits."""
 
     def __init__(self, dsn: str, node: str, *, lease_interval: float = 2.0, takeover_after: float = 10.0,
-                 gearmand_table: str = "queue") -> None:
+                 gearmand_table: str = "queue", writers: int = WRITERS) -> None:
         super().__init__(f"PostgreSQL {describe_dsn(dsn)} (node {node})")
         self.dsn = dsn
         self.node = node
+        self.writers = max(1, writers)
+        #: Each writer thread's batch connection (autocommit), and all of them (closed by close_engine).
+        self._local = threading.local()
+        self._batch_conns: list[Any] = []
+        self._batch_conns_lock = threading.Lock()
         self.lease_interval = lease_interval
         self.takeover_after = takeover_after
         self.gearmand_table = gearmand_table
@@ -144,10 +204,9 @@ class PostgresStore(GroupCommitStore):
         await super().close()
 
     def run(self, call: Callable[..., Any], *args: Any) -> Any:
-        """Run an engine call on the writer thread, after the commits already started (an awaitable)."""
-        if self._executor is None or self.loop is None:
-            raise StoreError(f"the store {self.location} is not open")
-        return self.loop.run_in_executor(self._executor, call, *args)
+        """Run an engine call on a writer thread after the commits already started, none beside it (an
+        awaitable)."""
+        return self.run_exclusive(call, *args)
 
     def leaving(self) -> None:
         """A graceful shutdown began: hand the queued jobs to the live nodes while the running ones finish."""
@@ -155,7 +214,7 @@ class PostgresStore(GroupCommitStore):
             self.loop.create_task(self.cluster.leave())
 
     def written_below(self) -> int:
-        """A ref below which every job's batch has gone to the writer thread: an engine call queued now reads
+        """A ref below which every job's batch has gone to a writer thread: an engine call queued now reads
         the database after all of them (and before the rest)."""
         return min(self._adds, default=self._next_ref)
 
@@ -174,6 +233,7 @@ class PostgresStore(GroupCommitStore):
                              f"{self._next_attempt - now:.1f}s")
         try:
             conn = psycopg.connect(**connection_options(self.dsn, f"geard {self.node}"))
+            pg_arrays.register(conn)
         except psycopg.Error as exc:
             self._connection_lost(exc)
             raise StoreError(f"cannot connect to {self.location}: {one_line(exc)}") from exc
@@ -182,9 +242,11 @@ class PostgresStore(GroupCommitStore):
         self._backoff = 0.0
         return conn
 
-    def _connection_lost(self, exc: BaseException) -> None:
-        """The database did not answer: close, back off (0.1 s doubling to 5 s), say why."""
-        conn, self.conn = self.conn, None
+    def _connection_lost(self, exc: BaseException, conn: Any = None) -> None:
+        """The database did not answer: close that connection, back off (0.1 s doubling to 5 s, for every
+        connection), say why."""
+        if conn is self.conn:
+            self.conn = None
         if conn is not None:
             try:
                 conn.close()
@@ -204,25 +266,37 @@ class PostgresStore(GroupCommitStore):
             self.reason = "ok"
 
     def _db(self) -> Any:
-        """The open connection, reconnecting (with backoff) after a failure."""
+        """The control connection, reconnecting (with backoff) after a failure."""
         if self.conn is None:  # after a reconnect the lease may be gone: cluster.py finds out at its next renew
             self.conn = self._connect()
         return self.conn
 
-    def _call(self, what: Callable[[Any], Any]) -> Any:
-        """Run what(conn) in a transaction; a lost connection becomes a StoreError that says so, a lost lease
-        LeaseLost."""
-        conn = self._db()
+    def _batch_db(self) -> Any:
+        """This writer thread's batch connection (autocommit), reconnecting (with backoff) after a failure."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed and closed_by_server(conn):
+            conn.close()  # idle since the database restarted or the link was cut: not worth a refused batch
+        if conn is None or conn.closed:
+            conn = self._local.conn = self._connect()
+            conn.autocommit = True
+            with self._batch_conns_lock:
+                self._batch_conns = [c for c in self._batch_conns if not c.closed] + [conn]
+        return conn
+
+    def _call(self, what: Callable[[Any], Any], batch: bool = False) -> Any:
+        """Run what(conn) in a transaction (on the control connection, or with batch on this thread's batch
+        connection); a lost connection becomes a StoreError that says so, a lost lease LeaseLost."""
+        conn = self._batch_db() if batch else self._db()
         try:
             result = what(conn)
         except psycopg.Error as exc:
             if conn.closed or isinstance(exc, psycopg.OperationalError):
-                self._connection_lost(exc)
+                self._connection_lost(exc, conn)
                 raise StoreError(f"{self.location}: {one_line(exc)}") from exc
             try:
                 conn.rollback()
             except psycopg.Error as again:
-                self._connection_lost(again)
+                self._connection_lost(again, conn)
             if exc.sqlstate == LEASE_LOST:
                 raise LeaseLost(f"{self.location}: {one_line(exc)}") from exc
             raise StoreError(f"{self.location}: {one_line(exc)}") from exc
@@ -295,7 +369,7 @@ class PostgresStore(GroupCommitStore):
         start = cur.fetchone()[0] + 1
         adds = [(start + i, as_bytes(function), as_bytes(unique), int(priority), float(when_to_run or 0), b"",
                  as_bytes(data)) for i, (unique, function, priority, when_to_run, data) in enumerate(rows)]
-        cur.execute(_INSERT, (self.node, *columns_of(adds)))
+        cur.execute(_INSERT, (self.node, *pg_arrays.columns(adds)))
         cur.execute(sql.SQL("DELETE FROM {}").format(table))
         log.info("took over %d jobs from gearmand's table %s in %s", len(rows), self.gearmand_table,
                  self.location)
@@ -313,23 +387,14 @@ class PostgresStore(GroupCommitStore):
         return [item.job for item in owned]
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
-        def batch(conn: Any) -> list[int]:
-            with conn.cursor(binary=True) as cur, conn.cursor(binary=True) as insert:
-                with conn.pipeline():
-                    cur.execute("SELECT geartrain_renew(%s, %s)", (self.node, self.generation))
-                    if removes:
-                        # Removes first: a job that ended and came again with its unique in one batch is no
-                        # conflict.
-                        cur.execute(_DELETE, (self.node, removes))
-                    if adds:
-                        insert.execute(_INSERT, (self.node, *columns_of(adds)))
-                    conn.commit()
-                return [row[0] for row in insert.fetchall()] if adds else []
+        def batch(conn: Any) -> list[int] | None:
+            with conn.cursor(binary=True) as cur:
+                cur.execute(_WRITE, (self.node, self.generation, pg_arrays.int8_array(removes),
+                                     *pg_arrays.columns(adds)), prepare=True)
+                return cur.fetchone()[0]
 
-        inserted = self._call(batch)
-        if adds and len(inserted) != len(adds):
-            kept = set(inserted)
-            lost = [row[0] for row in adds if row[0] not in kept]
+        lost = self._call(batch, batch=True)
+        if lost:
             assert self.loop is not None
             self.loop.call_soon_threadsafe(self.coalesced, lost)
 
@@ -372,6 +437,10 @@ class PostgresStore(GroupCommitStore):
                             "expires", self.node, exc)
         conn, self.conn = self.conn, None
         if conn is not None:
+            conn.close()
+        with self._batch_conns_lock:
+            batch_conns, self._batch_conns = self._batch_conns, []
+        for conn in batch_conns:
             conn.close()
         self.ready = False
         self.reason = "closed"
@@ -504,14 +573,18 @@ class PostgresStore(GroupCommitStore):
                 stopping.wait(1.0)
 
 
+def closed_by_server(conn: Any) -> bool:
+    """Whether an idle connection has something to read: the server's goodbye, or a reset (an idle connection
+    in autocommit expects nothing)."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        return True
+
+
 def stored_job(row: tuple) -> StoredJob:
     ref, function, unique, priority, when, reducer, data = row[:7]
     return StoredJob(ref, bytes(function), bytes(unique), priority, float(when), bytes(reducer), bytes(data))
-
-
-def columns_of(adds: list[Row]) -> list[list]:
-    """Rows as one list per column (for unnest): one insert statement, whatever the batch size."""
-    return [list(column) for column in zip(*adds, strict=True)] if adds else [[] for _ in range(7)]
 
 
 def as_bytes(value: object) -> bytes:
