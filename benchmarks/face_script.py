@@ -40,7 +40,8 @@ def payload(seq: int, size: int) -> bytes:
 
 def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
                timeout: float, task_bytes: bool) -> dict[str, object]:
-    submit = {"gear": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace, "geartrain": GeartrainFace}[api]
+    submit = {"gear": GearFace, "gear-prefetch": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace,
+              "geartrain": GeartrainFace}[api]
     errors: list[str] = []
     done = 0
     seq = 0
@@ -227,10 +228,11 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
             await running
 
         _event_loop().run_until_complete(serve())
-    elif api in ("gear", "gear-batch"):
+    elif api in ("gear", "gear-batch", "gear-prefetch"):
         import gear
 
-        worker = gear.Worker("bench-worker")
+        # gear-prefetch: this checkout's opt-in Worker prefetch (the next job asked for while one runs).
+        worker = gear.Worker("bench-worker", prefetch=True) if api == "gear-prefetch" else gear.Worker("bench-worker")
         worker.addServer(HOST, port)
         worker.waitForServer(timeout)
         worker.registerFunction(function)
@@ -264,7 +266,7 @@ def _version(*dists: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--api", choices=("gear", "gear-batch", "gearman", "geartrain"), required=True)
+    p.add_argument("--api", choices=("gear", "gear-batch", "gear-prefetch", "gearman", "geartrain"), required=True)
     p.add_argument("--role", choices=("client", "worker"), required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--function", required=True)

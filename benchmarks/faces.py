@@ -76,6 +76,8 @@ IMPLS = [
     Impl("geartrain", "geartrain.client", None),  # the asyncio client and worker: no original to compare with
     # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
     Impl("gear-batch", "geartrain gear submitJobs", None),
+    # This checkout's gear with the Worker's opt-in prefetch (gear.Worker(..., prefetch=True)): no original has it.
+    Impl("gear-prefetch", "geartrain gear, prefetch", None),
 ]
 #: The faces compared with the originals of their API ("ours/this").
 OURS = ("geartrain gear", "geartrain gearman")

@@ -139,6 +139,10 @@ class Connection:
         self.echo_conditions: dict[bytes, threading.Event] = {}
         self._status_waiters: dict[bytes, deque] = {}
         self.options: set[bytes] = set()
+        #: A prefetching Worker's bookkeeping (gear.worker): jobs from this socket that getJob() returned and
+        #: that have not ended, and whether the socket is to close when they have, to hand a job back.
+        self._running_jobs = 0
+        self._handing_back = False
         self.changeState("INIT")
 
     def changeState(self, state: str) -> None:

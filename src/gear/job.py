@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+_ENDING = frozenset((constants.WORK_COMPLETE, constants.WORK_FAIL, constants.WORK_EXCEPTION))
 
 
 def _number(value: Any) -> bytes:
@@ -124,11 +125,16 @@ class WorkerJob(BaseJob):
     **handle** (bytes), **connection** (:py:class:`Connection`).
     """
 
+    #: The prefetching Worker that counts this job as running (see Worker.prefetch), until its last packet.
+    _gear_worker: Any = None
+
     def __init__(self, handle: Any, name: str | bytes, arguments: Any, unique: Any = None) -> None:
         super().__init__(name, arguments, unique, handle)
 
     def _send(self, ptype: int, *args: bytes) -> None:
         self.connection.sendPacket(Packet._build(ptype, *args))
+        if self._gear_worker is not None and ptype in _ENDING:
+            self._gear_worker._jobEnded(self)
 
     def sendWorkData(self, data: Any = b"") -> None:
         """Send a WORK_DATA packet (a partial result) to the client."""
