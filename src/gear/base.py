@@ -24,24 +24,29 @@ from .packet import AdminRequest, Packet
 __all__ = ["BaseClient", "BaseClientServer", "OptionReqTask", "SubmitJobTask", "Task"]
 
 
-class Task:
-    """Something waiting for a server's answer on one connection (answers come in order)."""
+class Task(Flag):
+    """Something waiting for a server's answer on one connection (answers come in order).
 
-    def __init__(self) -> None:
-        self._wait_event = Flag()
+    It is its own flag (one object per request, not two): setComplete() sets it, wait() waits for it.
+    """
 
-    def setComplete(self) -> None:
-        self._wait_event.set()
+    __slots__ = ("__dict__",)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the answer; True once it came (or the connection was lost)."""
-        self._wait_event.wait(timeout)
-        return self._wait_event.is_set()
+    setComplete = Flag.set
+    #: wait(timeout=None): wait for the answer; True once it came (or the connection was lost).
+    wait = Flag.wait
+
+    @property
+    def _wait_event(self) -> Task:
+        """gear's name for the event a task is waited on through."""
+        return self
 
 
 class SubmitJobTask(Task):
+    __slots__ = ("job",)
+
     def __init__(self, job: Any) -> None:
-        super().__init__()
+        Flag.__init__(self)
         self.job = job
 
 
@@ -315,7 +320,7 @@ class BaseClientServer:
     def _readConnection(self, conn: Connection) -> None:
         sock = conn.conn
         try:
-            objects = conn._readAvailable()
+            objects = conn._receive(conn._recvSome())
         except _Closed:
             self.log.debug("Received no data on %s", conn)
             self._lostConnection(conn)
@@ -400,18 +405,20 @@ class BaseClientServer:
     def handlePacket(self, packet: Packet) -> Any:
         """Handle a received packet: call the handler method for its type (handleWorkComplete, ...)."""
         self.log.debug("Received packet from %s: %s", packet.connection, packet)
-        start = time.time()
+        timed = type(self).reportTimingStats is not _reportNothing  # only a subclass's hook wants the time
+        start = time.time() if timed else 0.0
         name = _HANDLERS.get(packet.ptype)
         if name is None:
             self.log.error("Received unknown packet: %s", packet)
             result = None
         else:
             result = getattr(self, name)(packet)
-        self.reportTimingStats(packet.ptype, time.time() - start)
+        if timed:
+            self.reportTimingStats(packet.ptype, time.time() - start)
         return result
 
     def reportTimingStats(self, ptype: int, duration: float) -> None:
-        """Called by handlePacket with each packet's processing time; does nothing by default."""
+        """Called by handlePacket with each packet's processing time (when a subclass overrides it)."""
 
     def _defaultPacketHandler(self, packet: Packet) -> None:
         self.log.error("Received unhandled packet: %s", packet)
@@ -574,6 +581,9 @@ class BaseClientServer:
                     os.close(self.wake_write)
 
 
+_reportNothing = BaseClientServer.reportTimingStats
+
+
 def _fraction(numerator: Any, denominator: Any) -> float | None:
     try:
         return float(numerator) / float(denominator)
@@ -654,13 +664,17 @@ class BaseClient(BaseClientServer):
 
         :raises NoConnectedServersError: if no server is connected.
         """
-        with self.connections_condition:
+        condition = self.connections_condition
+        condition.acquire()  # its lock's own method: no Python-level __enter__/__exit__ on every submit
+        try:
             if not self.active_connections:
                 raise NoConnectedServersError("No connected Gearman servers")
             self.connection_index += 1
             if self.connection_index >= len(self.active_connections):
                 self.connection_index = 0
             return self.active_connections[self.connection_index]
+        finally:
+            condition.release()
 
     def broadcast(self, packet: Packet) -> None:
         """Send a packet to every connected server (failed connections are dropped from the pool)."""

@@ -283,16 +283,20 @@ class Connection:
             the send fails.
         """
         with self.send_lock:
-            sock = self.conn
-            if sock is None:
-                raise ConnectionError(f"{self!r} is not connected")
-            try:
-                self._sendAll(sock, data)
-                return
-            except BaseException as exc:
-                if self._owner is None or self.conn is not sock:
-                    raise
-                error = exc
+            self._sendLocked(data)
+
+    def _sendLocked(self, data: bytes) -> None:
+        """sendRaw() with send_lock held."""
+        sock = self.conn
+        if sock is None:
+            raise ConnectionError(f"{self!r} is not connected")
+        try:
+            self._sendAll(sock, data)
+            return
+        except BaseException as exc:
+            if self._owner is None or self.conn is not sock:
+                raise
+            error = exc
         # Part of a packet may have gone out: the stream is unusable; the owner drops it and reconnects.
         try:
             self._owner._lostConnection(self)
@@ -342,7 +346,7 @@ class Connection:
         with self.send_lock:
             self.pending_tasks.append(task)
             self._protocol.track(ptype, task)
-            self.sendRaw(data)
+            self._sendLocked(data)
 
     def _sendRequests(self, frames: list[bytes], ptype: int, tasks: list[Any]) -> None:
         """Several requests of one type in one write (see _sendRequest)."""
@@ -448,6 +452,17 @@ class Connection:
         sock = self.conn
         if sock is None:
             raise _Closed()
+        if self.use_ssl:
+            return self._recvTls(sock)
+        try:
+            data = recv_some(sock)
+        except BlockingIOError:
+            return b""
+        if not data:
+            raise _Closed()
+        return data
+
+    def _recvTls(self, sock: Any) -> bytes:
         with self._io_lock:
             try:
                 data = recv_some(sock)
@@ -455,11 +470,10 @@ class Connection:
                 return b""  # e.g. a TLS record without application data (a session ticket)
             if not data:
                 raise _Closed()
-            if self.use_ssl:
+            pending = sock.pending()
+            while pending:
+                data += sock.recv(pending)
                 pending = sock.pending()
-                while pending:
-                    data += sock.recv(pending)
-                    pending = sock.pending()
         return data
 
     def _receive(self, data: bytes) -> list[Any]:

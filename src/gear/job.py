@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+_ARGUMENT_TYPES = (str, *_BYTES_TYPES)
 _ENDING = frozenset((constants.WORK_COMPLETE, constants.WORK_FAIL, constants.WORK_EXCEPTION))
 
 
@@ -63,15 +64,16 @@ class BaseJob:
     """What client and worker jobs share: a name, opaque arguments, an optional unique and a handle."""
 
     def __init__(self, name: str | bytes, arguments: Any, unique: Any = None, handle: Any = None) -> None:
-        self._name = _require_bytes(name, "name")
+        # bytes, the common case, are taken as they are without a call.
+        self._name = name if type(name) is bytes else _require_bytes(name, "name")
         self._validate_arguments(arguments)
-        self._arguments = _require_bytes(arguments, "arguments")
-        self._unique = None if unique is None else _require_bytes(unique, "unique")
-        self.handle = to_bytes(handle)
+        self._arguments = arguments if type(arguments) is bytes else _require_bytes(arguments, "arguments")
+        self._unique = unique if unique is None or type(unique) is bytes else _require_bytes(unique, "unique")
+        self.handle = handle if handle is None or type(handle) is bytes else to_bytes(handle)
         self.connection = None
 
     def _validate_arguments(self, arguments: Any) -> None:
-        if not isinstance(arguments, (str, *_BYTES_TYPES)):
+        if not isinstance(arguments, _ARGUMENT_TYPES):
             raise TypeError("arguments must be str (UTF-8) or bytes")
 
     @property
@@ -323,7 +325,8 @@ class BinaryJob(BaseBinaryJob, Job):
 
 def submit_args(job: BaseJob) -> tuple[bytes, bytes, bytes]:
     """The (name, unique, arguments) of a SUBMIT_JOB* packet; only the arguments may hold NUL bytes."""
+    name = job.binary_name
     unique = job.binary_unique or b""
-    if b"\x00" in job.binary_name or b"\x00" in unique:
+    if b"\x00" in name or b"\x00" in unique:
         raise InvalidDataError("a job name or unique may not contain NUL bytes")
-    return job.binary_name, unique, job.binary_arguments
+    return name, unique, job.binary_arguments

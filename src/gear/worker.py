@@ -53,7 +53,7 @@ class Worker(BaseClient):
     #: stopWaitingForJobs() or shutdown(); until then the job prefetched for it waits.
     prefetch = False
 
-    def __init__(self, client_id: Any = None, worker_id: Any = None, prefetch: bool = False) -> None:
+    def __init__(self, client_id: Any = None, worker_id: Any = None, *, prefetch: bool = False) -> None:
         client_id = client_id or worker_id
         if not client_id:
             raise ConfigurationError("A client_id must be provided")
