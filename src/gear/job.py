@@ -152,7 +152,8 @@ class WorkerJob(BaseJob):
 
     def sendWorkComplete(self, data: Any = b"") -> None:
         """Send a WORK_COMPLETE packet with the final result."""
-        self._send(constants.WORK_COMPLETE, self.handle, _require_bytes(data, "data"))
+        data = data if type(data) is bytes else _require_bytes(data, "data")
+        self._send(constants.WORK_COMPLETE, self.handle, data)
 
     def sendWorkFail(self) -> None:
         """Send a WORK_FAIL packet."""

@@ -181,16 +181,18 @@ class Worker(BaseClient):
 
     def _updateStateMachines(self) -> None:
         # Call with job_lock held.
+        waiting = self.waiting_for_jobs
         for connection in list(self.active_connections):
             if connection._handing_back:
                 continue  # it closes once its running jobs end: nothing more is taken on it
-            if connection.state == "IDLE" and self.waiting_for_jobs > 0:
+            state = connection._worker.state  # what connection.state reads, without the property's call
+            if state == "IDLE" and waiting > 0:
                 try:
                     self._sendGrabJobUniq(connection)
                 except Exception:
                     continue
                 connection.changeState("GRAB_WAIT")
-            if connection.state != "IDLE" and self.waiting_for_jobs < 1:
+            elif state != "IDLE" and waiting < 1:
                 connection.changeState("IDLE")
 
     # -- jobs ------------------------------------------------------------------------------------------------
@@ -253,10 +255,10 @@ class Worker(BaseClient):
             if conn._handing_back and conn._running_jobs == 0:
                 self._closeToHandBack(conn)
 
-    def _prefetched(self, job: WorkerJob) -> bool:
+    def _prefetched(self) -> bool:
         """Whether a job arriving now would wait for a credit's thread rather than go to a waiting one.
         Call with job_lock held, before waiting_for_jobs counts the job."""
-        return self.prefetch and self.waiting_for_jobs - self._credits <= 0
+        return self.waiting_for_jobs - self._credits <= 0
 
     def _startable(self, job: WorkerJob) -> bool:
         return self.running and job.binary_name in self.functions
@@ -361,18 +363,13 @@ class Worker(BaseClient):
 
     def handleJobAssign(self, packet: Packet) -> WorkerJob:
         """Handle JOB_ASSIGN: queue the job for a thread in :py:meth:`getJob`."""
-        handle = packet.getArgument(0)
-        name = packet.getArgument(1)
-        arguments = packet.getArgument(2, True)
+        handle, name, arguments = packet._arguments(3)
         return self._handleJobAssignment(packet, handle, name, arguments, None)
 
     def handleJobAssignUnique(self, packet: Packet) -> WorkerJob:
         """Handle JOB_ASSIGN_UNIQ: queue the job (an empty unique becomes None) for :py:meth:`getJob`."""
-        handle = packet.getArgument(0)
-        name = packet.getArgument(1)
-        unique = packet.getArgument(2) or None
-        arguments = packet.getArgument(3, True)
-        return self._handleJobAssignment(packet, handle, name, arguments, unique)
+        handle, name, unique, arguments = packet._arguments(4)
+        return self._handleJobAssignment(packet, handle, name, arguments, unique or None)
 
     def _handleJobAssignment(self, packet: Packet, handle: bytes, name: bytes, arguments: bytes,
                              unique: bytes | None) -> WorkerJob:
@@ -380,7 +377,7 @@ class Worker(BaseClient):
         job.connection = packet.connection
         with self.job_lock:
             packet.connection.changeState("IDLE")
-            if self._prefetched(job) and not self._startable(job):
+            if self.prefetch and self._prefetched() and not self._startable(job):
                 self._handBack(job)  # e.g. its function was unregistered while the grab was on its way
                 self._updateStateMachines()
                 return job
