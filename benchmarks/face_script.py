@@ -9,7 +9,7 @@ geartrain.client). Two roles, each in its own process:
 - ``client``: submits jobs ``--batch`` at a time and waits for each batch, checks every result, and prints one
   JSON line (jobs, seconds, its own CPU time, errors).
 
-    python face_script.py --api gear --role worker --port 4730 --function f
+    python face_script.py --api gear --role worker --port 4730 --function f [--prefetch]
     python face_script.py --api gear --role client --port 4730 --function f --jobs 2000 --batch 1
 """
 
@@ -40,8 +40,7 @@ def payload(seq: int, size: int) -> bytes:
 
 def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
                timeout: float, task_bytes: bool) -> dict[str, object]:
-    submit = {"gear": GearFace, "gear-prefetch": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace,
-              "geartrain": GeartrainFace}[api]
+    submit = {"gear": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace, "geartrain": GeartrainFace}[api]
     errors: list[str] = []
     done = 0
     seq = 0
@@ -211,7 +210,7 @@ class GeartrainFace(Face):
         return [r if isinstance(r, bytes) else f"{type(r).__name__}: {r}" for r in results]
 
 
-def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool, prefetch: bool = False) -> None:
     """Answer jobs until killed; ``ready`` on stdout once the function is registered."""
     if api == "geartrain":
         from geartrain.client import Worker
@@ -228,11 +227,11 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
             await running
 
         _event_loop().run_until_complete(serve())
-    elif api in ("gear", "gear-batch", "gear-prefetch"):
+    elif api in ("gear", "gear-batch"):
         import gear
 
-        # gear-prefetch: this checkout's opt-in Worker prefetch (the next job asked for while one runs).
-        worker = gear.Worker("bench-worker", prefetch=True) if api == "gear-prefetch" else gear.Worker("bench-worker")
+        # --prefetch: this checkout's opt-in Worker prefetch (the next job asked for while one runs).
+        worker = gear.Worker("bench-worker", prefetch=True) if prefetch else gear.Worker("bench-worker")
         worker.addServer(HOST, port)
         worker.waitForServer(timeout)
         worker.registerFunction(function)
@@ -266,7 +265,7 @@ def _version(*dists: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--api", choices=("gear", "gear-batch", "gear-prefetch", "gearman", "geartrain"), required=True)
+    p.add_argument("--api", choices=("gear", "gear-batch", "gearman", "geartrain"), required=True)
     p.add_argument("--role", choices=("client", "worker"), required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--function", required=True)
@@ -276,9 +275,10 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="stop submitting after this many seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="hard limit, after which a job is lost")
     p.add_argument("--task-bytes", action="store_true", help="pass task names as bytes (Python 3 forks)")
+    p.add_argument("--prefetch", action="store_true", help="gear worker: this checkout's gear.Worker(prefetch=True)")
     args = p.parse_args()
     if args.role == "worker":
-        run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes)
+        run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes, args.prefetch)
         return 0
     try:
         result = run_client(args.api, args.port, args.function, args.jobs, args.batch, args.size,

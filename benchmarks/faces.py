@@ -65,6 +65,7 @@ class Impl:
     probe: str = ""
     task_bytes: bool = False
     src: str | None = None  # with venv None: the source tree to import (None: this checkout's)
+    prefetch: bool = False  # gear: the worker runs with this checkout's gear.Worker(prefetch=True)
 
 
 IMPLS = [
@@ -77,7 +78,8 @@ IMPLS = [
     # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
     Impl("gear-batch", "geartrain gear submitJobs", None),
     # This checkout's gear with the Worker's opt-in prefetch (gear.Worker(..., prefetch=True)): no original has it.
-    Impl("gear-prefetch", "geartrain gear, prefetch", None),
+    Impl("gear", "geartrain gear +prefetch", None, prefetch=True),
+    Impl("gear-batch", "geartrain gear submitJobs +prefetch", None, prefetch=True),
 ]
 #: The faces compared with the originals of their API ("ours/this").
 OURS = ("geartrain gear", "geartrain gearman")
@@ -154,6 +156,8 @@ def face_worker(python: str, impl: Impl, port: int, function: str, timeout: floa
             "--function", function, "--timeout", str(timeout)]
     if impl.task_bytes:
         argv.append("--task-bytes")
+    if impl.prefetch:
+        argv.append("--prefetch")
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_env(impl), cwd="/tmp")
 
@@ -315,11 +319,12 @@ def add_ratios(rows: list[FaceRow]) -> None:
 
 
 def with_baseline(impls: list[Impl], src: str) -> list[Impl]:
-    """Each of this checkout's faces, followed by its twin importing the source tree ``src``."""
+    """Each of this checkout's faces, followed by its twin importing the source tree ``src`` (but for the
+    prefetch rows: a source tree from before the option has none)."""
     out: list[Impl] = []
     for impl in impls:
         out.append(impl)
-        if impl.venv is None:
+        if impl.venv is None and not impl.prefetch:
             out.append(dataclasses.replace(impl, name=impl.name + BEFORE, src=src))
     return out
 
