@@ -404,7 +404,8 @@ class BaseClientServer:
 
     def handlePacket(self, packet: Packet) -> Any:
         """Handle a received packet: call the handler method for its type (handleWorkComplete, ...)."""
-        self.log.debug("Received packet from %s: %s", packet.connection, packet)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Received packet from %s: %s", packet.connection, packet)
         timed = type(self).reportTimingStats is not _reportNothing  # only a subclass's hook wants the time
         start = time.time() if timed else 0.0
         name = _HANDLERS.get(packet.ptype)

@@ -290,7 +290,8 @@ class Client(BaseClient):
         job.connection = conn
         conn.related_jobs[job.handle] = job
         task.setComplete()
-        self.log.debug("Job created; %s", job)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Job created; %s", job)
         return job
 
     def handleWorkComplete(self, packet: Packet) -> Job:
@@ -302,7 +303,8 @@ class Client(BaseClient):
         job.complete = True
         job.failure = False
         packet.connection.related_jobs.pop(job.handle, None)
-        self.log.debug("Job complete; %s data: %s", job, job.data)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Job complete; %s data: %s", job, job.data)
         return job
 
     def handleWorkFail(self, packet: Packet) -> Job:

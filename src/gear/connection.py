@@ -333,7 +333,8 @@ class Connection:
 
     def sendPacket(self, packet: Packet) -> None:
         """Send a :py:class:`Packet` to the server."""
-        self.log.debug("Sending packet to %s: %s", self, packet)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Sending packet to %s: %s", self, packet)
         if packet.ptype in _ANSWERED and packet.code == constants.REQ:
             with self.send_lock:
                 self._protocol.track(packet.ptype, RAW)

@@ -211,7 +211,8 @@ class Worker(BaseClient):
                 self._credits -= 1  # back for the job a credit asked for: already counted in waiting_for_jobs
             else:
                 self.waiting_for_jobs += 1
-            self.log.debug("Get job; number of threads waiting for jobs: %s", self.waiting_for_jobs)
+            if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+                self.log.debug("Get job; number of threads waiting for jobs: %s", self.waiting_for_jobs)
             try:
                 job = self.job_queue.get_nowait()
             except queue.Empty:
@@ -220,7 +221,8 @@ class Worker(BaseClient):
                 self._updateStateMachines()
         if job is None:
             job = self.job_queue.get()
-        self.log.debug("Received job: %s", job)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Received job: %s", job)
         if job is None:
             raise InterruptedError()
         if self.prefetch:
@@ -382,7 +384,8 @@ class Worker(BaseClient):
                 self._updateStateMachines()
                 return job
             self.waiting_for_jobs -= 1
-            self.log.debug("Job assigned; number of threads waiting for jobs: %s", self.waiting_for_jobs)
+            if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+                self.log.debug("Job assigned; number of threads waiting for jobs: %s", self.waiting_for_jobs)
             self.job_queue.put(job)
             self._updateStateMachines()
         return job
