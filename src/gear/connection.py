@@ -140,9 +140,11 @@ class Connection:
         self._status_waiters: dict[bytes, deque] = {}
         self.options: set[bytes] = set()
         #: A prefetching Worker's bookkeeping (gear.worker): jobs from this socket that getJob() returned and
-        #: that have not ended, and whether the socket is to close when they have, to hand a job back.
+        #: that have not ended, whether the socket is to close when they have, to hand a job back, and whether
+        #: it was closed for that (its jobs are the server's again).
         self._running_jobs = 0
         self._handing_back = False
+        self._shut = False
         self.changeState("INIT")
 
     def changeState(self, state: str) -> None:

@@ -44,12 +44,12 @@ class Worker(BaseClient):
     #: The rule: each job getJob() returns lends its thread one *credit*, one more grab than there are threads
     #: waiting, on the promise that the thread calls getJob() again when the job is done. A job that arrives on
     #: a credit is *prefetched*: it waits in the worker for that call. The worker never takes a job it cannot
-    #: start: no credit is lent once the worker stopped (stopWaitingForJobs(), shutdown()), stopWaitingForJobs()
-    #: takes back every credit, and a prefetched job that can no longer start (its function was unregistered,
-    #: or the worker stopped waiting for jobs or shut down) is handed back to the server, which gives it to
-    #: another worker. Gearman has one way to hand a job back, the one servers use for a lost worker: the
-    #: connection it came on is closed (once the jobs still running from it have ended, so that none of those is
-    #: given out twice) and opened again. A thread that will not call getJob() again must say so with
+    #: start: no credit is lent after shutdown(), stopWaitingForJobs() takes back every credit lent so far, and
+    #: a prefetched job that can no longer start (its function was unregistered, or the worker stopped waiting
+    #: for jobs or shut down) is handed back to the server, which gives it to another worker. Gearman has one way
+    #: to hand a job back, the one servers use for a lost worker: the connection it came on is closed (once the
+    #: jobs still running from it have ended, so that none of those is given out twice) and opened again; the
+    #: other jobs queued from it go back with it. A thread that will not call getJob() again must say so with
     #: stopWaitingForJobs() or shutdown(); until then the job prefetched for it waits.
     prefetch = False
 
@@ -61,8 +61,11 @@ class Worker(BaseClient):
         self.job_lock = threading.Lock()
         #: Threads waiting in getJob(), plus prefetch credits, minus jobs queued for them (guarded by job_lock).
         self.waiting_for_jobs = 0
-        #: Prefetch credits lent (see :py:attr:`prefetch`); part of waiting_for_jobs.
+        #: Prefetch credits lent (see :py:attr:`prefetch`); part of waiting_for_jobs. A thread holds its credit
+        #: in _holder.credit, as the _credit_round it was lent in (stopWaitingForJobs() starts a new round).
         self._credits = 0
+        self._holder = threading.local()
+        self._credit_round = 0
         if prefetch:
             self.prefetch = True
         # SimpleQueue: put/get are C calls, where queue.Queue takes a Condition round per job.
@@ -207,8 +210,9 @@ class Worker(BaseClient):
             # running is cleared by _shutdown() under job_lock: no window between the check and the count.
             if not self.running:
                 raise InterruptedError()
-            if self._credits:
-                self._credits -= 1  # back for the job a credit asked for: already counted in waiting_for_jobs
+            if self._credits and getattr(self._holder, "credit", None) == self._credit_round:
+                self._holder.credit = None  # back for the job its credit asked for: counted in waiting_for_jobs
+                self._credits -= 1
             else:
                 self.waiting_for_jobs += 1
             if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
@@ -219,31 +223,38 @@ class Worker(BaseClient):
                 job = None
             if job is None:
                 self._updateStateMachines()
-        if job is None:
-            job = self.job_queue.get()
-        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
-            self.log.debug("Received job: %s", job)
-        if job is None:
-            raise InterruptedError()
-        if self.prefetch:
-            self._lendCredit(job)
-        return job
+        while True:
+            if job is None:
+                job = self.job_queue.get()
+            if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+                self.log.debug("Received job: %s", job)
+            if job is None:
+                raise InterruptedError()
+            if not self.prefetch or self._lendCredit(job):
+                return job
+            job = None  # it went back to the server with its connection: wait for another
 
     # -- prefetch (see the prefetch attribute) ---------------------------------------------------------------
 
-    def _lendCredit(self, job: WorkerJob) -> None:
-        """A thread got ``job``: count it as running on its connection and ask for its next job now."""
+    def _lendCredit(self, job: WorkerJob) -> bool:
+        """A thread got ``job``: count it as running on its connection and ask for its next job now. False if
+        the job must not start: its connection was closed to hand jobs back (the thread waits on)."""
         with self.job_lock:
             conn = job.connection
+            if conn is not None and conn._shut:
+                self.waiting_for_jobs += 1
+                self._updateStateMachines()
+                return False
             if conn is not None and conn.conn is not None:
                 conn._running_jobs += 1
                 job._gear_worker = self
                 job._gear_socket = conn.conn
-            if not self.running:
-                return
-            self._credits += 1
-            self.waiting_for_jobs += 1
-            self._updateStateMachines()
+            if self.running:
+                self._holder.credit = self._credit_round
+                self._credits += 1
+                self.waiting_for_jobs += 1
+                self._updateStateMachines()
+            return True
 
     def _jobEnded(self, job: WorkerJob) -> None:
         """A job getJob() returned in prefetch mode has sent its last packet: close its connection if it was
@@ -254,7 +265,7 @@ class Worker(BaseClient):
             if conn.conn is None or conn.conn is not job._gear_socket:
                 return  # its connection was lost meanwhile: the server took the job back already
             conn._running_jobs -= 1
-            if conn._handing_back and conn._running_jobs == 0:
+            if conn._handing_back and conn._running_jobs == 0 and not conn._shut:
                 self._closeToHandBack(conn)
 
     def _prefetched(self) -> bool:
@@ -270,19 +281,26 @@ class Worker(BaseClient):
         if not self.prefetch:
             return
         with self.job_lock:
-            queued: list[Any] = []
-            while True:
-                try:
-                    queued.append(self.job_queue.get_nowait())
-                except queue.Empty:
-                    break
-            for job in queued:
-                if job is not None and (stopping or not self._startable(job)):
-                    self.waiting_for_jobs += 1  # it leaves the queue
-                    self._handBack(job)
-                else:
-                    self.job_queue.put(job)
+            for job in self._takeQueued(lambda job: stopping or not self._startable(job)):
+                self._handBack(job)
             self._updateStateMachines()
+
+    def _takeQueued(self, condition: Any) -> list[WorkerJob]:
+        """Take the queued jobs that meet ``condition`` out of the queue (with job_lock held)."""
+        queued: list[Any] = []
+        while True:
+            try:
+                queued.append(self.job_queue.get_nowait())
+            except queue.Empty:
+                break
+        taken = []
+        for job in queued:
+            if job is not None and condition(job):
+                self.waiting_for_jobs += 1  # it leaves the queue: wanted again
+                taken.append(job)
+            else:
+                self.job_queue.put(job)
+        return taken
 
     def _handBack(self, job: WorkerJob) -> None:
         """Give a prefetched job back to the server: close its connection once no job from it runs (with
@@ -292,15 +310,17 @@ class Worker(BaseClient):
         if conn is None or conn.conn is None:
             return  # the connection is gone: the server took the job back already
         conn._handing_back = True
-        if conn._running_jobs == 0:
+        if conn._running_jobs == 0 and not conn._shut:
             self._closeToHandBack(conn)
 
     def _closeToHandBack(self, conn: Connection) -> None:
-        """Shut the connection's sending side: the server reads what was sent (results included), sees the end
-        of the stream, requeues the jobs still assigned to it and closes; the poll loop then reconnects."""
-        sock = conn.conn
+        """Shut the connection's sending side (with job_lock held): the server reads what was sent (results
+        included), sees the end of the stream, requeues the jobs still assigned to it and closes; the poll loop
+        then reconnects. The jobs from it still queued here went back with it."""
+        conn._shut = True
+        self._takeQueued(lambda job: job.connection is conn)
         try:
-            sock.shutdown(socket.SHUT_WR)
+            conn.conn.shutdown(socket.SHUT_WR)
         except OSError:
             self._lostConnection(conn)
 
@@ -329,6 +349,7 @@ class Worker(BaseClient):
             # they already brought.
             self.waiting_for_jobs -= self._credits
             self._credits = 0
+            self._credit_round += 1
         finally:
             self.job_lock.release()
         self._handBackUnstartable(stopping=True)

@@ -174,8 +174,40 @@ def test_a_thread_waiting_in_get_job_takes_a_job_of_its_own(any_server, pool):  
     for job in (got, waiting[0]):
         job.sendWorkComplete(b"done")
     assert first.waitForCompletion(WAIT) and second.waitForCompletion(WAIT)
-    # No thread waits: every job wanted is a credit's (at most one per thread running a job; a thread arriving
-    # in getJob() may use another's, which asks for fewer jobs, never more).
-    assert worker.waiting_for_jobs == worker._credits and 1 <= worker._credits <= 2
+    # No thread waits: every job wanted is a credit's, one for each thread that ran a job.
+    assert worker.waiting_for_jobs == worker._credits == 2
     worker.stopWaitingForJobs()
     assert worker.waiting_for_jobs == 0 and worker._credits == 0
+
+
+def test_jobs_queued_from_a_connection_closed_to_hand_back_go_back_with_it(any_server, pool):  # noqa: F811
+    # Two jobs run (two credits), so two jobs are prefetched from the one connection: one of a function then
+    # unregistered, one of a function still registered. Handing the first back closes the connection, which
+    # gives the server the second one back too: the worker must not also run the copy it holds.
+    worker = pool.worker(any_server, "keep", "pf", prefetch=True, client_id="prefetcher")
+    client = pool.client(any_server)
+    wait_until(lambda: status_of(client, "pf") and status_of(client, "keep"))
+    first, second = submit(client, b"one", b"two", name="keep")
+    threads = [get_job_in_thread(worker) for _ in range(2)]  # two threads, each lent a credit
+    for thread, _ in threads:
+        thread.join(WAIT)
+    running_jobs = [got[0] for _, got in threads]
+    (third,) = submit(client, b"three")
+    (fourth,) = submit(client, b"four", name="keep")
+    wait_until(lambda: worker.job_queue.qsize() == 2)
+    worker.unRegisterFunction("pf")
+    for job in running_jobs:
+        job.sendWorkComplete(job.arguments[::-1])
+    assert first.waitForCompletion(WAIT) and second.waitForCompletion(WAIT)
+    again = worker.getJob()  # "four", given out again after the reconnection
+    assert again.handle == fourth.handle
+    again.sendWorkComplete(b"4")
+    assert fourth.waitForCompletion(WAIT) and fourth.data == [b"4"] and not fourth.failure
+    other = pool.worker(any_server, "pf", client_id="other")
+    moved = other.getJob()
+    assert moved.handle == third.handle
+    moved.sendWorkComplete(b"3")
+    assert third.waitForCompletion(WAIT) and third.data == [b"3"]
+    wait_until(lambda: status_of(client, "keep")[:2] == (0, 0) and status_of(client, "pf")[:2] == (0, 0))
+    time.sleep(0.2)
+    assert worker.job_queue.empty()  # no second copy of any job
