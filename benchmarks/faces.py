@@ -66,6 +66,7 @@ class Impl:
     task_bytes: bool = False
     src: str | None = None  # with venv None: the source tree to import (None: this checkout's)
     prefetch: bool = False  # gear: the worker runs with this checkout's gear.Worker(prefetch=True)
+    twin: bool = True  # with --baseline-src, also run from that tree (not for what an older tree lacks)
 
 
 IMPLS = [
@@ -78,8 +79,11 @@ IMPLS = [
     # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
     Impl("gear-batch", "geartrain gear submitJobs", None),
     # This checkout's gear with the Worker's opt-in prefetch (gear.Worker(..., prefetch=True)): no original has it.
-    Impl("gear", "geartrain gear +prefetch", None, prefetch=True),
-    Impl("gear-batch", "geartrain gear submitJobs +prefetch", None, prefetch=True),
+    Impl("gear", "geartrain gear +prefetch", None, prefetch=True, twin=False),
+    Impl("gear-batch", "geartrain gear submitJobs +prefetch", None, prefetch=True, twin=False),
+    # gear's thread model with nothing else (face_script.FloorFace, run_floor_worker): what a gear-shaped client
+    # and worker cost at least in Python, the limit for geartrain gear short of changing gear's threads.
+    Impl("floor", "gear thread floor", None, twin=False),
 ]
 #: The faces compared with the originals of their API ("ours/this").
 OURS = ("geartrain gear", "geartrain gearman")
@@ -319,12 +323,11 @@ def add_ratios(rows: list[FaceRow]) -> None:
 
 
 def with_baseline(impls: list[Impl], src: str) -> list[Impl]:
-    """Each of this checkout's faces, followed by its twin importing the source tree ``src`` (but for the
-    prefetch rows: a source tree from before the option has none)."""
+    """Each of this checkout's faces, followed by its twin importing the source tree ``src`` (those with one)."""
     out: list[Impl] = []
     for impl in impls:
         out.append(impl)
-        if impl.venv is None and not impl.prefetch:
+        if impl.venv is None and impl.twin:
             out.append(dataclasses.replace(impl, name=impl.name + BEFORE, src=src))
     return out
 

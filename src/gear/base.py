@@ -20,6 +20,7 @@ from .errors import ConfigurationError, ConnectionError, NoConnectedServersError
 from .flag import Flag
 from .job import to_bytes
 from .packet import AdminRequest, Packet
+from .poller import new_selector
 
 __all__ = ["BaseClient", "BaseClientServer", "OptionReqTask", "SubmitJobTask", "Task"]
 
@@ -136,7 +137,7 @@ class BaseClientServer:
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
-        self._selector = selectors.DefaultSelector()
+        self._selector = new_selector()
         self._selector.register(self.wake_read, selectors.EVENT_READ, None)
         self._to_close: list[Any] = []
         self._cleaned = False
@@ -165,26 +166,28 @@ class BaseClientServer:
         self._closeSockets()
 
     def _pollOnce(self) -> None:
-        now = time.monotonic()
         # Both lists only grow under connections_condition, each time followed by _wake(): when both are empty
         # now, whatever is added meanwhile is seen on the next pass (the wake-up ends this one's select).
         if self._to_close or self.inactive_connections:
+            now = time.monotonic()
             with self.connections_condition:
                 closing, self._to_close = self._to_close, []
                 inactive = list(self.inactive_connections)
             for sock in closing:
                 self._forget(sock)
-        else:
+            timeout = 5.0
+            for conn in inactive:
+                if conn._connector is None and conn._retry_at <= now and self.running:
+                    self._beginConnect(conn)
+                if conn._connector is not None:
+                    timeout = min(timeout, conn._connector.deadline - now)
+                else:
+                    timeout = min(timeout, conn._retry_at - now)
+            timeout = max(timeout, 0.0)
+        else:  # every connection is up (the common case): nothing to time but the 5 s idle pass
             inactive = []
-        timeout = 5.0
-        for conn in inactive:
-            if conn._connector is None and conn._retry_at <= now and self.running:
-                self._beginConnect(conn)
-            if conn._connector is not None:
-                timeout = min(timeout, conn._connector.deadline - now)
-            else:
-                timeout = min(timeout, conn._retry_at - now)
-        events = self._selector.select(max(timeout, 0.0))
+            timeout = 5.0
+        events = self._selector.select(timeout)
         for key, _mask in events:
             if not self.running:
                 return
@@ -203,6 +206,8 @@ class BaseClientServer:
                     self._stepConnect(conn)
             elif conn.conn is key.fileobj:
                 self._readConnection(conn)
+        if not inactive:
+            return
         now = time.monotonic()
         for conn in inactive:
             connector = conn._connector
