@@ -2,7 +2,7 @@
 
 It imports only the library under test (``gear`` or ``gearman``), so the same file measures this checkout's
 faces and the originals installed in throwaway virtualenvs (``geartrain`` is this checkout's asyncio
-geartrain.client). Two roles, each in its own process:
+geartrain.client, ``floor`` gear's thread model alone on the protocol codec). Two roles, each in its own process:
 
 - ``worker``: registers the function, prints ``ready`` and answers every job with its data reversed until it
   is terminated (SIGTERM from faces.py);

@@ -11,6 +11,10 @@ that is the protocol limit the faces are compared with ("of raw"). In the batch 
 one submit at a time awaiting its JOB_CREATED ("of serial raw"): the limit for an API whose submit call returns
 the job handle, as gear's submitJob does.
 
+Two more kinds of rows: "+prefetch" runs this checkout's gear worker as gear.Worker(prefetch=True), and "gear
+thread floor" is gear's thread model with nothing of gear in it (a reader thread hands each JOB_CREATED to the
+submitting thread and each job to the working thread): the limit of a gear-shaped client and worker in Python.
+
 With ``--baseline-src /path/to/other/checkout/src`` every face of this checkout also runs from that source tree,
 as rows labelled "(before)", interleaved with this checkout's in the same run (same server, same rounds), and
 each of this checkout's rows gets its jobs/s over the "(before)" row's ("vs before"): a before/after comparison
