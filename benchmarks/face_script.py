@@ -2,14 +2,14 @@
 
 It imports only the library under test (``gear`` or ``gearman``), so the same file measures this checkout's
 faces and the originals installed in throwaway virtualenvs (``geartrain`` is this checkout's asyncio
-geartrain.client). Two roles, each in its own process:
+geartrain.client, ``floor`` gear's thread model alone on the protocol codec). Two roles, each in its own process:
 
 - ``worker``: registers the function, prints ``ready`` and answers every job with its data reversed until it
   is terminated (SIGTERM from faces.py);
 - ``client``: submits jobs ``--batch`` at a time and waits for each batch, checks every result, and prints one
   JSON line (jobs, seconds, its own CPU time, errors).
 
-    python face_script.py --api gear --role worker --port 4730 --function f
+    python face_script.py --api gear --role worker --port 4730 --function f [--prefetch]
     python face_script.py --api gear --role client --port 4730 --function f --jobs 2000 --batch 1
 """
 
@@ -40,7 +40,8 @@ def payload(seq: int, size: int) -> bytes:
 
 def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
                timeout: float, task_bytes: bool) -> dict[str, object]:
-    submit = {"gear": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace, "geartrain": GeartrainFace}[api]
+    submit = {"gear": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace, "geartrain": GeartrainFace,
+              "floor": FloorFace}[api]
     errors: list[str] = []
     done = 0
     seq = 0
@@ -184,6 +185,109 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class _Reader:
+    """A socket with a daemon thread that decodes what arrives and hands each packet to ``on_packet``: the
+    reading half of gear's thread model, with nothing of gear in it."""
+
+    def __init__(self, port: int, on_packet: Callable[[object], None]) -> None:
+        import socket
+
+        from geartrain.protocol import Decoder
+
+        self.sock = socket.create_connection((HOST, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = Decoder(accept=b"\0RES")
+        self.on_packet = on_packet
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            for packet in self.decoder.feed(data):
+                self.on_packet(packet)
+
+
+class FloorFace(Face):
+    """gear's thread model alone ("gear thread floor"): submits one at a time, each waiting on a lock that a
+    reader thread releases at its JOB_CREATED, then waits for the batch's WORK_COMPLETEs. What a gear-shaped
+    client costs at least, against which geartrain's gear is measured."""
+
+    def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+        from geartrain.protocol import constants
+
+        self.c = constants
+        self.prefix = function.encode() + b"\0"
+        self.timeout = timeout
+        self.created: list = []  # (lock, slot) of the submit awaiting its JOB_CREATED
+        self.slots: dict[bytes, list] = {}  # handle -> [result]
+        self.left = 0
+        self.done = threading.Event()
+        self.reader = _Reader(port, self._packet)
+
+    def _packet(self, packet: object) -> None:
+        ptype, args = packet.ptype, packet.args  # type: ignore[attr-defined]
+        if ptype == self.c.JOB_CREATED:
+            lock, slot = self.created.pop(0)
+            self.slots[args[0]] = slot
+            lock.release()
+        elif ptype == self.c.WORK_COMPLETE:
+            self.slots.pop(args[0]).append(args[1])
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
+
+    def close(self) -> None:
+        self.reader.sock.close()
+
+    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+        from geartrain.protocol import pack
+
+        slots: list[list] = [[] for _ in specs]
+        self.done.clear()
+        self.left = len(specs)
+        for (s, data), slot in zip(specs, slots, strict=True):
+            lock = threading.Lock()
+            lock.acquire()
+            self.created.append((lock, slot))
+            self.reader.sock.sendall(pack(b"\0REQ", self.c.SUBMIT_JOB, self.prefix + b"u%d\0" % s + data))
+            lock.acquire()
+        self.done.wait(self.timeout)
+        return [slot[0] if slot else f"no result within the {self.timeout:g} s limit" for slot in slots]
+
+
+def run_floor_worker(port: int, function: str) -> None:
+    """gear's Worker thread model alone: a reader thread queues each JOB_ASSIGN_UNIQ for this thread, which
+    answers it and asks for the next (the reader answers NO_JOB with PRE_SLEEP and NOOP with a grab)."""
+    import queue
+
+    from geartrain.protocol import constants as c
+    from geartrain.protocol import pack
+
+    grab, pre_sleep = pack(b"\0REQ", c.GRAB_JOB_UNIQ, b""), pack(b"\0REQ", c.PRE_SLEEP, b"")
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def on_packet(packet: object) -> None:
+        ptype = packet.ptype  # type: ignore[attr-defined]
+        if ptype == c.JOB_ASSIGN_UNIQ:
+            jobs.put(packet.args)  # type: ignore[attr-defined]
+        elif ptype == c.NO_JOB:
+            reader.sock.sendall(pre_sleep)
+        elif ptype == c.NOOP:
+            reader.sock.sendall(grab)
+
+    reader = _Reader(port, on_packet)
+    reader.sock.sendall(pack(b"\0REQ", c.CAN_DO, function.encode()) + grab)
+    print("ready", flush=True)
+    while True:
+        handle, _name, _unique, data = jobs.get()
+        reader.sock.sendall(pack(b"\0REQ", c.WORK_COMPLETE, handle + b"\0" + data[::-1]) + grab)
+
+
 class GeartrainFace(Face):
     """geartrain.client.Client (asyncio): every job of a batch submitted at once (pipelined), then awaited."""
 
@@ -210,9 +314,11 @@ class GeartrainFace(Face):
         return [r if isinstance(r, bytes) else f"{type(r).__name__}: {r}" for r in results]
 
 
-def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool, prefetch: bool = False) -> None:
     """Answer jobs until killed; ``ready`` on stdout once the function is registered."""
-    if api == "geartrain":
+    if api == "floor":
+        run_floor_worker(port, function)
+    elif api == "geartrain":
         from geartrain.client import Worker
 
         async def reverse(job: object) -> bytes:
@@ -230,7 +336,8 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
     elif api in ("gear", "gear-batch"):
         import gear
 
-        worker = gear.Worker("bench-worker")
+        # --prefetch: this checkout's opt-in Worker prefetch (the next job asked for while one runs).
+        worker = gear.Worker("bench-worker", prefetch=True) if prefetch else gear.Worker("bench-worker")
         worker.addServer(HOST, port)
         worker.waitForServer(timeout)
         worker.registerFunction(function)
@@ -264,7 +371,7 @@ def _version(*dists: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--api", choices=("gear", "gear-batch", "gearman", "geartrain"), required=True)
+    p.add_argument("--api", choices=("gear", "gear-batch", "gearman", "geartrain", "floor"), required=True)
     p.add_argument("--role", choices=("client", "worker"), required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--function", required=True)
@@ -274,9 +381,10 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="stop submitting after this many seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="hard limit, after which a job is lost")
     p.add_argument("--task-bytes", action="store_true", help="pass task names as bytes (Python 3 forks)")
+    p.add_argument("--prefetch", action="store_true", help="gear worker: this checkout's gear.Worker(prefetch=True)")
     args = p.parse_args()
     if args.role == "worker":
-        run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes)
+        run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes, args.prefetch)
         return 0
     try:
         result = run_client(args.api, args.port, args.function, args.jobs, args.batch, args.size,

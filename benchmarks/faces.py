@@ -11,6 +11,10 @@ that is the protocol limit the faces are compared with ("of raw"). In the batch 
 one submit at a time awaiting its JOB_CREATED ("of serial raw"): the limit for an API whose submit call returns
 the job handle, as gear's submitJob does.
 
+Two more kinds of rows: "+prefetch" runs this checkout's gear worker as gear.Worker(prefetch=True), and "gear
+thread floor" is gear's thread model with nothing of gear in it (a reader thread hands each JOB_CREATED to the
+submitting thread and each job to the working thread): the limit of a gear-shaped client and worker in Python.
+
 With ``--baseline-src /path/to/other/checkout/src`` every face of this checkout also runs from that source tree,
 as rows labelled "(before)", interleaved with this checkout's in the same run (same server, same rounds), and
 each of this checkout's rows gets its jobs/s over the "(before)" row's ("vs before"): a before/after comparison
@@ -65,6 +69,8 @@ class Impl:
     probe: str = ""
     task_bytes: bool = False
     src: str | None = None  # with venv None: the source tree to import (None: this checkout's)
+    prefetch: bool = False  # gear: the worker runs with this checkout's gear.Worker(prefetch=True)
+    twin: bool = True  # with --baseline-src, also run from that tree (not for what an older tree lacks)
 
 
 IMPLS = [
@@ -76,6 +82,12 @@ IMPLS = [
     Impl("geartrain", "geartrain.client", None),  # the asyncio client and worker: no original to compare with
     # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
     Impl("gear-batch", "geartrain gear submitJobs", None),
+    # This checkout's gear with the Worker's opt-in prefetch (gear.Worker(..., prefetch=True)): no original has it.
+    Impl("gear", "geartrain gear +prefetch", None, prefetch=True, twin=False),
+    Impl("gear-batch", "geartrain gear submitJobs +prefetch", None, prefetch=True, twin=False),
+    # gear's thread model with nothing else (face_script.FloorFace, run_floor_worker): what a gear-shaped client
+    # and worker cost at least in Python, the limit for geartrain gear short of changing gear's threads.
+    Impl("floor", "gear thread floor", None, twin=False),
 ]
 #: The faces compared with the originals of their API ("ours/this").
 OURS = ("geartrain gear", "geartrain gearman")
@@ -152,6 +164,8 @@ def face_worker(python: str, impl: Impl, port: int, function: str, timeout: floa
             "--function", function, "--timeout", str(timeout)]
     if impl.task_bytes:
         argv.append("--task-bytes")
+    if impl.prefetch:
+        argv.append("--prefetch")
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_env(impl), cwd="/tmp")
 
@@ -313,11 +327,11 @@ def add_ratios(rows: list[FaceRow]) -> None:
 
 
 def with_baseline(impls: list[Impl], src: str) -> list[Impl]:
-    """Each of this checkout's faces, followed by its twin importing the source tree ``src``."""
+    """Each of this checkout's faces, followed by its twin importing the source tree ``src`` (those with one)."""
     out: list[Impl] = []
     for impl in impls:
         out.append(impl)
-        if impl.venv is None:
+        if impl.venv is None and impl.twin:
             out.append(dataclasses.replace(impl, name=impl.name + BEFORE, src=src))
     return out
 

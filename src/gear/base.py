@@ -20,28 +20,34 @@ from .errors import ConfigurationError, ConnectionError, NoConnectedServersError
 from .flag import Flag
 from .job import to_bytes
 from .packet import AdminRequest, Packet
+from .poller import new_selector
 
 __all__ = ["BaseClient", "BaseClientServer", "OptionReqTask", "SubmitJobTask", "Task"]
 
 
-class Task:
-    """Something waiting for a server's answer on one connection (answers come in order)."""
+class Task(Flag):
+    """Something waiting for a server's answer on one connection (answers come in order).
 
-    def __init__(self) -> None:
-        self._wait_event = Flag()
+    It is its own flag (one object per request, not two): setComplete() sets it, wait() waits for it.
+    """
 
-    def setComplete(self) -> None:
-        self._wait_event.set()
+    __slots__ = ("__dict__",)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the answer; True once it came (or the connection was lost)."""
-        self._wait_event.wait(timeout)
-        return self._wait_event.is_set()
+    setComplete = Flag.set
+    #: wait(timeout=None): wait for the answer; True once it came (or the connection was lost).
+    wait = Flag.wait
+
+    @property
+    def _wait_event(self) -> Task:
+        """gear's name for the event a task is waited on through."""
+        return self
 
 
 class SubmitJobTask(Task):
+    __slots__ = ("job",)
+
     def __init__(self, job: Any) -> None:
-        super().__init__()
+        Flag.__init__(self)
         self.job = job
 
 
@@ -131,7 +137,7 @@ class BaseClientServer:
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
-        self._selector = selectors.DefaultSelector()
+        self._selector = new_selector()
         self._selector.register(self.wake_read, selectors.EVENT_READ, None)
         self._to_close: list[Any] = []
         self._cleaned = False
@@ -160,26 +166,28 @@ class BaseClientServer:
         self._closeSockets()
 
     def _pollOnce(self) -> None:
-        now = time.monotonic()
         # Both lists only grow under connections_condition, each time followed by _wake(): when both are empty
         # now, whatever is added meanwhile is seen on the next pass (the wake-up ends this one's select).
         if self._to_close or self.inactive_connections:
+            now = time.monotonic()
             with self.connections_condition:
                 closing, self._to_close = self._to_close, []
                 inactive = list(self.inactive_connections)
             for sock in closing:
                 self._forget(sock)
-        else:
+            timeout = 5.0
+            for conn in inactive:
+                if conn._connector is None and conn._retry_at <= now and self.running:
+                    self._beginConnect(conn)
+                if conn._connector is not None:
+                    timeout = min(timeout, conn._connector.deadline - now)
+                else:
+                    timeout = min(timeout, conn._retry_at - now)
+            timeout = max(timeout, 0.0)
+        else:  # every connection is up (the common case): nothing to time but the 5 s idle pass
             inactive = []
-        timeout = 5.0
-        for conn in inactive:
-            if conn._connector is None and conn._retry_at <= now and self.running:
-                self._beginConnect(conn)
-            if conn._connector is not None:
-                timeout = min(timeout, conn._connector.deadline - now)
-            else:
-                timeout = min(timeout, conn._retry_at - now)
-        events = self._selector.select(max(timeout, 0.0))
+            timeout = 5.0
+        events = self._selector.select(timeout)
         for key, _mask in events:
             if not self.running:
                 return
@@ -198,6 +206,8 @@ class BaseClientServer:
                     self._stepConnect(conn)
             elif conn.conn is key.fileobj:
                 self._readConnection(conn)
+        if not inactive:
+            return
         now = time.monotonic()
         for conn in inactive:
             connector = conn._connector
@@ -315,7 +325,7 @@ class BaseClientServer:
     def _readConnection(self, conn: Connection) -> None:
         sock = conn.conn
         try:
-            objects = conn._readAvailable()
+            objects = conn._receive(conn._recvSome())
         except _Closed:
             self.log.debug("Received no data on %s", conn)
             self._lostConnection(conn)
@@ -399,19 +409,22 @@ class BaseClientServer:
 
     def handlePacket(self, packet: Packet) -> Any:
         """Handle a received packet: call the handler method for its type (handleWorkComplete, ...)."""
-        self.log.debug("Received packet from %s: %s", packet.connection, packet)
-        start = time.time()
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Received packet from %s: %s", packet.connection, packet)
+        timed = type(self).reportTimingStats is not _reportNothing  # only a subclass's hook wants the time
+        start = time.time() if timed else 0.0
         name = _HANDLERS.get(packet.ptype)
         if name is None:
             self.log.error("Received unknown packet: %s", packet)
             result = None
         else:
             result = getattr(self, name)(packet)
-        self.reportTimingStats(packet.ptype, time.time() - start)
+        if timed:
+            self.reportTimingStats(packet.ptype, time.time() - start)
         return result
 
     def reportTimingStats(self, ptype: int, duration: float) -> None:
-        """Called by handlePacket with each packet's processing time; does nothing by default."""
+        """Called by handlePacket with each packet's processing time (when a subclass overrides it)."""
 
     def _defaultPacketHandler(self, packet: Packet) -> None:
         self.log.error("Received unhandled packet: %s", packet)
@@ -574,6 +587,9 @@ class BaseClientServer:
                     os.close(self.wake_write)
 
 
+_reportNothing = BaseClientServer.reportTimingStats
+
+
 def _fraction(numerator: Any, denominator: Any) -> float | None:
     try:
         return float(numerator) / float(denominator)
@@ -654,13 +670,17 @@ class BaseClient(BaseClientServer):
 
         :raises NoConnectedServersError: if no server is connected.
         """
-        with self.connections_condition:
+        condition = self.connections_condition
+        condition.acquire()  # its lock's own method: no Python-level __enter__/__exit__ on every submit
+        try:
             if not self.active_connections:
                 raise NoConnectedServersError("No connected Gearman servers")
             self.connection_index += 1
             if self.connection_index >= len(self.active_connections):
                 self.connection_index = 0
             return self.active_connections[self.connection_index]
+        finally:
+            condition.release()
 
     def broadcast(self, packet: Packet) -> None:
         """Send a packet to every connected server (failed connections are dropped from the pool)."""

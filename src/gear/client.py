@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 from geartrain.protocol import constants as wire
+from geartrain.protocol import pack
 from geartrain.protocol.pool import Ring, server_name
 
 from .base import BaseClient, OptionReqTask, SubmitJobTask, _fraction, _StatusWaiter
@@ -26,6 +27,11 @@ _PRIORITY = {
     PRECEDENCE_LOW: wire.PRIORITY_LOW,
     PRECEDENCE_HIGH: wire.PRIORITY_HIGH,
 }
+
+
+def _frame(ptype: int, job: Job) -> bytes:
+    """The wire form of a submit of ``job`` (submit_args checks where NULs may be)."""
+    return pack(wire.REQ, ptype, b"\x00".join(submit_args(job)))
 
 
 def _submitType(background: bool, precedence: int) -> int:
@@ -147,7 +153,7 @@ class Client(BaseClient):
         :raises GearmanError: if no connected server accepted the job.
         """
         ptype = _submitType(background, precedence)
-        frame = Packet._build(ptype, *submit_args(job)).toBinary()
+        frame = _frame(ptype, job)
         if hasattr(job, "_reset_for_submit"):
             job._reset_for_submit()
         attempted: set[Connection] = set()
@@ -197,7 +203,7 @@ class Client(BaseClient):
         """
         ptype = _submitType(background, precedence)
         jobs = list(jobs)
-        frames = [Packet._build(ptype, *submit_args(job)).toBinary() for job in jobs]  # all valid, or none sent
+        frames = [_frame(ptype, job) for job in jobs]  # all valid, or none sent
         batches: dict[Connection, list[tuple[Job, SubmitJobTask, bytes]]] = {}
         for job, frame in zip(jobs, frames, strict=True):
             if hasattr(job, "_reset_for_submit"):
@@ -284,7 +290,8 @@ class Client(BaseClient):
         job.connection = conn
         conn.related_jobs[job.handle] = job
         task.setComplete()
-        self.log.debug("Job created; %s", job)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Job created; %s", job)
         return job
 
     def handleWorkComplete(self, packet: Packet) -> Job:
@@ -296,7 +303,8 @@ class Client(BaseClient):
         job.complete = True
         job.failure = False
         packet.connection.related_jobs.pop(job.handle, None)
-        self.log.debug("Job complete; %s data: %s", job, job.data)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Job complete; %s data: %s", job, job.data)
         return job
 
     def handleWorkFail(self, packet: Packet) -> Job:

@@ -139,6 +139,12 @@ class Connection:
         self.echo_conditions: dict[bytes, threading.Event] = {}
         self._status_waiters: dict[bytes, deque] = {}
         self.options: set[bytes] = set()
+        #: A prefetching Worker's bookkeeping (gear.worker): jobs from this socket that getJob() returned and
+        #: that have not ended, whether the socket is to close when they have, to hand a job back, and whether
+        #: it was closed for that (its jobs are the server's again).
+        self._running_jobs = 0
+        self._handing_back = False
+        self._shut = False
         self.changeState("INIT")
 
     def changeState(self, state: str) -> None:
@@ -279,16 +285,20 @@ class Connection:
             the send fails.
         """
         with self.send_lock:
-            sock = self.conn
-            if sock is None:
-                raise ConnectionError(f"{self!r} is not connected")
-            try:
-                self._sendAll(sock, data)
-                return
-            except BaseException as exc:
-                if self._owner is None or self.conn is not sock:
-                    raise
-                error = exc
+            self._sendLocked(data)
+
+    def _sendLocked(self, data: bytes) -> None:
+        """sendRaw() with send_lock held."""
+        sock = self.conn
+        if sock is None:
+            raise ConnectionError(f"{self!r} is not connected")
+        try:
+            self._sendAll(sock, data)
+            return
+        except BaseException as exc:
+            if self._owner is None or self.conn is not sock:
+                raise
+            error = exc
         # Part of a packet may have gone out: the stream is unusable; the owner drops it and reconnects.
         try:
             self._owner._lostConnection(self)
@@ -325,7 +335,8 @@ class Connection:
 
     def sendPacket(self, packet: Packet) -> None:
         """Send a :py:class:`Packet` to the server."""
-        self.log.debug("Sending packet to %s: %s", self, packet)
+        if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
+            self.log.debug("Sending packet to %s: %s", self, packet)
         if packet.ptype in _ANSWERED and packet.code == constants.REQ:
             with self.send_lock:
                 self._protocol.track(packet.ptype, RAW)
@@ -338,7 +349,7 @@ class Connection:
         with self.send_lock:
             self.pending_tasks.append(task)
             self._protocol.track(ptype, task)
-            self.sendRaw(data)
+            self._sendLocked(data)
 
     def _sendRequests(self, frames: list[bytes], ptype: int, tasks: list[Any]) -> None:
         """Several requests of one type in one write (see _sendRequest)."""
@@ -444,6 +455,17 @@ class Connection:
         sock = self.conn
         if sock is None:
             raise _Closed()
+        if self.use_ssl:
+            return self._recvTls(sock)
+        try:
+            data = recv_some(sock)
+        except BlockingIOError:
+            return b""
+        if not data:
+            raise _Closed()
+        return data
+
+    def _recvTls(self, sock: Any) -> bytes:
         with self._io_lock:
             try:
                 data = recv_some(sock)
@@ -451,11 +473,10 @@ class Connection:
                 return b""  # e.g. a TLS record without application data (a session ticket)
             if not data:
                 raise _Closed()
-            if self.use_ssl:
+            pending = sock.pending()
+            while pending:
+                data += sock.recv(pending)
                 pending = sock.pending()
-                while pending:
-                    data += sock.recv(pending)
-                    pending = sock.pending()
         return data
 
     def _receive(self, data: bytes) -> list[Any]:

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+_ARGUMENT_TYPES = (str, *_BYTES_TYPES)
+_ENDING = frozenset((constants.WORK_COMPLETE, constants.WORK_FAIL, constants.WORK_EXCEPTION))
 
 
 def _number(value: Any) -> bytes:
@@ -62,15 +64,16 @@ class BaseJob:
     """What client and worker jobs share: a name, opaque arguments, an optional unique and a handle."""
 
     def __init__(self, name: str | bytes, arguments: Any, unique: Any = None, handle: Any = None) -> None:
-        self._name = _require_bytes(name, "name")
+        # bytes, the common case, are taken as they are without a call.
+        self._name = name if type(name) is bytes else _require_bytes(name, "name")
         self._validate_arguments(arguments)
-        self._arguments = _require_bytes(arguments, "arguments")
-        self._unique = None if unique is None else _require_bytes(unique, "unique")
-        self.handle = to_bytes(handle)
+        self._arguments = arguments if type(arguments) is bytes else _require_bytes(arguments, "arguments")
+        self._unique = unique if unique is None or type(unique) is bytes else _require_bytes(unique, "unique")
+        self.handle = handle if handle is None or type(handle) is bytes else to_bytes(handle)
         self.connection = None
 
     def _validate_arguments(self, arguments: Any) -> None:
-        if not isinstance(arguments, (str, *_BYTES_TYPES)):
+        if not isinstance(arguments, _ARGUMENT_TYPES):
             raise TypeError("arguments must be str (UTF-8) or bytes")
 
     @property
@@ -124,11 +127,16 @@ class WorkerJob(BaseJob):
     **handle** (bytes), **connection** (:py:class:`Connection`).
     """
 
+    #: The prefetching Worker that counts this job as running (see Worker.prefetch), until its last packet.
+    _gear_worker: Any = None
+
     def __init__(self, handle: Any, name: str | bytes, arguments: Any, unique: Any = None) -> None:
         super().__init__(name, arguments, unique, handle)
 
     def _send(self, ptype: int, *args: bytes) -> None:
         self.connection.sendPacket(Packet._build(ptype, *args))
+        if self._gear_worker is not None and ptype in _ENDING:
+            self._gear_worker._jobEnded(self)
 
     def sendWorkData(self, data: Any = b"") -> None:
         """Send a WORK_DATA packet (a partial result) to the client."""
@@ -144,7 +152,8 @@ class WorkerJob(BaseJob):
 
     def sendWorkComplete(self, data: Any = b"") -> None:
         """Send a WORK_COMPLETE packet with the final result."""
-        self._send(constants.WORK_COMPLETE, self.handle, _require_bytes(data, "data"))
+        data = data if type(data) is bytes else _require_bytes(data, "data")
+        self._send(constants.WORK_COMPLETE, self.handle, data)
 
     def sendWorkFail(self) -> None:
         """Send a WORK_FAIL packet."""
@@ -317,7 +326,8 @@ class BinaryJob(BaseBinaryJob, Job):
 
 def submit_args(job: BaseJob) -> tuple[bytes, bytes, bytes]:
     """The (name, unique, arguments) of a SUBMIT_JOB* packet; only the arguments may hold NUL bytes."""
+    name = job.binary_name
     unique = job.binary_unique or b""
-    if b"\x00" in job.binary_name or b"\x00" in unique:
+    if b"\x00" in name or b"\x00" in unique:
         raise InvalidDataError("a job name or unique may not contain NUL bytes")
-    return job.binary_name, unique, job.binary_arguments
+    return name, unique, job.binary_arguments

@@ -159,6 +159,13 @@ class Packet:
             return parts[index]
         return b"\x00".join(parts[index:])
 
+    def _arguments(self, count: int) -> tuple[bytes, ...]:
+        """The ``count`` arguments as getArgument() reads them (the last with every NUL after it), in one call."""
+        args = self._args
+        if self._args_of is self.data and len(args) == count:
+            return args
+        return tuple(self.getArgument(index, index == count - 1) for index in range(count))
+
     def getJob(self) -> Any:
         """The :py:class:`Job` named by this packet's handle on its connection.
 

@@ -47,9 +47,9 @@ class Pool:
         return client
 
     def worker(
-        self, server: RunningServer | None = None, *functions: str, cls: type = gear.Worker, client_id="w"
+        self, server: RunningServer | None = None, *functions: str, cls: type = gear.Worker, client_id="w", **kwargs
     ) -> gear.Worker:
-        worker = cls(client_id)
+        worker = cls(client_id, **kwargs)
         self.objects.append(worker)
         for name in functions:
             worker.registerFunction(name)

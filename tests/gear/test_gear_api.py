@@ -69,7 +69,10 @@ def test_signatures_match_gear():
         return list(inspect.signature(func).parameters)
 
     assert params(gear.Client) == ["client_id"]
-    assert params(gear.Worker) == ["client_id", "worker_id"]
+    assert params(gear.Worker)[:2] == ["client_id", "worker_id"]
+    # This implementation's additions are keyword-only: positional calls mean what they mean to gear.
+    prefetch = inspect.signature(gear.Worker).parameters["prefetch"]
+    assert prefetch.kind is inspect.Parameter.KEYWORD_ONLY and prefetch.default is False
     assert params(gear.Client.addServer)[:10] == [
         "self", "host", "port", "ssl_key", "ssl_cert", "ssl_ca", "keepalive", "tcp_keepidle",
         "tcp_keepintvl", "tcp_keepcnt",
