@@ -542,6 +542,33 @@ def test_big_batches_are_split_into_statements_and_applied_whole(tmp_path):
     assert [r[2] for r in rows(db)] == [b"u%d" % i for i in range(1100, 1300)]
 
 
+def test_stored_fields_are_blobs_even_when_empty_and_read_back_exactly(tmp_path):
+    """Rows are bound as bytearray (faster in the sqlite3 module): the file must still hold BLOBs, never NULL or
+    TEXT, and a name shared by many rows of a batch is written for each."""
+    db = tmp_path / "q.db"
+    submitted = [(b"f", b"", b""), (b"f", b"u1", b"\x00\xff"), (b"g", b"u2", b"x" * 70_000), (b"f", b"u3", b"d")]
+
+    async def main() -> None:
+        broker, store = await started(db)
+        client = broker.connect(1)
+        for name, unique, data in submitted:
+            broker.handle(client, C.SUBMIT_JOB_BG, (name, unique, data))
+        broker.handle(client, C.SUBMIT_REDUCE_JOB_BACKGROUND, (b"f", b"r", b"agg", b"", b""))
+        await durable(store)
+        await store.close()
+
+    run(main())
+    conn = sqlite3.connect(str(db))
+    try:
+        types = conn.execute(f"SELECT DISTINCT typeof(function), typeof(unique_key), typeof(reducer), typeof(data) "
+                             f"FROM {TABLE}").fetchall()
+    finally:
+        conn.close()
+    assert types == [("blob", "blob", "blob", "blob")]
+    assert [(r[1], r[2], r[6]) for r in rows(db)] == [*submitted, (b"f", b"r", b"")]
+    assert [r[5] for r in rows(db)] == [b"", b"", b"", b"", b"agg"]
+
+
 @pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
 def test_queue_sync_sets_the_commit_durability_of_the_connection(tmp_path, sync, level):
     store = open_store(SimpleNamespace(queue_type="sqlite", sqlite_db=str(tmp_path / "q.db"), queue_sync=sync))
