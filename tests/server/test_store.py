@@ -569,6 +569,32 @@ def test_stored_fields_are_blobs_even_when_empty_and_read_back_exactly(tmp_path)
     assert [r[5] for r in rows(db)] == [b"", b"", b"", b"", b"agg"]
 
 
+@pytest.mark.parametrize("shape", ["uniform", "gap in refs", "other priority", "other time", "other function",
+                                   "other reducer"])
+def test_a_batch_is_written_exactly_whichever_statement_it_takes(tmp_path, shape):
+    """Rows submitted back to back bind function, priority, time, reducer and first ref once per statement; any
+    difference takes the statement with every field per row. Both write the same rows."""
+    from geartrain.server.store.sqlite import insert_params
+
+    batch = [(10 + i, b"fn", b"u%d" % i, 1, 0.0, b"", b"d%d" % i) for i in range(100)]
+    change = {"gap in refs": (0, 200), "other priority": (3, 2), "other time": (4, 5.5), "other function": (1, b"g"),
+              "other reducer": (5, b"r")}.get(shape)
+    if change is not None:
+        index, value = change
+        last = list(batch[-1])
+        last[index] = value
+        batch[-1] = tuple(last)
+    assert insert_params(batch)[0] == ("uniform" if shape == "uniform" else "insert")
+    store = SQLiteStore(tmp_path / "q.db")
+    store.open_engine()
+    try:
+        store.write(batch[:64], [])  # one statement of each size: 64, then 32 + 4
+        store.write(batch[64:], [])
+    finally:
+        store.close_engine()
+    assert rows(tmp_path / "q.db") == batch
+
+
 @pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
 def test_queue_sync_sets_the_commit_durability_of_the_connection(tmp_path, sync, level):
     store = open_store(SimpleNamespace(queue_type="sqlite", sqlite_db=str(tmp_path / "q.db"), queue_sync=sync))

@@ -67,6 +67,7 @@ _SELECT_COLUMNS = f"SELECT id, function, unique_key, priority, when_to_run, redu
 _SELECT = f"{_SELECT_COLUMNS} ORDER BY id"
 _INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
           "VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_UNIFORM = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) VALUES "
 _INSERT_EMPTY = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
                 "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"
 #: Job data at least this large is written through a blob handle: SQLite keeps a copy of every bound parameter in
@@ -125,24 +126,37 @@ def chunk_sizes(count: int, most: int) -> list[int]:
     return sizes
 
 
-def insert_params(rows: list[Row]) -> list[object]:
-    """The parameters of a multi-row insert, the blobs as bytearray: the sqlite3 module binds bytearray directly
-    but passes every bytes object through its adapter registry first, which made up about 40% of the writer
-    thread's CPU per job (0.4 against 0.12 us per blob, four blobs a row; the copy costs 0.13 us). Function names
-    repeat within a batch and reducers are mostly empty: those are copied once."""
-    params: list[object] = []
-    extend = params.extend
-    names: dict[bytes, bytearray] = {}
-    for ref, function, unique, priority, when, reducer, data in rows:
-        name = names.get(function)
-        if name is None:
-            name = names[function] = bytearray(function)
-        extend((ref, name, bytearray(unique), priority, when, bytearray(reducer) if reducer else _EMPTY,
-                bytearray(data)))
-    return params
+def insert_params(rows: list[Row]) -> tuple[str, list[object]]:
+    """The kind of multi-row insert for these rows ("insert", or "uniform": see _statement) and its parameters.
+
+    Blobs are bound as bytearray: the sqlite3 module binds bytearray directly but passes every bytes object
+    through its adapter registry first (0.4 against 0.12 us per blob; the copy costs 0.13 us), which made up about
+    40% of the writer thread's CPU per job. Rows submitted back to back share their function, priority, time and
+    reducer and have consecutive refs: those are bound once per statement ("uniform"), the rest once per row."""
+    columns = list(zip(*rows, strict=True))
+    refs, names, uniques, priorities, whens, reducers, data = columns
+    count = len(rows)
+    if refs[-1] - refs[0] == count - 1 and all(columns[i].count(columns[i][0]) == count for i in (1, 3, 4, 5)):
+        params: list[object] = [None] * (5 + 2 * count)
+        params[:5] = (bytearray(names[0]), priorities[0], whens[0], bytearray(reducers[0]), refs[0])
+        params[5::2] = [bytearray(unique) for unique in uniques]
+        params[6::2] = [bytearray(value) for value in data]
+        return "uniform", params
+    params = [None] * (7 * count)
+    params[0::7] = refs
+    params[1::7] = _copies(names)
+    params[2::7] = [bytearray(unique) for unique in uniques]
+    params[3::7] = priorities
+    params[4::7] = whens
+    params[5::7] = _copies(reducers)
+    params[6::7] = [bytearray(value) for value in data]
+    return "insert", params
 
 
-_EMPTY = bytearray()
+def _copies(values: tuple[bytes, ...]) -> list[bytearray]:
+    """values as bytearrays, one copy per distinct value (function names and reducers repeat within a batch)."""
+    copy = {value: bytearray(value) for value in set(values)}
+    return [copy[value] for value in values]
 
 
 def _as_bytes(value: object) -> bytes | None:
@@ -399,7 +413,8 @@ class SQLiteStore(GroupCommitStore):
                     blob.write(row[6])
             start = 0
             for size in chunk_sizes(len(adds), self._rows_per_statement):
-                conn.execute(self._statement("insert", size), insert_params(adds[start:start + size]))
+                kind, params = insert_params(adds[start:start + size])
+                conn.execute(self._statement(kind, size), params)
                 start += size
             start = 0
             for size in chunk_sizes(len(removes), self._rows_per_statement * 7):
@@ -430,6 +445,9 @@ class SQLiteStore(GroupCommitStore):
         if sql is None:
             if kind == "insert":
                 sql = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (rows - 1)
+            elif kind == "uniform":  # ?1-?5: function, priority, time, reducer, first ref; then unique, data per row
+                sql = _INSERT_UNIFORM + ", ".join(f"(?5 + {i}, ?1, ?{6 + 2 * i}, ?2, ?3, ?4, ?{7 + 2 * i})"
+                                                  for i in range(rows))
             else:
                 sql = f"DELETE FROM {TABLE} WHERE id IN ({', '.join('?' * rows)})"
             self._statements[(kind, rows)] = sql
