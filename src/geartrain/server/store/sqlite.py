@@ -65,11 +65,9 @@ _SCHEMA = [
 EXPECTED_COLUMNS = ["id", "function", "unique_key", "priority", "when_to_run", "reducer", "data"]
 _SELECT_COLUMNS = f"SELECT id, function, unique_key, priority, when_to_run, reducer, data FROM {TABLE}"
 _SELECT = f"{_SELECT_COLUMNS} ORDER BY id"
-_INSERT = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
-          "VALUES (?, ?, ?, ?, ?, ?, ?)"
-_INSERT_UNIFORM = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) VALUES "
-_INSERT_EMPTY = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) " \
-                "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"
+_INSERT_INTO = f"INSERT INTO {TABLE} (id, function, unique_key, priority, when_to_run, reducer, data) VALUES "
+_INSERT = _INSERT_INTO + "(?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EMPTY = _INSERT_INTO + "(?, ?, ?, ?, ?, ?, zeroblob(?))"
 #: Job data at least this large is written through a blob handle: SQLite keeps a copy of every bound parameter in
 #: a cached statement until it is bound again, which would hold large payloads long after their jobs ended.
 LARGE_DATA = 16 * 1024
@@ -446,8 +444,8 @@ class SQLiteStore(GroupCommitStore):
             if kind == "insert":
                 sql = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (rows - 1)
             elif kind == "uniform":  # ?1-?5: function, priority, time, reducer, first ref; then unique, data per row
-                sql = _INSERT_UNIFORM + ", ".join(f"(?5 + {i}, ?1, ?{6 + 2 * i}, ?2, ?3, ?4, ?{7 + 2 * i})"
-                                                  for i in range(rows))
+                sql = _INSERT_INTO + ", ".join(f"(?5 + {i}, ?1, ?{6 + 2 * i}, ?2, ?3, ?4, ?{7 + 2 * i})"
+                                               for i in range(rows))
             else:
                 sql = f"DELETE FROM {TABLE} WHERE id IN ({', '.join('?' * rows)})"
             self._statements[(kind, rows)] = sql
