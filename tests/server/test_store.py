@@ -595,6 +595,23 @@ def test_a_batch_is_written_exactly_whichever_statement_it_takes(tmp_path, shape
     assert rows(tmp_path / "q.db") == batch
 
 
+def test_a_batch_of_one_statement_commits_on_its_own_and_a_longer_one_in_one_transaction(tmp_path):
+    store = SQLiteStore(tmp_path / "q.db")
+    store.open_engine()
+    issued: list[str] = []
+    store.conn.set_trace_callback(lambda sql: issued.append(sql.split(" ", 1)[0]))
+    try:
+        batch = [(1 + i, b"f", b"u%d" % i, 1, 0.0, b"", b"d") for i in range(4)]
+        store.write(batch, [])
+        assert issued == ["INSERT"]  # a transaction of its own: no BEGIN and COMMIT
+        issued.clear()
+        store.write([(5 + i, *row[1:]) for i, row in enumerate(batch[:3])], [1])  # statements of 2 and 1 rows
+        assert issued == ["BEGIN", "INSERT", "INSERT", "DELETE", "COMMIT"]
+    finally:
+        store.close_engine()
+    assert [row[0] for row in rows(tmp_path / "q.db")] == [2, 3, 4, 5, 6, 7]
+
+
 @pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
 def test_queue_sync_sets_the_commit_durability_of_the_connection(tmp_path, sync, level):
     store = open_store(SimpleNamespace(queue_type="sqlite", sqlite_db=str(tmp_path / "q.db"), queue_sync=sync))
