@@ -15,8 +15,8 @@ flight (connections x window) shares one commit, so no server can acknowledge mo
 Checks: the server's `status` holds exactly the jobs acknowledged, and after the server stops its SQLite file
 holds a row for each of them (for the durable queues).
 
-Where the CPU goes, per acknowledged job: the server's event loop thread ("loop"), its other threads (the store's
-writer thread, "other") and the load generator's processes ("client"), user + system time from /proc and
+Where the CPU goes, per acknowledged job: the server's (all threads), of it its event loop thread's ("loop"; the
+rest is mostly the store's writer thread) and the load generator's ("client"), user + system time from /proc and
 getrusage. With --repeat N the servers run in N interleaved rounds (A, B, C, A, B, C, ...) and the table gives
 the median of each column; each ratio is the median of the per-round ratios.
 
@@ -322,20 +322,19 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
             if process.stderr is not None:
                 process.stderr.close()
         stored = count_rows(db, table) if db is not None else None
-        per_job = lambda a, b: (b - a) / created * 1e6 if created and a is not None and b is not None else None  # noqa: E731
+
+        def per_job(before: float | None, after: float | None) -> float | None:
+            return (after - before) / created * 1e6 if created and before is not None and after is not None else None
+
         return Result(name, created, seconds, stored, queued, per_job(cpu0, cpu1), loop_us=per_job(loop0, loop1),
                       client_us=per_job(0.0, client_cpu))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _median(values: list[float] | list[int]) -> float:
-    return statistics.median(values)
-
-
 def _cell(values: list[float | None], width: int) -> str:
     known = [v for v in values if v is not None]
-    return f"{_median(known):>{width}.1f}" if known else f"{'-':>{width}}"
+    return f"{statistics.median(known):>{width}.1f}" if known else f"{'-':>{width}}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         stored = "-" if runs[0].stored is None else "/".join(str(r.stored) for r in runs)
         notes = sorted({r.note for r in runs})
-        print(f"{name:<24} {_median([r.created for r in runs]):>12.0f} {_median([r.seconds for r in runs]):>8.2f} "
-              f"{_median([r.rate for r in runs]):>10.0f} {_cell([r.cpu_us for r in runs], 8)} "
+        median = statistics.median
+        print(f"{name:<24} {median([r.created for r in runs]):>12.0f} {median([r.seconds for r in runs]):>8.2f} "
+              f"{median([r.rate for r in runs]):>10.0f} {_cell([r.cpu_us for r in runs], 8)} "
               f"{_cell([r.loop_us for r in runs], 6)} {_cell([r.client_us for r in runs], 7)} {stored:>12}  "
               f"{', '.join(notes)}")
     print()
@@ -410,13 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         to_disk = [r[name].rate / disk_limit for r in rounds if name in r]
         if not to_disk:
             continue
-        line = f"{name} (fsync per commit) / disk limit: {_median(to_disk):.3f}"
+        line = f"{name} (fsync per commit) / disk limit: {statistics.median(to_disk):.3f}"
         if name.startswith("geartrain"):
             ceilings = [r[name].rate / min(disk_limit, r["geartrain-memory"].rate) for r in rounds
                         if name in r and r.get("geartrain-memory") and r["geartrain-memory"].rate]
-            if ceilings and min(disk_limit, _median([r["geartrain-memory"].rate for r in rounds
+            if ceilings and min(disk_limit, statistics.median([r["geartrain-memory"].rate for r in rounds
                                                      if "geartrain-memory" in r])) < disk_limit:
-                line += f"; / min(disk limit, geartrain-memory): {_median(ceilings):.2f}"
+                line += f"; / min(disk limit, geartrain-memory): {statistics.median(ceilings):.2f}"
         print(line)
     for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite", "geartrain-sqlite-normal"),
                  ("geartrain-sqlite", "gearmand-sqlite"), ("geartrain-sqlite", "geartrain-memory"),
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [r[a].rate / r[b].rate for r in rounds if a in r and b in r and r[b].rate]
         if ratios:
             each = f" (rounds: {', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
-            print(f"{a} / {b}: {_median(ratios):.2f}x{each}")
+            print(f"{a} / {b}: {statistics.median(ratios):.2f}x{each}")
     return 1 if failed else 0
 
 
