@@ -15,7 +15,13 @@ flight (connections x window) shares one commit, so no server can acknowledge mo
 Checks: the server's `status` holds exactly the jobs acknowledged, and after the server stops its SQLite file
 holds a row for each of them (for the durable queues).
 
+Where the CPU goes, per acknowledged job: the server's (all threads), of it its event loop thread's ("loop"; the
+rest is mostly the store's writer thread) and the load generator's ("client"), user + system time from /proc and
+getrusage. With --repeat N the servers run in N interleaved rounds (A, B, C, A, B, C, ...) and the table gives
+the median of each column; each ratio is the median of the per-round ratios.
+
     python benchmarks/durable.py [--duration 5] [--connections 4] [--procs 1] [--window 256] [--size 64]
+                                 [--repeat 3] [--extra-args "--memory-jobs 0"]
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import resource
+import shlex
 import shutil
 import socket
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
@@ -174,7 +183,9 @@ def _client_process(args: tuple, results: mp.Queue) -> None:
     except ImportError:
         run = asyncio.run
     try:
-        results.put(("ok", run(_client_main(*args))))
+        created, started, finished = run(_client_main(*args))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        results.put(("ok", (created, started, finished, usage.ru_utime + usage.ru_stime)))
     except BaseException as exc:  # reported to the parent
         results.put(("error", repr(exc)))
 
@@ -189,17 +200,19 @@ class Result:
     cpu_us: float | None = None  # the server's CPU time (user + system, all threads) per acknowledged job
     note: str = ""
     pg_us: float | None = None  # PostgreSQL's CPU time per acknowledged job (postgres.py)
-    client_us: float | None = None  # the load generator's CPU time per acknowledged job (postgres.py)
+    loop_us: float | None = None  # of cpu_us: the event loop (main) thread's
+    client_us: float | None = None  # the load generator's CPU time per acknowledged job
 
     @property
     def rate(self) -> float:
         return self.created / self.seconds if self.seconds else 0.0
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of a process (all its threads) so far, from /proc."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
+    """User plus system CPU time of a process (all its threads), or of one thread of it, so far, from /proc."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = Path(path).read_text().rpartition(")")[2].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -238,10 +251,12 @@ def count_rows(path: Path, table: str) -> int:
         conn.close()
 
 
-def server_command(name: str, port: int, workdir: Path) -> tuple[list[str], Path | None, str | None]:
-    """argv, the SQLite file and its table (None for memory)."""
+def server_command(name: str, port: int, workdir: Path, extra: list[str] | None = None) \
+        -> tuple[list[str], Path | None, str | None]:
+    """argv, the SQLite file and its table (None for memory); `extra` goes on geartrain's command lines."""
     if name.startswith("geartrain"):
-        argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST]
+        argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST,
+                *(extra or [])]
         if name in ("geartrain-sqlite", "geartrain-sqlite-normal"):
             db = workdir / "geartrain.sqlite3"
             sync = "normal" if name.endswith("-normal") else "full"
@@ -258,6 +273,12 @@ def server_command(name: str, port: int, workdir: Path) -> tuple[list[str], Path
 
 def run_clients(port: int, opts: argparse.Namespace) -> tuple[int, float]:
     """Run the client processes against a port: (JOB_CREATED counted, seconds from first submit to last answer)."""
+    created, seconds, _ = run_clients_cpu(port, opts)
+    return created, seconds
+
+
+def run_clients_cpu(port: int, opts: argparse.Namespace) -> tuple[int, float, float]:
+    """run_clients, and the CPU seconds the client processes spent."""
     results: mp.Queue = mp.Queue()
     per_proc = [opts.connections // opts.procs + (i < opts.connections % opts.procs) for i in range(opts.procs)]
     start_at = time.time() + 1.0
@@ -274,7 +295,7 @@ def run_clients(port: int, opts: argparse.Namespace) -> tuple[int, float]:
         raise RuntimeError(f"port {port}: a client failed: {errors[0]}")
     created = sum(o[1][0] for o in outcomes)
     seconds = max(o[1][2] for o in outcomes) - min(o[1][1] for o in outcomes)
-    return created, seconds
+    return created, seconds, sum(o[1][3] for o in outcomes)
 
 
 def run_one(name: str, opts: argparse.Namespace) -> Result:
@@ -282,7 +303,7 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
     try:
         for _ in range(5):
             port = free_port()
-            argv, db, table = server_command(name, port, workdir)
+            argv, db, table = server_command(name, port, workdir, shlex.split(opts.extra_args))
             process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 wait_for_port(port, process)
@@ -293,19 +314,28 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
         else:
             raise RuntimeError(f"{name} did not start: {process.stderr.read().decode(errors='replace')[-500:]}")
         try:
-            cpu0 = cpu_seconds(process.pid)
-            created, seconds = run_clients(port, opts)
-            cpu1 = cpu_seconds(process.pid)
+            cpu0, loop0 = cpu_seconds(process.pid), cpu_seconds(process.pid, process.pid)
+            created, seconds, client_cpu = run_clients_cpu(port, opts)
+            cpu1, loop1 = cpu_seconds(process.pid), cpu_seconds(process.pid, process.pid)
             queued = admin_status(port)
         finally:
             stop_server(process, grace=60)
             if process.stderr is not None:
                 process.stderr.close()
         stored = count_rows(db, table) if db is not None else None
-        cpu_us = (cpu1 - cpu0) / created * 1e6 if created and cpu0 is not None and cpu1 is not None else None
-        return Result(name, created, seconds, stored, queued, cpu_us)
+
+        def per_job(before: float | None, after: float | None) -> float | None:
+            return (after - before) / created * 1e6 if created and before is not None and after is not None else None
+
+        return Result(name, created, seconds, stored, queued, per_job(cpu0, cpu1), loop_us=per_job(loop0, loop1),
+                      client_us=per_job(0.0, client_cpu))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _cell(values: list[float | None], width: int) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):>{width}.1f}" if known else f"{'-':>{width}}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated list of the servers to run")
     p.add_argument("--empty-uniques", action="store_true",
                    help="submit without uniques (gearmand's SQLite queue then keeps a single row: a known bug)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="interleaved rounds over the servers; the table gives medians (1)")
+    p.add_argument("--extra-args", default="", metavar="ARGS",
+                   help='more options for every geartrain server, e.g. "--memory-jobs 0"')
     p.add_argument("--against", type=int, metavar="PORT",
                    help="only run the clients against a server already listening on this loopback port")
     opts = p.parse_args(argv)
@@ -337,42 +371,61 @@ def main(argv: list[str] | None = None) -> int:
     disk_limit = in_flight / fsync if fsync > 0 else float("inf")
     print(f"fsync of a 4 KiB append in {tempfile.gettempdir()}: {fsync * 1e3:.3f} ms (median of {FSYNC_SAMPLES}); "
           f"disk limit of a synced queue: {in_flight} jobs in flight / fsync = {disk_limit:,.0f} submits/s")
-    results = []
+    rounds: list[dict[str, Result]] = []
     failed = False
+    for _ in range(opts.repeat):
+        results: dict[str, Result] = {}
+        for name in names:
+            if name.startswith("gearmand") and not os.access(GEARMAND, os.X_OK):
+                if not rounds:
+                    print(f"{name}: skipped, {GEARMAND} is not installed")
+                continue
+            result = run_one(name, opts)
+            results[name] = result
+            ok = result.queued == result.created and result.stored in (None, result.created)
+            if opts.empty_uniques and name == "gearmand-sqlite":
+                ok = True  # its rows are keyed by unique: the empty one is overwritten, as known
+            failed |= not ok
+            result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
+        rounds.append(results)
+    print()
+    what = f"median of {len(rounds)} interleaved rounds" if len(rounds) > 1 else "one round"
+    print(f"{what}; CPU in us per acknowledged job (user + system): the server's, of it its event loop thread's, "
+          "and the load generator's")
+    print(f"{'server':<24} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'srv CPU':>8} {'loop':>6} "
+          f"{'client':>7} {'stored rows':>12}  check")
     for name in names:
-        if name.startswith("gearmand") and not os.access(GEARMAND, os.X_OK):
-            print(f"{name}: skipped, {GEARMAND} is not installed")
+        runs = [results[name] for results in rounds if name in results]
+        if not runs:
             continue
-        result = run_one(name, opts)
-        results.append(result)
-        ok = result.queued == result.created and result.stored in (None, result.created)
-        if opts.empty_uniques and name == "gearmand-sqlite":
-            ok = True  # its rows are keyed by unique: the empty one is overwritten, as known
-        failed |= not ok
-        result.note = "ok" if ok else f"MISMATCH: status {result.queued}, rows {result.stored}"
-    by_name = {r.name: r for r in results}
+        stored = "-" if runs[0].stored is None else "/".join(str(r.stored) for r in runs)
+        notes = sorted({r.note for r in runs})
+        median = statistics.median
+        print(f"{name:<24} {median([r.created for r in runs]):>12.0f} {median([r.seconds for r in runs]):>8.2f} "
+              f"{median([r.rate for r in runs]):>10.0f} {_cell([r.cpu_us for r in runs], 8)} "
+              f"{_cell([r.loop_us for r in runs], 6)} {_cell([r.client_us for r in runs], 7)} {stored:>12}  "
+              f"{', '.join(notes)}")
     print()
-    print(f"{'server':<24} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'srv CPU us/job':>14} "
-          f"{'stored rows':>12}  check")
-    for r in results:
-        stored = "-" if r.stored is None else str(r.stored)
-        cpu = "-" if r.cpu_us is None else f"{r.cpu_us:.1f}"
-        print(f"{r.name:<24} {r.created:>12} {r.seconds:>8.2f} {r.rate:>10.0f} {cpu:>14} {stored:>12}  {r.note}")
-    print()
-    memory = by_name.get("geartrain-memory")
     for name in ("geartrain-sqlite", "gearmand-sqlite"):
-        if name in by_name:
-            # The disk's limit, or the server's own in-memory rate where that is lower (a fast disk).
-            ceiling = min(disk_limit, memory.rate) if memory and memory.rate and name.startswith("geartrain") \
-                else disk_limit
-            print(f"{name} (fsync per commit) / disk limit: {by_name[name].rate / disk_limit:.3f}"
-                  + (f"; / min(disk limit, geartrain-memory): {by_name[name].rate / ceiling:.2f}"
-                     if ceiling != disk_limit else ""))
-    for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite", "gearmand-sqlite"),
-                 ("geartrain-sqlite", "geartrain-memory"),
+        # The disk's limit, or the server's own in-memory rate where that is lower (a fast disk).
+        to_disk = [r[name].rate / disk_limit for r in rounds if name in r]
+        if not to_disk:
+            continue
+        line = f"{name} (fsync per commit) / disk limit: {statistics.median(to_disk):.3f}"
+        if name.startswith("geartrain"):
+            ceilings = [r[name].rate / min(disk_limit, r["geartrain-memory"].rate) for r in rounds
+                        if name in r and r.get("geartrain-memory") and r["geartrain-memory"].rate]
+            if ceilings and min(disk_limit, statistics.median([r["geartrain-memory"].rate for r in rounds
+                                                     if "geartrain-memory" in r])) < disk_limit:
+                line += f"; / min(disk limit, geartrain-memory): {statistics.median(ceilings):.2f}"
+        print(line)
+    for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite", "geartrain-sqlite-normal"),
+                 ("geartrain-sqlite", "gearmand-sqlite"), ("geartrain-sqlite", "geartrain-memory"),
                  ("geartrain-sqlite", "gearmand-memory"), ("geartrain-memory", "gearmand-memory")):
-        if a in by_name and b in by_name and by_name[b].rate:
-            print(f"{a} / {b}: {by_name[a].rate / by_name[b].rate:.2f}x")
+        ratios = [r[a].rate / r[b].rate for r in rounds if a in r and b in r and r[b].rate]
+        if ratios:
+            each = f" (rounds: {', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
+            print(f"{a} / {b}: {statistics.median(ratios):.2f}x{each}")
     return 1 if failed else 0
 
 

@@ -542,6 +542,76 @@ def test_big_batches_are_split_into_statements_and_applied_whole(tmp_path):
     assert [r[2] for r in rows(db)] == [b"u%d" % i for i in range(1100, 1300)]
 
 
+def test_stored_fields_are_blobs_even_when_empty_and_read_back_exactly(tmp_path):
+    """Rows are bound as bytearray (faster in the sqlite3 module): the file must still hold BLOBs, never NULL or
+    TEXT, and a name shared by many rows of a batch is written for each."""
+    db = tmp_path / "q.db"
+    submitted = [(b"f", b"", b""), (b"f", b"u1", b"\x00\xff"), (b"g", b"u2", b"x" * 70_000), (b"f", b"u3", b"d")]
+
+    async def main() -> None:
+        broker, store = await started(db)
+        client = broker.connect(1)
+        for name, unique, data in submitted:
+            broker.handle(client, C.SUBMIT_JOB_BG, (name, unique, data))
+        broker.handle(client, C.SUBMIT_REDUCE_JOB_BACKGROUND, (b"f", b"r", b"agg", b"", b""))
+        await durable(store)
+        await store.close()
+
+    run(main())
+    conn = sqlite3.connect(str(db))
+    try:
+        types = conn.execute(f"SELECT DISTINCT typeof(function), typeof(unique_key), typeof(reducer), typeof(data) "
+                             f"FROM {TABLE}").fetchall()
+    finally:
+        conn.close()
+    assert types == [("blob", "blob", "blob", "blob")]
+    assert [(r[1], r[2], r[6]) for r in rows(db)] == [*submitted, (b"f", b"r", b"")]
+    assert [r[5] for r in rows(db)] == [b"", b"", b"", b"", b"agg"]
+
+
+@pytest.mark.parametrize("shape", ["uniform", "gap in refs", "other priority", "other time", "other function",
+                                   "other reducer"])
+def test_a_batch_is_written_exactly_whichever_statement_it_takes(tmp_path, shape):
+    """Rows submitted back to back bind function, priority, time, reducer and first ref once per statement; any
+    difference takes the statement with every field per row. Both write the same rows."""
+    from geartrain.server.store.sqlite import insert_params
+
+    batch = [(10 + i, b"fn", b"u%d" % i, 1, 0.0, b"", b"d%d" % i) for i in range(100)]
+    change = {"gap in refs": (0, 200), "other priority": (3, 2), "other time": (4, 5.5), "other function": (1, b"g"),
+              "other reducer": (5, b"r")}.get(shape)
+    if change is not None:
+        index, value = change
+        last = list(batch[-1])
+        last[index] = value
+        batch[-1] = tuple(last)
+    assert insert_params(batch)[0] == ("uniform" if shape == "uniform" else "insert")
+    store = SQLiteStore(tmp_path / "q.db")
+    store.open_engine()
+    try:
+        store.write(batch[:64], [])  # one statement of each size: 64, then 32 + 4
+        store.write(batch[64:], [])
+    finally:
+        store.close_engine()
+    assert rows(tmp_path / "q.db") == batch
+
+
+def test_a_batch_of_one_statement_commits_on_its_own_and_a_longer_one_in_one_transaction(tmp_path):
+    store = SQLiteStore(tmp_path / "q.db")
+    store.open_engine()
+    issued: list[str] = []
+    store.conn.set_trace_callback(lambda sql: issued.append(sql.split(" ", 1)[0]))
+    try:
+        batch = [(1 + i, b"f", b"u%d" % i, 1, 0.0, b"", b"d") for i in range(4)]
+        store.write(batch, [])
+        assert issued == ["INSERT"]  # a transaction of its own: no BEGIN and COMMIT
+        issued.clear()
+        store.write([(5 + i, *row[1:]) for i, row in enumerate(batch[:3])], [1])  # statements of 2 and 1 rows
+        assert issued == ["BEGIN", "INSERT", "INSERT", "DELETE", "COMMIT"]
+    finally:
+        store.close_engine()
+    assert [row[0] for row in rows(tmp_path / "q.db")] == [2, 3, 4, 5, 6, 7]
+
+
 @pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
 def test_queue_sync_sets_the_commit_durability_of_the_connection(tmp_path, sync, level):
     store = open_store(SimpleNamespace(queue_type="sqlite", sqlite_db=str(tmp_path / "q.db"), queue_sync=sync))

@@ -159,23 +159,30 @@ class Spill:
                 return False
         elif not queues[priority].count and function.counts[priority] < self.memory_jobs:
             return False
-        if job.clients or job.store_ref is None or job.handle[:len(self.prefix)] != self.prefix:
+        handle = job.handle
+        if job.clients or job.store_ref is None or not handle.startswith(self.prefix):
             return False
         if queues is None:
             queues = function.spill = (SpillQueue(), SpillQueue(), SpillQueue())
             self.queues[function] = queues
-        num = int(job.handle[len(self.prefix):])
+        num = int(handle[len(self.prefix):])
         queues[priority].append(job.store_ref, num)
         self.total += 1
         broker = self.broker
-        del broker.jobs[job.handle]
+        del broker.jobs[handle]
         broker.queued_bytes -= len(job.data)
-        if job.key:
-            if function.uniques.get(job.key) is job:
-                del function.uniques[job.key]
-            if broker.by_unique.get(job.unique) is job:
-                del broker.by_unique[job.unique]
-            self.uniques.setdefault(function, {})[job.key] = -num if job.unique == b"-" else num
+        key = job.key
+        if key:
+            uniques = function.uniques
+            if uniques.get(key) is job:
+                del uniques[key]
+            unique = job.unique
+            if broker.by_unique.get(unique) is job:
+                del broker.by_unique[unique]
+            index = self.uniques.get(function)
+            if index is None:
+                index = self.uniques[function] = {}
+            index[key] = -num if unique == b"-" else num
         job.state = SPILLED  # the object itself is dropped: nothing refers to it any more
         return True
 
@@ -241,8 +248,10 @@ class Spill:
     def join(self, function: Function, key: bytes) -> Job | None:
         """The spilled job of the function with this key, materialized (a submit coalesces onto it)."""
         index = self.uniques.get(function)
+        if not index or key not in index:  # the common case, a new unique: no lookup in the spill queues
+            return None
         num = self._lookup_key(function, key)
-        if num is None or index is None:
+        if num is None:
             return None
         unique = b"-" if index[key] < 0 else key
         del index[key]  # from now on function.uniques finds it
