@@ -5,7 +5,8 @@ faces and the originals installed in throwaway virtualenvs (``geartrain`` is thi
 geartrain.client). Two roles, each in its own process:
 
 - ``worker``: registers the function, prints ``ready`` and answers every job with its data reversed until it
-  is terminated (SIGTERM from faces.py);
+  is terminated (SIGTERM from faces.py); ``--prefetch`` turns on the worker's prefetch (this checkout's gearman
+  and geartrain workers only);
 - ``client``: submits jobs ``--batch`` at a time and waits for each batch, checks every result, and prints one
   JSON line (jobs, seconds, its own CPU time, errors).
 
@@ -210,7 +211,7 @@ class GeartrainFace(Face):
         return [r if isinstance(r, bytes) else f"{type(r).__name__}: {r}" for r in results]
 
 
-def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool, prefetch: bool = False) -> None:
     """Answer jobs until killed; ``ready`` on stdout once the function is registered."""
     if api == "geartrain":
         from geartrain.client import Worker
@@ -219,7 +220,7 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
             return job.arguments[::-1]  # type: ignore[attr-defined]
 
         async def serve() -> None:
-            worker = Worker([(HOST, port)], client_id="bench-worker")
+            worker = Worker([(HOST, port)], client_id="bench-worker", **({"prefetch": True} if prefetch else {}))
             worker.register(function, reverse)
             running = asyncio.ensure_future(worker.run())
             await worker.wait_connected(timeout=timeout)
@@ -244,7 +245,7 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
         def reverse(_worker: object, job: object) -> bytes:
             return job.data[::-1]  # type: ignore[attr-defined]
 
-        worker = gearman.GearmanWorker([f"{HOST}:{port}"])
+        worker = gearman.GearmanWorker([f"{HOST}:{port}"], **({"prefetch": True} if prefetch else {}))
         worker.set_client_id("bench-worker")
         worker.register_task(function.encode() if task_bytes else function, reverse)
         print("ready", flush=True)
@@ -274,9 +275,10 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="stop submitting after this many seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="hard limit, after which a job is lost")
     p.add_argument("--task-bytes", action="store_true", help="pass task names as bytes (Python 3 forks)")
+    p.add_argument("--prefetch", action="store_true", help="worker: grab the next job while one runs")
     args = p.parse_args()
     if args.role == "worker":
-        run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes)
+        run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes, args.prefetch)
         return 0
     try:
         result = run_client(args.api, args.port, args.function, args.jobs, args.batch, args.size,
