@@ -58,12 +58,15 @@ _FINAL = frozenset((P.WORK_COMPLETE, P.WORK_FAIL))
 
 
 class _WorkerConnectionState:
-    """One server: its WorkerSession (abilities and the grab machine), its backoff."""
+    """One server: its WorkerSession (abilities and the grab machine), which of its grabs were prefetches, its
+    backoff."""
 
-    __slots__ = ("session", "backoff", "next_attempt")
+    __slots__ = ("session", "prefetches", "backoff", "next_attempt")
 
     def __init__(self, backoff: Backoff) -> None:
         self.session = WorkerSession()
+        #: Per grab waiting for its answer, in order: whether it went out while a job ran or waited to run.
+        self.prefetches: deque[bool] = deque()
         self.backoff = backoff
         self.next_attempt = 0.0
 
@@ -195,6 +198,7 @@ class GearmanWorker(GearmanConnectionManager):
             connection.close()
             state = self._wstate(connection)
             state.session.lost()
+            state.prefetches.clear()
             state.backoff.reset()
             state.next_attempt = 0.0
         self._assigned.clear()  # closing their connections gave them back: the servers requeue them
@@ -235,6 +239,7 @@ class GearmanWorker(GearmanConnectionManager):
         """The connection closed: the server requeues the jobs it assigned on it, so the ones held here go."""
         state = self._wstate(connection)
         state.session.lost()
+        state.prefetches.clear()
         self._assigned = deque((c, job) for c, job in self._assigned if c is not connection)
         return state
 
@@ -259,6 +264,7 @@ class GearmanWorker(GearmanConnectionManager):
             if connections[index].connected and session.state in (IDLE, GRAB_WAIT):
                 data = session.grab(limit)
                 if data:
+                    states[index].prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
                     connections[index].send_raw(data)
                     self._rotation = index + 1
                     room -= 1
@@ -274,17 +280,18 @@ class GearmanWorker(GearmanConnectionManager):
         kind = type(happened)
         if kind is Assigned:
             job = self._make_job(connection, *happened.job)
-            # Taken while another job runs or waits: only a prefetching worker does that.
-            job._gearman_prefetched = bool(self._assigned) or self._current_job is not None  # type: ignore[attr-defined]
+            job._gearman_prefetched = bool(state.prefetches) and state.prefetches.popleft()  # type: ignore[attr-defined]
             self._assigned.append((connection, job))
         elif kind is Wake:
             if was_sleeping:
                 self._schedule_grab()
         elif kind is NoJob:
+            state.prefetches.clear()  # no grab waits any more
             connection.send_raw(state.session.pre_sleep())
             self._schedule_grab()
         elif kind is StillGrabbing:
-            return  # the other grab's answer decides
+            if state.prefetches:  # the other grab's answer decides
+                state.prefetches.popleft()
         elif ptype == P.ERROR:
             log.info("%s answered ERROR %s: %s", connection.address, args[0], args[1])
         elif ptype in (P.ECHO_RES, P.OPTION_RES):
