@@ -348,7 +348,7 @@ class GearmanWorker(GearmanConnectionManager):
         try:
             try:
                 job.data = self.data_encoder.decode(job._gearman_raw)  # type: ignore[attr-defined]
-                if self._tasks_by_wire.get(to_wire(job.task, "task")) is None:
+                if job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined]
                     raise InvalidWorkerState(f"no task {job.task!r} registered (any more)")
                 self.on_job_execute(job)
             except Exception:
@@ -443,7 +443,9 @@ class GearmanWorker(GearmanConnectionManager):
         if connection is None or not connection.connected:
             log.warning("connection of job %r is gone: %s not sent", current_job, P.TYPE_NAMES[ptype])
             return
-        connection.send_raw(self._wstate(connection).session.work(ptype, to_wire_lossless(current_job.handle), *args))
+        wire = getattr(current_job, "_gearman_wire", None)
+        handle = wire[0] if wire is not None else to_wire_lossless(current_job.handle)
+        connection.send_raw(self._wstate(connection).session.work(ptype, handle, *args))
         if self._task_returned and current_job is self._current_job and ptype in _FINAL:
             return  # the loop sends it at once, in one write with the next GRAB_JOB
         self._drain(connection, poll_timeout)
