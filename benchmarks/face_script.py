@@ -201,11 +201,10 @@ class GeartrainFace(Face):
         self.loop.close()
 
     def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
-        async def one(s: int, data: bytes) -> bytes:
-            return await asyncio.wait_for(self.client.run(self.function, data, unique=f"u{s}"), self.timeout)
-
         async def batch() -> list[object]:
-            return await asyncio.gather(*(one(s, data) for s, data in specs), return_exceptions=True)
+            runs = asyncio.gather(*(self.client.run(self.function, data, unique=f"u{s}") for s, data in specs),
+                                  return_exceptions=True)
+            return await asyncio.wait_for(runs, self.timeout)  # one time limit for the batch, as the others
 
         results = self.loop.run_until_complete(batch())
         return [r if isinstance(r, bytes) else f"{type(r).__name__}: {r}" for r in results]

@@ -77,6 +77,10 @@ class WorkerJob:
 class _Ability:
     handler: Handler
     timeout: float | None
+    is_async: bool = False  # the handler is awaited in the loop (else run in the executor)
+
+    def __post_init__(self) -> None:
+        self.is_async = _is_async(self.handler)
 
 
 class _Session:
@@ -287,7 +291,7 @@ class Worker:
                     link.write(link.conn.work(C.WORK_FAIL, job.handle))
                 return
             try:
-                result = await self._call(ability.handler, job)
+                result = await self._call(ability, job)
                 packet = link.conn.work(C.WORK_COMPLETE, job.handle, _result_bytes(result))
             except asyncio.CancelledError:
                 if not job.connection_lost:
@@ -318,11 +322,11 @@ class Worker:
                 self._grab(link)
             self._signal()
 
-    async def _call(self, handler: Handler, job: WorkerJob) -> Result:
-        if _is_async(handler):
-            return await handler(job)  # type: ignore[misc]
+    async def _call(self, ability: _Ability, job: WorkerJob) -> Result:
+        if ability.is_async:
+            return await ability.handler(job)  # type: ignore[misc]
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, functools.partial(handler, job))
+        result = await loop.run_in_executor(None, functools.partial(ability.handler, job))
         if inspect.isawaitable(result):
             return await result
         return result  # type: ignore[return-value]
