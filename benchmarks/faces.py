@@ -11,6 +11,10 @@ that is the protocol limit the faces are compared with ("of raw"). In the batch 
 one submit at a time awaiting its JOB_CREATED ("of serial raw"): the limit for an API whose submit call returns
 the job handle, as gear's submitJob does.
 
+The "prefetch" rows run this checkout's gearman and geartrain.client workers with their opt-in prefetch (the
+next job grabbed while one runs). "x original" is a row's jobs/s over the original library of its API in the
+same mode (gear 0.16.0, or pygearman 0.2.6 for the gearman API).
+
 With ``--baseline-src /path/to/other/checkout/src`` every face of this checkout also runs from that source tree,
 as rows labelled "(before)", interleaved with this checkout's in the same run (same server, same rounds), and
 each of this checkout's rows gets its jobs/s over the "(before)" row's ("vs before"): a before/after comparison
@@ -65,6 +69,7 @@ class Impl:
     probe: str = ""
     task_bytes: bool = False
     src: str | None = None  # with venv None: the source tree to import (None: this checkout's)
+    prefetch: bool = False  # the worker grabs its next job while one runs (this checkout's workers only)
 
 
 IMPLS = [
@@ -73,7 +78,9 @@ IMPLS = [
     Impl("gearman", "geartrain gearman", None),
     Impl("gearman", "pygearman 0.2.6", "pygearman-0.2.6", "pygearman==0.2.6", "import gearman", task_bytes=True),
     Impl("gearman", "gearman3 0.2.1", "gearman3-0.2.1", "gearman3==0.2.1", "import gearman", task_bytes=True),
+    Impl("gearman", "geartrain gearman prefetch", None, prefetch=True),
     Impl("geartrain", "geartrain.client", None),  # the asyncio client and worker: no original to compare with
+    Impl("geartrain", "geartrain.client prefetch", None, prefetch=True),
     # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
     Impl("gear-batch", "geartrain gear submitJobs", None),
 ]
@@ -109,6 +116,7 @@ class FaceRow:
     worker_cpu_us: float | None = None  # worker process CPU per job
     ratio: float | None = None  # this checkout's jobs/s over the original's (on the original's rows)
     vs_before: float | None = None  # this checkout's jobs/s over the same face's from --baseline-src
+    vs_original: float | None = None  # this checkout's jobs/s over the original library of its API
     of_raw: float | None = None  # jobs/s over the raw protocol's in the same mode
     of_serial_raw: float | None = None  # jobs/s over the raw protocol's with serial submits (batch modes)
     ok: bool = True
@@ -152,6 +160,8 @@ def face_worker(python: str, impl: Impl, port: int, function: str, timeout: floa
             "--function", function, "--timeout", str(timeout)]
     if impl.task_bytes:
         argv.append("--task-bytes")
+    if impl.prefetch:
+        argv.append("--prefetch")
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_env(impl), cwd="/tmp")
 
@@ -293,6 +303,10 @@ def median_row(group: list[FaceRow]) -> FaceRow:
 
 def add_ratios(rows: list[FaceRow]) -> None:
     ours = {(r.api, r.mode): r.jobs_per_s for r in rows if r.impl in OURS and r.ok}
+    originals: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r.ok and r.jobs_per_s and not r.impl.startswith("geartrain") and r.impl not in RAWS:
+            originals.setdefault((r.api, r.mode), r.jobs_per_s)
     raw = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW and r.ok}
     serial = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW_SERIAL and r.ok}
     for r in rows:
@@ -305,6 +319,9 @@ def add_ratios(rows: list[FaceRow]) -> None:
         mine = ours.get((r.api, r.mode))
         if mine and r.impl not in RAWS and not r.impl.startswith("geartrain"):
             r.ratio = mine / r.jobs_per_s
+        api = "gear" if r.api == "gear-batch" else r.api
+        if r.impl.startswith("geartrain") and originals.get((api, r.mode)):
+            r.vs_original = r.jobs_per_s / originals[(api, r.mode)]
     before = {(r.impl.removesuffix(BEFORE), r.mode): r.jobs_per_s for r in rows if r.impl.endswith(BEFORE) and r.ok}
     for r in rows:
         old = before.get((r.impl, r.mode))
@@ -317,14 +334,14 @@ def with_baseline(impls: list[Impl], src: str) -> list[Impl]:
     out: list[Impl] = []
     for impl in impls:
         out.append(impl)
-        if impl.venv is None:
+        if impl.venv is None and not impl.prefetch:  # the baseline may have no prefetch
             out.append(dataclasses.replace(impl, name=impl.name + BEFORE, src=src))
     return out
 
 
 def format_faces(rows: list[FaceRow]) -> str:
     header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "of serial raw", "client us/job",
-              "worker us/job", "ours/this", "vs before", "notes"]
+              "worker us/job", "ours/this", "x original", "vs before", "notes"]
 
     def num(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
@@ -334,14 +351,15 @@ def format_faces(rows: list[FaceRow]) -> str:
         if r.ok:
             body.append([r.api, r.impl, r.mode, str(r.jobs), f"{r.jobs_per_s:,.0f}", num(r.of_raw, ".2f"),
                          num(r.of_serial_raw, ".2f"), num(r.client_cpu_us, ",.0f"), num(r.worker_cpu_us, ",.0f"),
-                         "-" if r.ratio is None else f"{r.ratio:.1f}x", num(r.vs_before, ".2f"),
+                         "-" if r.ratio is None else f"{r.ratio:.1f}x", num(r.vs_original, ".2f"),
+                         num(r.vs_before, ".2f"),
                          r.note or MODES[r.mode].note])
         else:
             why = r.errors[0] if r.errors else r.note
             body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-", "-", "-",
-                         "-", "-", "-", why.splitlines()[0][:100]])
+                         "-", "-", "-", "-", why.splitlines()[0][:100]])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    right = {3, 4, 5, 6, 7, 8, 9, 10}
+    right = {3, 4, 5, 6, 7, 8, 9, 10, 11}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
