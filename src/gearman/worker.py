@@ -160,6 +160,7 @@ class GearmanWorker(GearmanConnectionManager):
             self._wake_pair = socket.socketpair()
             self._wake_pair[0].setblocking(False)
         try:
+            self._schedule_grab()  # connections opened before work() get their first grab here
             while not self._shutdown:
                 wait = poll_timeout
                 if not all(c.connected for c in self.connection_list):
