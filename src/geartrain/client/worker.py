@@ -250,6 +250,8 @@ class Worker:
         if (self._stopping or taken >= self.concurrency + (1 if self.prefetch else 0) or not self.abilities
                 or (session.state == SLEEP and not wake)):
             return
+        if state.held and state.held[0].function not in self.abilities:
+            return  # a job to give back: let the connection's running jobs end (see _pump)
         data = session.grab()
         if data:
             state.prefetching = taken >= self.concurrency
