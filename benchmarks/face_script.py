@@ -5,7 +5,8 @@ faces and the originals installed in throwaway virtualenvs (``geartrain`` is thi
 geartrain.client, ``floor`` gear's thread model alone on the protocol codec). Two roles, each in its own process:
 
 - ``worker``: registers the function, prints ``ready`` and answers every job with its data reversed until it
-  is terminated (SIGTERM from faces.py);
+  is terminated (SIGTERM from faces.py); ``--prefetch`` turns on the worker's prefetch (this checkout's gear, gearman
+  and geartrain workers only);
 - ``client``: submits jobs ``--batch`` at a time and waits for each batch, checks every result, and prints one
   JSON line (jobs, seconds, its own CPU time, errors).
 
@@ -22,7 +23,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 HOST = "127.0.0.1"
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
@@ -44,39 +45,51 @@ def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: 
               "floor": FloorFace}[api]
     errors: list[str] = []
     done = 0
-    seq = 0
-    with submit(port, function, timeout, task_bytes) as run_batch:
-        stop_at = time.monotonic() + duration
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
+
+    def batches(stop_at: float) -> Iterator[list[tuple[int, bytes]]]:
+        seq = 0
         while seq < jobs and time.monotonic() < stop_at and not errors:
             specs = [(s, payload(s, size)) for s in range(seq, min(seq + batch, jobs))]
             seq += len(specs)
-            for (s, data), result in zip(specs, run_batch(specs), strict=True):
-                if isinstance(result, str):
-                    errors.append(f"job {s}: {result}")
-                elif result != data[::-1]:
-                    errors.append(f"job {s}: wrong result {result[:40]!r}")
-                else:
-                    done += 1
+            yield specs
+
+    def check(specs: list[tuple[int, bytes]], results: list[bytes | str]) -> None:
+        nonlocal done
+        for (s, data), result in zip(specs, results, strict=True):
+            if isinstance(result, str):
+                errors.append(f"job {s}: {result}")
+            elif result != data[::-1]:
+                errors.append(f"job {s}: wrong result {result[:40]!r}")
+            else:
+                done += 1
+
+    with submit(port, function, timeout, task_bytes) as face:
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        face.run_all(batches(time.monotonic() + duration), check)
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
     return {"jobs": done, "seconds": seconds, "cpu": cpu, "errors": errors[:5]}
 
 
-BatchRunner = Callable[[list[tuple[int, bytes]]], list["bytes | str"]]
+Specs = list[tuple[int, bytes]]
 
 
 class Face:
-    """A connected client of one library: ``with Face(...) as run_batch`` gives run(), close() on the way out."""
+    """A connected client of one library: ``with Face(...) as face``, then run_all(); closed on the way out."""
 
-    def __enter__(self) -> BatchRunner:
-        return self.run
+    def __enter__(self) -> Face:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+    def run_all(self, batches: Iterable[Specs], check: Callable[[Specs, list[bytes | str]], None]) -> None:
+        """Run every batch in turn, handing each one's results to check()."""
+        for specs in batches:
+            check(specs, self.run(specs))
+
+    def run(self, specs: Specs) -> list[bytes | str]:
         """Submit the batch, wait for it, return each job's result bytes or a description of its failure."""
         raise NotImplementedError
 
@@ -124,7 +137,7 @@ class GearFace(Face):
         for job in group:
             self.client.submitJob(job, timeout=self.timeout)
 
-    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+    def run(self, specs: Specs) -> list[bytes | str]:
         group = [self.gear.Job(self.function, data, unique=f"u{s}".encode()) for s, data in specs]
         self.done.clear()
         self.left = len(group)
@@ -156,7 +169,7 @@ class GearmanFace(Face):
     def close(self) -> None:
         self.client.shutdown()
 
-    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
+    def run(self, specs: Specs) -> list[bytes | str]:
         # poll_timeout is always given: pygearman 0.2.6 returns at JOB_CREATED, without waiting for the
         # result, when it is None (its submit_multiple_requests tests `time_remaining is not None`).
         if len(specs) == 1:
@@ -289,7 +302,8 @@ def run_floor_worker(port: int, function: str) -> None:
 
 
 class GeartrainFace(Face):
-    """geartrain.client.Client (asyncio): every job of a batch submitted at once (pipelined), then awaited."""
+    """geartrain.client.Client (asyncio): every job of a batch submitted at once (pipelined), then awaited; the
+    batches run in one coroutine, as in an asyncio program (not one run_until_complete per batch)."""
 
     def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
         from geartrain.client import Client
@@ -303,14 +317,17 @@ class GeartrainFace(Face):
         self.loop.run_until_complete(self.client.close())
         self.loop.close()
 
-    def run(self, specs: list[tuple[int, bytes]]) -> list[bytes | str]:
-        async def one(s: int, data: bytes) -> bytes:
-            return await asyncio.wait_for(self.client.run(self.function, data, unique=f"u{s}"), self.timeout)
+    def run_all(self, batches: Iterable[Specs], check: Callable[[Specs, list[bytes | str]], None]) -> None:
+        async def run_all() -> None:
+            for specs in batches:
+                check(specs, await self.batch(specs))
 
-        async def batch() -> list[object]:
-            return await asyncio.gather(*(one(s, data) for s, data in specs), return_exceptions=True)
+        self.loop.run_until_complete(run_all())
 
-        results = self.loop.run_until_complete(batch())
+    async def batch(self, specs: Specs) -> list[bytes | str]:
+        runs = asyncio.gather(*(self.client.run(self.function, data, unique=f"u{s}") for s, data in specs),
+                              return_exceptions=True)
+        results = await asyncio.wait_for(runs, self.timeout)  # one time limit for the batch, as the others
         return [r if isinstance(r, bytes) else f"{type(r).__name__}: {r}" for r in results]
 
 
@@ -325,7 +342,7 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
             return job.arguments[::-1]  # type: ignore[attr-defined]
 
         async def serve() -> None:
-            worker = Worker([(HOST, port)], client_id="bench-worker")
+            worker = Worker([(HOST, port)], client_id="bench-worker", **({"prefetch": True} if prefetch else {}))
             worker.register(function, reverse)
             running = asyncio.ensure_future(worker.run())
             await worker.wait_connected(timeout=timeout)
@@ -351,7 +368,7 @@ def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: b
         def reverse(_worker: object, job: object) -> bytes:
             return job.data[::-1]  # type: ignore[attr-defined]
 
-        worker = gearman.GearmanWorker([f"{HOST}:{port}"])
+        worker = gearman.GearmanWorker([f"{HOST}:{port}"], **({"prefetch": True} if prefetch else {}))
         worker.set_client_id("bench-worker")
         worker.register_task(function.encode() if task_bytes else function, reverse)
         print("ready", flush=True)
@@ -381,7 +398,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="stop submitting after this many seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="hard limit, after which a job is lost")
     p.add_argument("--task-bytes", action="store_true", help="pass task names as bytes (Python 3 forks)")
-    p.add_argument("--prefetch", action="store_true", help="gear worker: this checkout's gear.Worker(prefetch=True)")
+    p.add_argument("--prefetch", action="store_true",
+                   help="worker: grab the next job while one runs (this checkout's gear, gearman and geartrain)")
     args = p.parse_args()
     if args.role == "worker":
         run_worker(args.api, args.port, args.function, args.timeout, args.task_bytes, args.prefetch)

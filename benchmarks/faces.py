@@ -11,9 +11,11 @@ that is the protocol limit the faces are compared with ("of raw"). In the batch 
 one submit at a time awaiting its JOB_CREATED ("of serial raw"): the limit for an API whose submit call returns
 the job handle, as gear's submitJob does.
 
-Two more kinds of rows: "+prefetch" runs this checkout's gear worker as gear.Worker(prefetch=True), and "gear
-thread floor" is gear's thread model with nothing of gear in it (a reader thread hands each JOB_CREATED to the
-submitting thread and each job to the working thread): the limit of a gear-shaped client and worker in Python.
+Two more kinds of rows: the "prefetch" rows run this checkout's gear, gearman and geartrain.client workers with
+their opt-in prefetch (the next job grabbed while one runs), and "gear thread floor" is gear's thread model with
+nothing of gear in it (a reader thread hands each JOB_CREATED to the submitting thread and each job to the working
+thread): the limit of a gear-shaped client and worker in Python. "x original" is a row's jobs/s over the original
+library of its API in the same mode (gear 0.16.0, or pygearman 0.2.6 for the gearman API).
 
 With ``--baseline-src /path/to/other/checkout/src`` every face of this checkout also runs from that source tree,
 as rows labelled "(before)", interleaved with this checkout's in the same run (same server, same rounds), and
@@ -69,7 +71,7 @@ class Impl:
     probe: str = ""
     task_bytes: bool = False
     src: str | None = None  # with venv None: the source tree to import (None: this checkout's)
-    prefetch: bool = False  # gear: the worker runs with this checkout's gear.Worker(prefetch=True)
+    prefetch: bool = False  # the worker grabs its next job while one runs (this checkout's workers only)
     twin: bool = True  # with --baseline-src, also run from that tree (not for what an older tree lacks)
 
 
@@ -79,12 +81,14 @@ IMPLS = [
     Impl("gearman", "geartrain gearman", None),
     Impl("gearman", "pygearman 0.2.6", "pygearman-0.2.6", "pygearman==0.2.6", "import gearman", task_bytes=True),
     Impl("gearman", "gearman3 0.2.1", "gearman3-0.2.1", "gearman3==0.2.1", "import gearman", task_bytes=True),
+    Impl("gearman", "geartrain gearman prefetch", None, prefetch=True, twin=False),
     Impl("geartrain", "geartrain.client", None),  # the asyncio client and worker: no original to compare with
+    Impl("geartrain", "geartrain.client prefetch", None, prefetch=True, twin=False),
     # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
     Impl("gear-batch", "geartrain gear submitJobs", None),
     # This checkout's gear with the Worker's opt-in prefetch (gear.Worker(..., prefetch=True)): no original has it.
-    Impl("gear", "geartrain gear +prefetch", None, prefetch=True, twin=False),
-    Impl("gear-batch", "geartrain gear submitJobs +prefetch", None, prefetch=True, twin=False),
+    Impl("gear", "geartrain gear prefetch", None, prefetch=True, twin=False),
+    Impl("gear-batch", "geartrain gear submitJobs prefetch", None, prefetch=True, twin=False),
     # gear's thread model with nothing else (face_script.FloorFace, run_floor_worker): what a gear-shaped client
     # and worker cost at least in Python, the limit for geartrain gear short of changing gear's threads.
     Impl("floor", "gear thread floor", None, twin=False),
@@ -121,6 +125,7 @@ class FaceRow:
     worker_cpu_us: float | None = None  # worker process CPU per job
     ratio: float | None = None  # this checkout's jobs/s over the original's (on the original's rows)
     vs_before: float | None = None  # this checkout's jobs/s over the same face's from --baseline-src
+    vs_original: float | None = None  # this checkout's jobs/s over the original library of its API
     of_raw: float | None = None  # jobs/s over the raw protocol's in the same mode
     of_serial_raw: float | None = None  # jobs/s over the raw protocol's with serial submits (batch modes)
     ok: bool = True
@@ -307,6 +312,10 @@ def median_row(group: list[FaceRow]) -> FaceRow:
 
 def add_ratios(rows: list[FaceRow]) -> None:
     ours = {(r.api, r.mode): r.jobs_per_s for r in rows if r.impl in OURS and r.ok}
+    originals: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r.ok and r.jobs_per_s and not r.impl.startswith("geartrain") and r.impl not in RAWS:
+            originals.setdefault((r.api, r.mode), r.jobs_per_s)
     raw = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW and r.ok}
     serial = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW_SERIAL and r.ok}
     for r in rows:
@@ -319,6 +328,9 @@ def add_ratios(rows: list[FaceRow]) -> None:
         mine = ours.get((r.api, r.mode))
         if mine and r.impl not in RAWS and not r.impl.startswith("geartrain"):
             r.ratio = mine / r.jobs_per_s
+        api = "gear" if r.api == "gear-batch" else r.api
+        if r.impl.startswith("geartrain") and originals.get((api, r.mode)):
+            r.vs_original = r.jobs_per_s / originals[(api, r.mode)]
     before = {(r.impl.removesuffix(BEFORE), r.mode): r.jobs_per_s for r in rows if r.impl.endswith(BEFORE) and r.ok}
     for r in rows:
         old = before.get((r.impl, r.mode))
@@ -338,7 +350,7 @@ def with_baseline(impls: list[Impl], src: str) -> list[Impl]:
 
 def format_faces(rows: list[FaceRow]) -> str:
     header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "of serial raw", "client us/job",
-              "worker us/job", "ours/this", "vs before", "notes"]
+              "worker us/job", "ours/this", "x original", "vs before", "notes"]
 
     def num(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
@@ -348,14 +360,15 @@ def format_faces(rows: list[FaceRow]) -> str:
         if r.ok:
             body.append([r.api, r.impl, r.mode, str(r.jobs), f"{r.jobs_per_s:,.0f}", num(r.of_raw, ".2f"),
                          num(r.of_serial_raw, ".2f"), num(r.client_cpu_us, ",.0f"), num(r.worker_cpu_us, ",.0f"),
-                         "-" if r.ratio is None else f"{r.ratio:.1f}x", num(r.vs_before, ".2f"),
+                         "-" if r.ratio is None else f"{r.ratio:.1f}x", num(r.vs_original, ".2f"),
+                         num(r.vs_before, ".2f"),
                          r.note or MODES[r.mode].note])
         else:
             why = r.errors[0] if r.errors else r.note
             body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-", "-", "-",
-                         "-", "-", "-", why.splitlines()[0][:100]])
+                         "-", "-", "-", "-", why.splitlines()[0][:100]])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    right = {3, 4, 5, 6, 7, 8, 9, 10}
+    right = {3, 4, 5, 6, 7, 8, 9, 10, 11}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))

@@ -95,6 +95,8 @@ class GearmanClient(GearmanConnectionManager):
         super().__init__(host_list)
         self.random_unique_bytes = random_unique_bytes
         self._unreachable: set[int] = set()
+        #: Connections lost so far: a wait loop that sees it change looks at all its requests again.
+        self._losses = 0
 
     def _state(self, connection: GearmanConnection) -> _ConnectionState:
         state = self._states.get(id(connection))
@@ -184,23 +186,40 @@ class GearmanClient(GearmanConnectionManager):
         deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
         self._unreachable = set()
         unsendable: set[int] = set()
+        requests = list(job_requests)
+        losses = -1
+        index = 0  # requests before it have left JOB_PENDING (until a connection is lost: see _losses)
         while True:
-            for request in job_requests:
-                if request.state == JOB_UNKNOWN and id(request) not in unsendable:
-                    try:
-                        self.send_job_request(request)
-                    except ServerUnavailable as exc:
-                        log.warning("%s: %s", request, exc)
-                        unsendable.add(id(request))
-            if not any(request.state == JOB_PENDING for request in job_requests):
+            if losses != self._losses:  # first pass, or a connection broke: (re)send every request not sent
+                losses, index = self._losses, 0
+                self._send_unsent(requests, unsendable)
+            while index < len(requests) and requests[index].state != JOB_PENDING:
+                index += 1
+            if index == len(requests):
                 break
             remaining = _remaining(deadline)
             if remaining == 0.0 or not any(c.connected for c in self.connection_list):
                 break
             self.poll_connections_once(self.connection_list, remaining)
-        for request in job_requests:
+        for request in requests:
             request.timed_out = request.state == JOB_PENDING
         return job_requests
+
+    def _send_unsent(self, requests: list[GearmanJobRequest], unsendable: set[int]) -> None:
+        """Send every request in state JOB_UNKNOWN; the first goes out at once, so the server starts on it while
+        the others are encoded (they go out together at the next poll)."""
+        first = True
+        for request in requests:
+            if request.state == JOB_UNKNOWN and id(request) not in unsendable:
+                try:
+                    self.send_job_request(request)
+                except ServerUnavailable as exc:
+                    log.warning("%s: %s", request, exc)
+                    unsendable.add(id(request))
+                    continue
+                if first:
+                    first = False
+                    self.flush_connection(request.job.connection)
 
     def wait_until_jobs_completed(
         self, job_requests: Sequence[GearmanJobRequest], poll_timeout: float | None = None
@@ -208,17 +227,19 @@ class GearmanClient(GearmanConnectionManager):
         """Poll until every request is complete, failed, or lost its connection (JOB_UNKNOWN)."""
         assert type(job_requests) in (list, tuple, set), "Expected multiple job requests, received 1?"
         deadline = None if poll_timeout is None else time.monotonic() + poll_timeout
-
-        def waiting(request: GearmanJobRequest) -> bool:
-            return not request.complete and request.state in (JOB_PENDING, JOB_CREATED)
-
-        while any(waiting(request) for request in job_requests):
+        requests = list(job_requests)
+        index = 0  # requests before it have stopped waiting (nothing here makes a request wait again)
+        while True:
+            while index < len(requests) and not _waiting(requests[index]):
+                index += 1
+            if index == len(requests):
+                break
             remaining = _remaining(deadline)
             if remaining == 0.0 or not any(c.connected for c in self.connection_list):
                 break
             self.poll_connections_once(self.connection_list, remaining)
-        for request in job_requests:
-            request.timed_out = waiting(request)
+        for request in requests:
+            request.timed_out = _waiting(request)
         return job_requests
 
     def send_job_request(self, current_request: GearmanJobRequest) -> GearmanJobRequest:
@@ -245,7 +266,12 @@ class GearmanClient(GearmanConnectionManager):
         """The request's server: hash of its unique over the pool, then the next ones; failed ones last."""
         if not self.connection_list:
             raise ServerUnavailable("Found no valid connections: the host list is empty")
-        ordered = self._current_ring().order(to_wire(current_request.job.unique, "unique"))
+        ring = self._current_ring()
+        key = to_wire(current_request.job.unique, "unique")
+        owner = ring.pick(key)
+        if owner is not None and owner.connected and id(owner) not in self._unreachable:
+            return owner  # the common case: the unique's own server is up (a connected server is not down)
+        ordered = ring.order(key)
         now = time.monotonic()
 
         def recently_down(connection: GearmanConnection) -> bool:
@@ -323,6 +349,7 @@ class GearmanClient(GearmanConnectionManager):
         connection.send_raw(state.session.connect())  # OPTION_REQ exceptions, and its probe
 
     def on_connection_lost(self, connection: GearmanConnection, reason: Exception) -> None:
+        self._losses += 1
         state = self._state(connection)
         loss = state.session.lost()
         for request in loss.unacknowledged:
@@ -413,6 +440,12 @@ class GearmanClient(GearmanConnectionManager):
             request.status["numerator"] = float(args[1] or 0)
             request.status["denominator"] = float(args[2] or 0)
             request.status["time_received"] = time.time()
+
+
+def _waiting(request: GearmanJobRequest) -> bool:
+    """Whether a request still waits for the server: for its JOB_CREATED, or (foreground) for its outcome."""
+    state = request.state
+    return state == JOB_PENDING or (state == JOB_CREATED and not request.background)
 
 
 def _remaining(deadline: float | None) -> float | None:

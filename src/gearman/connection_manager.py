@@ -15,6 +15,8 @@ from .errors import ConnectionError
 
 log = logging.getLogger("gearman")
 
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
 __all__ = ["DataEncoder", "GearmanConnectionManager"]
 
 
@@ -93,23 +95,19 @@ class GearmanConnectionManager:
         self, connections: Iterable[GearmanConnection], timeout: float | None, extra: Any = None
     ) -> bool:
         """One select over the live connections (plus an optional wake-up socket); True if any was active."""
-        live = [c for c in connections if c.connected]
-        for connection in live:  # write eagerly: most writes fit in the socket buffer at once
-            if connection.writable:
-                self.flush_connection(connection)
-        live = [c for c in live if c.connected]
+        live: list[GearmanConnection] = []
+        for connection in connections:
+            if connection.connected:
+                if connection.writable:  # write eagerly: most writes fit in the socket buffer at once
+                    self.flush_connection(connection)
+                    if not connection.connected:
+                        continue
+                live.append(connection)
         if not live and extra is None:
             if timeout:
                 time.sleep(timeout)  # nothing to wait on; honour the caller's pacing
             return False
-        wanted: dict[Any, tuple[int, Any]] = {
-            connection.gearman_socket: (
-                selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.writable else 0), connection)
-            for connection in live
-        }
-        if extra is not None:
-            wanted[extra] = (selectors.EVENT_READ, None)
-        ready = self._select(wanted, timeout)
+        ready = self._select(live, extra, timeout)
         activity = False
         for key, mask in ready:
             connection = key.data
@@ -123,21 +121,24 @@ class GearmanConnectionManager:
             if not connection.connected:
                 continue
             activity = True
-            if mask & selectors.EVENT_WRITE:
+            if mask & _WRITE:
                 self.flush_connection(connection)
-            if mask & selectors.EVENT_READ and connection.connected:
+            if mask & _READ and connection.connected:
                 self._read(connection)
         return activity
 
-    def _select(self, wanted: dict[Any, tuple[int, Any]], timeout: float | None) -> list:
+    def _select(self, live: list[GearmanConnection], extra: Any, timeout: float | None) -> list:
         """Select on one selector kept across polls, re-registering only what changed since the last poll."""
         selector = self._selector
         if selector is None:
             selector = self._selector = selectors.DefaultSelector()
-        signature = [(fileobj, events, data) for fileobj, (events, data) in wanted.items()]
+        signature = [(c.gearman_socket, _READ | _WRITE if c.writable else _READ, c) for c in live]
+        if extra is not None:
+            signature.append((extra, _READ, None))
         if signature == self._registered:
             return selector.select(timeout)
         self._registered = signature
+        wanted = {fileobj: (events, data) for fileobj, events, data in signature}
         try:
             for key in list(selector.get_map().values()):
                 if key.fileobj not in wanted:

@@ -32,6 +32,11 @@ class DataEncoder:
 
 def to_wire(value: str | bytes | bytearray, what: str = "value") -> bytes:
     """A task name, unique, handle or client id as wire bytes (str is UTF-8)."""
+    kind = type(value)
+    if kind is bytes:  # the common cases first, without building the error message
+        return value  # type: ignore[return-value]
+    if kind is str:
+        return value.encode("utf-8")  # type: ignore[union-attr]
     return to_bytes(value, f"the {what}")
 
 

@@ -8,7 +8,13 @@ Differences from the original, on purpose:
 - a task that raises sends WORK_EXCEPTION (a one-line description of the error, through the data encoder),
   then WORK_FAIL, and the worker keeps working; so does one whose result the encoder cannot send;
 - shutdown() may be called from another thread: it wakes work(), which closes its connections and returns;
-- register_task takes an optional timeout (seconds, sent as CAN_DO_TIMEOUT).
+- register_task takes an optional timeout (seconds, sent as CAN_DO_TIMEOUT);
+- an opt-in prefetch (``GearmanWorker(hosts, prefetch=True)``, or the ``prefetch`` attribute; off by default):
+  while a job runs, the grab for the next one is already out, so the next job is waiting when the current one
+  ends instead of one round trip to the server later. The worker holds at most that one job beyond the running
+  one and grabs nothing while it is stopping. A prefetched job it can no longer start (its task was
+  unregistered meanwhile) goes back to the server, which requeues it when the worker closes that connection
+  (reopened at once); jobs held when work() returns go back the same way, as work() closes its connections.
 """
 
 from __future__ import annotations
@@ -20,13 +26,23 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from geartrain.protocol import Packet
 from geartrain.protocol import constants as P
 from geartrain.protocol.pool import Backoff
-from geartrain.protocol.session import IDLE, SLEEP, Assigned, NoJob, Wake, WorkerSession
+from geartrain.protocol.session import (
+    GRAB_WAIT,
+    IDLE,
+    SLEEP,
+    Assigned,
+    NoJob,
+    StillGrabbing,
+    Wake,
+    WorkerSession,
+)
 
 from .connection import GearmanConnection
 from .connection_manager import GearmanConnectionManager
@@ -42,13 +58,15 @@ _FINAL = frozenset((P.WORK_COMPLETE, P.WORK_FAIL))
 
 
 class _WorkerConnectionState:
-    """One server: its WorkerSession (abilities and the grab machine), whether a job of it runs, its backoff."""
+    """One server: its WorkerSession (abilities and the grab machine), which of its grabs were prefetches, its
+    backoff."""
 
-    __slots__ = ("session", "working", "backoff", "next_attempt")
+    __slots__ = ("session", "prefetches", "backoff", "next_attempt")
 
     def __init__(self, backoff: Backoff) -> None:
         self.session = WorkerSession()
-        self.working = False
+        #: Per grab waiting for its answer, in order: whether it went out while a job ran or waited to run.
+        self.prefetches: deque[bool] = deque()
         self.backoff = backoff
         self.next_attempt = 0.0
 
@@ -63,15 +81,17 @@ class GearmanWorker(GearmanConnectionManager):
     #: A connection that stayed up this long starts again from reconnect_initial_delay when it is lost.
     reconnect_stable_after = 10.0
 
-    def __init__(self, host_list: Iterable[Any] | None = None) -> None:
+    def __init__(self, host_list: Iterable[Any] | None = None, prefetch: bool = False) -> None:
         self._wstates: dict[int, _WorkerConnectionState] = {}
         super().__init__(host_list)
+        #: Grab the next job while one runs (see the module docstring); may be changed between calls to work().
+        self.prefetch = prefetch
         self.worker_abilities: dict[Any, Callable] = {}
         self.worker_client_id: Any = None
         self._tasks_by_wire: dict[bytes, Any] = {}
         self._timeouts: dict[bytes, float | None] = {}
-        self._grab_inflight: GearmanConnection | None = None
-        self._assigned: list[tuple[GearmanConnection, GearmanJob]] = []
+        #: Jobs assigned and not yet started, in the order the servers assigned them.
+        self._assigned: deque[tuple[GearmanConnection, GearmanJob]] = deque()
         self._current_job: GearmanJob | None = None
         self._task_returned = False  # the current job's task has returned: its result can wait for the loop
         self._rotation = 0
@@ -130,9 +150,6 @@ class GearmanWorker(GearmanConnectionManager):
                 connection.send_raw(data)
         return client_id
 
-    def _live_connections(self) -> list[GearmanConnection]:
-        return [c for c in self.connection_list if c.connected]
-
     # -- the loop --------------------------------------------------------------------------------------
     def work(self, poll_timeout: float | None = POLL_TIMEOUT_IN_SECONDS) -> None:
         """Loop, running jobs from every server, until after_poll() returns False or shutdown() is called."""
@@ -143,12 +160,14 @@ class GearmanWorker(GearmanConnectionManager):
             self._wake_pair = socket.socketpair()
             self._wake_pair[0].setblocking(False)
         try:
+            self._schedule_grab()  # connections opened before work() get their first grab here
             while not self._shutdown:
-                self._reconnect_due()
                 wait = poll_timeout
-                retry_in = self._next_reconnect_in()
-                if retry_in is not None:
-                    wait = retry_in if wait is None else min(wait, retry_in)
+                if not all(c.connected for c in self.connection_list):
+                    self._reconnect_due()
+                    retry_in = self._next_reconnect_in()
+                    if retry_in is not None:
+                        wait = retry_in if wait is None else min(wait, retry_in)
                 any_activity = self.poll_connections_once(self.connection_list, wait, extra=self._wake_pair[0])
                 self._run_assigned_jobs()
                 if self._shutdown or self._stop_after_job:
@@ -180,11 +199,10 @@ class GearmanWorker(GearmanConnectionManager):
             connection.close()
             state = self._wstate(connection)
             state.session.lost()
-            state.working = False
+            state.prefetches.clear()
             state.backoff.reset()
             state.next_attempt = 0.0
-        self._grab_inflight = None
-        self._assigned.clear()
+        self._assigned.clear()  # closing their connections gave them back: the servers requeue them
 
     def _reconnect_due(self) -> None:
         now = time.monotonic()
@@ -208,38 +226,49 @@ class GearmanWorker(GearmanConnectionManager):
 
     def on_connect(self, connection: GearmanConnection) -> None:
         state = self._wstate(connection)
-        state.working = False
         state.backoff.connected(time.monotonic())
         connection.send_raw(state.session.connect())  # SET_CLIENT_ID, every CAN_DO / CAN_DO_TIMEOUT
         log.info("connected to %s", connection.address)
 
     def on_connection_lost(self, connection: GearmanConnection, reason: Exception) -> None:
-        state = self._wstate(connection)
-        state.session.lost()
-        state.working = False
+        state = self._forget(connection)
         state.backoff.lost(time.monotonic())
         state.next_attempt = time.monotonic() + state.backoff.next_delay()
-        if self._grab_inflight is connection:
-            self._grab_inflight = None
-        self._assigned = [(c, job) for c, job in self._assigned if c is not connection]
         log.warning("lost %s: %s", connection.address, reason)
 
+    def _forget(self, connection: GearmanConnection) -> _WorkerConnectionState:
+        """The connection closed: the server requeues the jobs it assigned on it, so the ones held here go."""
+        state = self._wstate(connection)
+        state.session.lost()
+        state.prefetches.clear()
+        self._assigned = deque((c, job) for c, job in self._assigned if c is not connection)
+        return state
+
     def _schedule_grab(self) -> None:
-        """Keep at most one GRAB in flight and no grab while a job runs: one job at a time, fairly."""
-        if self._grab_inflight is not None or self._assigned or self._current_job is not None:
+        """Grab while the worker has room for another job: one at a time, or with prefetch one more while a job
+        runs (or waits to run); grabs waiting for their answer count as jobs. Servers take turns."""
+        if not self._tasks_by_wire or self._shutdown or self._stop_after_job:
             return
-        if not self._tasks_by_wire or self._shutdown:
+        limit = 2 if self.prefetch else 1
+        room = limit - len(self._assigned) - (self._current_job is not None)
+        if room <= 0:
             return
-        count = len(self.connection_list)
+        connections = self.connection_list
+        states = [self._wstate(c) for c in connections]
+        room -= sum(state.session.grabs for state in states)
+        count = len(connections)
         for step in range(count):
-            index = (self._rotation + step) % count
-            connection = self.connection_list[index]
-            state = self._wstate(connection)
-            if connection.connected and not state.working and state.session.state == IDLE:
-                connection.send_raw(state.session.grab())
-                self._grab_inflight = connection
-                self._rotation = index + 1
+            if room <= 0:
                 return
+            index = (self._rotation + step) % count
+            session = states[index].session
+            if connections[index].connected and session.state in (IDLE, GRAB_WAIT):
+                data = session.grab(limit)
+                if data:
+                    states[index].prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
+                    connections[index].send_raw(data)
+                    self._rotation = index + 1
+                    room -= 1
 
     def handle_event(self, connection: GearmanConnection, event: Any) -> None:
         if not isinstance(event, Packet):
@@ -250,19 +279,20 @@ class GearmanWorker(GearmanConnectionManager):
         was_sleeping = state.session.state == SLEEP
         happened = state.session.receive(event)
         kind = type(happened)
-        if kind is Wake:
+        if kind is Assigned:
+            job = self._make_job(connection, *happened.job)
+            job._gearman_prefetched = bool(state.prefetches) and state.prefetches.popleft()  # type: ignore[attr-defined]
+            self._assigned.append((connection, job))
+        elif kind is Wake:
             if was_sleeping:
                 self._schedule_grab()
         elif kind is NoJob:
-            if self._grab_inflight is connection:
-                self._grab_inflight = None
+            state.prefetches.clear()  # no grab waits any more
             connection.send_raw(state.session.pre_sleep())
             self._schedule_grab()
-        elif kind is Assigned:
-            if self._grab_inflight is connection:
-                self._grab_inflight = None
-            state.working = True
-            self._assigned.append((connection, self._make_job(connection, *happened.job)))
+        elif kind is StillGrabbing:
+            if state.prefetches:  # the other grab's answer decides
+                state.prefetches.popleft()
         elif ptype == P.ERROR:
             log.info("%s answered ERROR %s: %s", connection.address, args[0], args[1])
         elif ptype in (P.ECHO_RES, P.OPTION_RES):
@@ -277,21 +307,41 @@ class GearmanWorker(GearmanConnectionManager):
         job_unique: Any = unique if isinstance(task, bytes) else from_wire(unique)
         job = self.job_class(connection, from_wire(handle), task, job_unique, data)
         job._gearman_raw = data  # type: ignore[attr-defined]
+        job._gearman_wire = (handle, function)  # type: ignore[attr-defined]
         job._gearman_finished = False  # type: ignore[attr-defined]
         return job
 
     def _run_assigned_jobs(self) -> None:
         while self._assigned and not self._shutdown:
-            connection, job = self._assigned.pop(0)
+            connection, job = self._assigned.popleft()
             if not connection.connected:
                 continue
+            if job._gearman_prefetched and job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined]
+                self._give_back(connection, job)
+                continue
+            self._current_job = job
+            if self.prefetch:  # the next job's grab goes out with the last job's result, before this job runs
+                self._schedule_grab()
+                self._flush_all()
             self._run_job(connection, job)
             if self._stop_after_job or self._shutdown:
                 self._drain(connection, None)  # work() closes the connections next: send the result first
                 return
-            self._schedule_grab()
-            for live in self._live_connections():
-                self.flush_connection(live)
+        self._schedule_grab()
+        self._flush_all()
+
+    def _flush_all(self) -> None:
+        for connection in self.connection_list:
+            if connection.connected and connection.writable:
+                self.flush_connection(connection)
+
+    def _give_back(self, connection: GearmanConnection, job: GearmanJob) -> None:
+        """A prefetched job this worker cannot start goes back to its server, which requeues the jobs of a
+        connection that closes (WORK_FAIL would fail it for its clients): send what is queued, close, reopen."""
+        log.info("giving %r back to %s: its task is no longer registered", job, connection.address)
+        self._drain(connection, None)
+        connection.close()
+        self._forget(connection).next_attempt = 0.0  # not a failure: reconnect at once
 
     def _run_job(self, connection: GearmanConnection, job: GearmanJob) -> None:
         self._current_job = job
@@ -299,7 +349,7 @@ class GearmanWorker(GearmanConnectionManager):
         try:
             try:
                 job.data = self.data_encoder.decode(job._gearman_raw)  # type: ignore[attr-defined]
-                if self._tasks_by_wire.get(to_wire(job.task, "task")) is None:
+                if job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined]
                     raise InvalidWorkerState(f"no task {job.task!r} registered (any more)")
                 self.on_job_execute(job)
             except Exception:
@@ -313,8 +363,6 @@ class GearmanWorker(GearmanConnectionManager):
                 self.send_job_failure(job)
         finally:
             self._current_job = None
-            if connection.connected:
-                self._wstate(connection).working = False
         if self.after_job() is False:
             self._stop_after_job = True
 
@@ -396,7 +444,9 @@ class GearmanWorker(GearmanConnectionManager):
         if connection is None or not connection.connected:
             log.warning("connection of job %r is gone: %s not sent", current_job, P.TYPE_NAMES[ptype])
             return
-        connection.send_raw(self._wstate(connection).session.work(ptype, to_wire_lossless(current_job.handle), *args))
+        wire = getattr(current_job, "_gearman_wire", None)
+        handle = wire[0] if wire is not None else to_wire_lossless(current_job.handle)
+        connection.send_raw(self._wstate(connection).session.work(ptype, handle, *args))
         if self._task_returned and current_job is self._current_job and ptype in _FINAL:
             return  # the loop sends it at once, in one write with the next GRAB_JOB
         self._drain(connection, poll_timeout)

@@ -73,10 +73,10 @@ async def eventually(condition: Callable[[], bool], what: str, deadline: float =
 @contextlib.asynccontextmanager
 async def running_worker(
     servers: list[str], functions: dict[str, Callable], concurrency: int = 1, client_id: str | None = None,
-    connected: int | None = None,
+    connected: int | None = None, prefetch: bool = False,
 ) -> AsyncIterator[Worker]:
     """A Worker running in a task for the duration of the block, always stopped afterwards."""
-    worker = Worker(servers, client_id=client_id)
+    worker = Worker(servers, client_id=client_id, prefetch=prefetch)
     for name, handler in functions.items():
         worker.register(name, handler)
     task = asyncio.create_task(worker.run(concurrency=concurrency))

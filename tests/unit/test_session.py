@@ -13,6 +13,7 @@ from geartrain.protocol.session import (
     ClientSession,
     NoJob,
     Reply,
+    StillGrabbing,
     Unanswered,
     Unsolicited,
     Wake,
@@ -354,6 +355,33 @@ def test_worker_grab_sleep_wake_machine(grab, assign, args, unique):
     assert sent(worker.work(C.WORK_STATUS, b"H:1", b"1", b"2")) == [("WORK_STATUS", (b"H:1", b"1", b"2"))]
     with pytest.raises(ValueError):
         worker.work(C.CAN_DO, b"H:1")
+
+
+def test_a_prefetching_worker_counts_its_grabs_and_sleeps_only_when_none_waits():
+    worker = WorkerSession()
+    worker.connect()
+    assert sent(worker.grab(limit=2) + worker.grab(limit=2)) == [("GRAB_JOB_UNIQ", ())] * 2
+    assert worker.grab(limit=2) == b"" and worker.grabs == 2 and worker.state == "GRAB_WAIT"
+    # NO_JOB for the first grab while the second still waits: no PRE_SLEEP yet, its answer decides.
+    (first,) = worker.receive_data(res(C.NO_JOB))
+    assert first == StillGrabbing() and worker.grabs == 1 and worker.state == "GRAB_WAIT"
+    (second,) = worker.receive_data(res(C.NO_JOB))
+    assert second == NoJob() and worker.grabs == 0 and worker.state == "IDLE"
+    worker.pre_sleep()
+    (wake,) = worker.receive_data(res(C.NOOP))
+    assert wake == Wake() and worker.state == "IDLE"
+    # Two grabs, a job for the first: still waiting for the second; a NOOP meanwhile wakes nothing.
+    worker.grab(limit=2)
+    worker.grab(limit=2)
+    (job,) = worker.receive_data(res(C.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"u", b"d"))
+    assert type(job) is Assigned and worker.grabs == 1 and worker.state == "GRAB_WAIT"
+    assert worker.receive_data(res(C.NOOP)) == [Wake()] and worker.state == "GRAB_WAIT"
+    assert worker.grab() == b""  # the default limit: one grab out already
+    (job,) = worker.receive_data(res(C.JOB_ASSIGN_UNIQ, b"H:2", b"f", b"u", b"d"))
+    assert type(job) is Assigned and worker.grabs == 0 and worker.state == "IDLE"
+    worker.grab(limit=2)
+    worker.lost()
+    assert worker.grabs == 0 and worker.state == "INIT"
 
 
 # ------------------------------------------------------------------------------------------- server choice

@@ -114,9 +114,13 @@ class Client:
 
         Raises ServerError when the server refused it (QUEUE_ERROR, ARGUMENT_TOO_LARGE, ...).
         """
+        return await self._submit(self._job(function, data, unique, priority, background))
+
+    def _job(self, function: bytes | str, data: bytes | str, unique: bytes | str | None, priority: str,
+             background: bool) -> Job:
         try:
-            level = _PRIORITIES[priority.lower()]
-        except (KeyError, AttributeError):
+            level = _PRIORITIES[priority] if priority in _PRIORITIES else _PRIORITIES[priority.lower()]
+        except (KeyError, AttributeError, TypeError):
             raise ValueError(f"priority must be 'high', 'normal' or 'low', not {priority!r}") from None
         fn = to_bytes(function, "function")
         body = to_bytes(data, "data")
@@ -124,7 +128,7 @@ class Client:
         ptype = C.submit_type(background, level)
         job = Job(fn, body, uq, ptype, (fn, uq, body), background, priority.lower())
         job._hashed = unique is not None
-        return await self._submit(job)
+        return job
 
     async def submit_epoch(
         self,
@@ -151,15 +155,32 @@ class Client:
         unique: bytes | str | None = None,
         priority: str = "normal",
     ) -> bytes:
-        """Submit a foreground job and wait for its result."""
-        job = await self.submit(function, data, unique=unique, priority=priority)
-        return await job.result()
+        """Submit a foreground job and wait for its result.
 
-    async def _submit(self, job: Job) -> Job:
+        The same as ``await (await submit(...)).result()``, awaiting one future instead of two: the Job stays
+        inside, so its outcome needs no shield (a refused submit fails the outcome too, see Job._reject).
+        """
+        job = self._job(function, data, unique, priority, False)
+        if self._closed or not self.links:
+            await self._ready()
+        self._route(job)
+        try:
+            return await job._outcome
+        except asyncio.CancelledError:
+            if job.state == PENDING:
+                job._abandoned = True
+            raise
+
+    async def _ready(self) -> None:
+        """Connect on first use; GearmanError once closed."""
         if self._closed:
             raise GearmanError("the client is closed")
         if not self.links:
             await self.connect()
+
+    async def _submit(self, job: Job) -> Job:
+        if self._closed or not self.links:
+            await self._ready()
         self._route(job)
         try:
             await asyncio.shield(job._created)

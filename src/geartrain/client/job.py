@@ -120,9 +120,13 @@ class Job:
             self._created.set_result(None)
 
     def _reject(self, exc: BaseException) -> None:
+        """The submit failed (refused, passed over, or never sent): it fails the outcome too (Client.run awaits
+        only that one). Both exceptions count as retrieved: only one of them is awaited."""
         self.state = FAILED
-        if not self._created.done():
-            self._created.set_exception(exc)
+        for future in (self._created, self._outcome):
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()
         self._notify()
 
     def _finish(self, state: str, value: bytes | None = None, exc: BaseException | None = None) -> None:

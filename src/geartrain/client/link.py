@@ -134,6 +134,12 @@ class Link:
                 pass
         self._resolve_first(False)
 
+    def reconnect(self) -> None:
+        """Close the current connection after writing what is buffered; a new one is opened as after a loss."""
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+
     def abort(self) -> None:
         """Drop the current connection at once (it will be reopened unless the link is closing)."""
         if self.transport is not None:

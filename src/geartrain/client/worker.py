@@ -3,6 +3,12 @@
 Per server connection the worker keeps one GRAB_JOB_UNIQ in flight while fewer than ``concurrency`` jobs run,
 sleeps with PRE_SLEEP after NO_JOB and grabs again on NOOP. After a reconnect it sends SET_CLIENT_ID and every
 CAN_DO / CAN_DO_TIMEOUT again. WorkerJob is the handler's view of one assigned job.
+
+With ``prefetch=True`` (off by default) the grab goes out while ``concurrency`` jobs run, so one more job
+waits on the connection and starts when a slot frees, instead of one round trip to the server later. A held
+job is never started once the worker is stopping (closing the connection gives it back: the server requeues
+the jobs of a closed connection), and one whose function was unregistered meanwhile is given back the same way
+as soon as no other job of that connection runs (WORK_FAIL would fail it for its clients).
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ import functools
 import inspect
 import logging
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import constants as C
 from ..protocol import to_bytes
-from ..protocol.session import GRAB_WAIT, SLEEP, Assigned, NoJob, Unsolicited, Wake, WorkerSession
+from ..protocol.session import GRAB_WAIT, SLEEP, Assigned, NoJob, StillGrabbing, Unsolicited, Wake, WorkerSession
 from .errors import ConnectionLost, JobFailed
 from .link import Link, ServerSpec, parse_servers
 
@@ -77,13 +84,21 @@ class WorkerJob:
 class _Ability:
     handler: Handler
     timeout: float | None
+    is_async: bool = False  # the handler is awaited in the loop (else run in the executor)
+
+    def __post_init__(self) -> None:
+        self.is_async = _is_async(self.handler)
 
 
 class _Session:
-    """The jobs running on one live connection (the grab machine itself is the link's WorkerSession)."""
+    """The jobs running and held on one live connection (the grab machine itself is the link's WorkerSession)."""
 
     def __init__(self) -> None:
         self.running = 0
+        #: Prefetched jobs waiting for a free slot, in the order assigned.
+        self.held: deque[WorkerJob] = deque()
+        #: Whether the grab in flight went out with every slot taken (its job, if any, is a prefetch).
+        self.prefetching = False
 
 
 def _is_async(handler: Handler) -> bool:
@@ -110,11 +125,14 @@ class Worker:
         client_id: bytes | str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
+        prefetch: bool = False,
     ) -> None:
         self.addresses = parse_servers(servers)
         self.client_id = to_bytes(client_id, "client_id") if client_id is not None else None
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
+        #: Grab one job more than ``concurrency`` runs (see the module docstring).
+        self.prefetch = prefetch
         self.abilities: dict[bytes, _Ability] = {}
         self.links: list[Link] = []
         self.concurrency = 1
@@ -224,14 +242,33 @@ class Worker:
     # ------------------------------------------------------------------ grab loop
 
     def _grab(self, link: Link, wake: bool = False) -> None:
-        """Ask for a job when a slot is free, unless one grab is out or (unless woken) the link sleeps."""
+        """Ask for a job when a slot is free (or, prefetching, one more), unless one grab is out or (unless woken)
+        the link sleeps."""
         session: WorkerSession = link.conn
-        if (self._stopping or link.state.running >= self.concurrency or not self.abilities
+        state: _Session = link.state
+        taken = state.running + len(state.held)
+        if (self._stopping or taken >= self.concurrency + (1 if self.prefetch else 0) or not self.abilities
                 or (session.state == SLEEP and not wake)):
             return
+        if state.held and state.held[0].function not in self.abilities:
+            return  # a job to give back: let the connection's running jobs end (see _pump)
         data = session.grab()
         if data:
+            state.prefetching = taken >= self.concurrency
             link.write(data)
+
+    def _pump(self, link: Link, state: _Session) -> None:
+        """Start held jobs while slots are free; give back the first one that cannot start (see the module
+        docstring) once no other job of the connection runs."""
+        while state.held and state.running < self.concurrency and not self._stopping:
+            job = state.held[0]
+            if job.function not in self.abilities:
+                if state.running == 0:
+                    log.info("giving %r back to %s: its function is no longer registered", job, link.name)
+                    link.reconnect()  # results written first; the server requeues the jobs of a closed link
+                return
+            state.held.popleft()
+            self._start(link, state, job)
 
     def _connected(self, link: Link) -> None:
         link.state = _Session()
@@ -249,7 +286,12 @@ class Worker:
         for event in events:
             kind = type(event)
             if kind is Assigned:
-                self._start(link, session, WorkerJob(link, link.generation, *event.job))
+                job = WorkerJob(link, link.generation, *event.job)
+                if session.prefetching:
+                    session.held.append(job)
+                    self._pump(link, session)
+                else:
+                    self._start(link, session, job)
                 self._grab(link)
             elif kind is Wake:
                 self._grab(link)
@@ -257,6 +299,8 @@ class Worker:
                 if not self._stopping:
                     link.write(link.conn.pre_sleep())
                 self._signal()
+            elif kind is StillGrabbing:
+                continue
             elif kind is Unsolicited:
                 ptype, args = event.packet.ptype, event.packet.args
                 if ptype == C.ERROR and args[0] == b"JOB_NOT_FOUND":
@@ -287,7 +331,7 @@ class Worker:
                     link.write(link.conn.work(C.WORK_FAIL, job.handle))
                 return
             try:
-                result = await self._call(ability.handler, job)
+                result = await self._call(ability, job)
                 packet = link.conn.work(C.WORK_COMPLETE, job.handle, _result_bytes(result))
             except asyncio.CancelledError:
                 if not job.connection_lost:
@@ -315,14 +359,15 @@ class Worker:
         finally:
             session.running -= 1
             if link.state is session:
+                self._pump(link, session)
                 self._grab(link)
             self._signal()
 
-    async def _call(self, handler: Handler, job: WorkerJob) -> Result:
-        if _is_async(handler):
-            return await handler(job)  # type: ignore[misc]
+    async def _call(self, ability: _Ability, job: WorkerJob) -> Result:
+        if ability.is_async:
+            return await ability.handler(job)  # type: ignore[misc]
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, functools.partial(handler, job))
+        result = await loop.run_in_executor(None, functools.partial(ability.handler, job))
         if inspect.isawaitable(result):
             return await result
         return result  # type: ignore[return-value]

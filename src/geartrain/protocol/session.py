@@ -47,6 +47,7 @@ __all__ = [
     "Loss",
     "NoJob",
     "Reply",
+    "StillGrabbing",
     "Unanswered",
     "Unsolicited",
     "Wake",
@@ -410,6 +411,11 @@ class NoJob(NamedTuple):
     """The server has no job for this worker: send :py:meth:`WorkerSession.pre_sleep` and wait for a NOOP."""
 
 
+class StillGrabbing(NamedTuple):
+    """NO_JOB answered one grab while another grab of this connection still waits for its answer (a worker
+    that prefetches): do nothing, that answer decides (a job, or NoJob and then PRE_SLEEP)."""
+
+
 class Wake(NamedTuple):
     """NOOP: a job may be waiting; send :py:meth:`WorkerSession.grab`."""
 
@@ -422,6 +428,7 @@ _GRABS = {C.GRAB_JOB: C.JOB_ASSIGN, C.GRAB_JOB_UNIQ: C.JOB_ASSIGN_UNIQ, C.GRAB_J
 _GRAB_FRAMES = {grab: pack(REQ, grab, b"") for grab in _GRABS}
 _PRE_SLEEP = pack(REQ, C.PRE_SLEEP, b"")
 _NO_JOB = NoJob()
+_STILL_GRABBING = StillGrabbing()
 _WAKE = Wake()
 
 
@@ -430,9 +437,17 @@ class WorkerSession:
 
     ``grab_type`` is GRAB_JOB_UNIQ (default), GRAB_JOB or GRAB_JOB_ALL; the server answers with the matching
     JOB_ASSIGN variant, and any of them becomes an Assigned event.
+
+    A worker that prefetches (asks for its next job while one runs) may have more than one grab waiting for its
+    answer: ``grab(limit)`` sends one while fewer than ``limit`` wait, ``grabs`` counts them (for a face that
+    feeds every packet to :py:meth:`receive`). The server answers grabs in order; a NO_JOB while another grab
+    still waits becomes StillGrabbing, so PRE_SLEEP goes out only once no grab waits (a sleeping worker with a
+    grab out would be woken for nothing, or miss the NOOP meant for it); NOOP wakes only a sleeping connection.
+    The face decides the limit: a job it could not start (no slot free, the worker stopping, the function no
+    longer registered) must not be grabbed.
     """
 
-    __slots__ = ("_conn", "abilities", "client_id", "grab_type", "state")
+    __slots__ = ("_conn", "abilities", "client_id", "grab_type", "state", "grabs")
 
     def __init__(self, client_id: bytes | None = None, grab_type: int = C.GRAB_JOB_UNIQ) -> None:
         if grab_type not in _GRABS:
@@ -443,6 +458,8 @@ class WorkerSession:
         #: function name -> timeout in seconds (None: plain CAN_DO), as registered.
         self.abilities: dict[bytes, float | None] = {}
         self.state = INIT
+        #: Grabs sent and not yet answered (JOB_ASSIGN* or NO_JOB); more than one only with grab(limit > 1).
+        self.grabs = 0
 
     @property
     def assign_type(self) -> int:
@@ -453,12 +470,14 @@ class WorkerSession:
         """A socket was (re)opened: SET_CLIENT_ID and every ability; the state becomes IDLE (grab next)."""
         self._conn.reset()
         self.state = IDLE
+        self.grabs = 0
         out = pack(REQ, C.SET_CLIENT_ID, self.client_id) if self.client_id is not None else b""
         return out + b"".join(self._ability(name, timeout) for name, timeout in self.abilities.items())
 
     def lost(self) -> None:
         self._conn.reset()
         self.state = INIT
+        self.grabs = 0
 
     @staticmethod
     def _ability(name: bytes, timeout: float | None) -> bytes:
@@ -489,11 +508,15 @@ class WorkerSession:
         self.client_id = client_id
         return pack(REQ, C.SET_CLIENT_ID, client_id)
 
-    def grab(self) -> bytes:
-        """The grab to send now, or b"" while one is already waiting for its answer."""
+    def grab(self, limit: int = 1) -> bytes:
+        """The grab to send now, or b"" while ``limit`` grabs already wait for their answer (one by default)."""
         if self.state == GRAB_WAIT:
-            return b""
-        self.state = GRAB_WAIT
+            if self.grabs >= limit:
+                return b""
+            self.grabs += 1
+        else:  # a face that sets ``state`` itself (gear's) may not have fed every answer to receive()
+            self.state = GRAB_WAIT
+            self.grabs = 1
         return _GRAB_FRAMES[self.grab_type]
 
     def pre_sleep(self) -> bytes:
@@ -524,16 +547,23 @@ class WorkerSession:
         """The event for one decoded packet, moving the grab machine along."""
         ptype = packet.ptype
         if ptype == C.JOB_ASSIGN_UNIQ:  # the default grab's answer, in line
-            self.state = IDLE
+            self._answered()
             return _new(Assigned, (_new(Assignment, packet.args), packet))
         if ptype in JOB_ASSIGNMENTS:
-            self.state = IDLE
+            self._answered()
             return _new(Assigned, (assignment(packet), packet))
         if ptype == C.NO_JOB:
-            self.state = IDLE
-            return _NO_JOB
+            return _STILL_GRABBING if self._answered() else _NO_JOB
         if ptype == C.NOOP:
             if self.state != GRAB_WAIT:
                 self.state = IDLE
             return _WAKE
         return _new(Unsolicited, (packet,))
+
+    def _answered(self) -> int:
+        """One grab was answered: the grabs still waiting (the state stays GRAB_WAIT while there are any)."""
+        left = self.grabs - 1 if self.grabs > 1 else 0
+        self.grabs = left
+        if not left:
+            self.state = IDLE
+        return left
