@@ -66,7 +66,7 @@ class Peer:
 
     __slots__ = (
         "id", "address", "out", "large", "broker", "client_id", "abilities", "sleeping", "noop_sent",
-        "woken_for", "exceptions", "running", "waiting", "subject", "closed", "last_exception", "conn",
+        "woken_for", "exceptions", "running", "waiting", "subject", "closed", "last_exception", "conn", "held",
         "__weakref__",
     )
 
@@ -94,6 +94,8 @@ class Peer:
         self.last_exception: bytes | None = None
         #: The transport's own handle on this connection.
         self.conn: Any = None
+        #: Its output waits: the transport is writing it a long listing (see transport.GearmanProtocol._stream).
+        self.held = False
 
     def send(self, data: bytes) -> None:
         if self.closed:

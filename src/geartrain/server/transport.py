@@ -84,8 +84,7 @@ class ServerState:
     def send_output(self, peer: Peer) -> None:
         """Write what the peer's output may send now: all of it, or (while the store holds an acknowledgement
         that is not durable yet) what comes before that acknowledgement."""
-        conn = peer.conn
-        if conn is not None and conn.stream is not None:
+        if peer.held:
             return  # a listing is being written to it: the rest waits (GearmanProtocol._pump sends it after)
         store = self.store
         if store is not None and store.holds(peer):
@@ -94,6 +93,7 @@ class ServerState:
                 return
         else:
             chunks = peer.take_chunks()
+        conn = peer.conn
         if conn is not None:
             conn.write(chunks)
 
@@ -338,6 +338,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             self._dispatch(peer, backlog)
             return
         self.stream, self.backlog = chunks, backlog
+        peer.held = True
         self.transport.pause_reading()
         self._schedule_pump()
 
@@ -359,6 +360,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             self._schedule_pump()
             return
         self.stream = None
+        peer.held = False
         backlog, self.backlog = self.backlog, []
         if not self.paused:
             transport.resume_reading()
