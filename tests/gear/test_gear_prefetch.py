@@ -45,6 +45,15 @@ def get_job_in_thread(worker: gear.Worker) -> tuple[threading.Thread, list]:
     return thread, got
 
 
+def another_worker_runs(any_server, pool, job: gear.Job, arguments: bytes) -> None:  # noqa: F811
+    """A second worker gets `job` (handed back by the first) and completes it."""
+    other = pool.worker(any_server, "pf", client_id="other")
+    again = other.getJob()
+    assert again.handle == job.handle and again.arguments == arguments
+    again.sendWorkComplete(b"2")
+    assert job.waitForCompletion(WAIT) and job.data == [b"2"]
+
+
 def test_prefetch_is_off_by_default(any_server, pool):  # noqa: F811
     worker = pool.worker(any_server, "pf")
     assert worker.prefetch is False
@@ -93,11 +102,7 @@ def test_prefetched_job_of_an_unregistered_function_goes_to_another_worker(any_s
         assert status_of(client, "pf")[:2] == (1, 1) and status_of(client, "keep")[:2] == (1, 1)
     got.sendWorkComplete(b"1")
     assert first.waitForCompletion(WAIT) and first.data == [b"1"] and not first.failure
-    other = pool.worker(any_server, "pf", client_id="other")
-    again = other.getJob()
-    assert again.handle == second.handle and again.arguments == b"two"
-    again.sendWorkComplete(b"2")
-    assert second.waitForCompletion(WAIT) and second.data == [b"2"]
+    another_worker_runs(any_server, pool, second, b"two")
 
 
 def test_stop_waiting_takes_back_the_credit_so_no_job_is_taken_after_it(any_server, pool):  # noqa: F811
@@ -112,11 +117,8 @@ def test_stop_waiting_takes_back_the_credit_so_no_job_is_taken_after_it(any_serv
     assert status_of(client, "pf")[:2] == (2, 1)  # the second job waits in the server, not in the worker
     assert worker.job_queue.empty()
     got.sendWorkComplete(b"1")
-    other = pool.worker(any_server, "pf", client_id="other")
-    again = other.getJob()
-    assert again.handle == second.handle
-    again.sendWorkComplete(b"2")
-    assert first.waitForCompletion(WAIT) and second.waitForCompletion(WAIT) and second.data == [b"2"]
+    another_worker_runs(any_server, pool, second, b"two")
+    assert first.waitForCompletion(WAIT)
 
 
 def test_stop_waiting_hands_back_a_prefetched_job(any_server, pool):  # noqa: F811
@@ -129,11 +131,7 @@ def test_stop_waiting_hands_back_a_prefetched_job(any_server, pool):  # noqa: F8
     worker.stopWaitingForJobs()
     got.sendWorkComplete(b"1")
     assert first.waitForCompletion(WAIT) and first.data == [b"1"] and not first.failure
-    other = pool.worker(any_server, "pf", client_id="other")
-    again = other.getJob()
-    assert again.handle == second.handle
-    again.sendWorkComplete(b"2")
-    assert second.waitForCompletion(WAIT) and second.data == [b"2"]
+    another_worker_runs(any_server, pool, second, b"two")
     # The worker may wait for jobs again afterwards, and takes new ones.
     thread, later = get_job_in_thread(worker)
     (third,) = submit(client, b"three")
@@ -153,11 +151,7 @@ def test_shutdown_hands_back_a_prefetched_job(any_server, pool):  # noqa: F811
     got.sendWorkComplete(b"1")
     assert first.waitForCompletion(WAIT)
     worker.shutdown()
-    other = pool.worker(any_server, "pf", client_id="other")
-    again = other.getJob()
-    assert again.handle == second.handle
-    again.sendWorkComplete(b"2")
-    assert second.waitForCompletion(WAIT) and second.data == [b"2"]
+    another_worker_runs(any_server, pool, second, b"two")
 
 
 def test_a_thread_waiting_in_get_job_takes_a_job_of_its_own(any_server, pool):  # noqa: F811
