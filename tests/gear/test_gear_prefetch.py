@@ -45,6 +45,18 @@ def get_job_in_thread(worker: gear.Worker) -> tuple[threading.Thread, list]:
     return thread, got
 
 
+def one_running_one_prefetched(any_server, pool):  # noqa: F811
+    """A prefetching worker running job "one" while job "two" waits in it: (worker, client, running job, the
+    client's two jobs)."""
+    worker = pool.worker(any_server, "pf", prefetch=True, client_id="prefetcher")
+    client = pool.client(any_server)
+    wait_until(lambda: status_of(client, "pf"))
+    first, second = submit(client, b"one", b"two")
+    got = worker.getJob()
+    wait_until(lambda: not worker.job_queue.empty())
+    return worker, client, got, first, second
+
+
 def another_worker_runs(any_server, pool, job: gear.Job, arguments: bytes) -> None:  # noqa: F811
     """A second worker gets `job` (handed back by the first) and completes it."""
     other = pool.worker(any_server, "pf", client_id="other")
@@ -122,12 +134,7 @@ def test_stop_waiting_takes_back_the_credit_so_no_job_is_taken_after_it(any_serv
 
 
 def test_stop_waiting_hands_back_a_prefetched_job(any_server, pool):  # noqa: F811
-    worker = pool.worker(any_server, "pf", prefetch=True, client_id="prefetcher")
-    client = pool.client(any_server)
-    wait_until(lambda: status_of(client, "pf"))
-    first, second = submit(client, b"one", b"two")
-    got = worker.getJob()
-    wait_until(lambda: not worker.job_queue.empty())
+    worker, client, got, first, second = one_running_one_prefetched(any_server, pool)
     worker.stopWaitingForJobs()
     got.sendWorkComplete(b"1")
     assert first.waitForCompletion(WAIT) and first.data == [b"1"] and not first.failure
@@ -142,12 +149,7 @@ def test_stop_waiting_hands_back_a_prefetched_job(any_server, pool):  # noqa: F8
 
 
 def test_shutdown_hands_back_a_prefetched_job(any_server, pool):  # noqa: F811
-    worker = pool.worker(any_server, "pf", prefetch=True, client_id="prefetcher")
-    client = pool.client(any_server)
-    wait_until(lambda: status_of(client, "pf"))
-    first, second = submit(client, b"one", b"two")
-    got = worker.getJob()
-    wait_until(lambda: not worker.job_queue.empty())
+    worker, client, got, first, second = one_running_one_prefetched(any_server, pool)
     got.sendWorkComplete(b"1")
     assert first.waitForCompletion(WAIT)
     worker.shutdown()
