@@ -10,7 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,28 +172,39 @@ def any_server(request) -> Iterator[RunningServer]:
         server.stop()
 
 
-@pytest.fixture
-def server_factory() -> Iterator:
-    """Start any number of servers in a test; all are stopped at the end, even on failure."""
-    started: list[RunningServer] = []
+@contextmanager
+def stopping_all(start: Callable, stop: Callable = lambda thing: thing.stop()) -> Iterator[Callable]:
+    """A factory fixture's body: `start` wrapped so that everything it started is stopped (last first) when the
+    block ends, even on failure."""
+    started: list = []
 
-    def make(kind: str = "geartrain", *args, **kwargs) -> RunningServer:
-        if kind == "geartrain":
-            server = start_geartrain(**kwargs)
-        elif kind == "gearmand":
-            server = start_gearmand(*args, **kwargs)
-        elif kind == "geard":
-            server = start_geard_process(*args, **kwargs)
-        else:
-            raise ValueError(kind)
-        started.append(server)
-        return server
+    def make(*args, **kwargs):
+        thing = start(*args, **kwargs)
+        started.append(thing)
+        return thing
 
     try:
         yield make
     finally:
-        for server in reversed(started):
-            server.stop()
+        for thing in reversed(started):
+            stop(thing)
+
+
+def _start_any(kind: str = "geartrain", *args, **kwargs) -> RunningServer:
+    if kind == "geartrain":
+        return start_geartrain(**kwargs)
+    if kind == "gearmand":
+        return start_gearmand(*args, **kwargs)
+    if kind == "geard":
+        return start_geard_process(*args, **kwargs)
+    raise ValueError(kind)
+
+
+@pytest.fixture
+def server_factory() -> Iterator:
+    """Start any number of servers in a test; all are stopped at the end, even on failure."""
+    with stopping_all(_start_any) as make:
+        yield make
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ from geartrain.protocol.codec import Packet
 from geartrain.server.store.sqlite import WAL_SIZE_LIMIT
 from geartrain.server.transport import RESERVED_DESCRIPTORS
 
-from conftest import free_port, stop_process, wait_for_port
+from conftest import free_port, stop_process, stopping_all, wait_for_port
 from wire import Wire
 
 HERE = Path(__file__).resolve().parent
@@ -78,18 +78,8 @@ class Geard:
 
 @pytest.fixture
 def geards() -> Iterator:
-    started: list[Geard] = []
-
-    def start(*args, **kwargs) -> Geard:
-        server = Geard(*args, **kwargs)
-        started.append(server)
-        return server
-
-    try:
+    with stopping_all(Geard) as start:
         yield start
-    finally:
-        for server in started:
-            server.stop()
 
 
 @pytest.fixture(scope="session")

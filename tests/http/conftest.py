@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunningServer, start_geartrain
+from conftest import RunningServer, start_geartrain, stopping_all
 
 # The helper modules of these tests (http_client.py) import by name from this folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -17,21 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 @pytest.fixture
 def http_factory() -> Iterator:
     """Start geartrain servers with HTTP on (options are ServerConfig fields); all stop at the end."""
-    started: list[RunningServer] = []
 
-    def make(**options) -> RunningServer:
+    def start(**options) -> RunningServer:
         options.setdefault("http_port", 0)
         options.setdefault("http_listen", "127.0.0.1")
         server = start_geartrain(**options)
-        started.append(server)
         server.extra["http_port"] = server.server.http.port  # type: ignore[union-attr]
         return server
 
-    try:
+    with stopping_all(start) as make:
         yield make
-    finally:
-        for server in reversed(started):
-            server.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import RunningServer, start_gearmand, start_geartrain, stop_process
+from conftest import RunningServer, start_gearmand, start_geartrain, stop_process, stopping_all
 from wire import Wire
 
 GEARMAN = shutil.which("gearman")
@@ -38,21 +38,14 @@ def both() -> Iterator[dict[str, RunningServer]]:
 @pytest.fixture
 def workers() -> Iterator[Callable[..., subprocess.Popen]]:
     """Start `gearman -w` workers; every one is stopped at the end."""
-    started: list[subprocess.Popen] = []
-
     def start(server: RunningServer, *args: str) -> subprocess.Popen:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [GEARMAN, "-h", server.host, "-p", str(server.port), "-w", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        started.append(process)
-        return process
 
-    try:
-        yield start
-    finally:
-        for process in started:
-            stop_process(process, timeout=5)
+    with stopping_all(start, lambda process: stop_process(process, timeout=5)) as make:
+        yield make
 
 
 def gearman(server: RunningServer, *args: str, input: bytes | None = None) -> bytes:

@@ -16,7 +16,7 @@ from geartrain.server.acl import ACL, ACLEntry
 from geartrain.server.tls import client_context
 
 from certs import make_pki
-from conftest import free_port, stop_process, wait_for_port
+from conftest import free_port, stop_process, stopping_all, wait_for_port
 from wire import Wire
 
 
@@ -27,21 +27,15 @@ def pki(tmp_path):
 
 @pytest.fixture
 def tls_server(pki):
-    started = []
-
     def start(acl: ACL | None = None, **options) -> Server:
         key, cert, ca = pki.server_files()
         server = Server(ServerConfig(listen=[("127.0.0.1", 0)], ssl_key=key, ssl_cert=cert, ssl_ca=ca, acl=acl,
                                      **options))
         server.start_in_thread()
-        started.append(server)
         return server
 
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
+    with stopping_all(start) as make:
+        yield make
 
 
 def connect(server: Server, pki, cn: str, **kwargs) -> Wire:
