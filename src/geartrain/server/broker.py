@@ -10,6 +10,7 @@ import heapq
 import logging
 import re
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
 from .cron import CronError, CronSpec
-from .stats import Stats
+from .stats import JOB_SECONDS, SHORTEST, Stats
 
 log = logging.getLogger("geartrain.broker")
 
@@ -606,8 +607,14 @@ class Broker:
             handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
-        if self.stats is not None:
-            self.stats.submitted(job)
+        stats = self.stats
+        if stats is not None:
+            clock = stats.clock
+            job.stamp = clock()
+            if background:
+                function.stats.background += 1
+            else:
+                function.stats.foreground += 1
         function.jobs += 1
         self.queued_bytes += len(data)
         if key:
@@ -756,8 +763,18 @@ class Broker:
         job.worker = peer
         peer.running[job.handle] = job
         function.running += 1
-        if self.stats is not None:
-            self.stats.started(job)
+        stats = self.stats
+        if stats is not None:
+            clock = stats.clock
+            now = clock()
+            wait = now - job.stamp
+            job.stamp = now
+            histogram = function.stats.wait
+            if wait <= SHORTEST:
+                histogram.first += 1
+            else:
+                histogram.buckets[bisect_left(JOB_SECONDS, wait)] += 1
+            histogram.total += wait
         timeout = peer.abilities.get(function)
         if timeout:
             job.deadline = self.clock() + timeout
@@ -857,8 +874,16 @@ class Broker:
         job = self._held(peer, args[0], C.WORK_COMPLETE)
         if job is not None:
             self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
-            if self.stats is not None:
-                self.stats.finished(job, "complete")
+            stats = self.stats
+            if stats is not None:
+                clock = stats.clock
+                run = clock() - job.stamp
+                histogram = job.function.stats.run
+                if run <= SHORTEST:
+                    histogram.first += 1
+                else:
+                    histogram.buckets[bisect_left(JOB_SECONDS, run)] += 1
+                histogram.total += run
             self._finish(job, "complete", args[1])
 
     def _work_fail(self, peer: Peer, args: tuple[bytes, ...]) -> None:
@@ -868,7 +893,7 @@ class Broker:
                 return
             self._relay(job, C.WORK_FAIL, args[0])
             if self.stats is not None:
-                self.stats.finished(job, "fail")
+                self.stats.failed(job, "fail")
             self._finish(job, "failed")
 
     def _work_exception(self, peer: Peer, args: tuple[bytes, ...]) -> None:
@@ -878,7 +903,7 @@ class Broker:
             if self.lifecycle is not None and self.lifecycle.retry(job, "exception", args[1]) == "retry":
                 return
             if self.stats is not None:
-                self.stats.finished(job, "exception", args[1])
+                self.stats.failed(job, "exception", args[1])
             self._fail_clients(job, args[1])
             self._finish(job, "exception", exception=args[1])
 

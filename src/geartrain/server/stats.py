@@ -10,6 +10,7 @@ import weakref
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from operator import add
 from typing import Any
 
 #: Upper bounds (seconds) of the queue-wait and run-time histograms; the last bucket is +Inf.
@@ -27,22 +28,37 @@ MAX_TRACKED_FUNCTIONS = 100_000
 
 
 class Histogram:
-    """Bucket counts and a sum: observe() is one bisect and two additions."""
+    """Bucket counts and a sum. Observations up to the first bound are counted apart, in `first`: most jobs wait
+    and run less than SHORTEST, and the broker counts those without a bisect (see Stats)."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "first", "buckets", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
+        self.first = 0
+        #: Counts per bucket (the last is +Inf) of the observations not in `first`.
+        self.buckets = [0] * (len(bounds) + 1)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        self.buckets[bisect_left(self.bounds, value)] += 1
         self.total += value
 
     @property
+    def counts(self) -> list[int]:
+        """Counts per bucket, +Inf last."""
+        counts = list(self.buckets)
+        counts[0] += self.first
+        return counts
+
+    @property
     def count(self) -> int:
-        return sum(self.counts)
+        return self.first + sum(self.buckets)
+
+    def add(self, other: Histogram) -> None:
+        self.first += other.first
+        self.buckets = list(map(add, self.buckets, other.buckets))
+        self.total += other.total
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs as Prometheus wants them, +Inf last."""
@@ -56,20 +72,45 @@ class Histogram:
 class FunctionStats:
     """The counters of one function name; they outlive the broker's Function record (counters never go back)."""
 
-    __slots__ = ("submitted", "finished", "retries", "wait", "run")
+    __slots__ = ("foreground", "background", "fail", "exception", "retries", "wait", "run")
 
     def __init__(self) -> None:
-        #: [foreground, background] jobs created.
-        self.submitted = [0, 0]
-        #: {result: jobs} for RESULTS.
-        self.finished = dict.fromkeys(RESULTS, 0)
+        #: Jobs created by foreground and by background submits.
+        self.foreground = self.background = 0
+        #: Jobs failed (WORK_FAIL, or past their retries) and ended by WORK_EXCEPTION; complete is counted by `run`.
+        self.fail = self.exception = 0
         self.retries = 0
         self.wait = Histogram(JOB_SECONDS)
         self.run = Histogram(JOB_SECONDS)
 
     @property
+    def submitted(self) -> list[int]:
+        """[foreground, background] jobs created."""
+        return [self.foreground, self.background]
+
+    @property
+    def complete(self) -> int:
+        """Jobs ended by WORK_COMPLETE: every finished job's run time is observed once, whatever its result."""
+        return self.run.count - self.fail - self.exception
+
+    @property
+    def finished(self) -> dict[str, int]:
+        """{result: jobs} for RESULTS."""
+        return {"complete": self.complete, "fail": self.fail, "exception": self.exception}
+
+    @property
     def finished_total(self) -> int:
-        return sum(self.finished.values())
+        return self.run.count
+
+    def add(self, other: FunctionStats) -> None:
+        """Add another name's counters to these (a row that sums many functions)."""
+        self.foreground += other.foreground
+        self.background += other.background
+        self.fail += other.fail
+        self.exception += other.exception
+        self.retries += other.retries
+        self.wait.add(other.wait)
+        self.run.add(other.run)
 
 
 class Failure:
@@ -113,43 +154,31 @@ class Stats:
             stats = self.functions[name] = FunctionStats()
         return stats
 
-    # ------------------------------------------------------------------ job events (hot path)
+    # ------------------------------------------------------------------ job events
+    # The three per-job events (a job created, started, completed) are counted inline where the broker handles
+    # them (Broker.submit, _grab, _work_complete), as a call per event would cost as much as the counting: each
+    # job carries a `stamp` (when it was queued, then when it started) and the broker adds the wait and the run
+    # time to its FunctionStats' histograms, bucket 0 without a bisect when at most SHORTEST. The rarer events
+    # go through the methods below.
 
-    def submitted(self, job: Any) -> None:
-        """A new job was created (not a submit that joined an existing one)."""
-        job.stamp = self.clock()
-        job.function.stats.submitted[job.background] += 1
-
-    # started() and finished() inline Histogram.observe(): they run once per job, and a call costs as much.
-    def started(self, job: Any) -> None:
-        """A worker took the job: its queue wait ends, its run begins."""
+    def failed(self, job: Any, result: str, detail: bytes = b"") -> None:
+        """A worker ended the job with WORK_FAIL ("fail") or WORK_EXCEPTION ("exception")."""
         now = self.clock()
-        wait = now - job.stamp
-        job.stamp = now
-        histogram = job.function.stats.wait
-        histogram.counts[0 if wait <= SHORTEST else bisect_left(JOB_SECONDS, wait)] += 1
-        histogram.total += wait
-
-    def finished(self, job: Any, result: str, detail: bytes = b"") -> None:
-        """A worker ended the job with WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION."""
-        now = self.clock()
-        run = now - job.stamp
         stats = job.function.stats
-        histogram = stats.run
-        histogram.counts[0 if run <= SHORTEST else bisect_left(JOB_SECONDS, run)] += 1
-        histogram.total += run
-        stats.finished[result] += 1
-        if result != "complete":
-            self.failures.append(Failure(now, job.handle, job.function.name, result, detail[:200]))
+        stats.run.observe(now - job.stamp)
+        setattr(stats, result, getattr(stats, result) + 1)
+        self.failures.append(Failure(now, job.handle, job.function.name, result, detail[:200]))
 
     def requeued(self, job: Any, failed: bool) -> None:
         """A job lost its worker: back in its queue (its wait starts again), or failed past --job-retries."""
         stats = job.function.stats
         stats.retries += 1
-        job.stamp = self.clock()
+        now = self.clock()
         if failed:
-            stats.finished["fail"] += 1
-            self.failures.append(Failure(job.stamp, job.handle, job.function.name, "fail", b"too many retries"))
+            stats.run.observe(now - job.stamp)  # its last run ended with its worker
+            stats.fail += 1
+            self.failures.append(Failure(now, job.handle, job.function.name, "fail", b"too many retries"))
+        job.stamp = now
 
     # ------------------------------------------------------------------ refusals (cold path)
 

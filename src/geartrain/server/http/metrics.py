@@ -100,23 +100,8 @@ class BrokerCollector(Collector):
         row.waiting, row.running, row.workers, row.oldest = waiting, running, workers, oldest
         if counting:
             total = row.stats = FunctionStats()
-            submitted, retries = [0, 0], 0
-            finished = dict.fromkeys(RESULTS, 0)
-            wait, run = total.wait, total.run
-            wait_counts, run_counts = wait.counts, run.counts
             for fstats in counters:
-                submitted = list(map(add, submitted, fstats.submitted))
-                for result, count in fstats.finished.items():
-                    finished[result] += count
-                retries += fstats.retries
-                if fstats.wait.total or any(fstats.wait.counts):
-                    wait_counts = list(map(add, wait_counts, fstats.wait.counts))
-                    wait.total += fstats.wait.total
-                if fstats.run.total or any(fstats.run.counts):
-                    run_counts = list(map(add, run_counts, fstats.run.counts))
-                    run.total += fstats.run.total
-            wait.counts, run.counts = wait_counts, run_counts
-            total.submitted, total.finished, total.retries = submitted, finished, retries
+                total.add(fstats)
         return row
 
     def collect(self) -> Iterator[Metric]:
