@@ -3,9 +3,12 @@ only in the SQLite store and are read back in order; counts, coalescing, status,
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from geartrain.protocol import constants as C
+from geartrain.server.broker import QUEUED
 
 from wire import Wire
 
@@ -237,3 +240,17 @@ def test_show_job_describes_a_job_queued_only_in_the_store(server_factory, tmp_p
         assert by_handle[b"state"] == b"queued" and by_handle[b"priority"] == b"low"
         by_unique = dict(line.split(b"\t", 1) for line in client.admin(b"show job unique work u1").lines)
         assert by_unique[b"handle"] == handles[1] and by_unique[b"state"] == b"queued"
+
+
+def test_a_spilled_job_keeps_its_queueing_time_for_its_wait(server_factory, tmp_path):
+    # The wait histogram and the oldest job's age count from the submit, not from the job's reading back.
+    server = spilling(server_factory, tmp_path)
+    broker = server.server.broker
+    with Wire(server.host, server.port) as client, Wire(server.host, server.port) as worker:
+        submit_all(client, [(C.SUBMIT_JOB_BG, b"work", b"", b"%d" % i) for i in range(10)])
+        assert spilled(server) == 7
+        submitted = time.time()
+        worker.register(b"work")
+        drain(worker, 4)  # the fourth was read back from the store, with the rest of its chunk
+        loaded = [job for job in list(broker.jobs.values()) if job.state == QUEUED]
+        assert loaded and all(0 < job.stamp <= submitted for job in loaded)

@@ -1,9 +1,9 @@
 """A backlog bigger than memory: queued background jobs past --memory-jobs per function and priority stay only in
 the durable store, and are read back in order, from the store's writer thread, as the queue drains.
 
-What a spilled job costs in memory: its place in a SpillQueue, runs of consecutive refs and handle numbers (three
-8-byte slots per run; a run of jobs submitted back to back to one function and priority costs one run however
-long), plus one entry in its function's unique index when it has a unique (a dict entry and the key, ~100-150
+What a spilled job costs in memory: its place in a SpillQueue, runs of consecutive refs and handle numbers with
+the time the run was queued (four 8-byte slots per run; a run of jobs submitted back to back, within a
+millisecond, to one function and priority costs one run however long), plus one entry in its function's unique index when it has a unique (a dict entry and the key, ~100-150
 bytes). Its data, reducer and time stay in the store. The index is kept in memory, not queried from the store,
 because coalescing, GET_STATUS_UNIQUE and submits are answered synchronously on the event loop, which never waits
 for a disk.
@@ -36,18 +36,23 @@ DEFAULT_MEMORY_JOBS = 100_000
 LOAD_CHUNK = 4096
 #: Seconds before a failed load is tried again.
 RETRY_DELAY = 1.0
+#: Seconds between the queueing of the first and the last job of one run: a spilled job's queue wait is counted
+#: from its run's first job (at most this much early; the first bucket of the wait histogram is 1 ms).
+STAMP_SPAN = 0.001
 
 
 class SpillQueue:
     """The jobs of one function and priority that wait in the store, oldest first, as runs of consecutive refs
-    and handle numbers. The first `loading` of them are being read back."""
+    and handle numbers queued within STAMP_SPAN of each other. The first `loading` of them are being read back."""
 
-    __slots__ = ("refs", "nums", "lengths", "head", "count", "loading", "gone", "live")
+    __slots__ = ("refs", "nums", "lengths", "stamps", "head", "count", "loading", "gone", "live")
 
     def __init__(self) -> None:
         self.refs = array("q")
         self.nums = array("q")
         self.lengths = array("q")
+        #: When the first job of each run was queued (Job.stamp): its jobs' queue wait counts from there.
+        self.stamps = array("d")
         #: Index of the first run still spilled (runs before it are used up; cut off now and then).
         self.head = 0
         #: Jobs still spilled (cancelled ones excluded), loading ones included.
@@ -58,17 +63,19 @@ class SpillQueue:
         #: Materialized jobs (state SPILLED) by handle number.
         self.live: dict[int, Job] = {}
 
-    def append(self, ref: int, num: int) -> None:
+    def append(self, ref: int, num: int, stamp: float) -> None:
         last = len(self.lengths) - 1
         if last >= self.head:
             length = self.lengths[last]
-            if self.refs[last] + length == ref and self.nums[last] + length == num:
+            if self.refs[last] + length == ref and self.nums[last] + length == num \
+                    and stamp - self.stamps[last] <= STAMP_SPAN:
                 self.lengths[last] = length + 1
                 self.count += 1
                 return
         self.refs.append(ref)
         self.nums.append(num)
         self.lengths.append(1)
+        self.stamps.append(stamp)
         self.count += 1
 
     def find(self, num: int) -> int | None:
@@ -79,13 +86,13 @@ class SpillQueue:
             return None
         return self.refs[i] + (num - nums[i])
 
-    def front(self, most: int) -> list[tuple[int, int, int]]:
-        """Up to `most` entries from the front as (first ref, first handle number, length) runs."""
+    def front(self, most: int) -> list[tuple[int, int, int, float]]:
+        """Up to `most` entries from the front as (first ref, first handle number, length, stamp) runs."""
         runs = []
         i = self.head
         while most > 0 and i < len(self.lengths):
             n = min(most, self.lengths[i])
-            runs.append((self.refs[i], self.nums[i], n))
+            runs.append((self.refs[i], self.nums[i], n, self.stamps[i]))
             most -= n
             i += 1
         return runs
@@ -104,7 +111,7 @@ class SpillQueue:
                 self.lengths[i] = length - n
                 n = 0
         if self.head > 1024 and self.head * 2 > len(self.lengths):
-            del self.refs[:self.head], self.nums[:self.head], self.lengths[:self.head]
+            del self.refs[:self.head], self.nums[:self.head], self.lengths[:self.head], self.stamps[:self.head]
             self.head = 0
 
     def handles(self) -> Iterator[int]:
@@ -121,7 +128,7 @@ class SpillQueue:
 
     def memory(self) -> int:
         """Bytes the runs take (for the benchmark and tests)."""
-        return (len(self.refs) + len(self.nums) + len(self.lengths)) * 8
+        return (len(self.refs) + len(self.nums) + len(self.lengths) + len(self.stamps)) * 8
 
 
 class Spill:
@@ -166,7 +173,7 @@ class Spill:
             queues = function.spill = (SpillQueue(), SpillQueue(), SpillQueue())
             self.queues[function] = queues
         num = int(handle[len(self.prefix):])
-        queues[priority].append(job.store_ref, num)
+        queues[priority].append(job.store_ref, num, job.stamp)
         self.total += 1
         broker = self.broker
         del broker.jobs[handle]
@@ -323,7 +330,7 @@ class Spill:
         runs = queue.front(min(LOAD_CHUNK, self.memory_jobs - function.counts[priority]))
         queue.loading = sum(run[2] for run in runs)
         self.loads += 1
-        self.store.fetch([(ref, ref + n - 1) for ref, _, n in runs],
+        self.store.fetch([(ref, ref + n - 1) for ref, _, n, _ in runs],
                          lambda rows, exc: self._loaded(function, priority, runs, rows, exc))
 
     def block(self, function: Function, priority: int) -> None:
@@ -334,7 +341,7 @@ class Spill:
         self.blocked.add(function)
         self.drained(function, priority)
 
-    def _loaded(self, function: Function, priority: int, runs: list[tuple[int, int, int]],
+    def _loaded(self, function: Function, priority: int, runs: list[tuple[int, int, int, float]],
                 rows: dict[int, tuple] | None, exc: BaseException | None) -> None:
         queue = function.spill[priority]  # type: ignore[index]
         if exc is not None or rows is None:
@@ -353,8 +360,7 @@ class Spill:
         live = queue.live
         index = self.uniques.get(function)
         prefix = self.prefix
-        now = broker.clock()
-        for ref0, num0, n in runs:
+        for ref0, num0, n, stamp in runs:
             for k in range(n):
                 num = num0 + k
                 if gone and num in gone:
@@ -396,7 +402,7 @@ class Spill:
                             del index[key]
                         function.uniques[key] = job
                         broker.by_unique[unique] = job
-                job.stamp = now
+                job.stamp = stamp
                 broker.queued_bytes += len(data)
                 broker._enqueue(job)
             queue.advance(n)
