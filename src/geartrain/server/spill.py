@@ -3,10 +3,10 @@ the durable store, and are read back in order, from the store's writer thread, a
 
 What a spilled job costs in memory: its place in a SpillQueue, runs of consecutive refs and handle numbers with
 the time the run was queued (four 8-byte slots per run; a run of jobs submitted back to back, within a
-millisecond, to one function and priority costs one run however long), plus one entry in its function's unique index when it has a unique (a dict entry and the key, ~100-150
-bytes). Its data, reducer and time stay in the store. The index is kept in memory, not queried from the store,
-because coalescing, GET_STATUS_UNIQUE and submits are answered synchronously on the event loop, which never waits
-for a disk.
+millisecond, to one function and priority costs one run however long), plus one entry in its function's unique
+index when it has a unique (a dict entry and the key, ~100-150 bytes). Its data, reducer and time stay in the
+store. The index is kept in memory, not queried from the store, because coalescing, GET_STATUS_UNIQUE and submits
+are answered synchronously on the event loop, which never waits for a disk.
 
 Kept exact while jobs sit only in the store: counts (status, prioritystatus, maxqueue), coalescing by unique,
 GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs`, `cancel job`, and the order per priority
