@@ -127,3 +127,39 @@ def test_a_prefetching_worker_runs_batches_of_jobs_each_once(any_server):
         assert sorted(ran) == sorted(b"job-%d" % n for n in range(400))
 
     run(body())
+
+
+def test_no_grab_goes_out_while_a_job_to_give_back_waits(any_server):
+    """With concurrency 2: two jobs run, a third is held, its function is unregistered. When one of the two ends,
+    a slot is free, but a grab now would take another job onto the connection that is about to be closed to give
+    the held one back; none goes out until the give-back."""
+
+    async def body():
+        releases = {b"k0": asyncio.Event(), b"k1": asyncio.Event(), b"k2": asyncio.Event()}
+
+        async def keep(job: WorkerJob) -> bytes:
+            await releases[job.arguments].wait()
+            return job.arguments
+
+        async with Client([any_server.address]) as client:
+            kept = [await client.submit("gb_keep", b"k0"), await client.submit("gb_keep", b"k1")]
+            async with running_worker([any_server.address], {"gb_keep": keep, "gb_drop": keep}, concurrency=2,
+                                      prefetch=True) as worker:
+                await until_running(client, "gb_keep", 2)
+                dropped = await client.submit("gb_drop", b"d0")
+                await until_running(client, "gb_drop", 1)  # held: both slots are taken
+                (link,) = worker.links
+                assert [job.arguments for job in link.state.held] == [b"d0"]
+                worker.unregister("gb_drop")
+                kept.append(await client.submit("gb_keep", b"k2"))
+                releases[b"k0"].set()
+                assert await asyncio.wait_for(kept[0].result(), DEADLINE) == b"k0"
+                # The worker chose when k0's result was written, before the server relayed it.
+                assert link.conn.grabs == 0 and [job.arguments for job in link.state.held] == [b"d0"]
+                releases[b"k1"].set()
+                releases[b"k2"].set()
+                assert [await asyncio.wait_for(job.result(), DEADLINE) for job in kept[1:]] == [b"k1", b"k2"]
+                async with running_worker([any_server.address], {"gb_drop": lambda job: b"elsewhere"}):
+                    assert await asyncio.wait_for(dropped.result(), DEADLINE) == b"elsewhere"
+
+    run(body())
