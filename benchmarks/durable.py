@@ -3,9 +3,11 @@
 Servers: geartrain with its SQLite store (--queue-type sqlite) in both --queue-sync modes (geartrain-sqlite is
 "full", geartrain-sqlite-normal "normal"), geartrain in memory, gearmand with its libsqlite3 queue
 (-q libsqlite3 --libsqlite3-db FILE) and gearmand in memory, each on an ephemeral loopback port with a fresh
-work directory. Load: a few client connections (in one or more processes, uvloop when installed) keep
-a window of SUBMIT_JOB_BG pipelined each and count JOB_CREATED for a fixed time; then they stop submitting and
-wait for every answer still due. A submit counts once its JOB_CREATED arrived.
+work directory. Not run unless named: geartrain-sqlite-nowrite, a "normal" geard whose SQLite write is a no-op
+(same writer thread, batches, held acknowledgements and spilling; nothing reaches the file): the ceiling of the
+SQLite store as long as everything else stays as it is. Load: a few client connections (in one or more processes,
+uvloop when installed) keep a window of SUBMIT_JOB_BG pipelined each and count JOB_CREATED for a fixed time; then
+they stop submitting and wait for every answer still due. A submit counts once its JOB_CREATED arrived.
 
 The disk's limit for "full": every commit waits for one fsync of the write-ahead log, and at most every job in
 flight (connections x window) shares one commit, so no server can acknowledge more than (jobs in flight) /
@@ -51,6 +53,11 @@ GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
 SUBMIT_JOB_BG = 18
 JOB_CREATED = 8
 
+
+#: geard with SQLiteStore.write replaced by a no-op (geartrain-sqlite-nowrite).
+NO_WRITE = ("import sys; from geartrain.server.store.sqlite import SQLiteStore; "
+            "SQLiteStore.write = lambda self, adds, removes: None; "
+            "from geartrain.server.cli import main; sys.exit(main())")
 
 #: fsyncs timed to measure the disk (the median is kept).
 FSYNC_SAMPLES = 200
@@ -257,11 +264,14 @@ def server_command(name: str, port: int, workdir: Path, extra: list[str] | None 
     if name.startswith("geartrain"):
         argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST,
                 *(extra or [])]
-        if name in ("geartrain-sqlite", "geartrain-sqlite-normal"):
+        if name in ("geartrain-sqlite", "geartrain-sqlite-normal", "geartrain-sqlite-nowrite"):
             db = workdir / "geartrain.sqlite3"
-            sync = "normal" if name.endswith("-normal") else "full"
-            return argv + ["--queue-type", "sqlite", "--sqlite-db", str(db), "--queue-sync", sync], db, \
-                "geartrain_jobs"
+            sync = "full" if name == "geartrain-sqlite" else "normal"
+            argv += ["--queue-type", "sqlite", "--sqlite-db", str(db), "--queue-sync", sync]
+            if name.endswith("-nowrite"):
+                argv[1:3] = ["-c", NO_WRITE]
+                return argv, None, None  # no rows to count
+            return argv, db, "geartrain_jobs"
         return argv + ["--queue-type", "memory"], None, None
     # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
     argv = [GEARMAND, "-p", str(port), "-L", HOST, "-t", "2", "-l", "none", "-P", str(workdir / "gearmand.pid")]
@@ -347,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="bytes of data per job (64)")
     p.add_argument("--servers", default="geartrain-sqlite,geartrain-sqlite-normal,geartrain-memory,gearmand-sqlite,"
                    "gearmand-memory",
-                   help="comma-separated list of the servers to run")
+                   help="comma-separated list of the servers to run (also: geartrain-sqlite-nowrite)")
     p.add_argument("--empty-uniques", action="store_true",
                    help="submit without uniques (gearmand's SQLite queue then keeps a single row: a known bug)")
     p.add_argument("--repeat", type=int, default=1,
@@ -419,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      if "geartrain-memory" in r])) < disk_limit:
                 line += f"; / min(disk limit, geartrain-memory): {statistics.median(ceilings):.2f}"
         print(line)
-    for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite", "geartrain-sqlite-normal"),
+    for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite-nowrite", "geartrain-memory"),
+                 ("geartrain-sqlite-normal", "geartrain-sqlite-nowrite"),
+                 ("geartrain-sqlite", "geartrain-sqlite-normal"),
                  ("geartrain-sqlite", "gearmand-sqlite"), ("geartrain-sqlite", "geartrain-memory"),
                  ("geartrain-sqlite", "gearmand-memory"), ("geartrain-memory", "gearmand-memory")):
         ratios = [r[a].rate / r[b].rate for r in rounds if a in r and b in r and r[b].rate]

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import concurrent.futures
 import errno
 import logging
 import os
@@ -64,6 +63,7 @@ from ...protocol.codec import pack
 from ...protocol.constants import JOB_CREATED, RES
 from ..broker import SPILLED, STORING, error_packet
 from ..stats import COMMIT_SECONDS, Histogram
+from .writers import Writers
 
 log = logging.getLogger("geartrain.store")
 
@@ -205,7 +205,7 @@ class GroupCommitStore(Store):
         self.location = location
         self.loop: asyncio.AbstractEventLoop | None = None
         self.broker: Any = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: Writers | None = None
         self._next_ref = 1
         # The batch being gathered: its number, its adds (row and job) by ref (so a remove can cancel one), its
         # removes.
@@ -320,22 +320,22 @@ class GroupCommitStore(Store):
         began = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = concurrent.futures.ThreadPoolExecutor(self.writers, thread_name_prefix="geartrain-store")
+        executor = self._executor = Writers(loop, self.writers, "geartrain-store")
         broker = self.broker = server.broker
         duplicates = []
         last = count = 0
         try:
-            await loop.run_in_executor(self._executor, self.open_engine)
+            await executor.run(self.open_engine)
             done = False
             while not done:
-                jobs, last, done = await loop.run_in_executor(self._executor, self.load_chunk, last, REPLAY_CHUNK)
+                jobs, last, done = await executor.run(self.load_chunk, last, REPLAY_CHUNK)
                 count += len(jobs)
                 for stored in jobs:
                     job = broker.restore(stored.function, stored.unique, stored.data, stored.priority,
                                          stored.when, stored.ref, stored.reducer)
                     if job.store_ref != stored.ref:
                         duplicates.append(stored.ref)
-            self._stored_state = await loop.run_in_executor(self._executor, self.load_state)
+            self._stored_state = await executor.run(self.load_state)
         except BaseException:
             await self._shutdown_executor()
             raise
@@ -369,12 +369,11 @@ class GroupCommitStore(Store):
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        loop = asyncio.get_running_loop()
         try:
             if close_engine:
-                await loop.run_in_executor(executor, self.close_engine)
+                await executor.run(self.close_engine)
         finally:
-            executor.shutdown(wait=False)
+            executor.shutdown()
 
     # ------------------------------------------------------------------ broker side
 
@@ -457,7 +456,7 @@ class GroupCommitStore(Store):
             if not self._exclusive_running:
                 self._after_landing()
 
-        self.loop.run_in_executor(self._executor, call, *args).add_done_callback(done)
+        self._executor.run(call, *args).add_done_callback(done)
 
     def _busy(self) -> bool:
         """Whether a commit or an engine call is in flight or waits to run."""
@@ -580,7 +579,7 @@ class GroupCommitStore(Store):
             self._idle_timer.cancel()
             self._idle_timer = None
         rebuild = self._rows_held(adds) if self._lost else None
-        future = self.loop.run_in_executor(self._executor, self._write_batch, adds, removes, rebuild, state)
+        future = self._executor.run(self._write_batch, adds, removes, rebuild, state)
         future.add_done_callback(lambda f: self._land(seq, began, f, adds, jobs, removes))
 
     def _rows_held(self, adds: list[Row]) -> list[Row]:
