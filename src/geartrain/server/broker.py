@@ -608,7 +608,7 @@ class Broker:
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
         stats = self.stats
-        if stats is not None:
+        if stats is not None:  # counted inline: see stats.py, "job events"
             clock = stats.clock
             job.stamp = clock()
             if background:
@@ -764,7 +764,7 @@ class Broker:
         peer.running[job.handle] = job
         function.running += 1
         stats = self.stats
-        if stats is not None:
+        if stats is not None:  # its queue wait ends, its run begins (stats.py, "job events")
             clock = stats.clock
             now = clock()
             wait = now - job.stamp
@@ -875,7 +875,7 @@ class Broker:
         if job is not None:
             self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
             stats = self.stats
-            if stats is not None:
+            if stats is not None:  # its run time (stats.py, "job events"); complete = run.count - fail - exception
                 clock = stats.clock
                 run = clock() - job.stamp
                 histogram = job.function.stats.run
