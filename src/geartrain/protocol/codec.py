@@ -122,17 +122,30 @@ class _Body:
             n = len(view)
             pos = 0
             while pos < n:
-                if self.fill == PIECE:
-                    try:
-                        piece = _spare_pieces.pop()
-                    except IndexError:
-                        piece = bytearray(PIECE)
-                    self.pieces.append(piece)
-                    self.fill = 0
-                take = min(PIECE - self.fill, n - pos)
+                take = min(self.room(), n - pos)
                 self.pieces[-1][self.fill:self.fill + take] = view[pos:pos + take]
                 self.fill += take
                 pos += take
+        self.size += n
+
+    def room(self) -> int:
+        """Bytes the last piece still takes (a new piece is started when it is full)."""
+        if self.fill == PIECE:
+            try:
+                piece = _spare_pieces.pop()
+            except IndexError:
+                piece = bytearray(PIECE)
+            self.pieces.append(piece)
+            self.fill = 0
+        return PIECE - self.fill
+
+    def space(self, limit: int) -> memoryview:
+        """The free part of the last piece, at most limit bytes: to be filled in place, then filled()."""
+        take = min(self.room(), limit)
+        return memoryview(self.pieces[-1])[self.fill:self.fill + take]
+
+    def filled(self, n: int) -> None:
+        self.fill += n
         self.size += n
 
     def arguments(self, nargs: int) -> tuple[bytes, ...]:
@@ -312,6 +325,21 @@ class Decoder:
         if pos:
             del buf[:pos]
         return out
+
+    def body_space(self, minimum: int) -> memoryview | None:
+        """Where the next bytes of a large body being received may be read straight into (no more than the body
+        still needs), when it still needs at least minimum bytes; else None (feed() them as usual). A socket
+        read into it skips the copy out of a receive buffer; then call body_filled() with the bytes read."""
+        if self._body is None or self._need < minimum:
+            return None
+        return self._body.space(self._need)
+
+    def body_filled(self, nbytes: int) -> list[Event]:
+        """Count nbytes read into the last body_space(); the list holds the packet when that was its end."""
+        assert self._body is not None and 0 <= nbytes <= self._need
+        self._body.filled(nbytes)
+        self._need -= nbytes
+        return [self._finish_large()] if self._need == 0 else []
 
     def _finish_large(self) -> Event:
         """The event of the large packet whose last bytes just came."""
