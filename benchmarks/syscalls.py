@@ -76,6 +76,7 @@ class Result:
     load: str
     jobs: int
     counters: Counters
+    jobs_per_s: float = 0.0
     calls: dict[str, int] = field(default_factory=dict)
 
     def per_job(self, value: float) -> float:
@@ -119,7 +120,7 @@ def run_load(server: servers.RunningServer, load: str, jobs: int, use_perf: bool
     after = read_counters(server.pid)
     if outcome.errors:
         raise SystemExit(f"{server.spec.name} {load}: {outcome.errors[:3]}")
-    result = Result(server.spec.name, load, outcome.jobs, after - before)
+    result = Result(server.spec.name, load, outcome.jobs, after - before, outcome.jobs_per_s)
     if perf is not None:
         result.calls = stop_perf(perf, out)
     return result
@@ -129,8 +130,9 @@ def format_result(r: Result) -> str:
     c = r.counters
     cpu = " ".join(f"{k} {r.per_job(v * 1e6):.1f}" for k, v in
                    (("user", c.utime), ("sys", c.stime), ("cpu", c.utime + c.stime)))
-    line = (f"{r.server:10} {r.load:10} {r.jobs:7} jobs, us/job: {cpu}; per job: faults {r.per_job(c.minflt):.2f}"
-            f" vol.sw {r.per_job(c.voluntary):.3f} invol.sw {r.per_job(c.involuntary):.3f}")
+    line = (f"{r.server:10} {r.load:10} {r.jobs:7} jobs {r.jobs_per_s:7.0f}/s, us/job: {cpu}; "
+            f"per job: faults {r.per_job(c.minflt):.2f} vol.sw {r.per_job(c.voluntary):.3f} "
+            f"invol.sw {r.per_job(c.involuntary):.3f}")
     calls = [(k, v) for k, v in sorted(r.calls.items(), key=lambda kv: -kv[1]) if v]
     if calls:
         total = sum(r.calls.values())
@@ -155,12 +157,13 @@ def main() -> None:
           "per job:", flush=True)
     for _ in range(args.repeat):
         for entry in args.servers.split(","):
-            # NAME=SRC runs the server NAME with its Python code from SRC (an older tree, for a paired A/B).
+            # NAME=SRC runs the server NAME with its Python code from SRC (an older tree, for a paired A/B);
+            # the rows name it NAME@ and the SRC's position in --servers.
             name, _, src = entry.partition("=")
             os.environ["PYTHONPATH"] = src or os.environ.get("SYSCALLS_PYTHONPATH", "")
             spec = servers.SERVERS[name]
             if src:
-                spec = dataclasses.replace(spec, name=f"{name}@{src}")
+                spec = dataclasses.replace(spec, name=f"{name}@{args.servers.split(',').index(entry)}")
             with servers.running(spec) as server:
                 for load in args.loads.split(","):
                     result = run_load(server, load, counts[LOADS[load][1]], not args.no_perf)

@@ -204,7 +204,7 @@ class Decoder:
     subclasses add private types), else as a PacketError(INVALID_COMMAND).
     """
 
-    __slots__ = ("_buf", "_body", "_need", "_large", "accept", "max_packet_size", "max_line_length",
+    __slots__ = ("_buf", "_body", "body_need", "_large", "accept", "max_packet_size", "max_line_length",
                  "unknown_types")
 
     def __init__(
@@ -215,10 +215,10 @@ class Decoder:
         unknown_types: bool = False,
     ) -> None:
         self._buf = bytearray()
-        #: The body of a large packet being received (see _COPY_ONCE), or None; _need is how many of its bytes
+        #: The body of a large packet being received (see _COPY_ONCE), or None; body_need is how many of its bytes
         #: are still to come, _large its (magic, type, nargs).
         self._body: _Body | None = None
-        self._need = 0
+        self.body_need = 0
         self._large: tuple[bytes, int, int] = (REQ, 0, 0)
         self.accept = accept
         self.unknown_types = unknown_types
@@ -235,10 +235,10 @@ class Decoder:
         out: list[Event] = []
         body = self._body
         if body is not None:
-            need = self._need
+            need = self.body_need
             if len(data) < need:
                 body.add(data)
-                self._need -= len(data)
+                self.body_need -= len(data)
                 return out
             body.add(data[:need])
             out.append(self._finish_large())
@@ -273,7 +273,7 @@ class Decoder:
                             # byte until the last argument is joined, and no buffer of the whole packet.
                             self._body = _Body()
                             self._body.add(buf[start:n])
-                            self._need = end - n
+                            self.body_need = end - n
                             self._large = (bytes(magic), ptype, arg_counts[ptype])
                             pos = n
                         break
@@ -326,26 +326,24 @@ class Decoder:
             del buf[:pos]
         return out
 
-    def body_space(self, minimum: int) -> memoryview | None:
-        """Where the next bytes of a large body being received may be read straight into (no more than the body
-        still needs), when it still needs at least minimum bytes; else None (feed() them as usual). A socket
-        read into it skips the copy out of a receive buffer; then call body_filled() with the bytes read."""
-        if self._body is None or self._need < minimum:
-            return None
-        return self._body.space(self._need)
+    def body_space(self) -> memoryview:
+        """Where the next bytes of the large body being received (body_need > 0) may be read straight into, no more
+        than it still needs: a socket read into it skips the copy out of a receive buffer. Then body_filled()."""
+        assert self._body is not None and self.body_need > 0
+        return self._body.space(self.body_need)
 
     def body_filled(self, nbytes: int) -> list[Event]:
         """Count nbytes read into the last body_space(); the list holds the packet when that was its end."""
-        assert self._body is not None and 0 <= nbytes <= self._need
+        assert self._body is not None and 0 <= nbytes <= self.body_need
         self._body.filled(nbytes)
-        self._need -= nbytes
-        return [self._finish_large()] if self._need == 0 else []
+        self.body_need -= nbytes
+        return [self._finish_large()] if self.body_need == 0 else []
 
     def _finish_large(self) -> Event:
         """The event of the large packet whose last bytes just came."""
         body, self._body = self._body, None
         assert body is not None
-        self._need = 0
+        self.body_need = 0
         magic, ptype, nargs = self._large
         args = body.arguments(nargs)
         if len(args) != nargs:

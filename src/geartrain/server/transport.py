@@ -238,11 +238,9 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         # and reads of up to a piece). Anything else goes to one receive buffer per server (per event loop): the
         # loop fills it and calls buffer_updated() at once, and the decoder copies what it keeps, so no read
         # allocates a bytes object of its own.
-        if self.tls is None:
-            space = self.decoder.body_space(READ_DIRECT)
-            if space is not None:
-                self.reading_body = True
-                return space
+        if self.decoder.body_need >= READ_DIRECT and self.tls is None:
+            self.reading_body = True
+            return self.decoder.body_space()
         self.reading_body = False
         return self.state.read_view
 
