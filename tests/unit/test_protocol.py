@@ -232,8 +232,10 @@ def test_a_large_body_read_in_place_comes_out_whole_and_what_follows_is_fed_as_u
         n = min(len(space), 300_001)  # a short read
         space[:n] = stream[pos:pos + n]
         pos += n
-        events += decoder.body_filled(n)
+        decoder.body_filled(n)
     assert pos == end
+    events += decoder.feed(b"")  # the body is whole: the packet comes out
+    assert [e.ptype for e in events] == [C.SUBMIT_JOB]
     events += decoder.feed(stream[pos:])
     assert events == [Packet(C.REQ, C.SUBMIT_JOB, (b"f", b"u", data)), Packet(C.REQ, C.ECHO_REQ, (b"hi",))]
     assert decoder.buffered == 0

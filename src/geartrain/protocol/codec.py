@@ -332,12 +332,12 @@ class Decoder:
         assert self._body is not None and self.body_need > 0
         return self._body.space(self.body_need)
 
-    def body_filled(self, nbytes: int) -> list[Event]:
-        """Count nbytes read into the last body_space(); the list holds the packet when that was its end."""
+    def body_filled(self, nbytes: int) -> None:
+        """Count nbytes read into the last body_space(). When that was the body's end (body_need is 0), the next
+        feed(), of b"" or of what follows, returns the packet first."""
         assert self._body is not None and 0 <= nbytes <= self.body_need
         self._body.filled(nbytes)
         self.body_need -= nbytes
-        return [self._finish_large()] if self.body_need == 0 else []
 
     def _finish_large(self) -> Event:
         """The event of the large packet whose last bytes just came."""

@@ -245,12 +245,14 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         return self.state.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.reading_body:
-            self.reading_body = False
-            if self.peer is not None:
-                self._received(self.peer, self.decoder.body_filled(nbytes))
-        else:
+        if not self.reading_body:
             self.data_received(self.state.read_view[:nbytes])
+            return
+        self.reading_body = False
+        decoder = self.decoder
+        decoder.body_filled(nbytes)
+        if not decoder.body_need:
+            self.data_received(b"")  # the packet is whole: the decoder hands it out
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.tls is not None:
@@ -270,10 +272,6 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        self._received(peer, events)
-
-    def _received(self, peer: Peer, events: list) -> None:
-        """Handle what a read decoded, then write this peer's answers (others' output waits for the flush)."""
         self._dispatch(peer, events)
         if self.idle_handle is not None:
             self._arm_idle_timer()
