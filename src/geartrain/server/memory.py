@@ -4,9 +4,10 @@ glibc serves an allocation from a mapping of its own (unmapped at free) above a 
 of its heap back once that exceeds another; left alone it raises both each time a mapping is freed (up to 32 and
 64 MiB). A payload in a fresh mapping costs a page fault per 4 KiB (256 per MiB, about 0.7 ms of system time per
 1 MiB job of benchmarks/run.py's large load, more than the job's socket copies), so both are fixed here: payloads
-up to 32 MiB come from the heap, where the pages a finished job freed serve the next one, and the heap's free top
-goes back to the system once it passes 32 MiB, so after a backlog of large jobs drains RSS returns to within that
-of where it was (tests/faults/test_memory_faults.py).
+under 4 MiB come from the heap, where the pages a finished job freed serve the next one, larger allocations (big
+payloads, the tables of a large backlog, which grow in place by mremap) get mappings of their own, and the heap's
+free top goes back to the system once it passes 8 MiB, so after a backlog of large jobs drains RSS returns to
+within about that of where it was (tests/faults/test_memory_faults.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import ctypes
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-#: Allocations at least this large get a mapping of their own (glibc's largest dynamic threshold).
-MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Allocations at least this large get a mapping of their own.
+MMAP_THRESHOLD = 4 * 1024 * 1024
 #: Free heap space past this much at its top goes back to the system at once.
-TRIM_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 8 * 1024 * 1024
 
 
 def _glibc() -> ctypes.CDLL | None:
