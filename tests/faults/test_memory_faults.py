@@ -1,6 +1,5 @@
 """Memory of a geard process: buffers of peers that vanish mid-packet, and a drained backlog of large jobs, go back
-to the system (VmRSS measured in /proc; bounds far from both the fixed and the broken figures), while the pages of
-finished large jobs serve the next ones (minor faults in /proc)."""
+to the system (VmRSS measured in /proc; bounds far from both the fixed and the broken figures)."""
 
 from __future__ import annotations
 
@@ -91,35 +90,3 @@ def test_memory_goes_back_after_a_backlog_of_large_jobs_drains(server_factory, t
         after = settled(server)
     assert peak - before > count * 0.8, f"the backlog never was in memory ({before:.0f} -> {peak:.0f} MiB)"
     assert after - before < 48, f"RSS {before:.0f} -> {peak:.0f} -> {after:.0f} MiB after {count} MiB drained"
-
-
-def minor_faults(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])  # minflt, field 10 of man proc
-
-
-def test_the_memory_of_finished_large_jobs_serves_the_next_ones(server_factory):
-    # A 1 MiB payload in fresh pages costs the server 256 page faults, and a job has two (the data and the
-    # result): over 500 per job. With the pages of finished payloads reused, a job costs a handful.
-    server = server_factory("geard")
-    pid = server.process.pid
-    with Wire(server.host, server.port, timeout=DEADLINE) as client, \
-            Wire(server.host, server.port, timeout=DEADLINE) as worker:
-        worker.register(b"big")
-
-        def job(i: int) -> None:
-            payload = bytes([i % 251]) * MiB
-            handle = client.submit(b"big", payload)
-            assigned = worker.grab()
-            assert assigned.args[3] == payload
-            worker.send(C.WORK_COMPLETE, handle, payload)
-            assert client.expect(C.WORK_COMPLETE).args == (handle, payload)
-
-        for i in range(5):
-            job(i)
-        before = minor_faults(pid)
-        jobs = 20
-        for i in range(jobs):
-            job(i)
-        per_job = (minor_faults(pid) - before) / jobs
-    assert per_job < 64, f"{per_job:.0f} page faults per 1 MiB job: payloads are in fresh pages each time"

@@ -1,13 +1,8 @@
-"""Giving freed memory back to the system, and reusing it while traffic lasts.
+"""Giving freed memory back to the system: large buffers in mappings of their own.
 
-glibc serves an allocation from a mapping of its own (unmapped at free) above a threshold, and gives the free top
-of its heap back once that exceeds another; left alone it raises both each time a mapping is freed (up to 32 and
-64 MiB). A payload in a fresh mapping costs a page fault per 4 KiB (256 per MiB, about 0.7 ms of system time per
-1 MiB job of benchmarks/run.py's large load, more than the job's socket copies), so both are fixed here: payloads
-under 4 MiB come from the heap, where the pages a finished job freed serve the next one, larger allocations (big
-payloads, the tables of a large backlog, which grow in place by mremap) get mappings of their own, and the heap's
-free top goes back to the system once it passes 8 MiB, so after a backlog of large jobs drains RSS returns to
-within about that of where it was (tests/faults/test_memory_faults.py).
+glibc serves a large allocation from its own mapping (returned at free) only above a threshold that it raises
+each time such a mapping is freed (up to 32 MiB): after a few 1 MiB payloads come and go, the next ones live in
+the heap, whose free space is kept. Fixing the threshold keeps every payload past it in a mapping of its own.
 """
 
 from __future__ import annotations
@@ -16,10 +11,10 @@ import ctypes
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-#: Allocations at least this large get a mapping of their own.
-MMAP_THRESHOLD = 4 * 1024 * 1024
+#: Allocations at least this large get a mapping of their own (job payloads, decoder buffers of large packets).
+MMAP_THRESHOLD = 256 * 1024
 #: Free heap space past this much at its top goes back to the system at once.
-TRIM_THRESHOLD = 8 * 1024 * 1024
+TRIM_THRESHOLD = 1024 * 1024
 
 
 def _glibc() -> ctypes.CDLL | None:
