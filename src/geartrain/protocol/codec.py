@@ -100,8 +100,8 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
 _COPY_ONCE = 16 * 1024
 #: A large body being received is copied into pieces of this size. Up to SPARE_PIECES pieces are kept for the next
 #: large bodies (per process): pages faulted in once serve again, where a fresh buffer per packet costs a page
-#: fault per 4 KiB. Each piece is a mapping of its own (above glibc's threshold, see server/memory.py), so the
-#: pieces of a packet beyond the spares, or of a peer gone mid-packet, go back to the system when freed.
+#: fault per 4 KiB. The pieces of a packet beyond the spares, or of a peer gone mid-packet, are freed at once (when
+#: freed memory goes back to the system: server/memory.py).
 PIECE = 1024 * 1024
 SPARE_PIECES = 8
 _spare_pieces: list[bytearray] = []

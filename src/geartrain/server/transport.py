@@ -18,16 +18,14 @@ from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolEr
 from ..sockets import tune
 from .broker import Broker, Peer, error_packet
 from .config import ServerConfig
-from .memory import MMAP_THRESHOLD
 from .tls import ServerTLSSession, peer_common_name
 
 log = logging.getLogger("geartrain.transport")
 
 _ids = itertools.count(1)
 
-#: Bytes read per receive: what is copied of a whole read (the decoder's buffer) stays under glibc's mapping
-#: threshold, in reused heap rather than fresh pages.
-READ_SIZE = MMAP_THRESHOLD - 4096
+#: Bytes read per receive (into the one buffer of the server): many small packets per read.
+READ_SIZE = 256 * 1024 - 4096
 #: A large packet's body still to come of at least this many bytes is read straight into the decoder's pieces.
 READ_DIRECT = 64 * 1024
 
