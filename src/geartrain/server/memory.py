@@ -46,7 +46,6 @@ def return_large_buffers() -> bool:
         _libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-
 def trim() -> None:
     """Give the heap's free pages back to the system, wherever they lie (a no-op without glibc)."""
     if _libc is not None:
