@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -56,6 +57,29 @@ def test_pipelined_submits_are_answered_in_order(geartrain_server):
         handles = [client.expect(C.JOB_CREATED).args[0] for _ in range(200)]
         lines = client.admin("show unique jobs").lines
         assert len(set(handles)) == 200 and sorted(lines) == sorted(b"u%d" % i for i in range(200))
+
+
+def test_large_payloads_sent_in_uneven_parts_arrive_whole_both_ways(geartrain_server):
+    # The bodies are read straight into the decoder's pieces once their packets are under way: each payload
+    # differs from the last, so a piece reused without being filled again would show.
+    s = geartrain_server
+    with Wire(s.host, s.port) as client, Wire(s.host, s.port) as worker:
+        worker.register(b"big")
+        for round_ in range(3):
+            data = bytes((i * 7 + round_) % 251 for i in range(256)) * (9 * 1024 + round_ * 1000)
+            packet = client.conn.send_packet(C.SUBMIT_JOB, b"big", b"", data)
+            cuts = [0, 7, 40_000, 1_500_000, len(packet)]
+            for a, b in itertools.pairwise(cuts):
+                client.send_raw(packet[a:b])
+                time.sleep(0.02)
+            handle = client.expect(C.JOB_CREATED).args[0]
+            job = worker.grab()
+            assert job.args[0] == handle and job.args[3] == data
+            answer = data[::-1]
+            worker.send_raw(worker.conn.send_packet(C.WORK_COMPLETE, handle, answer)
+                            + worker.conn.send_packet(C.ECHO_REQ, b"after"))
+            assert worker.expect(C.ECHO_RES).args == (b"after",)
+            assert client.expect(C.WORK_COMPLETE).args == (handle, answer)
 
 
 def test_oversized_packet_gets_an_error_and_close_other_peers_unaffected():

@@ -217,6 +217,30 @@ def test_a_large_packet_short_of_arguments_is_a_packet_error_and_the_stream_stay
     assert decoder.buffered == 0
 
 
+def test_a_large_body_read_in_place_comes_out_whole_and_what_follows_is_fed_as_usual():
+    data = bytes(range(256)) * (10 * 1024)  # 2.5 MiB: three pieces
+    stream = encode_request(C.SUBMIT_JOB, b"f", b"u", data) + encode_request(C.ECHO_REQ, b"hi")
+    end = len(stream) - 14  # where the body ends: the echo follows
+    decoder = Decoder(max_packet_size=64 * 1024 * 1024)
+    assert decoder.body_need == 0  # no large body under way
+    events = decoder.feed(stream[:5000])
+    pos = 5000
+    while decoder.body_need:
+        assert decoder.body_need == end - pos
+        space = decoder.body_space()
+        assert 0 < len(space) <= end - pos
+        n = min(len(space), 300_001)  # a short read
+        space[:n] = stream[pos:pos + n]
+        pos += n
+        decoder.body_filled(n)
+    assert pos == end
+    events += decoder.feed(b"")  # the body is whole: the packet comes out
+    assert [e.ptype for e in events] == [C.SUBMIT_JOB]
+    events += decoder.feed(stream[pos:])
+    assert events == [Packet(C.REQ, C.SUBMIT_JOB, (b"f", b"u", data)), Packet(C.REQ, C.ECHO_REQ, (b"hi",))]
+    assert decoder.buffered == 0
+
+
 def test_large_bodies_reuse_a_bounded_number_of_pieces():
     from geartrain.protocol import codec
 

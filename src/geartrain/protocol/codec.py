@@ -100,8 +100,8 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
 _COPY_ONCE = 16 * 1024
 #: A large body being received is copied into pieces of this size. Up to SPARE_PIECES pieces are kept for the next
 #: large bodies (per process): pages faulted in once serve again, where a fresh buffer per packet costs a page
-#: fault per 4 KiB. Each piece is a mapping of its own (above glibc's threshold, see server/memory.py), so the
-#: pieces of a packet beyond the spares, or of a peer gone mid-packet, go back to the system when freed.
+#: fault per 4 KiB. The pieces of a packet beyond the spares, or of a peer gone mid-packet, are freed at once (when
+#: freed memory goes back to the system: server/memory.py).
 PIECE = 1024 * 1024
 SPARE_PIECES = 8
 _spare_pieces: list[bytearray] = []
@@ -122,17 +122,30 @@ class _Body:
             n = len(view)
             pos = 0
             while pos < n:
-                if self.fill == PIECE:
-                    try:
-                        piece = _spare_pieces.pop()
-                    except IndexError:
-                        piece = bytearray(PIECE)
-                    self.pieces.append(piece)
-                    self.fill = 0
-                take = min(PIECE - self.fill, n - pos)
+                take = min(self.room(), n - pos)
                 self.pieces[-1][self.fill:self.fill + take] = view[pos:pos + take]
                 self.fill += take
                 pos += take
+        self.size += n
+
+    def room(self) -> int:
+        """Bytes the last piece still takes (a new piece is started when it is full)."""
+        if self.fill == PIECE:
+            try:
+                piece = _spare_pieces.pop()
+            except IndexError:
+                piece = bytearray(PIECE)
+            self.pieces.append(piece)
+            self.fill = 0
+        return PIECE - self.fill
+
+    def space(self, limit: int) -> memoryview:
+        """The free part of the last piece, at most limit bytes: to be filled in place, then filled()."""
+        take = min(self.room(), limit)
+        return memoryview(self.pieces[-1])[self.fill:self.fill + take]
+
+    def filled(self, n: int) -> None:
+        self.fill += n
         self.size += n
 
     def arguments(self, nargs: int) -> tuple[bytes, ...]:
@@ -191,7 +204,7 @@ class Decoder:
     subclasses add private types), else as a PacketError(INVALID_COMMAND).
     """
 
-    __slots__ = ("_buf", "_body", "_need", "_large", "accept", "max_packet_size", "max_line_length",
+    __slots__ = ("_buf", "_body", "body_need", "_large", "accept", "max_packet_size", "max_line_length",
                  "unknown_types")
 
     def __init__(
@@ -202,10 +215,10 @@ class Decoder:
         unknown_types: bool = False,
     ) -> None:
         self._buf = bytearray()
-        #: The body of a large packet being received (see _COPY_ONCE), or None; _need is how many of its bytes
+        #: The body of a large packet being received (see _COPY_ONCE), or None; body_need is how many of its bytes
         #: are still to come, _large its (magic, type, nargs).
         self._body: _Body | None = None
-        self._need = 0
+        self.body_need = 0
         self._large: tuple[bytes, int, int] = (REQ, 0, 0)
         self.accept = accept
         self.unknown_types = unknown_types
@@ -222,10 +235,10 @@ class Decoder:
         out: list[Event] = []
         body = self._body
         if body is not None:
-            need = self._need
+            need = self.body_need
             if len(data) < need:
                 body.add(data)
-                self._need -= len(data)
+                self.body_need -= len(data)
                 return out
             body.add(data[:need])
             out.append(self._finish_large())
@@ -260,7 +273,7 @@ class Decoder:
                             # byte until the last argument is joined, and no buffer of the whole packet.
                             self._body = _Body()
                             self._body.add(buf[start:n])
-                            self._need = end - n
+                            self.body_need = end - n
                             self._large = (bytes(magic), ptype, arg_counts[ptype])
                             pos = n
                         break
@@ -313,11 +326,24 @@ class Decoder:
             del buf[:pos]
         return out
 
+    def body_space(self) -> memoryview:
+        """Where the next bytes of the large body being received (body_need > 0) may be read straight into, no more
+        than it still needs: a socket read into it skips the copy out of a receive buffer. Then body_filled()."""
+        assert self._body is not None and self.body_need > 0
+        return self._body.space(self.body_need)
+
+    def body_filled(self, nbytes: int) -> None:
+        """Count nbytes read into the last body_space(). When that was the body's end (body_need is 0), the next
+        feed(), of b"" or of what follows, returns the packet first."""
+        assert self._body is not None and 0 <= nbytes <= self.body_need
+        self._body.filled(nbytes)
+        self.body_need -= nbytes
+
     def _finish_large(self) -> Event:
         """The event of the large packet whose last bytes just came."""
         body, self._body = self._body, None
         assert body is not None
-        self._need = 0
+        self.body_need = 0
         magic, ptype, nargs = self._large
         args = body.arguments(nargs)
         if len(args) != nargs:

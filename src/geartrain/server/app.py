@@ -17,7 +17,7 @@ from .broker import Broker
 from .config import ServerConfig
 from .lifecycle import Lifecycle
 from .lifecycle_admin import LifecycleCommands
-from .memory import return_large_buffers
+from .memory import return_large_buffers, trim_every
 from .transport import GearmanProtocol, ServerState
 
 log = logging.getLogger("geartrain.server")
@@ -272,7 +272,11 @@ class Server:
         gc.freeze()
         gc.set_threshold(20_000, 50, 100)
         return_large_buffers()
-        await self.wait_stopped()
+        trimming = asyncio.get_running_loop().create_task(trim_every())
+        try:
+            await self.wait_stopped()
+        finally:
+            trimming.cancel()
 
     def reload(self) -> None:
         """SIGHUP: reopen log files, and reread the policy file, the ACL file and the TLS files; new connections

@@ -18,16 +18,16 @@ from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolEr
 from ..sockets import tune
 from .broker import Broker, Peer, error_packet
 from .config import ServerConfig
-from .memory import MMAP_THRESHOLD
 from .tls import ServerTLSSession, peer_common_name
 
 log = logging.getLogger("geartrain.transport")
 
 _ids = itertools.count(1)
 
-#: Bytes read per receive: what is copied of a whole read (the decoder's buffer) stays under glibc's mapping
-#: threshold, in reused heap rather than fresh pages.
-READ_SIZE = MMAP_THRESHOLD - 4096
+#: Bytes read per receive (into the one buffer of the server): many small packets per read.
+READ_SIZE = 256 * 1024 - 4096
+#: A large packet's body still to come of at least this many bytes is read straight into the decoder's pieces.
+READ_DIRECT = 64 * 1024
 
 #: File descriptors no connection may take: the store needs a few (SQLite opens its log and syncs its directory)
 #: and a flood of connections at the descriptor limit must not make its commits fail.
@@ -102,7 +102,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
     __slots__ = ("state", "transport", "decoder", "peer", "handlers", "paused", "idle_handle", "ssl_context",
-                 "address", "tls", "handshake_timer", "stream", "backlog", "pumping")
+                 "address", "tls", "handshake_timer", "stream", "backlog", "pumping", "reading_body")
 
     def __init__(self, state: ServerState, ssl_context: ssl.SSLContext | None = None) -> None:
         self.state = state
@@ -123,6 +123,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.stream: Iterator[bytes] | None = None
         self.backlog: list[Any] = []
         self.pumping = False  # a _pump() call is scheduled
+        self.reading_body = False  # the last get_buffer() gave the decoder's body space, not the read buffer
 
     # ------------------------------------------------------------------ connection life
 
@@ -231,12 +232,25 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ input
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # One receive buffer per server (per event loop): the loop fills it and calls buffer_updated() at once,
-        # and the decoder copies what it keeps, so no read allocates a bytes object of its own.
+        # The rest of a large packet's body is read straight into the decoder's pieces (one copy less per byte,
+        # and reads of up to a piece). Anything else goes to one receive buffer per server (per event loop): the
+        # loop fills it and calls buffer_updated() at once, and the decoder copies what it keeps, so no read
+        # allocates a bytes object of its own.
+        if self.decoder.body_need >= READ_DIRECT and self.tls is None:
+            self.reading_body = True
+            return self.decoder.body_space()
+        self.reading_body = False
         return self.state.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.state.read_view[:nbytes])
+        if not self.reading_body:
+            self.data_received(self.state.read_view[:nbytes])
+            return
+        self.reading_body = False
+        decoder = self.decoder
+        decoder.body_filled(nbytes)
+        if not decoder.body_need:
+            self.data_received(b"")  # the packet is whole: the decoder hands it out
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.tls is not None:
