@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import socket
+import statistics
 import struct
 import time
 
@@ -107,7 +108,7 @@ def minor_faults(pid: int) -> int:
 def test_the_memory_of_finished_large_jobs_serves_the_next_ones(server_factory):
     # A 1 MiB payload in fresh pages costs the server 256 page faults, and a job has two (the data and the
     # result): over 500 per job. With the pages of finished payloads reused, a job costs a handful (and a trim of
-    # the heap between two jobs, once a second, costs one job its 500).
+    # the heap, once a second, costs the job after it its 500).
     server = server_factory("geard")
     pid = server.process.pid
     with Wire(server.host, server.port, timeout=DEADLINE) as client, \
@@ -124,9 +125,11 @@ def test_the_memory_of_finished_large_jobs_serves_the_next_ones(server_factory):
 
         for i in range(5):
             job(i)
-        before = minor_faults(pid)
-        jobs = 20
-        for i in range(jobs):
+        faults = []
+        for i in range(21):
+            before = minor_faults(pid)
             job(i)
-        per_job = (minor_faults(pid) - before) / jobs
-    assert per_job < 128, f"{per_job:.0f} page faults per 1 MiB job: payloads are in fresh pages each time"
+            faults.append(minor_faults(pid) - before)
+    # The median job: a trim can only follow a job when a second has passed, however slow the machine.
+    per_job = statistics.median(faults)
+    assert per_job < 128, f"{per_job:.0f} page faults per 1 MiB job ({faults}): payloads are in fresh pages"
