@@ -51,7 +51,7 @@ def test_a_node_that_comes_back_after_its_takeover_runs_none_of_the_claimed_jobs
     assert sorted(ran) == sorted(b"j%d" % i for i in range(500))
 
 
-def freeze_inside_its_renewal(dsn: str, server) -> None:
+def freeze_inside_its_renewal(dsn: str, a) -> None:
     """SIGSTOP node a between its lease renewal's UPDATE and COMMIT, its lease row locked: the test holds that
     row, so the renewal waits for it; then a is stopped and the renewal let through."""
     with psycopg.connect(dsn) as conn:
@@ -59,7 +59,7 @@ def freeze_inside_its_renewal(dsn: str, server) -> None:
         wait_for(lambda: rows(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'geard a' "
                               "AND wait_event_type = 'Lock' AND query LIKE '%geartrain_renew%'") == [(1,)],
                  what="node a's renewal waiting for its row")
-        server.process.send_signal(signal.SIGSTOP)
+        a.process.send_signal(signal.SIGSTOP)
         conn.rollback()
 
 

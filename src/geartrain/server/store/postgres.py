@@ -9,7 +9,8 @@ A batch is one statement, ``geartrain_write`` (schema 3), on a connection of its
 trip, one transaction, no BEGIN or COMMIT. Up to ``writers`` batches (WRITERS) are in flight together, each on
 its writer thread's connection, so one batch's commit (its WAL flush) overlaps the next batch's work; the store
 takes their outcomes in order (store/__init__.py). Everything else (start-up, cluster calls, server state) runs on the
-control connection ``conn``, in transactions, never beside a batch.
+control connection ``conn``, in transactions, never beside a batch; after start-up the database ends any of them
+left idle for half of takeover_after (a node frozen holding its lease row would hold off its take-over).
 
 Each row belongs to one node of a cluster (``node``, ``ref``: the ref is the node's own counter). Every batch
 first checks the node's lease inside its transaction: it share-locks the node's row at its generation (and
