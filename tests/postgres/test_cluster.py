@@ -6,6 +6,9 @@ import collections
 import signal
 import time
 
+import psycopg
+import pytest
+
 from geartrain.protocol import constants as C
 
 from cluster_nodes import LEASE, TAKEOVER, Link, node, queued, rows, submit_many, wait_for, workers
@@ -48,12 +51,31 @@ def test_a_node_that_comes_back_after_its_takeover_runs_none_of_the_claimed_jobs
     assert sorted(ran) == sorted(b"j%d" % i for i in range(500))
 
 
-def test_a_node_frozen_past_its_lease_drops_what_was_taken_and_rejoins(server_factory, postgres_dsn):
-    """SIGSTOP stands for a node cut off from the database: alive, holding jobs it no longer owns."""
+def freeze_inside_its_renewal(dsn: str, a) -> None:
+    """SIGSTOP node a between its lease renewal's UPDATE and COMMIT, its lease row locked: the test holds that
+    row, so the renewal waits for it; then a is stopped and the renewal let through."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT 1 FROM geartrain_nodes WHERE node = 'a' FOR UPDATE")
+        wait_for(lambda: rows(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'geard a' "
+                              "AND wait_event_type = 'Lock' AND query LIKE '%geartrain_renew%'") == [(1,)],
+                 what="node a's renewal waiting for its row")
+        a.process.send_signal(signal.SIGSTOP)
+        conn.rollback()
+
+
+@pytest.mark.parametrize("inside_renewal", [False, True], ids=["anywhere", "inside-its-renewal"])
+def test_a_node_frozen_past_its_lease_drops_what_was_taken_and_rejoins(server_factory, postgres_dsn,
+                                                                       inside_renewal):
+    """SIGSTOP stands for a node cut off from the database: alive, holding jobs it no longer owns. Frozen inside
+    a transaction on its lease row, it holds that lock too: the database ends that transaction, or the
+    take-over would wait for the node to wake up."""
     a = node(server_factory, postgres_dsn, "a", "--verbose", "INFO")
     b = node(server_factory, postgres_dsn, "b")
     submit_many(a, 300)
-    a.process.send_signal(signal.SIGSTOP)
+    if inside_renewal:
+        freeze_inside_its_renewal(postgres_dsn, a)
+    else:
+        a.process.send_signal(signal.SIGSTOP)
     try:
         wait_for(lambda: queued(b) == 300, what="the take-over by node b")
     finally:

@@ -93,7 +93,7 @@ def test_two_live_nodes_claiming_one_dead_node_at_once_never_claim_the_same_job(
     from geartrain.server.store.postgres import PostgresStore
 
     def opened(name: str) -> PostgresStore:
-        store = PostgresStore(postgres_dsn, name, takeover_after=0)
+        store = PostgresStore(postgres_dsn, name)  # "a" hands off: dead at any --takeover-after
         store.open_engine()
         store.load()
         return store

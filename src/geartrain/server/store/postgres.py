@@ -9,7 +9,8 @@ A batch is one statement, ``geartrain_write`` (schema 3), on a connection of its
 trip, one transaction, no BEGIN or COMMIT. Up to ``writers`` batches (WRITERS) are in flight together, each on
 its writer thread's connection, so one batch's commit (its WAL flush) overlaps the next batch's work; the store
 takes their outcomes in order (store/__init__.py). Everything else (start-up, cluster calls, server state) runs on the
-control connection ``conn``, in transactions, never beside a batch.
+control connection ``conn``, in transactions, never beside a batch; after start-up the database ends any of them
+left idle for half of takeover_after (a node frozen holding its lease row would hold off its take-over).
 
 Each row belongs to one node of a cluster (``node``, ``ref``: the ref is the node's own counter). Every batch
 first checks the node's lease inside its transaction: it share-locks the node's row at its generation (and
@@ -40,7 +41,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..cluster import ClaimedJob, Cluster, LeaseLost
+from ..cluster import FENCE_SHARE, ClaimedJob, Cluster, LeaseLost
 from . import GroupCommitStore, Row, StoredJob, StoreError, pg_arrays
 
 log = logging.getLogger("geartrain.store")
@@ -269,7 +270,20 @@ class PostgresStore(GroupCommitStore):
         """The control connection, reconnecting (with backoff) after a failure."""
         if self.conn is None:  # after a reconnect the lease may be gone: cluster.py finds out at its next renew
             self.conn = self._connect()
+            self._limit_idle_transactions(self.conn)
         return self.conn
+
+    def _limit_idle_transactions(self, conn: Any) -> None:
+        """Have the database end a transaction of the control connection left idle for takeover_after *
+        FENCE_SHARE (by a node frozen or cut off between two of its round trips, holding its lease row): the
+        lock goes with it, and the take-over waits for it no longer than for the lease."""
+        limit = f"{max(1, round(self.takeover_after * FENCE_SHARE * 1000))}ms"
+        try:
+            conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)", (limit,))
+            conn.commit()
+        except psycopg.Error as exc:
+            self._connection_lost(exc, conn)
+            raise StoreError(f"{self.location}: {one_line(exc)}") from exc
 
     def _batch_db(self) -> Any:
         """This writer thread's batch connection (autocommit), reconnecting (with backoff) after a failure."""
@@ -383,6 +397,9 @@ class PostgresStore(GroupCommitStore):
         except psycopg.Error as exc:
             self.close_engine()
             raise StoreError(f"cannot read the jobs of {self.location}: {one_line(exc)}") from exc
+        # Start-up's transaction (the registration, held from open_engine to here) is over: from now on none
+        # may outlive a freeze of this node.
+        self._limit_idle_transactions(conn)
         self._attempts = {item.job.ref: item.attempts for item in owned if item.attempts}
         return [item.job for item in owned]
 
