@@ -7,7 +7,7 @@ from geartrain.protocol import Decoder
 from geartrain.protocol import constants as C
 from geartrain.server.admin import Admin
 from geartrain.server.broker import Broker
-from geartrain.server.spill import SpillQueue
+from geartrain.server.spill import STAMP_SPAN, SpillQueue
 
 
 def answers(broker: Broker, peer) -> list:
@@ -61,15 +61,23 @@ def test_max_queued_jobs_counts_every_held_job_and_frees_as_they_end():
 def test_spill_queue_keeps_runs_finds_handles_and_skips_gone_ones():
     queue = SpillQueue()
     for ref, num in [(1, 100), (2, 101), (3, 102), (7, 103), (8, 110), (9, 111)]:
-        queue.append(ref, num)
+        queue.append(ref, num, 5.0)
     assert queue.count == 6 and len(queue.lengths) == 3  # (1..3, 100..102), (7, 103), (8..9, 110..111)
     assert [queue.find(n) for n in (100, 102, 103, 104, 110, 111, 112, 99)] == [1, 3, 7, None, 8, 9, None, None]
     queue.gone.add(101)
     assert queue.find(101) is None
     assert list(queue.handles()) == [100, 102, 103, 110, 111]
-    assert queue.front(4) == [(1, 100, 3), (7, 103, 1)]
+    assert queue.front(4) == [(1, 100, 3, 5.0), (7, 103, 1, 5.0)]
     queue.advance(2)
-    assert queue.front(10) == [(3, 102, 1), (7, 103, 1), (8, 110, 2)]
+    assert queue.front(10) == [(3, 102, 1, 5.0), (7, 103, 1, 5.0), (8, 110, 2, 5.0)]
     assert queue.find(100) is None and queue.find(102) == 3
     queue.advance(3)
-    assert queue.front(10) == [(9, 111, 1)]
+    assert queue.front(10) == [(9, 111, 1, 5.0)]
+
+
+def test_spill_queue_runs_span_at_most_stamp_span():
+    # A spilled job's wait counts from its run's stamp: a run only grows with jobs queued close after its first.
+    queue = SpillQueue()
+    for ref, stamp in [(1, 10.0), (2, 10.0 + STAMP_SPAN), (3, 10.0 + 2 * STAMP_SPAN), (4, 10.0 + 2 * STAMP_SPAN)]:
+        queue.append(ref, 100 + ref, stamp)
+    assert queue.front(10) == [(1, 101, 2, 10.0), (3, 103, 2, 10.0 + 2 * STAMP_SPAN)]
