@@ -254,8 +254,8 @@ def _run_queue(names: list[str], queue: str, defs: list[LoadDef], settings: Sett
                log: Callable[[str], None]) -> list[Row]:
     """Start every server that has this queue type, side by side, and run each load on each in turn.
 
-    A load's repeats are interleaved (round 1 on every server, then round 2, ...), so that the machine's slow
-    drifts fall on every server alike; the median run of each server is kept.
+    A load's repeats are interleaved (round 1 on every server, then round 2 in the reverse order, ...), so that the
+    machine's slow drifts fall on every server alike; the median run of each server is kept.
     """
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
@@ -275,8 +275,11 @@ def _run_queue(names: list[str], queue: str, defs: list[LoadDef], settings: Sett
                 f"(pid {running[name].pid})")
         for d in defs:
             runs: dict[str, list[list[Row]]] = {name: [] for name in running}
-            for _ in range(settings.repeat):
-                for name, server in running.items():
+            for round_number in range(settings.repeat):
+                # Every other round in the reverse order, so that neither server always runs first after the other
+                # (run.py --metrics pairs the rounds: a bias of the first slot would read as a cost).
+                order = list(running.items())
+                for name, server in order[::-1] if round_number % 2 else order:
                     done = runs[name]
                     if server.proc.poll() is not None or any(not r.ok for run in done for r in run):
                         continue  # failed or exited: its failure is what gets reported
