@@ -56,9 +56,11 @@ class Histogram:
         return self.first + sum(self.buckets)
 
     def add(self, other: Histogram) -> None:
-        self.first += other.first
-        self.buckets = list(map(add, self.buckets, other.buckets))
-        self.total += other.total
+        """Add another histogram's counts (one with no observation costs no list: a scrape may fold 100,000)."""
+        if other.first or any(other.buckets):
+            self.first += other.first
+            self.buckets = list(map(add, self.buckets, other.buckets))
+            self.total += other.total
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs as Prometheus wants them, +Inf last."""
