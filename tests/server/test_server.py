@@ -196,6 +196,23 @@ def test_idle_timeout_closes_silent_connections_but_not_workers():
         server.stop()
 
 
+def test_idle_timeout_spares_a_client_still_sending_a_large_packet():
+    # Its body is read straight into the decoder's pieces, each read of it counts as activity.
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], idle_timeout=1.0))
+    server.start_in_thread()
+    try:
+        with Wire("127.0.0.1", server.port) as client:
+            packet = client.conn.send_packet(C.SUBMIT_JOB_BG, b"big", b"", b"x" * (3 * 1024 * 1024))
+            parts = 8  # sent over about 2.4 s, more than twice the idle timeout, 0.3 s apart
+            step = len(packet) // parts + 1
+            for start in range(0, len(packet), step):
+                client.send_raw(packet[start:start + step])
+                time.sleep(0.3)
+            assert client.expect(C.JOB_CREATED).args[0]
+    finally:
+        server.stop()
+
+
 def test_max_connections_refuses_the_extra_one():
     server = Server(ServerConfig(listen=[("127.0.0.1", 0)], max_connections=2))
     server.start_in_thread()

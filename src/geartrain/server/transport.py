@@ -251,6 +251,8 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         decoder.body_filled(nbytes)
         if not decoder.body_need:
             self.data_received(b"")  # the packet is whole: the decoder hands it out
+        elif self.idle_handle is not None:
+            self._arm_idle_timer()  # a peer still sending a packet is not idle (data_received rearms it too)
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.tls is not None:
