@@ -32,6 +32,7 @@ class Settings:
     worker_procs: int = 1
     timeout: float = 180.0  # hard limit of one load
     repeat: int = 1  # runs per load; the median run is reported
+    pin: bool = False  # the server on the last CPU, the load generator on the others (run.py --pin)
 
 
 QUICK = {"duration": 4.0, "jobs": 150_000, "bg_jobs": 40_000, "large_jobs": 100, "durable_jobs": 5_000}

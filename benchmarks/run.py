@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -187,6 +187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-procs", type=int, default=1, help="processes that run the workers (default 1)")
     p.add_argument("--no-faces", action="store_true",
                    help="skip the client-face table (gear / gearman: this checkout against the originals)")
+    p.add_argument("--pin", action="store_true",
+                   help="give each server the last CPU and the load generator the others (needs 2+ CPUs): the "
+                   "server's CPU per job then leaves out the cache it loses to the load generator on a shared core")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine line as JSON")
     p.add_argument("--metrics", action="store_true",
                    help="measure what metrics cost: geartrain with counters and /metrics on, then with "
@@ -220,6 +223,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s.client_procs = max(1, args.client_procs)
     s.worker_procs = max(1, args.worker_procs)
     s.timeout = max(60.0, s.duration * 4 + 60)
+    s.pin = args.pin
     return s
 
 
@@ -233,6 +237,21 @@ def _run_once(d: LoadDef, server: servers.RunningServer, settings: Settings) -> 
             r.ok = False
             r.errors.append(f"server exited with {server.proc.returncode}: {server.log_tail(300)}")
     return produced
+
+
+#: The CPUs this process may use at start (--pin narrows its own set to all but the last).
+_CPUS = sorted(os.sched_getaffinity(0))
+
+
+def _pin(running: Iterable[servers.RunningServer]) -> None:
+    """run.py --pin: every server on the last CPU this process may use, this process (and so the load generator
+    it starts) on the others."""
+    cpus = _CPUS
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    for server in running:
+        server.pin({cpus[-1]})
+    os.sched_setaffinity(0, set(cpus[:-1]))
 
 
 def _median_run(runs: list[list[Row]]) -> list[Row]:
@@ -273,6 +292,8 @@ def _run_queue(names: list[str], queue: str, defs: list[LoadDef], settings: Sett
                 continue
             log(f"{name}: {queue} queue, listening on {servers.HOST}:{running[name].port} "
                 f"(pid {running[name].pid})")
+        if settings.pin:
+            _pin(running.values())
         for d in defs:
             runs: dict[str, list[list[Row]]] = {name: [] for name in running}
             for round_number in range(settings.repeat):
@@ -369,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
           f"durable {settings.durable_jobs} jobs, {settings.functions} functions, "
           f"{settings.idle} idle conns, "
           f"client procs {settings.client_procs}, worker procs {settings.worker_procs}, "
-          f"repeat {settings.repeat}; "
+          f"repeat {settings.repeat}{', server pinned to a CPU of its own' if settings.pin else ''}; "
           f"run took {time.monotonic() - started:.0f} s")
     print(format_table(rows))
     targets = format_targets(rows)
