@@ -123,7 +123,9 @@ class _Body:
             pos = 0
             while pos < n:
                 take = min(self.room(), n - pos)
-                self.pieces[-1][self.fill:self.fill + take] = view[pos:pos + take]
+                # Through a memoryview: a bytearray's slice assignment would first copy the view to a bytearray.
+                with memoryview(self.pieces[-1]) as piece:
+                    piece[self.fill:self.fill + take] = view[pos:pos + take]
                 self.fill += take
                 pos += take
         self.size += n
@@ -272,7 +274,8 @@ class Decoder:
                             # Its body is kept as the chunks that come, not grown in the buffer: one copy of each
                             # byte until the last argument is joined, and no buffer of the whole packet.
                             self._body = _Body()
-                            self._body.add(buf[start:n])
+                            with memoryview(buf) as view:  # no copy of the slice: add() copies it into a piece
+                                self._body.add(view[start:n])
                             self.body_need = end - n
                             self._large = (bytes(magic), ptype, arg_counts[ptype])
                             pos = n
