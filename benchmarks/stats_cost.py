@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             results[counting].append(run(counting, args.jobs, pollute))
     best = {counting: (min(r[0] for r in rows), min(r[1] for r in rows)) for counting, rows in results.items()}
     on, off = best[True], best[False]
-    print(f"broker ns/job, fastest of {args.rounds} rounds of {args.jobs} jobs, {args.pollute} KiB copied between calls:")
+    print(f"broker ns/job, fastest of {args.rounds} rounds of {args.jobs} jobs, "
+          f"{args.pollute} KiB copied between calls:")
     for what, a, b in (("submit (background)", on[0], off[0]), ("grab + WORK_COMPLETE", on[1], off[1]),
                        ("whole job", sum(on), sum(off))):
         print(f"  {what:<21} on {a:7.0f}   off {b:7.0f}   counters {a - b:+5.0f} ({100 * (a - b) / b:+.1f}%)")
