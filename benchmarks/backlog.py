@@ -78,6 +78,11 @@ def queued(port: int) -> int:
     return 0
 
 
+def uuid_like(connection: int, number: int) -> bytes:
+    """A distinct 36-byte unique shaped like a UUID string (what clients typically send)."""
+    return b"%08x-0000-4000-8000-%012x" % (connection, number)
+
+
 async def submit(port: int, jobs: int, connections: int, window: int, data: bytes, uniques: bool) -> float:
     """Submit `jobs` over `connections`, `window` outstanding each; seconds until the last JOB_CREATED."""
     share = [jobs // connections + (1 if i < jobs % connections else 0) for i in range(connections)]
@@ -91,7 +96,7 @@ async def submit(port: int, jobs: int, connections: int, window: int, data: byte
         def more(n: int) -> None:
             nonlocal sent
             if uniques:
-                writer.write(b"".join(packet(SUBMIT_JOB_BG, FUNCTION, b"%d-%d" % (index, sent + i), data)
+                writer.write(b"".join(packet(SUBMIT_JOB_BG, FUNCTION, uuid_like(index, sent + i), data)
                                       for i in range(n)))
             else:
                 writer.write(packet(SUBMIT_JOB_BG, FUNCTION, b"", data) * n)
@@ -213,7 +218,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--no-drain", action="store_true", help="measure submits and RSS only (a big backlog "
                         "takes long to drain)")
-    parser.add_argument("--uniques", action="store_true", help="a unique per job (default: empty uniques)")
+    parser.add_argument("--uniques", action="store_true", help="a unique per job, a distinct 36-byte "
+                        "UUID-shaped string (default: empty uniques)")
     parser.add_argument("--servers", default="spill,no-spill,gearmand",
                         help="spill, no-spill (both geartrain with SQLite), memory (geartrain), gearmand, "
                         "gearmand-sqlite (an fsync per job: slow)")
