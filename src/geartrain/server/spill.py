@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .broker import QUEUED, SPILLED, Broker, Function, Job
+from .hashindex import HashIndex, key_hash
 
 log = logging.getLogger("geartrain.spill")
 
@@ -34,6 +35,8 @@ log = logging.getLogger("geartrain.spill")
 DEFAULT_MEMORY_JOBS = 100_000
 #: Jobs read back per fetch: one fetch's rows become jobs in one pass of the event loop, so it stays short.
 LOAD_CHUNK = 4096
+#: Spilled jobs whose uniques one store read gives to `show unique jobs` (one chunk of the streamed listing).
+LISTING_CHUNK = 4096
 #: Seconds before a failed load is tried again.
 RETRY_DELAY = 1.0
 #: Seconds between the queueing of the first and the last job of one run: a spilled job's queue wait is counted
@@ -114,6 +117,11 @@ class SpillQueue:
             del self.refs[:self.head], self.nums[:self.head], self.lengths[:self.head], self.stamps[:self.head]
             self.head = 0
 
+    def runs(self) -> list[tuple[int, int, int]]:
+        """A copy of the runs still spilled, as (first ref, first handle number, length)."""
+        head = self.head
+        return list(zip(self.refs[head:], self.nums[head:], self.lengths[head:], strict=True))
+
     def handles(self) -> Iterator[int]:
         """Handle numbers of the spilled jobs, in queue order: the runs are copied at the call, so the queue may
         change while the numbers are read (a streamed `show jobs`)."""
@@ -143,8 +151,13 @@ class Spill:
         self.prefix = broker.prefix
         #: Functions with spill queues: {function: (high, normal, low)}.
         self.queues: dict[Function, tuple[SpillQueue, SpillQueue, SpillQueue]] = {}
-        #: Per function: key -> handle number of a spilled job (negative: its unique was "-").
-        self.uniques: dict[Function, dict[bytes, int]] = {}
+        #: Per function: key -> handle number of each spilled job with a key (negative: its unique was "-"), by
+        #: hash only (hashindex.py): a match is confirmed by reading the job's unique back (_with_key).
+        self.uniques: dict[Function, HashIndex] = {}
+        #: Hash of the keys (a parameter for tests that force collisions).
+        self.key_hash = key_hash
+        #: Store reads that confirmed (or refuted) a match of the index (statistics, tests).
+        self.confirms = 0
         self.total = 0
         self.loads = 0
         #: Functions taken out of the ready lists while a priority of theirs is read back (see block()).
@@ -188,8 +201,8 @@ class Spill:
                 del broker.by_unique[unique]
             index = self.uniques.get(function)
             if index is None:
-                index = self.uniques[function] = {}
-            index[key] = -num if unique == b"-" else num
+                index = self.uniques[function] = HashIndex(self.key_hash)
+            index.add(key, -num if unique == b"-" else num)
         job.state = SPILLED  # the object itself is dropped: nothing refers to it any more
         return True
 
@@ -234,35 +247,63 @@ class Spill:
     def holds(self, handle: bytes) -> bool:
         return self._locate(handle) is not None
 
-    def _lookup_key(self, function: Function, key: bytes) -> int | None:
+    def _ref(self, function: Function, num: int) -> int | None:
+        """The ref of the spilled job of `function` with this handle number, or None."""
+        for queue in function.spill or ():
+            if queue.count:
+                ref = queue.find(num)
+                if ref is not None:
+                    return ref
+        return None
+
+    def _with_key(self, function: Function, key: bytes, dash: bool = True) -> int | None:
+        """The signed handle number (see uniques) of a spilled job of `function` whose key is `key` (with dash
+        False: whose unique is `key`), or None. Each entry whose hash matches is confirmed by reading the job's
+        unique, or its data when the unique is "-", back from the store; stale ones (cancelled, loaded under
+        another key) are dropped on the way."""
         index = self.uniques.get(function)
-        if not index:
+        if index is None:
             return None
-        signed = index.get(key)
-        if signed is None:
-            return None
-        num = abs(signed)
-        queues = function.spill
-        if queues is None or all(queue.find(num) is None for queue in queues):
-            del index[key]  # cancelled, or loaded under another key: stale
-            return None
-        return num
+        for signed in index.find(key):
+            ref = self._ref(function, abs(signed))
+            if ref is None:
+                index.remove(key, signed)
+                continue
+            if signed < 0 and not dash:
+                continue
+            found = self._peek([(ref, ref)]).get(ref)
+            if found is not None and (found[1] if found[0] == b"-" else found[0]) == key:
+                return signed
+        return None
+
+    def _peek(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
+        self.confirms += 1
+        try:
+            return self.store.peek_uniques(ranges)
+        except Exception as exc:  # a lost or failing file: the job stays unconfirmed (a submit makes a new one)
+            log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
+            return {}
 
     def holds_unique(self, unique: bytes) -> bool:
         """Whether a spilled job has this unique (GET_STATUS_UNIQUE; "-" uniques are keyed by data)."""
-        return any(self._lookup_key(function, unique) is not None for function in list(self.uniques))
+        return any(self._with_key(function, unique) is not None for function in list(self.uniques))
 
-    def join(self, function: Function, key: bytes) -> Job | None:
-        """The spilled job of the function with this key, materialized (a submit coalesces onto it)."""
-        index = self.uniques.get(function)
-        if not index or key not in index:  # the common case, a new unique: no lookup in the spill queues
+    def join(self, function: Function, key: bytes, dash: bool = True) -> Job | None:
+        """The spilled job of the function with this key, materialized (a submit coalesces onto it); with dash
+        False only a job whose unique is `key`."""
+        signed = self._with_key(function, key, dash)
+        if signed is None:
             return None
-        num = self._lookup_key(function, key)
-        if num is None:
-            return None
-        unique = b"-" if index[key] < 0 else key
-        del index[key]  # from now on function.uniques finds it
-        return self.materialize(self.prefix + b"%d" % num, unique, key)
+        self.uniques[function].remove(key, signed)  # from now on function.uniques finds it
+        return self.materialize(self.prefix + b"%d" % abs(signed), b"-" if signed < 0 else key, key)
+
+    def with_unique(self, unique: bytes) -> Job | None:
+        """A spilled job with this unique, of any function, materialized (the HTTP API's lookup by unique)."""
+        for function in list(self.uniques):
+            job = self.join(function, unique, dash=False)
+            if job is not None:
+                return job
+        return None
 
     def materialize(self, handle: bytes, unique: bytes = b"", key: bytes = b"") -> Job | None:
         """A Job (state SPILLED, no data yet) for a spilled job something must hold: a client joins it, an admin
@@ -297,25 +338,46 @@ class Spill:
         num = int(job.handle[len(self.prefix):])
         queue.live.pop(num, None)
         queue.gone.add(num)
+        index = self.uniques.get(job.function)
+        if index is not None and job.key:
+            index.remove(job.key, -num if job.unique == b"-" else num)
         queue.count -= 1
         self.total -= 1
         self.drained(job.function, job.priority)
 
-    def listing(self) -> Iterator[tuple[bytes, bytes]]:
-        """(handle, unique or b"") of every spilled job, queue by queue (show jobs; materialized ones too, which
-        `show jobs` skips in broker.jobs). The functions are taken at the call, each queue's runs as it is reached:
-        jobs may come and go while a long listing is written."""
-        return self._listing(list(self.queues.items()))
+    def listing(self) -> Iterator[bytes]:
+        """The handle of every spilled job, queue by queue (show jobs; materialized ones too, which `show jobs`
+        skips in broker.jobs). The functions are taken at the call, each queue's runs as it is reached: jobs may
+        come and go while a long listing is written."""
+        prefix = self.prefix
+        return (prefix + b"%d" % num for queues in list(self.queues.values()) for queue in queues
+                for num in queue.handles())
 
-    def _listing(self, queues_of: list[tuple[Function, tuple[SpillQueue, ...]]]) -> Iterator[tuple[bytes, bytes]]:
-        for function, queues in queues_of:
-            index = self.uniques.get(function) or {}
-            uniques = {abs(v): (b"-" if v < 0 else k) for k, v in index.items()} if index else {}
-            for queue in queues:
-                for num in queue.handles():
-                    job = queue.live.get(num)
-                    yield self.prefix + b"%d" % num, job.unique if job is not None and job.unique \
-                        else uniques.get(num, b"")
+    def unique_listing(self) -> Iterator[bytes]:
+        """The unique of every spilled job that has one (show unique jobs): read from the store LISTING_CHUNK
+        jobs at a time as the listing is written, only for functions with spilled uniques."""
+        return self._uniques([function for function in self.queues if function in self.uniques])
+
+    def _uniques(self, functions: list[Function]) -> Iterator[bytes]:
+        broker = self.broker
+        for function in functions:
+            for queue in function.spill or ():
+                for ref0, num0, length in queue.runs():
+                    for start in range(0, length, LISTING_CHUNK):
+                        n = min(LISTING_CHUNK, length - start)
+                        rows = self._peek([(ref0 + start, ref0 + start + n - 1)])
+                        for k in range(start, start + n):
+                            num = num0 + k
+                            if num in queue.gone:
+                                continue
+                            row = rows.get(ref0 + k)
+                            if row is not None:
+                                unique = row[0]
+                            else:  # loaded since the listing began, and maybe ended (then it is not listed)
+                                job = broker.jobs.get(self.prefix + b"%d" % num)
+                                unique = job.unique if job is not None else b""
+                            if unique:
+                                yield unique
 
     # ------------------------------------------------------------------ loading
 
@@ -389,8 +451,8 @@ class Spill:
                     job.store_ref = ref0 + k
                     broker.jobs[handle] = job
                     if key:
-                        if index is not None and abs(index.get(key, 0)) == num:
-                            del index[key]
+                        if index is not None:
+                            index.remove(key, -num if unique == b"-" else num)
                         function.uniques[key] = job
                         if unique:
                             broker.by_unique[unique] = job
@@ -398,8 +460,8 @@ class Spill:
                     job.data, job.when, job.reducer = data, when, reducer
                     if key and not job.key:  # materialized by handle: its unique comes with the row
                         job.unique, job.key = unique, key
-                        if index is not None and abs(index.get(key, 0)) == num:
-                            del index[key]
+                        if index is not None:
+                            index.remove(key, -num if unique == b"-" else num)
                         function.uniques[key] = job
                         broker.by_unique[unique] = job
                 job.stamp = stamp

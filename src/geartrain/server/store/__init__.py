@@ -37,6 +37,7 @@ How the server uses a store (the contract every engine keeps):
 - A backlog bigger than memory (spill.py): an engine that sets ``can_spill`` lets queued jobs past --memory-jobs
   stay only in the store; ``fetch(ranges, callback)`` reads committed rows back by ref range on the writer thread
   (``read_rows``), in order with the commits, and calls ``callback(rows, None)`` or ``callback(None, exc)`` on the
+  loop; ``peek_uniques(ranges)`` reads the uniques (and the data of "-" ones) of committed rows at once, on the
   loop. An engine without it keeps every queued job in memory.
 
 An engine (SQLite here; PostgreSQL or Redis later) implements the blocking methods of GroupCommitStore
@@ -181,6 +182,14 @@ class Store(abc.ABC):
     def fetch(self, ranges: list[tuple[int, int]], callback: Callable[[Any, BaseException | None], None]) -> None:
         """Read the rows with refs in the (first, last) ranges back, then callback(rows by ref, None) or
         callback(None, exc) on the loop (stores with can_spill)."""
+        raise StoreError("this store cannot read jobs back")
+
+    def peek_uniques(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
+        """At once, on the loop: the unique of each committed row with a ref in the (first, last) ranges, with its
+        data when the unique is "-" (the key it coalesces by), else None. The one read that runs on the loop
+        (spill.py: a unique that hashes like a spilled job's is confirmed before the submit is answered; `show
+        unique jobs` lists spilled uniques); it may wait for a statement of the writer thread (stores with
+        can_spill)."""
         raise StoreError("this store cannot read jobs back")
 
 
