@@ -307,8 +307,8 @@ class Spill:
 
     def materialize(self, handle: bytes, unique: bytes = b"", key: bytes = b"") -> Job | None:
         """A Job (state SPILLED, no data yet) for a spilled job something must hold: a client joins it, an admin
-        cancels it. It keeps its place in the spill order and gets its data (and its unique, when not given)
-        when loaded."""
+        cancels it. It keeps its place in the spill order and gets its data when loaded. Its unique, when not
+        given, is read from the store (when that fails, it comes with the data)."""
         found = self._locate(handle)
         if found is None:
             return None
@@ -322,6 +322,13 @@ class Spill:
                 function.uniques[key] = job
                 broker.by_unique[unique] = job
             return job
+        index = self.uniques.get(function)
+        if not key and index is not None:  # by handle, in a function with spilled uniques
+            row = self._peek([(ref, ref)]).get(ref)
+            if row is not None and row[0]:
+                unique = row[0]
+                key = (row[1] or b"") if unique == b"-" else unique
+                index.remove(key, -num if unique == b"-" else num)
         job = Job(handle, function, unique, key, b"", priority, True)
         job.store_ref = ref
         job.state = SPILLED
