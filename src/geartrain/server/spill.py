@@ -20,6 +20,7 @@ memory. Jobs that never spill: scheduled ones (they wait in the timer heap), one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from array import array
 from bisect import bisect_right
@@ -42,6 +43,26 @@ RETRY_DELAY = 1.0
 #: Seconds between the queueing of the first and the last job of one run: a spilled job's queue wait is counted
 #: from its run's first job (at most this much early; the first bucket of the wait histogram is 1 ms).
 STAMP_SPAN = 0.001
+
+
+class Confirming(Exception):  # noqa: N818 - a request put off, not an error
+    """Raised by a lookup of a request that may wait (Peer.may_wait) when entries of the unique index must be
+    confirmed: the read of their rows runs on the store's writer thread (`future`), and the transport holds the
+    connection's requests from this one on, then handles them again with the rows in Spill.peeked."""
+
+    def __init__(self, refs: list[int], future: asyncio.Future) -> None:
+        super().__init__(refs)
+        self.refs = refs
+        self.future = future
+
+    def rows(self) -> dict[int, tuple[bytes, bytes | None] | None]:
+        """The rows read, by ref (None: no such row, or the read failed: the entry stays unconfirmed)."""
+        future = self.future
+        exc = None if not future.done() or future.cancelled() else future.exception()
+        if exc is not None:
+            log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
+        found = future.result() if future.done() and not future.cancelled() and exc is None else {}
+        return {ref: found.get(ref) for ref in self.refs}
 
 
 class SpillQueue:
@@ -158,6 +179,8 @@ class Spill:
         self.key_hash = key_hash
         #: Store reads that confirmed (or refuted) a match of the index (statistics, tests).
         self.confirms = 0
+        #: Rows read for the requests being handled again after a Confirming (set by the transport meanwhile).
+        self.peeked: dict[int, tuple[bytes, bytes | None] | None] = {}
         self.total = 0
         self.loads = 0
         #: Functions taken out of the ready lists while a priority of theirs is read back (see block()).
@@ -256,14 +279,15 @@ class Spill:
                     return ref
         return None
 
-    def _with_key(self, function: Function, key: bytes, dash: bool = True) -> int | None:
+    def _with_key(self, function: Function, key: bytes, dash: bool = True, wait: bool = False) -> int | None:
         """The signed handle number (see uniques) of a spilled job of `function` whose key is `key` (with dash
-        False: whose unique is `key`), or None. Each entry whose hash matches is confirmed by reading the job's
-        unique, or its data when the unique is "-", back from the store; stale ones (cancelled, loaded under
-        another key) are dropped on the way."""
+        False: whose unique is `key`), or None. Each entry whose hash matches is confirmed by the job's unique, or
+        its data when the unique is "-", as read from the store: at once on the loop, or with `wait` on the
+        writer thread (Confirming is raised). Stale entries (cancelled, loaded) are dropped on the way."""
         index = self.uniques.get(function)
         if index is None:
             return None
+        need = []
         for signed in index.find(key):
             ref = self._ref(function, abs(signed))
             if ref is None:
@@ -271,9 +295,19 @@ class Spill:
                 continue
             if signed < 0 and not dash:
                 continue
-            found = self._peek([(ref, ref)]).get(ref)
-            if found is not None and (found[1] if found[0] == b"-" else found[0]) == key:
+            if ref in self.peeked:
+                row = self.peeked[ref]
+            elif wait:
+                need.append(ref)
+                continue
+            else:
+                row = self._peek([(ref, ref)]).get(ref)
+            if row is not None and (row[1] if row[0] == b"-" else row[0]) == key:
                 return signed
+        if need:
+            self.confirms += 1
+            store = self.store
+            raise Confirming(need, store.run_exclusive(store.peek_uniques, [(ref, ref) for ref in need]))
         return None
 
     def _peek(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
@@ -284,14 +318,14 @@ class Spill:
             log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
             return {}
 
-    def holds_unique(self, unique: bytes) -> bool:
+    def holds_unique(self, unique: bytes, wait: bool = False) -> bool:
         """Whether a spilled job has this unique (GET_STATUS_UNIQUE; "-" uniques are keyed by data)."""
-        return any(self._with_key(function, unique) is not None for function in list(self.uniques))
+        return any(self._with_key(function, unique, wait=wait) is not None for function in list(self.uniques))
 
-    def join(self, function: Function, key: bytes, dash: bool = True) -> Job | None:
+    def join(self, function: Function, key: bytes, dash: bool = True, wait: bool = False) -> Job | None:
         """The spilled job of the function with this key, materialized (a submit coalesces onto it); with dash
         False only a job whose unique is `key`."""
-        signed = self._with_key(function, key, dash)
+        signed = self._with_key(function, key, dash, wait)
         if signed is None:
             return None
         self.uniques[function].remove(key, signed)  # from now on function.uniques finds it
