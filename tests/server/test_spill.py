@@ -370,3 +370,33 @@ def test_spilled_uniques_coalesce_after_a_restart(server_factory, tmp_path):
         assert no_more_jobs(worker)
     assert [unique for _, unique, _ in got] == [j[2] for j in jobs]
     assert len(handles) == 9
+
+
+def test_requests_after_one_that_confirms_a_spilled_unique_keep_their_order(server_factory, tmp_path):
+    server = spilling(server_factory, tmp_path)
+    spill = server.server.broker.spill
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"u%d" % i, b"data-%d" % i) for i in range(6)]
+    jobs.append((C.SUBMIT_JOB_BG, b"work", b"-", b"by-data"))
+    with Wire(server.host, server.port) as client, Wire(server.host, server.port) as other:
+        handles = submit_all(client, jobs)
+        confirms = spill.confirms
+        pipelined = [
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"u4", b"x"),  # waits for a read
+            client.conn.send_packet(C.ECHO_REQ, b"after"),
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"-", b"by-data"),  # a second read
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"u-new", b"y"),  # no match: no read
+            client.conn.send_packet(C.GET_STATUS_UNIQUE, b"u5"),  # a third
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"u4", b"again"),  # materialized by now
+        ]
+        client.send_raw(b"".join(pipelined))
+        other.send(C.SUBMIT_JOB_BG, b"work", b"u3", b"z")  # another connection meanwhile
+        assert client.expect(C.JOB_CREATED).args[0] == handles[4]
+        assert client.expect(C.ECHO_RES).args[0] == b"after"
+        assert client.expect(C.JOB_CREATED).args[0] == handles[6]
+        new = client.expect(C.JOB_CREATED).args[0]
+        assert new not in handles
+        assert client.expect(C.STATUS_RES_UNIQUE).args[:2] == (b"u5", b"1")
+        assert client.expect(C.JOB_CREATED).args[0] == handles[4]
+        assert other.expect(C.JOB_CREATED).args[0] == handles[3]
+        assert spill.confirms == confirms + 4
+        assert client.admin("status").lines == (b"work\t8\t0\t0",)
