@@ -186,6 +186,9 @@ def run(kind: str, args: argparse.Namespace) -> dict:
         uniques = args.uniques or kind == "gearmand-sqlite"  # its table is keyed by unique
         data = b"x" * args.size
         submit_s = asyncio.run(submit(port, args.jobs, args.connections, args.window, data, uniques))
+        # The same uniques again: every submit coalesces (a spilled job's unique is confirmed by a store read).
+        again_s = asyncio.run(submit(port, args.jobs, args.connections, args.window, data, uniques)) \
+            if args.duplicates else float("nan")
         held = queued(port)
         resident, peak = rss(process.pid)
         if args.no_drain:
@@ -199,6 +202,7 @@ def run(kind: str, args: argparse.Namespace) -> dict:
                 left = queued(port)
         return {
             "server": kind, "jobs": args.jobs, "uniques": uniques, "submit_per_s": args.jobs / submit_s,
+            "duplicates_per_s": args.jobs / again_s,
             "drain_per_s": args.jobs / drain_s, "rss_mb": resident / 1e6, "peak_mb": peak / 1e6,
             "bytes_per_job": (resident - before) / args.jobs, "ok": held == args.jobs and left == 0,
             "status_after_submit": held, "status_after_drain": left,
@@ -218,6 +222,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--no-drain", action="store_true", help="measure submits and RSS only (a big backlog "
                         "takes long to drain)")
+    parser.add_argument("--duplicates", action="store_true", help="with --uniques: submit every unique a second "
+                        "time after the first pass (all coalesce) and report that rate too")
     parser.add_argument("--uniques", action="store_true", help="a unique per job, a distinct 36-byte "
                         "UUID-shaped string (default: empty uniques)")
     parser.add_argument("--servers", default="spill,no-spill,gearmand",
@@ -238,16 +244,19 @@ def main() -> int:
             result = run(kind, args)
             rounds[kind].append(result)
             print(f"round {number + 1} {kind:16} jobs {result['jobs']:>9}  submit {result['submit_per_s']:>9.0f}/s  "
-                  f"drain {result['drain_per_s']:>9.0f}/s  RSS {result['rss_mb']:>8.1f} MB "
-                  f"(peak {result['peak_mb']:.1f})  {result['bytes_per_job']:>6.0f} B/job  "
+                  f"drain {result['drain_per_s']:>9.0f}/s  again {result['duplicates_per_s']:>9.0f}/s  "
+                  f"RSS {result['rss_mb']:>8.1f} MB (peak {result['peak_mb']:.1f})  "
+                  f"{result['bytes_per_job']:>6.0f} B/job  "
                   f"{'ok' if result['ok'] else 'CHECK FAILED'}", flush=True)
     results = []
     for kind in kinds:
         median = {key: statistics.median(r[key] for r in rounds[kind])
-                  for key in ("submit_per_s", "drain_per_s", "rss_mb", "peak_mb", "bytes_per_job")}
+                  for key in ("submit_per_s", "drain_per_s", "duplicates_per_s", "rss_mb", "peak_mb",
+                              "bytes_per_job")}
         results.append({**rounds[kind][0], **median, "ok": all(r["ok"] for r in rounds[kind])})
         if args.repeat > 1:
             print(f"median {kind:16} submit {median['submit_per_s']:>9.0f}/s  drain {median['drain_per_s']:>9.0f}/s"
+                  f"  again {median['duplicates_per_s']:>9.0f}/s"
                   f"  RSS {median['rss_mb']:>8.1f} MB")
     by = {r["server"]: r for r in results}
     if "spill" in by and "no-spill" in by:

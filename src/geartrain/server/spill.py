@@ -282,11 +282,14 @@ class Spill:
     def _with_key(self, function: Function, key: bytes, dash: bool = True, wait: bool = False) -> int | None:
         """The signed handle number (see uniques) of a spilled job of `function` whose key is `key` (with dash
         False: whose unique is `key`), or None. Each entry whose hash matches is confirmed by the job's unique, or
-        its data when the unique is "-", as read from the store: at once on the loop, or with `wait` on the
-        writer thread (Confirming is raised). Stale entries (cancelled, loaded) are dropped on the way."""
+        its data when the unique is "-", as read from the store: at once on the loop, or, with `wait` while the
+        writer thread is busy, on that thread (Confirming is raised). Stale entries (cancelled, loaded) are
+        dropped on the way."""
         index = self.uniques.get(function)
         if index is None:
             return None
+        store = self.store
+        later = wait and not store.quiet()
         need = []
         for signed in index.find(key):
             ref = self._ref(function, abs(signed))
@@ -297,7 +300,7 @@ class Spill:
                 continue
             if ref in self.peeked:
                 row = self.peeked[ref]
-            elif wait:
+            elif later:
                 need.append(ref)
                 continue
             else:
@@ -306,7 +309,6 @@ class Spill:
                 return signed
         if need:
             self.confirms += 1
-            store = self.store
             raise Confirming(need, store.run_exclusive(store.peek_uniques, [(ref, ref) for ref in need]))
         return None
 

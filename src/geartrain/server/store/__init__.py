@@ -188,8 +188,8 @@ class Store(abc.ABC):
         """At once, on the loop: the unique of each committed row with a ref in the (first, last) ranges, with its
         data when the unique is "-" (the key it coalesces by), else None. The one read that runs on the loop
         (spill.py: a unique that hashes like a spilled job's is confirmed before the submit is answered; `show
-        unique jobs` lists spilled uniques); it may wait for a statement of the writer thread (stores with
-        can_spill)."""
+        unique jobs` lists spilled uniques); unless the store is quiet() it may wait for a statement of the
+        writer thread (stores with can_spill)."""
         raise StoreError("this store cannot read jobs back")
 
 
@@ -466,6 +466,11 @@ class GroupCommitStore(Store):
                 self._after_landing()
 
         self._executor.run(call, *args).add_done_callback(done)
+
+    def quiet(self) -> bool:
+        """Whether no engine call runs or waits: only the loop starts them, so until it does a read on the loop
+        (peek_uniques) has the engine to itself."""
+        return not self._busy()
 
     def _busy(self) -> bool:
         """Whether a commit or an engine call is in flight or waits to run."""
