@@ -54,6 +54,13 @@ def rss(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_command(kind: str, port: int, work: Path, memory_jobs: int) -> list[str]:
     if kind in ("spill", "no-spill"):
         return [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST,
@@ -183,26 +190,34 @@ def run(kind: str, args: argparse.Namespace) -> dict:
     try:
         wait_for_port(port, process, time.monotonic() + 60)
         before = rss(process.pid)[0]
+        cpu0 = cpu(process.pid)
         uniques = args.uniques or kind == "gearmand-sqlite"  # its table is keyed by unique
         data = b"x" * args.size
         submit_s = asyncio.run(submit(port, args.jobs, args.connections, args.window, data, uniques))
+        cpu1 = cpu(process.pid)
         # The same uniques again: every submit coalesces (a spilled job's unique is confirmed by a store read).
         again_s = asyncio.run(submit(port, args.jobs, args.connections, args.window, data, uniques)) \
             if args.duplicates else float("nan")
+        cpu2 = cpu(process.pid)
         held = queued(port)
         resident, peak = rss(process.pid)
         if args.no_drain:
-            drain_s, left = float("nan"), 0
+            drain_s, left, drain_cpu = float("nan"), 0, float("nan")
         else:
+            cpu3 = cpu(process.pid)
             drain_s = asyncio.run(drain(port, args.jobs, args.workers))
             left = queued(port)
             deadline = time.monotonic() + 30
             while left and time.monotonic() < deadline:  # the last WORK_COMPLETEs may still be on their way
                 time.sleep(0.1)
                 left = queued(port)
+            drain_cpu = cpu(process.pid) - cpu3
         return {
             "server": kind, "jobs": args.jobs, "uniques": uniques, "submit_per_s": args.jobs / submit_s,
             "duplicates_per_s": args.jobs / again_s,
+            # Server CPU (user + system) per job: steadier than rates on a shared machine.
+            "submit_cpu_us": (cpu1 - cpu0) / args.jobs * 1e6, "drain_cpu_us": drain_cpu / args.jobs * 1e6,
+            "again_cpu_us": (cpu2 - cpu1) / args.jobs * 1e6 if args.duplicates else float("nan"),
             "drain_per_s": args.jobs / drain_s, "rss_mb": resident / 1e6, "peak_mb": peak / 1e6,
             "bytes_per_job": (resident - before) / args.jobs, "ok": held == args.jobs and left == 0,
             "status_after_submit": held, "status_after_drain": left,
@@ -245,6 +260,8 @@ def main() -> int:
             rounds[kind].append(result)
             print(f"round {number + 1} {kind:16} jobs {result['jobs']:>9}  submit {result['submit_per_s']:>9.0f}/s  "
                   f"drain {result['drain_per_s']:>9.0f}/s  again {result['duplicates_per_s']:>9.0f}/s  "
+                  f"CPU/job submit {result['submit_cpu_us']:.1f} drain {result['drain_cpu_us']:.1f} "
+                  f"again {result['again_cpu_us']:.1f} us  "
                   f"RSS {result['rss_mb']:>8.1f} MB (peak {result['peak_mb']:.1f})  "
                   f"{result['bytes_per_job']:>6.0f} B/job  "
                   f"{'ok' if result['ok'] else 'CHECK FAILED'}", flush=True)
@@ -252,17 +269,20 @@ def main() -> int:
     for kind in kinds:
         median = {key: statistics.median(r[key] for r in rounds[kind])
                   for key in ("submit_per_s", "drain_per_s", "duplicates_per_s", "rss_mb", "peak_mb",
-                              "bytes_per_job")}
+                              "bytes_per_job", "submit_cpu_us", "drain_cpu_us", "again_cpu_us")}
         results.append({**rounds[kind][0], **median, "ok": all(r["ok"] for r in rounds[kind])})
         if args.repeat > 1:
             print(f"median {kind:16} submit {median['submit_per_s']:>9.0f}/s  drain {median['drain_per_s']:>9.0f}/s"
-                  f"  again {median['duplicates_per_s']:>9.0f}/s"
+                  f"  again {median['duplicates_per_s']:>9.0f}/s  CPU/job submit {median['submit_cpu_us']:.1f} "
+                  f"drain {median['drain_cpu_us']:.1f} again {median['again_cpu_us']:.1f} us"
                   f"  RSS {median['rss_mb']:>8.1f} MB")
     by = {r["server"]: r for r in results}
     if "spill" in by and "no-spill" in by:
         s, n = by["spill"], by["no-spill"]
         print(f"spill / no-spill: submit {s['submit_per_s'] / n['submit_per_s']:.2f}x, "
-              f"drain {s['drain_per_s'] / n['drain_per_s']:.2f}x, RSS {s['rss_mb'] / n['rss_mb']:.2f}x")
+              f"drain {s['drain_per_s'] / n['drain_per_s']:.2f}x, RSS {s['rss_mb'] / n['rss_mb']:.2f}x; CPU per job: "
+              f"submit {s['submit_cpu_us'] / n['submit_cpu_us']:.2f}x, "
+              f"drain {s['drain_cpu_us'] / n['drain_cpu_us']:.2f}x")
     return 0 if all(r["ok"] for r in results) else 1
 
 

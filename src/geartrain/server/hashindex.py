@@ -22,9 +22,8 @@ _MASK64 = (1 << 64) - 1
 _SHIFT = 64 - SHARD_BITS
 
 
-def key_hash(key: bytes) -> int:
-    """Python's hash of bytes: SipHash with a key drawn at start, so colliding keys cannot be chosen from outside."""
-    return hash(key)
+#: Python's hash of bytes: SipHash with a key drawn at start, so colliding keys cannot be chosen from outside.
+key_hash: Callable[[bytes], int] = hash
 
 
 def _zeros(typecode: str, slots: int) -> array:
@@ -41,21 +40,17 @@ class _Table:
         self.used = 0
         self.mask = slots - 1
 
-    def put(self, h: int, value: int) -> None:
-        values = self.values
-        mask = self.mask
-        i = h & mask
-        while values[i]:
-            i = (i + 1) & mask
-        self.hashes[i] = h
-        values[i] = value
-        self.used += 1
-
     def resized(self, slots: int) -> _Table:
         table = _Table(slots)
+        hashes, values, mask = table.hashes, table.values, table.mask
         for h, value in zip(self.hashes, self.values, strict=True):
             if value:
-                table.put(h, value)
+                i = h & mask
+                while values[i]:
+                    i = (i + 1) & mask
+                hashes[i] = h
+                values[i] = value
+        table.used = self.used
         return table
 
     def delete(self, i: int) -> None:
@@ -92,46 +87,59 @@ class HashIndex:
     def __len__(self) -> int:
         return self.count
 
-    def _hashed(self, key: bytes) -> tuple[int, int]:
-        h = self.hash(key) & _MASK64
-        return h, h >> _SHIFT
+    # The methods below are written out in full, without helper calls: each runs for every spilled job.
 
     def add(self, key: bytes, value: int) -> None:
         if not value:
             raise ValueError("0 marks an empty slot: values must not be 0")
-        h, shard = self._hashed(key)
-        table = self.tables[shard]
+        h = self.hash(key) & _MASK64
+        tables = self.tables
+        table = tables[h >> _SHIFT]
         if table is None:
-            table = self.tables[shard] = _Table(MIN_SLOTS)
+            table = tables[h >> _SHIFT] = _Table(MIN_SLOTS)
         elif (table.used + 1) * 4 > (table.mask + 1) * 3:
-            table = self.tables[shard] = table.resized((table.mask + 1) * 2)
-        table.put(h, value)
+            table = tables[h >> _SHIFT] = table.resized((table.mask + 1) * 2)
+        values = table.values
+        mask = table.mask
+        i = h & mask
+        while values[i]:
+            i = (i + 1) & mask
+        table.hashes[i] = h
+        values[i] = value
+        table.used += 1
         self.count += 1
 
     def find(self, key: bytes) -> list[int]:
         """The values of the entries whose key hashes as `key` does (confirm each: the keys are not kept)."""
-        h, shard = self._hashed(key)
-        table = self.tables[shard]
-        found: list[int] = []
+        h = self.hash(key) & _MASK64
+        table = self.tables[h >> _SHIFT]
         if table is None:
-            return found
-        hashes, values, mask = table.hashes, table.values, table.mask
+            return []
+        values = table.values
+        mask = table.mask
         i = h & mask
-        while True:
-            value = values[i]
-            if not value:
-                return found
+        value = values[i]
+        if not value:
+            return []
+        hashes = table.hashes
+        found = []
+        while value:
             if hashes[i] == h:
                 found.append(value)
             i = (i + 1) & mask
+            value = values[i]
+        return found
 
     def remove(self, key: bytes, value: int) -> bool:
         """Remove one entry (key, value); False when there is none."""
-        h, shard = self._hashed(key)
+        h = self.hash(key) & _MASK64
+        shard = h >> _SHIFT
         table = self.tables[shard]
         if table is None:
             return False
-        hashes, values, mask = table.hashes, table.values, table.mask
+        values = table.values
+        hashes = table.hashes
+        mask = table.mask
         i = h & mask
         while True:
             found = values[i]
@@ -142,7 +150,7 @@ class HashIndex:
             i = (i + 1) & mask
         table.delete(i)
         self.count -= 1
-        slots = table.mask + 1
+        slots = mask + 1
         if not table.used:
             self.tables[shard] = None
         elif slots > MIN_SLOTS and table.used * 8 < slots:

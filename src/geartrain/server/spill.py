@@ -286,12 +286,13 @@ class Spill:
         writer thread is busy, on that thread (Confirming is raised). Stale entries (cancelled, loaded) are
         dropped on the way."""
         index = self.uniques.get(function)
-        if index is None:
+        found = index.find(key) if index is not None else None
+        if not found:  # the common case, a new unique
             return None
         store = self.store
         later = wait and not store.quiet()
         need = []
-        for signed in index.find(key):
+        for signed in found:
             ref = self._ref(function, abs(signed))
             if ref is None:
                 index.remove(key, signed)
@@ -309,7 +310,12 @@ class Spill:
                 return signed
         if need:
             self.confirms += 1
-            raise Confirming(need, store.run_exclusive(store.peek_uniques, [(ref, ref) for ref in need]))
+            try:
+                future = store.peek_later([(ref, ref) for ref in need])
+            except Exception as exc:  # closed: unconfirmed
+                log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
+                return None
+            raise Confirming(need, future)
         return None
 
     def _peek(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:

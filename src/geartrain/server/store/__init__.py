@@ -467,6 +467,14 @@ class GroupCommitStore(Store):
 
         self._executor.run(call, *args).add_done_callback(done)
 
+    def peek_later(self, ranges: list[tuple[int, int]]) -> asyncio.Future:
+        """peek_uniques on the writer thread, right after the calls handed to it so far (with one writer thread,
+        as SQLite has, it never runs beside one); a future of the loop. Not an exclusive call: quiet() does not
+        count it, so the reads of many waiting requests do not keep the store from ever being quiet."""
+        if self._executor is None:
+            raise StoreError(f"the store {self.location} is not open")
+        return self._executor.run(self.peek_uniques, ranges)
+
     def quiet(self) -> bool:
         """Whether no engine call runs or waits: only the loop starts them, so until it does a read on the loop
         (peek_uniques) has the engine to itself."""
