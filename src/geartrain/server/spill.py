@@ -3,19 +3,37 @@ the durable store, and are read back in order, from the store's writer thread, a
 
 What a spilled job costs in memory: its place in a SpillQueue, runs of consecutive refs and handle numbers with
 the time the run was queued (four 8-byte slots per run; a run of jobs submitted back to back, within a
-millisecond, to one function and priority costs one run however long), plus one entry in its function's unique
-index when it has a unique (a dict entry and the key, ~100-150 bytes). Its data, reducer and time stay in the
-store. The index is kept in memory, not queried from the store, because coalescing, GET_STATUS_UNIQUE and submits
-are answered synchronously on the event loop, which never waits for a disk.
+millisecond, to one function and priority costs one run however long), plus, when it has a unique, one entry
+in its function's unique index (hashindex.py: a 64-bit hash of the key and the signed handle number, 16 bytes a
+slot, 3/8 to 3/4 full as it grows: 21-43 bytes; no key: for the unique "-" the key is the data). Its data, reducer, time
+and unique stay in the store. 10M queued 64-byte jobs with 36-byte uniques: 397 MB RSS (1572 MB with a dict of
+keys; benchmarks/README.md).
+
+A unique is looked up (a submit coalesces, GET_STATUS_UNIQUE, `show job unique`) by its hash; a new unique
+almost always finds no entry and costs a hash and a probe. Each entry whose hash matches is confirmed by reading
+the job's unique (the data, for "-") back by ref (store.peek_uniques), so a hash collision never coalesces two
+different uniques. That read is the one the event loop makes itself: while the store's writer thread is quiet
+(no commit or other engine call runs or waits) it has the SQLite connection to itself, and a primary-key read of
+a committed row from the page cache costs 5-8 us (1M rows, 12:40Z). While the writer is busy the loop would wait
+for its statement, a commit's sync at worst (reads there took a median 1.2 ms, p99 15 ms while 512-row batches
+were committed back to back), so a Gearman connection's request raises Confirming instead: the read goes to the
+writer thread after what it has, the connection's requests from this one on wait (not read, answers in order),
+and they are handled again with the rows at hand. Requests without a connection (replay at start, schedules,
+the HTTP API) read at once. Only matches pay a read, once per spilled job that a submit joins (it is then
+materialized, found in memory from then on); a status poll pays one each time.
 
 Kept exact while jobs sit only in the store: counts (status, prioritystatus, maxqueue), coalescing by unique,
-GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs`, `cancel job`, and the order per priority
-(spilled jobs run after the in-memory ones of their priority, in submission order). A spilled job that something
-must hold on to (a foreground client joins it, `cancel job` names it) is materialized: a Job in state SPILLED
-without its data, still in its place in the spill order, which gets its data when it is loaded.
+GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs` (the spilled uniques are read from the store
+LISTING_CHUNK at a time as the listing is written, each read at once: ~4 ms a chunk, more while a commit runs),
+`cancel job`, the HTTP API's lookups, and the order per
+priority (spilled jobs run after the in-memory ones of their priority, in submission order). A spilled job that
+something must hold on to (a foreground client joins it, `cancel job` or `show job` names it) is materialized: a
+Job in state SPILLED without its data (its unique is read at once when only its handle was given), still in its
+place in the spill order, which gets its data when it is loaded.
 
-An engine spills when it says so (``can_spill``) and gives ``fetch(ranges, callback)``; others keep every job in
-memory. Jobs that never spill: scheduled ones (they wait in the timer heap), ones a client waits on, requeued ones.
+An engine spills when it says so (``can_spill``) and gives ``fetch(ranges, callback)``, ``peek_uniques``,
+``peek_later`` and ``quiet``; others keep every job in memory. Jobs that never spill: scheduled ones (they wait
+in the timer heap), ones a client waits on, requeued ones.
 """
 
 from __future__ import annotations
