@@ -575,7 +575,7 @@ class Broker:
         if key:
             job = function.uniques.get(key)
             if job is None and function.spill is not None:
-                job = self.spill.join(function, key, wait=peer is not None and peer.may_wait)
+                job = self.spill.join(function, key, peer)
             if job is not None:
                 if peer is not None:
                     if not background:
@@ -1012,7 +1012,7 @@ class Broker:
     def _get_status_unique(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         unique = args[0]
         job = self.by_unique.get(unique)
-        if job is None and self.spill is not None and self.spill.holds_unique(unique, wait=peer.may_wait):
+        if job is None and self.spill is not None and self.spill.holds_unique(unique, peer):
             body = b"\x00".join((unique, b"1", b"0", b"0", b"0", b"0"))
         elif job is None:
             body = b"\x00".join((unique, b"0", b"0", b"0", b"0", b"0"))

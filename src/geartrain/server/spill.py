@@ -297,18 +297,18 @@ class Spill:
                     return ref
         return None
 
-    def _with_key(self, function: Function, key: bytes, dash: bool = True, wait: bool = False) -> int | None:
+    def _with_key(self, function: Function, key: bytes, dash: bool = True, peer: Any = None) -> int | None:
         """The signed handle number (see uniques) of a spilled job of `function` whose key is `key` (with dash
         False: whose unique is `key`), or None. Each entry whose hash matches is confirmed by the job's unique, or
-        its data when the unique is "-", as read from the store: at once on the loop, or, with `wait` while the
-        writer thread is busy, on that thread (Confirming is raised). Stale entries (cancelled, loaded) are
+        its data when the unique is "-", as read from the store: at once on the loop, or, for a peer that may wait
+        while the writer thread is busy, on that thread (Confirming is raised). Stale entries (cancelled, loaded) are
         dropped on the way."""
         index = self.uniques.get(function)
         found = index.find(key) if index is not None else None
         if not found:  # the common case, a new unique
             return None
         store = self.store
-        later = wait and not store.quiet()
+        later = peer is not None and peer.may_wait and not store.quiet()
         need = []
         for signed in found:
             ref = self._ref(function, abs(signed))
@@ -344,14 +344,15 @@ class Spill:
             log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
             return {}
 
-    def holds_unique(self, unique: bytes, wait: bool = False) -> bool:
-        """Whether a spilled job has this unique (GET_STATUS_UNIQUE; "-" uniques are keyed by data)."""
-        return any(self._with_key(function, unique, wait=wait) is not None for function in list(self.uniques))
+    def holds_unique(self, unique: bytes, peer: Any = None) -> bool:
+        """Whether a spilled job has this unique (GET_STATUS_UNIQUE; "-" uniques are keyed by data). `peer`: the
+        connection asking, whose request may wait for a store read (see _with_key)."""
+        return any(self._with_key(function, unique, peer=peer) is not None for function in list(self.uniques))
 
-    def join(self, function: Function, key: bytes, dash: bool = True, wait: bool = False) -> Job | None:
+    def join(self, function: Function, key: bytes, peer: Any = None, dash: bool = True) -> Job | None:
         """The spilled job of the function with this key, materialized (a submit coalesces onto it); with dash
-        False only a job whose unique is `key`."""
-        signed = self._with_key(function, key, dash, wait)
+        False only a job whose unique is `key`. `peer`: as for holds_unique."""
+        signed = self._with_key(function, key, dash, peer)
         if signed is None:
             return None
         self.uniques[function].remove(key, signed)  # from now on function.uniques finds it
