@@ -4,10 +4,10 @@ the durable store, and are read back in order, from the store's writer thread, a
 What a spilled job costs in memory: its place in a SpillQueue, runs of consecutive refs and handle numbers with
 the time the run was queued (four 8-byte slots per run; a run of jobs submitted back to back, within a
 millisecond, to one function and priority costs one run however long), plus, when it has a unique, one entry
-in its function's unique index (hashindex.py: a 64-bit hash of the key and the signed handle number, 16 bytes a
-slot, 3/8 to 3/4 full as it grows: 21-43 bytes; no key: for the unique "-" the key is the data). Its data, reducer, time
-and unique stay in the store. 10M queued 64-byte jobs with 36-byte uniques: 397 MB RSS (1572 MB with a dict of
-keys; benchmarks/README.md).
+in its function's unique index (hashindex.py: a 64-bit hash of the key and the signed handle number, 16 bytes
+a slot, 3/8 to 3/4 full as it grows: 21-43 bytes; no key: for the unique "-" the key is the data). Its data,
+reducer, time and unique stay in the store. 10M queued 64-byte jobs with 36-byte uniques: 397 MB RSS (1572 MB
+with a dict of the keys; benchmarks/README.md).
 
 A unique is looked up (a submit coalesces, GET_STATUS_UNIQUE, `show job unique`) by its hash; a new unique
 almost always finds no entry and costs a hash and a probe. Each entry whose hash matches is confirmed by reading
@@ -25,11 +25,11 @@ materialized, found in memory from then on); a status poll pays one each time.
 Kept exact while jobs sit only in the store: counts (status, prioritystatus, maxqueue), coalescing by unique,
 GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs` (the spilled uniques are read from the store
 LISTING_CHUNK at a time as the listing is written, each read at once: ~4 ms a chunk, more while a commit runs),
-`cancel job`, the HTTP API's lookups, and the order per
-priority (spilled jobs run after the in-memory ones of their priority, in submission order). A spilled job that
-something must hold on to (a foreground client joins it, `cancel job` or `show job` names it) is materialized: a
-Job in state SPILLED without its data (its unique is read at once when only its handle was given), still in its
-place in the spill order, which gets its data when it is loaded.
+`cancel job`, the HTTP API's lookups, and the order per priority (spilled jobs run after the in-memory ones of
+their priority, in submission order). A spilled job that something must hold on to (a foreground client joins
+it, `cancel job` or `show job` names it) is materialized: a Job in state SPILLED without its data (its unique is
+read at once when only its handle was given), still in its place in the spill order, which gets its data when it
+is loaded.
 
 An engine spills when it says so (``can_spill``) and gives ``fetch(ranges, callback)``, ``peek_uniques``,
 ``peek_later`` and ``quiet``; others keep every job in memory. Jobs that never spill: scheduled ones (they wait
@@ -74,13 +74,28 @@ class Confirming(Exception):  # noqa: N818 - a request put off, not an error
         self.future = future
 
     def rows(self) -> dict[int, tuple[bytes, bytes | None] | None]:
-        """The rows read, by ref (None: no such row, or the read failed: the entry stays unconfirmed)."""
+        """The rows read (once the future is done), by ref; None: no such row, or the read failed (the entry
+        stays unconfirmed)."""
         future = self.future
-        exc = None if not future.done() or future.cancelled() else future.exception()
-        if exc is not None:
-            log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
-        found = future.result() if future.done() and not future.cancelled() and exc is None else {}
+        found: dict[int, tuple[bytes, bytes | None]] = {}
+        if future.cancelled():
+            pass
+        elif future.exception() is not None:
+            log.error("reading the uniques of spilled jobs from the store failed: %s", future.exception())
+        else:
+            found = future.result()
         return {ref: found.get(ref) for ref in self.refs}
+
+
+def signed(num: int, unique: bytes) -> int:
+    """A spilled job's value in its function's unique index: its handle number, negative when its unique is "-"
+    (its key is then its data)."""
+    return -num if unique == b"-" else num
+
+
+def row_key(row: tuple[bytes, bytes | None]) -> bytes:
+    """The key of a job as store.peek_uniques gives it, (unique, data when the unique is "-")."""
+    return (row[1] or b"") if row[0] == b"-" else row[0]
 
 
 class SpillQueue:
@@ -243,7 +258,7 @@ class Spill:
             index = self.uniques.get(function)
             if index is None:
                 index = self.uniques[function] = HashIndex(self.key_hash)
-            index.add(key, -num if unique == b"-" else num)
+            index.add(key, signed(num, unique))
         job.state = SPILLED  # the object itself is dropped: nothing refers to it any more
         return True
 
@@ -301,8 +316,8 @@ class Spill:
         """The signed handle number (see uniques) of a spilled job of `function` whose key is `key` (with dash
         False: whose unique is `key`), or None. Each entry whose hash matches is confirmed by the job's unique, or
         its data when the unique is "-", as read from the store: at once on the loop, or, for a peer that may wait
-        while the writer thread is busy, on that thread (Confirming is raised). Stale entries (cancelled, loaded) are
-        dropped on the way."""
+        while the writer thread is busy, on that thread (Confirming is raised). Stale entries (cancelled, loaded)
+        are dropped on the way."""
         index = self.uniques.get(function)
         found = index.find(key) if index is not None else None
         if not found:  # the common case, a new unique
@@ -310,12 +325,12 @@ class Spill:
         store = self.store
         later = peer is not None and peer.may_wait and not store.quiet()
         need = []
-        for signed in found:
-            ref = self._ref(function, abs(signed))
+        for value in found:
+            ref = self._ref(function, abs(value))
             if ref is None:
-                index.remove(key, signed)
+                index.remove(key, value)
                 continue
-            if signed < 0 and not dash:
+            if value < 0 and not dash:
                 continue
             if ref in self.peeked:
                 row = self.peeked[ref]
@@ -324,8 +339,8 @@ class Spill:
                 continue
             else:
                 row = self._peek([(ref, ref)]).get(ref)
-            if row is not None and (row[1] if row[0] == b"-" else row[0]) == key:
-                return signed
+            if row is not None and row_key(row) == key:
+                return value
         if need:
             self.confirms += 1
             try:
@@ -352,11 +367,11 @@ class Spill:
     def join(self, function: Function, key: bytes, peer: Any = None, dash: bool = True) -> Job | None:
         """The spilled job of the function with this key, materialized (a submit coalesces onto it); with dash
         False only a job whose unique is `key`. `peer`: as for holds_unique."""
-        signed = self._with_key(function, key, dash, peer)
-        if signed is None:
+        value = self._with_key(function, key, dash, peer)
+        if value is None:
             return None
-        self.uniques[function].remove(key, signed)  # from now on function.uniques finds it
-        return self.materialize(self.prefix + b"%d" % abs(signed), b"-" if signed < 0 else key, key)
+        self.uniques[function].remove(key, value)  # from now on function.uniques finds it
+        return self.materialize(self.prefix + b"%d" % abs(value), b"-" if value < 0 else key, key)
 
     def with_unique(self, unique: bytes) -> Job | None:
         """A spilled job with this unique, of any function, materialized (the HTTP API's lookup by unique)."""
@@ -387,9 +402,8 @@ class Spill:
         if not key and index is not None:  # by handle, in a function with spilled uniques
             row = self._peek([(ref, ref)]).get(ref)
             if row is not None and row[0]:
-                unique = row[0]
-                key = (row[1] or b"") if unique == b"-" else unique
-                index.remove(key, -num if unique == b"-" else num)
+                unique, key = row[0], row_key(row)
+                index.remove(key, signed(num, unique))
         job = Job(handle, function, unique, key, b"", priority, True)
         job.store_ref = ref
         job.state = SPILLED
@@ -408,7 +422,7 @@ class Spill:
         queue.gone.add(num)
         index = self.uniques.get(job.function)
         if index is not None and job.key:
-            index.remove(job.key, -num if job.unique == b"-" else num)
+            index.remove(job.key, signed(num, job.unique))
         queue.count -= 1
         self.total -= 1
         self.drained(job.function, job.priority)
@@ -520,7 +534,7 @@ class Spill:
                     broker.jobs[handle] = job
                     if key:
                         if index is not None:
-                            index.remove(key, -num if unique == b"-" else num)
+                            index.remove(key, signed(num, unique))
                         function.uniques[key] = job
                         if unique:
                             broker.by_unique[unique] = job
@@ -529,7 +543,7 @@ class Spill:
                     if key and not job.key:  # materialized by handle: its unique comes with the row
                         job.unique, job.key = unique, key
                         if index is not None:
-                            index.remove(key, -num if unique == b"-" else num)
+                            index.remove(key, signed(num, unique))
                         function.uniques[key] = job
                         broker.by_unique[unique] = job
                 job.stamp = stamp
