@@ -404,3 +404,19 @@ def test_requests_after_one_that_confirms_a_spilled_unique_keep_their_order(serv
         assert other.expect(C.JOB_CREATED).args[0] == handles[3]
         assert spill.confirms == confirms + 4
         assert client.admin("status").lines == (b"work\t8\t0\t0",)
+
+
+def test_a_status_request_that_needs_reads_in_several_functions_is_answered_while_the_store_stays_busy(
+        server_factory, tmp_path):
+    server = spilling(server_factory, tmp_path, memory_jobs=1)
+    server.server.store.quiet = lambda: False  # every confirmation waits for a read on the writer thread
+    spill = server.server.broker.spill
+    spill.key_hash = lambda key: 7  # every unique of every function matches: each function needs its own read
+    jobs = [(C.SUBMIT_JOB_BG, name, b"%s-%d" % (name, i), b"x") for name in (b"a", b"b", b"c") for i in range(3)]
+    with Wire(server.host, server.port) as client:
+        submit_all(client, jobs)
+        assert spilled(server) == 6
+        client.send(C.GET_STATUS_UNIQUE, b"c-2")  # a, b, then c: the rows read for a and b are kept
+        assert client.expect(C.STATUS_RES_UNIQUE).args[:2] == (b"c-2", b"1")
+        client.send(C.GET_STATUS_UNIQUE, b"nobody")
+        assert client.expect(C.STATUS_RES_UNIQUE).args[:2] == (b"nobody", b"0")

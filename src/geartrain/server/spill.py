@@ -66,12 +66,16 @@ STAMP_SPAN = 0.001
 class Confirming(Exception):  # noqa: N818 - a request put off, not an error
     """Raised by a lookup of a request that may wait (Peer.may_wait) when entries of the unique index must be
     confirmed: the read of their rows runs on the store's writer thread (`future`), and the transport holds the
-    connection's requests from this one on, then handles them again with the rows in Spill.peeked."""
+    connection's requests from this one on, then handles them again with the rows in Spill.peeked: those read
+    for it, and those read before for the same requests (`known`), so a request that needs several reads (one
+    per function, say) gets them all however busy the store stays."""
 
-    def __init__(self, refs: list[int], future: asyncio.Future) -> None:
+    def __init__(self, refs: list[int], future: asyncio.Future,
+                 known: dict[int, tuple[bytes, bytes | None] | None]) -> None:
         super().__init__(refs)
         self.refs = refs
         self.future = future
+        self.known = known
 
     def rows(self) -> dict[int, tuple[bytes, bytes | None] | None]:
         """The rows read (once the future is done), by ref; None: no such row, or the read failed (the entry
@@ -84,7 +88,9 @@ class Confirming(Exception):  # noqa: N818 - a request put off, not an error
             log.error("reading the uniques of spilled jobs from the store failed: %s", future.exception())
         else:
             found = future.result()
-        return {ref: found.get(ref) for ref in self.refs}
+        rows = dict(self.known)
+        rows.update((ref, found.get(ref)) for ref in self.refs)
+        return rows
 
 
 def signed(num: int, unique: bytes) -> int:
@@ -348,7 +354,7 @@ class Spill:
             except Exception as exc:  # closed: unconfirmed
                 log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
                 return None
-            raise Confirming(need, future)
+            raise Confirming(need, future, self.peeked)
         return None
 
     def _peek(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
