@@ -38,7 +38,8 @@ How the server uses a store (the contract every engine keeps):
   stay only in the store; ``fetch(ranges, callback)`` reads committed rows back by ref range on the writer thread
   (``read_rows``), in order with the commits, and calls ``callback(rows, None)`` or ``callback(None, exc)`` on the
   loop; ``peek_uniques(ranges)`` reads the uniques (and the data of "-" ones) of committed rows at once, on the
-  loop. An engine without it keeps every queued job in memory.
+  loop, which has the engine to itself while ``quiet()``; ``peek_later(ranges)`` runs it on the writer thread
+  after what that thread has (a future). An engine without them keeps every queued job in memory.
 
 An engine (SQLite here; PostgreSQL or Redis later) implements the blocking methods of GroupCommitStore
 (``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread; it may also

@@ -395,10 +395,11 @@ class SQLiteStore(GroupCommitStore):
         return rows
 
     def peek_uniques(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
-        # On the loop, through the writer's connection: locking_mode=EXCLUSIVE lets no other connection read the
-        # file. SQLite serializes it with the writer thread's statements (the sqlite3 module is built threadsafe),
-        # so it may wait for the one in progress, a commit's sync at worst. The rows it reads are committed: a
-        # batch in progress only adds rows and removes ones of jobs that ended, never one of a spilled job.
+        # On the loop (or the writer thread, peek_later), through the writer's connection: locking_mode=EXCLUSIVE
+        # lets no other connection read the file. SQLite serializes it with the writer thread's statements (its
+        # default, serialized, threading mode: sqlite3.threadsafety 3), so on the loop it may wait for the one in
+        # progress, a commit's sync at worst, unless the store is quiet(). The rows it reads are committed: a batch
+        # in progress only adds rows and removes ones of jobs that ended, never one of a spilled job.
         conn = self._conn()
         rows: dict[int, tuple[bytes, bytes | None]] = {}
         for first, last in ranges:
