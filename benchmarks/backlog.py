@@ -6,13 +6,18 @@ libsqlite3 queue, which also keeps every job in memory).
 Load: N SUBMIT_JOB_BG of SIZE bytes pipelined over a few connections (a window of outstanding submits each);
 the submit rate counts JOB_CREATED. Then RSS (VmRSS, and the peak VmHWM) of the server process is read. Then
 workers (GRAB_JOB, WORK_COMPLETE pipelined, PRE_SLEEP on NO_JOB) drain the queue; the drain rate counts
-WORK_COMPLETE until all N ran. Checks: `status` shows N queued after the submits and 0 after the drain.
+WORK_COMPLETE until all N ran. Checks: `status` shows N queued after the submits and 0 after the drain. With
+--uniques each job has a distinct 36-byte UUID-shaped unique; --duplicates then submits every one of them again
+before the drain (all coalesce: a spilled job's unique is confirmed by a store read) and reports that rate. Each
+pass also reports the server's CPU (user + system) per job, steadier than rates on a shared machine.
 
     python benchmarks/backlog.py --jobs 200000                  # rates: spilling against all in memory
     python benchmarks/backlog.py --jobs 1000000 --servers spill # RSS of a big backlog
     python benchmarks/backlog.py --jobs 10000000 --servers spill --no-drain
     python benchmarks/backlog.py --jobs 200000 --uniques        # every job with a unique (gearmand's SQLite
                                                                 #  queue needs them; geartrain indexes them)
+    python benchmarks/backlog.py --jobs 200000 --servers spill,no-spill --repeat 3 --uniques --duplicates
+    python benchmarks/backlog.py --jobs 10000000 --servers spill --no-drain --uniques
 """
 
 from __future__ import annotations
