@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from geartrain.server.hashindex import MIN_SLOTS, SHARDS, HashIndex
+from geartrain.server.hashindex import FP_BITS, MIN_SLOTS, SHARDS, HashIndex
 
 
 def check_against(index: HashIndex, model: dict[bytes, set[int]]) -> None:
@@ -35,7 +35,7 @@ def test_one_key_may_have_several_values():
     assert index.remove(b"k", 5) and index.find(b"k") == [7]
 
 
-@pytest.mark.parametrize("hash_function", [lambda key: 12345, lambda key: len(key), lambda key: key[0] << 58])
+@pytest.mark.parametrize("hash_function", [lambda key: 12345, lambda key: len(key), lambda key: key[0] << FP_BITS])
 def test_colliding_hashes_keep_every_entry_findable_through_growth_and_removal(hash_function):
     # Every key (or many) hashes alike: one cluster in one table; find() returns all the alike ones (the caller
     # confirms), removal shifts the cluster back without losing anyone.
@@ -60,6 +60,16 @@ def test_colliding_hashes_keep_every_entry_findable_through_growth_and_removal(h
                    for v in vs if v in found)
 
 
+def test_entries_in_one_cluster_with_other_fingerprints_are_not_found():
+    # Same shard and home slot, fingerprints that differ above the slot bits: probed past, never returned.
+    index = HashIndex(lambda key: 5 + (len(key) << 20))
+    index.add(b"a", 1)
+    index.add(b"bb", 2)
+    index.add(b"a", 3)
+    assert sorted(index.find(b"a")) == [1, 3] and index.find(b"bb") == [2] and index.find(b"ccc") == []
+    assert index.remove(b"a", 1) and index.find(b"bb") == [2] and index.find(b"a") == [3]
+
+
 def test_grows_by_doubling_and_shrinks_when_emptied():
     index = HashIndex()
     keys = [b"%032d" % n for n in range(50_000)]
@@ -67,7 +77,7 @@ def test_grows_by_doubling_and_shrinks_when_emptied():
         index.add(key, n)
     assert len(index) == 50_000
     big = index.memory()
-    assert big <= 16 * 4 * 50_000  # at least 1/4 full (3/4 at most before doubling)
+    assert big <= 12 * 4 * 50_000  # at least 1/4 full (3/4 at most before doubling)
     assert all(index.find(key) == [n] for n, key in enumerate(keys, 1))
     for n, key in enumerate(keys[:49_000], 1):
         assert index.remove(key, n)
@@ -101,4 +111,4 @@ def test_random_operations_match_a_dict():
 def test_a_small_index_stays_small():
     index = HashIndex()
     index.add(b"only", 1)
-    assert index.memory() == 16 * MIN_SLOTS and SHARDS * 16 * MIN_SLOTS < 10_000
+    assert index.memory() == 12 * MIN_SLOTS and SHARDS * 12 * MIN_SLOTS < 10_000

@@ -1,13 +1,17 @@
-"""A compact multimap from byte keys to non-zero integers for millions of entries: 16 bytes a slot in two flat
-arrays (a 64-bit hash of the key, the value), no Python object per entry, and no key kept.
+"""A compact multimap from byte keys to non-zero integers for millions of entries: 12 bytes a slot in two flat
+arrays (a FP_BITS-bit fingerprint of the key's hash, the value), no Python object per entry, and no key kept.
 
-find(key) gives the value of every entry whose key hashes alike; the caller confirms each one against the real
-key (spill.py reads it back from the store). Several entries may share a hash, or even a key.
+find(key) gives the value of every entry whose fingerprint matches; the caller confirms each one against the real
+key (spill.py reads it back from the store). Several entries may share a fingerprint, or even a key. A key that
+is not there matches some other entry at a rate of about (table load) x 2**-(FP_BITS - log2 slots) per lookup:
+1 lookup in ~7,000 with 10M entries (2**18 slots a shard), 1 in ~100 with a thousand million.
 
-Open addressing with linear probing, in SHARDS tables chosen by the hash's top bits (the slot comes from its low
-bits). A table doubles when 3/4 full and halves when under 1/8 full, so a resize copies one shard: a pause and a
-transient extra of 1/SHARDS of the index, not of all of it. Removing an entry shifts the rest of its cluster back
-(no tombstones: lookups do not slow down as entries come and go).
+Open addressing with linear probing, in SHARDS tables chosen by SHARD_BITS other bits of the hash. A slot is the
+fingerprint's low bits, so a table is resized from its own arrays; fingerprints of 30 bits are one-digit ints for
+CPython, so probing does no big-int arithmetic (with whole 64-bit hashes each operation took ~40% longer). A
+table doubles when 3/4 full and halves when under 1/8 full, so a resize copies one shard: a pause and a transient
+extra of 1/SHARDS of the index, not of all of it. Removing an entry shifts the rest of its cluster back (no
+tombstones: lookups do not slow down as entries come and go).
 """
 
 from __future__ import annotations
@@ -15,67 +19,63 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 
+FP_BITS = 30
 SHARD_BITS = 6
 SHARDS = 1 << SHARD_BITS
 MIN_SLOTS = 8
-_MASK64 = (1 << 64) - 1
-_SHIFT = 64 - SHARD_BITS
-
+_FP_MASK = (1 << FP_BITS) - 1
+_HASH_MASK = (1 << (FP_BITS + SHARD_BITS)) - 1
 
 #: Python's hash of bytes: SipHash with a key drawn at start, so colliding keys cannot be chosen from outside.
 key_hash: Callable[[bytes], int] = hash
 
 
-def _zeros(typecode: str, slots: int) -> array:
-    return array(typecode, bytes(8 * slots))
-
-
 class _Table:
-    __slots__ = ("hashes", "values", "used", "mask")
+    __slots__ = ("prints", "values", "used", "mask")
 
     def __init__(self, slots: int) -> None:
-        self.hashes = _zeros("Q", slots)
+        self.prints = array("i", bytes(4 * slots))
         #: 0 marks an empty slot.
-        self.values = _zeros("q", slots)
+        self.values = array("q", bytes(8 * slots))
         self.used = 0
         self.mask = slots - 1
 
     def resized(self, slots: int) -> _Table:
         table = _Table(slots)
-        hashes, values, mask = table.hashes, table.values, table.mask
-        for h, value in zip(self.hashes, self.values, strict=True):
+        prints, values, mask = table.prints, table.values, table.mask
+        for fp, value in zip(self.prints, self.values, strict=True):
             if value:
-                i = h & mask
+                i = fp & mask
                 while values[i]:
                     i = (i + 1) & mask
-                hashes[i] = h
+                prints[i] = fp
                 values[i] = value
         table.used = self.used
         return table
 
     def delete(self, i: int) -> None:
         """Empty slot i, moving back each later entry of the cluster that may not sit past the hole."""
-        hashes, values, mask = self.hashes, self.values, self.mask
+        prints, values, mask = self.prints, self.values, self.mask
         j = i
         while True:
             j = (j + 1) & mask
             value = values[j]
             if not value:
                 break
-            home = hashes[j] & mask
+            home = prints[j] & mask
             # The entry at j stays when its home lies cyclically in (i, j]: its probe never passes the hole.
             if (home > i and home <= j) if i <= j else (home > i or home <= j):
                 continue
-            hashes[i] = hashes[j]
+            prints[i] = prints[j]
             values[i] = value
             i = j
-        hashes[i] = 0
+        prints[i] = 0
         values[i] = 0
         self.used -= 1
 
 
 class HashIndex:
-    """Entries (key, value) by a 64-bit hash of the key; values are non-zero ints that fit in 64 bits."""
+    """Entries (key, value) by a fingerprint of the key's hash; values are non-zero ints that fit in 64 bits."""
 
     __slots__ = ("hash", "tables", "count")
 
@@ -92,39 +92,42 @@ class HashIndex:
     def add(self, key: bytes, value: int) -> None:
         if not value:
             raise ValueError("0 marks an empty slot: values must not be 0")
-        h = self.hash(key) & _MASK64
+        h = self.hash(key) & _HASH_MASK
+        shard = h >> FP_BITS
+        fp = h & _FP_MASK
         tables = self.tables
-        table = tables[h >> _SHIFT]
+        table = tables[shard]
         if table is None:
-            table = tables[h >> _SHIFT] = _Table(MIN_SLOTS)
+            table = tables[shard] = _Table(MIN_SLOTS)
         elif (table.used + 1) * 4 > (table.mask + 1) * 3:
-            table = tables[h >> _SHIFT] = table.resized((table.mask + 1) * 2)
+            table = tables[shard] = table.resized((table.mask + 1) * 2)
         values = table.values
         mask = table.mask
-        i = h & mask
+        i = fp & mask
         while values[i]:
             i = (i + 1) & mask
-        table.hashes[i] = h
+        table.prints[i] = fp
         values[i] = value
         table.used += 1
         self.count += 1
 
     def find(self, key: bytes) -> list[int]:
-        """The values of the entries whose key hashes as `key` does (confirm each: the keys are not kept)."""
-        h = self.hash(key) & _MASK64
-        table = self.tables[h >> _SHIFT]
+        """The values of the entries whose fingerprint is the key's (confirm each: the keys are not kept)."""
+        h = self.hash(key) & _HASH_MASK
+        table = self.tables[h >> FP_BITS]
         if table is None:
             return []
         values = table.values
         mask = table.mask
-        i = h & mask
+        fp = h & _FP_MASK
+        i = fp & mask
         value = values[i]
         if not value:
             return []
-        hashes = table.hashes
+        prints = table.prints
         found = []
         while value:
-            if hashes[i] == h:
+            if prints[i] == fp:
                 found.append(value)
             i = (i + 1) & mask
             value = values[i]
@@ -132,20 +135,21 @@ class HashIndex:
 
     def remove(self, key: bytes, value: int) -> bool:
         """Remove one entry (key, value); False when there is none."""
-        h = self.hash(key) & _MASK64
-        shard = h >> _SHIFT
+        h = self.hash(key) & _HASH_MASK
+        shard = h >> FP_BITS
         table = self.tables[shard]
         if table is None:
             return False
         values = table.values
-        hashes = table.hashes
+        prints = table.prints
         mask = table.mask
-        i = h & mask
+        fp = h & _FP_MASK
+        i = fp & mask
         while True:
             found = values[i]
             if not found:
                 return False
-            if found == value and hashes[i] == h:
+            if found == value and prints[i] == fp:
                 break
             i = (i + 1) & mask
         table.delete(i)
@@ -159,4 +163,4 @@ class HashIndex:
 
     def memory(self) -> int:
         """Bytes the arrays take (benchmarks and tests)."""
-        return sum(16 * (table.mask + 1) for table in self.tables if table is not None)
+        return sum(12 * (table.mask + 1) for table in self.tables if table is not None)
