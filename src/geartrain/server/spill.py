@@ -6,14 +6,14 @@ the time the run was queued (four 8-byte slots per run; a run of jobs submitted 
 millisecond, to one function and priority costs one run however long), plus, when it has a unique, one entry
 in its function's unique index (hashindex.py: a 30-bit fingerprint of the key's hash and the signed handle
 number, 12 bytes a slot, 3/8 to 3/4 full as it grows: 16-32 bytes; no key: for "-" the key is the data). Its data,
-reducer, time and unique stay in the store. 10M queued 64-byte jobs with 36-byte uniques: 397 MB RSS (1572 MB
+reducer, time and unique stay in the store. 10M queued 64-byte jobs with 36-byte uniques: 328 MB RSS (1572 MB
 with a dict of the keys; benchmarks/README.md).
 
 A unique is looked up (a submit coalesces, GET_STATUS_UNIQUE, `show job unique`) by its hash; a new unique
 almost always finds no entry and costs a hash and a probe (hashindex.py: 1 lookup in ~7,000 matches another
-key's fingerprint at 10M entries). Each entry whose fingerprint matches is confirmed by reading
-the job's unique (the data, for "-") back by ref (store.peek_uniques), so a hash collision never coalesces two
-different uniques. That read is the one the event loop makes itself: while the store's writer thread is quiet
+key's fingerprint at 10M entries). Each entry whose fingerprint matches is confirmed by reading the job's unique
+(the data, for "-") back by ref (store.peek_uniques), so a hash collision never coalesces two different
+uniques. That read is the one the event loop makes itself: while the store's writer thread is quiet
 (no commit or other engine call runs or waits) it has the SQLite connection to itself, and a primary-key read of
 a committed row from the page cache costs 5-8 us (1M rows, 12:40Z). While the writer is busy the loop would wait
 for its statement, a commit's sync at worst (reads there took a median 1.2 ms, p99 15 ms while 512-row batches
