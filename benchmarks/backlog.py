@@ -188,15 +188,18 @@ async def drain(port: int, jobs: int, workers: int) -> float:
 
 
 def run(kind: str, args: argparse.Namespace) -> dict:
-    work = Path(tempfile.mkdtemp(prefix=f"backlog-{kind}-"))
+    # "spill@SRC": the same server run from another source tree (an earlier commit), in the same interleaving.
+    base, _, source = kind.partition("@")
+    work = Path(tempfile.mkdtemp(prefix=f"backlog-{base}-"))
     port = free_port()
-    process = subprocess.Popen(server_command(kind, port, work, args.memory_jobs), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": source} if source else None
+    process = subprocess.Popen(server_command(base, port, work, args.memory_jobs), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
     try:
         wait_for_port(port, process, time.monotonic() + 60)
         before = rss(process.pid)[0]
         cpu0 = cpu(process.pid)
-        uniques = args.uniques or kind == "gearmand-sqlite"  # its table is keyed by unique
+        uniques = args.uniques or base == "gearmand-sqlite"  # its table is keyed by unique
         data = b"x" * args.size
         submit_s = asyncio.run(submit(port, args.jobs, args.connections, args.window, data, uniques))
         cpu1 = cpu(process.pid)
@@ -248,7 +251,8 @@ def main() -> int:
                         "UUID-shaped string (default: empty uniques)")
     parser.add_argument("--servers", default="spill,no-spill,gearmand",
                         help="spill, no-spill (both geartrain with SQLite), memory (geartrain), gearmand, "
-                        "gearmand-sqlite (an fsync per job: slow)")
+                        "gearmand-sqlite (an fsync per job: slow); KIND@SRC runs geard from the source tree SRC "
+                        "(PYTHONPATH), e.g. spill@/tmp/main/src against spill")
     parser.add_argument("--repeat", type=int, default=1, help="rounds, interleaved across the servers; the "
                         "median round per server is reported")
     args = parser.parse_args()
