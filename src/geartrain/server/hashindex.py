@@ -31,7 +31,7 @@ key_hash: Callable[[bytes], int] = hash
 
 
 class _Table:
-    __slots__ = ("prints", "values", "used", "mask")
+    __slots__ = ("prints", "values", "used", "mask", "full")
 
     def __init__(self, slots: int) -> None:
         self.prints = array("i", bytes(4 * slots))
@@ -39,6 +39,8 @@ class _Table:
         self.values = array("q", bytes(8 * slots))
         self.used = 0
         self.mask = slots - 1
+        #: Entries at which the table doubles (3/4 full).
+        self.full = slots * 3 // 4
 
     def resized(self, slots: int) -> _Table:
         table = _Table(slots)
@@ -77,15 +79,14 @@ class _Table:
 class HashIndex:
     """Entries (key, value) by a fingerprint of the key's hash; values are non-zero ints that fit in 64 bits."""
 
-    __slots__ = ("hash", "tables", "count")
+    __slots__ = ("hash", "tables")
 
     def __init__(self, hash_function: Callable[[bytes], int] = key_hash) -> None:
         self.hash = hash_function
         self.tables: list[_Table | None] = [None] * SHARDS
-        self.count = 0
 
     def __len__(self) -> int:
-        return self.count
+        return sum(table.used for table in self.tables if table is not None)
 
     # The methods below are written out in full, without helper calls: each runs for every spilled job.
 
@@ -99,7 +100,7 @@ class HashIndex:
         table = tables[shard]
         if table is None:
             table = tables[shard] = _Table(MIN_SLOTS)
-        elif (table.used + 1) * 4 > (table.mask + 1) * 3:
+        elif table.used >= table.full:
             table = tables[shard] = table.resized((table.mask + 1) * 2)
         values = table.values
         mask = table.mask
@@ -109,7 +110,6 @@ class HashIndex:
         table.prints[i] = fp
         values[i] = value
         table.used += 1
-        self.count += 1
 
     def find(self, key: bytes) -> list[int]:
         """The values of the entries whose fingerprint is the key's (confirm each: the keys are not kept)."""
@@ -153,7 +153,6 @@ class HashIndex:
                 break
             i = (i + 1) & mask
         table.delete(i)
-        self.count -= 1
         slots = mask + 1
         if not table.used:
             self.tables[shard] = None
