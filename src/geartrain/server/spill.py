@@ -13,15 +13,17 @@ A unique is looked up (a submit coalesces, GET_STATUS_UNIQUE, `show job unique`)
 almost always finds no entry and costs a hash and a probe (hashindex.py: 1 lookup in ~7,000 matches another
 key's fingerprint at 10M entries). Each entry whose fingerprint matches is confirmed by reading the job's unique
 (the data, for "-") back by ref (store.peek_uniques), so a hash collision never coalesces two different
-uniques. That read is the one the event loop makes itself: while the store's writer thread is quiet
-(no commit or other engine call runs or waits) it has the SQLite connection to itself, and a primary-key read of
-a committed row from the page cache costs 5-8 us (1M rows, 12:40Z). While the writer is busy the loop would wait
-for its statement, a commit's sync at worst (reads there took a median 1.2 ms, p99 15 ms while 512-row batches
-were committed back to back), so a Gearman connection's request raises Confirming instead: the read goes to the
-writer thread after what it has, the connection's requests from this one on wait (not read, answers in order),
-and they are handled again with the rows at hand. Requests without a connection (replay at start, schedules,
-the HTTP API) read at once. Only matches pay a read, once per spilled job that a submit joins (it is then
-materialized, found in memory from then on); a status poll pays one each time.
+uniques. That read is the one the event loop makes itself: while the store's writer thread is quiet (no commit
+or other engine call runs or waits) it has the SQLite connection to itself, and a primary-key read of a
+committed row from the page cache costs 5-8 us (1M rows, benchmarks/unique_index.py). While the writer is busy
+the loop would wait for its statement, a commit's sync at worst (reads took a median 0.3-1.2 ms, p99 7-15 ms,
+max 32-36 ms while 512-row batches were committed back to back), so a Gearman connection's request raises
+Confirming instead: the read goes to the writer thread after what it has, the connection's requests from this
+one on wait (not read, answers in order), and they are handled again with the rows at hand. Requests without a
+connection (replay at start, schedules, the HTTP API) read at once. Only matches pay a read, once per spilled
+job that a submit joins (it is then materialized, found in memory from then on); a status poll pays one each
+time. The index costs ~2-3 us of CPU per spilled job with a unique (a miss at its submit, an add, a removal when
+it is loaded) where a dict took ~0.3.
 
 Kept exact while jobs sit only in the store: counts (status, prioritystatus, maxqueue), coalescing by unique,
 GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs` (the spilled uniques are read from the store
