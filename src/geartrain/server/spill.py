@@ -88,12 +88,16 @@ class Confirming(Exception):  # noqa: N818 - a request put off, not an error
         if future.cancelled():
             pass
         elif future.exception() is not None:
-            log.error("reading the uniques of spilled jobs from the store failed: %s", future.exception())
+            _read_failed(future.exception())
         else:
             found = future.result()
         rows = dict(self.known)
         rows.update((ref, found.get(ref)) for ref in self.refs)
         return rows
+
+
+def _read_failed(exc: BaseException | None) -> None:
+    log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
 
 
 def signed(num: int, unique: bytes) -> int:
@@ -323,10 +327,10 @@ class Spill:
 
     def _with_key(self, function: Function, key: bytes, dash: bool = True, peer: Any = None) -> int | None:
         """The signed handle number (see uniques) of a spilled job of `function` whose key is `key` (with dash
-        False: whose unique is `key`), or None. Each entry whose hash matches is confirmed by the job's unique, or
-        its data when the unique is "-", as read from the store: at once on the loop, or, for a peer that may wait
-        while the writer thread is busy, on that thread (Confirming is raised). Stale entries (cancelled, loaded)
-        are dropped on the way."""
+        False: whose unique is `key`), or None. Each entry whose fingerprint matches is confirmed by the job's
+        unique, or its data when the unique is "-", as read from the store: at once on the loop, or, for a peer
+        that may wait while the writer thread is busy, on that thread (Confirming is raised). Stale entries
+        (cancelled, loaded) are dropped on the way."""
         index = self.uniques.get(function)
         found = index.find(key) if index is not None else None
         if not found:  # the common case, a new unique
@@ -355,7 +359,7 @@ class Spill:
             try:
                 future = store.peek_later([(ref, ref) for ref in need])
             except Exception as exc:  # closed: unconfirmed
-                log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
+                _read_failed(exc)
                 return None
             raise Confirming(need, future, self.peeked)
         return None
@@ -365,7 +369,7 @@ class Spill:
         try:
             return self.store.peek_uniques(ranges)
         except Exception as exc:  # a lost or failing file: the job stays unconfirmed (a submit makes a new one)
-            log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
+            _read_failed(exc)
             return {}
 
     def holds_unique(self, unique: bytes, peer: Any = None) -> bool:
