@@ -16,12 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from backlog import uuid_like
+
 from geartrain.server.hashindex import HashIndex
 from geartrain.server.store.sqlite import _INSERT, SQLiteStore
-
-
-def uuid_like(space: int, number: int) -> bytes:
-    return b"%08x-0000-4000-8000-%012x" % (space, number)
 
 
 def index_operations(count: int, rounds: int) -> None:
