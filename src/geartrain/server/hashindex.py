@@ -9,9 +9,10 @@ is not there matches some other entry at a rate of about (table load) x 2**-(FP_
 Open addressing with linear probing, in SHARDS tables chosen by SHARD_BITS other bits of the hash. A slot is the
 fingerprint's low bits, so a table is resized from its own arrays; fingerprints of 30 bits take 4 bytes where a
 whole 64-bit hash took 8 (and are one-digit ints for CPython: operations were ~5% faster). A table doubles when
-3/4 full and halves when under 1/8 full, so a resize copies one shard: a pause and a transient extra of 1/SHARDS
-of the index, not of all of it. Removing an entry shifts the rest of its cluster back (no tombstones: lookups do
-not slow down as entries come and go).
+3/4 full and halves when under 1/8 full, so a resize copies one shard: a pause (23 ms for a shard of 98,000
+entries, 13:32Z; the shards of an index reach each size at about the same count) and a transient extra of
+1/SHARDS of the index, not of all of it. Removing an entry shifts the rest of its cluster back (no tombstones:
+lookups do not slow down as entries come and go).
 """
 
 from __future__ import annotations
