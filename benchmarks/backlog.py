@@ -6,13 +6,18 @@ libsqlite3 queue, which also keeps every job in memory).
 Load: N SUBMIT_JOB_BG of SIZE bytes pipelined over a few connections (a window of outstanding submits each);
 the submit rate counts JOB_CREATED. Then RSS (VmRSS, and the peak VmHWM) of the server process is read. Then
 workers (GRAB_JOB, WORK_COMPLETE pipelined, PRE_SLEEP on NO_JOB) drain the queue; the drain rate counts
-WORK_COMPLETE until all N ran. Checks: `status` shows N queued after the submits and 0 after the drain.
+WORK_COMPLETE until all N ran. Checks: `status` shows N queued after the submits and 0 after the drain. With
+--uniques each job has a distinct 36-byte UUID-shaped unique; --duplicates then submits every one of them again
+before the drain (all coalesce: a spilled job's unique is confirmed by a store read) and reports that rate. Each
+pass also reports the server's CPU (user + system) per job, steadier than rates on a shared machine.
 
     python benchmarks/backlog.py --jobs 200000                  # rates: spilling against all in memory
     python benchmarks/backlog.py --jobs 1000000 --servers spill # RSS of a big backlog
     python benchmarks/backlog.py --jobs 10000000 --servers spill --no-drain
     python benchmarks/backlog.py --jobs 200000 --uniques        # every job with a unique (gearmand's SQLite
                                                                 #  queue needs them; geartrain indexes them)
+    python benchmarks/backlog.py --jobs 200000 --servers spill,no-spill --repeat 3 --uniques --duplicates
+    python benchmarks/backlog.py --jobs 10000000 --servers spill --no-drain --uniques
 """
 
 from __future__ import annotations
@@ -54,6 +59,13 @@ def rss(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_command(kind: str, port: int, work: Path, memory_jobs: int) -> list[str]:
     if kind in ("spill", "no-spill"):
         return [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST,
@@ -78,6 +90,11 @@ def queued(port: int) -> int:
     return 0
 
 
+def uuid_like(connection: int, number: int) -> bytes:
+    """A distinct 36-byte unique shaped like a UUID string (what clients typically send)."""
+    return b"%08x-0000-4000-8000-%012x" % (connection, number)
+
+
 async def submit(port: int, jobs: int, connections: int, window: int, data: bytes, uniques: bool) -> float:
     """Submit `jobs` over `connections`, `window` outstanding each; seconds until the last JOB_CREATED."""
     share = [jobs // connections + (1 if i < jobs % connections else 0) for i in range(connections)]
@@ -91,7 +108,7 @@ async def submit(port: int, jobs: int, connections: int, window: int, data: byte
         def more(n: int) -> None:
             nonlocal sent
             if uniques:
-                writer.write(b"".join(packet(SUBMIT_JOB_BG, FUNCTION, b"%d-%d" % (index, sent + i), data)
+                writer.write(b"".join(packet(SUBMIT_JOB_BG, FUNCTION, uuid_like(index, sent + i), data)
                                       for i in range(n)))
             else:
                 writer.write(packet(SUBMIT_JOB_BG, FUNCTION, b"", data) * n)
@@ -171,29 +188,44 @@ async def drain(port: int, jobs: int, workers: int) -> float:
 
 
 def run(kind: str, args: argparse.Namespace) -> dict:
-    work = Path(tempfile.mkdtemp(prefix=f"backlog-{kind}-"))
+    # "spill@SRC": the same server run from another source tree (an earlier commit), in the same interleaving.
+    base, _, source = kind.partition("@")
+    work = Path(tempfile.mkdtemp(prefix=f"backlog-{base}-"))
     port = free_port()
-    process = subprocess.Popen(server_command(kind, port, work, args.memory_jobs), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": source} if source else None
+    process = subprocess.Popen(server_command(base, port, work, args.memory_jobs), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
     try:
         wait_for_port(port, process, time.monotonic() + 60)
         before = rss(process.pid)[0]
-        uniques = args.uniques or kind == "gearmand-sqlite"  # its table is keyed by unique
+        cpu0 = cpu(process.pid)
+        uniques = args.uniques or base == "gearmand-sqlite"  # its table is keyed by unique
         data = b"x" * args.size
         submit_s = asyncio.run(submit(port, args.jobs, args.connections, args.window, data, uniques))
+        cpu1 = cpu(process.pid)
+        # The same uniques again: every submit coalesces (a spilled job's unique is confirmed by a store read).
+        again_s = asyncio.run(submit(port, args.jobs, args.connections, args.window, data, uniques)) \
+            if args.duplicates else float("nan")
+        cpu2 = cpu(process.pid)
         held = queued(port)
         resident, peak = rss(process.pid)
         if args.no_drain:
-            drain_s, left = float("nan"), 0
+            drain_s, left, drain_cpu = float("nan"), 0, float("nan")
         else:
+            cpu3 = cpu(process.pid)
             drain_s = asyncio.run(drain(port, args.jobs, args.workers))
             left = queued(port)
             deadline = time.monotonic() + 30
             while left and time.monotonic() < deadline:  # the last WORK_COMPLETEs may still be on their way
                 time.sleep(0.1)
                 left = queued(port)
+            drain_cpu = cpu(process.pid) - cpu3
         return {
             "server": kind, "jobs": args.jobs, "uniques": uniques, "submit_per_s": args.jobs / submit_s,
+            "duplicates_per_s": args.jobs / again_s,
+            # Server CPU (user + system) per job: steadier than rates on a shared machine.
+            "submit_cpu_us": (cpu1 - cpu0) / args.jobs * 1e6, "drain_cpu_us": drain_cpu / args.jobs * 1e6,
+            "again_cpu_us": (cpu2 - cpu1) / args.jobs * 1e6 if args.duplicates else float("nan"),
             "drain_per_s": args.jobs / drain_s, "rss_mb": resident / 1e6, "peak_mb": peak / 1e6,
             "bytes_per_job": (resident - before) / args.jobs, "ok": held == args.jobs and left == 0,
             "status_after_submit": held, "status_after_drain": left,
@@ -213,10 +245,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--no-drain", action="store_true", help="measure submits and RSS only (a big backlog "
                         "takes long to drain)")
-    parser.add_argument("--uniques", action="store_true", help="a unique per job (default: empty uniques)")
+    parser.add_argument("--duplicates", action="store_true", help="with --uniques: submit every unique a second "
+                        "time after the first pass (all coalesce) and report that rate too")
+    parser.add_argument("--uniques", action="store_true", help="a unique per job, a distinct 36-byte "
+                        "UUID-shaped string (default: empty uniques)")
     parser.add_argument("--servers", default="spill,no-spill,gearmand",
                         help="spill, no-spill (both geartrain with SQLite), memory (geartrain), gearmand, "
-                        "gearmand-sqlite (an fsync per job: slow)")
+                        "gearmand-sqlite (an fsync per job: slow); KIND@SRC runs geard from the source tree SRC "
+                        "(PYTHONPATH), e.g. spill@/tmp/main/src against spill")
     parser.add_argument("--repeat", type=int, default=1, help="rounds, interleaved across the servers; the "
                         "median round per server is reported")
     args = parser.parse_args()
@@ -232,22 +268,30 @@ def main() -> int:
             result = run(kind, args)
             rounds[kind].append(result)
             print(f"round {number + 1} {kind:16} jobs {result['jobs']:>9}  submit {result['submit_per_s']:>9.0f}/s  "
-                  f"drain {result['drain_per_s']:>9.0f}/s  RSS {result['rss_mb']:>8.1f} MB "
-                  f"(peak {result['peak_mb']:.1f})  {result['bytes_per_job']:>6.0f} B/job  "
+                  f"drain {result['drain_per_s']:>9.0f}/s  again {result['duplicates_per_s']:>9.0f}/s  "
+                  f"CPU/job submit {result['submit_cpu_us']:.1f} drain {result['drain_cpu_us']:.1f} "
+                  f"again {result['again_cpu_us']:.1f} us  "
+                  f"RSS {result['rss_mb']:>8.1f} MB (peak {result['peak_mb']:.1f})  "
+                  f"{result['bytes_per_job']:>6.0f} B/job  "
                   f"{'ok' if result['ok'] else 'CHECK FAILED'}", flush=True)
     results = []
     for kind in kinds:
         median = {key: statistics.median(r[key] for r in rounds[kind])
-                  for key in ("submit_per_s", "drain_per_s", "rss_mb", "peak_mb", "bytes_per_job")}
+                  for key in ("submit_per_s", "drain_per_s", "duplicates_per_s", "rss_mb", "peak_mb",
+                              "bytes_per_job", "submit_cpu_us", "drain_cpu_us", "again_cpu_us")}
         results.append({**rounds[kind][0], **median, "ok": all(r["ok"] for r in rounds[kind])})
         if args.repeat > 1:
             print(f"median {kind:16} submit {median['submit_per_s']:>9.0f}/s  drain {median['drain_per_s']:>9.0f}/s"
+                  f"  again {median['duplicates_per_s']:>9.0f}/s  CPU/job submit {median['submit_cpu_us']:.1f} "
+                  f"drain {median['drain_cpu_us']:.1f} again {median['again_cpu_us']:.1f} us"
                   f"  RSS {median['rss_mb']:>8.1f} MB")
     by = {r["server"]: r for r in results}
     if "spill" in by and "no-spill" in by:
         s, n = by["spill"], by["no-spill"]
         print(f"spill / no-spill: submit {s['submit_per_s'] / n['submit_per_s']:.2f}x, "
-              f"drain {s['drain_per_s'] / n['drain_per_s']:.2f}x, RSS {s['rss_mb'] / n['rss_mb']:.2f}x")
+              f"drain {s['drain_per_s'] / n['drain_per_s']:.2f}x, RSS {s['rss_mb'] / n['rss_mb']:.2f}x; CPU per job: "
+              f"submit {s['submit_cpu_us'] / n['submit_cpu_us']:.2f}x, "
+              f"drain {s['drain_cpu_us'] / n['drain_cpu_us']:.2f}x")
     return 0 if all(r["ok"] for r in results) else 1
 
 

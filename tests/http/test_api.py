@@ -112,3 +112,18 @@ def test_unknown_api_routes_are_404_not_submissions(http_server):
     reply = request(http_server, "/api/nothing", method="POST", data=b"x")
     assert reply.status == 404 and b"no API route" in reply.body
     assert request(http_server, "/api/status").json()["total"] == 0
+
+
+def test_a_job_queued_only_in_the_store_is_found_by_handle_and_unique_and_cancelled(http_factory, tmp_path):
+    server = http_factory(queue_type="sqlite", sqlite_db=str(tmp_path / "q.db"), memory_jobs=1)
+    with Wire(server.host, server.port) as client:
+        handles = [client.submit(b"spilling", b"%d" % i, unique=b"s%d" % i, ptype=C.SUBMIT_JOB_BG)
+                   for i in range(4)]
+        assert server.server.broker.spill.total == 3
+        by_unique = request(server, "/api/unique/s2").json()
+        assert by_unique["handle"] == handles[2].decode() and by_unique["state"] == "queued"
+        by_handle = request(server, "/api/jobs/" + urllib.parse.quote(handles[3].decode())).json()
+        assert by_handle["unique"] == "s3" and by_handle["state"] == "queued"
+        assert request(server, "/api/unique/s1", method="DELETE").status == 200
+        assert request(server, "/api/unique/s1").status == 404
+        assert client.admin("status").lines == (b"spilling\t3\t0\t0",)

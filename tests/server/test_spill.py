@@ -254,3 +254,169 @@ def test_a_spilled_job_keeps_its_queueing_time_for_its_wait(server_factory, tmp_
         drain(worker, 4)  # the fourth was read back from the store, with the rest of its chunk
         loaded = [job for job in list(broker.jobs.values()) if job.state == QUEUED]
         assert loaded and all(0 < job.stamp <= submitted for job in loaded)
+
+
+# ---------------------------------------------------------------- uniques of spilled jobs (hashindex.py)
+# A spilled job's unique is kept only as a 64-bit hash in its function's HashIndex; every match is confirmed by
+# reading the unique (or the data, for "-") back from the store.
+
+
+def test_spilled_uniques_keep_no_key_in_memory_and_coalesce_by_unique_and_by_data(server_factory, tmp_path):
+    from geartrain.server.hashindex import HashIndex
+
+    server = spilling(server_factory, tmp_path)
+    spill = server.server.broker.spill
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"u%d" % i, b"data-%d" % i) for i in range(6)]
+    jobs += [(C.SUBMIT_JOB_BG, b"work", b"-", b"same-data-%d" % i) for i in range(4)]
+    with Wire(server.host, server.port) as client, Wire(server.host, server.port) as worker:
+        handles = submit_all(client, jobs)
+        assert spilled(server) == 7
+        function = server.server.broker.functions[b"work"]
+        index = spill.uniques[function]
+        assert isinstance(index, HashIndex) and len(index) == 7  # u3-u5 and the four "-" jobs: no keys kept
+        confirms = spill.confirms
+        assert client.submit(b"work", b"other", b"u4", C.SUBMIT_JOB_BG) == handles[4]
+        assert client.submit(b"work", b"same-data-2", b"-", C.SUBMIT_JOB_BG) == handles[8]  # "-": by data
+        assert spill.confirms == confirms + 2  # each match read back once
+        assert client.submit(b"work", b"same-data-2", b"-", C.SUBMIT_JOB_BG) == handles[8]  # materialized now
+        assert spill.confirms == confirms + 2
+        new = client.submit(b"work", b"new-data", b"-", C.SUBMIT_JOB_BG)  # other data: a job of its own
+        assert new not in handles
+        client.send(C.GET_STATUS_UNIQUE, b"same-data-3")  # a "-" job is known by its data, as gearmand does
+        assert client.expect(C.STATUS_RES_UNIQUE).args[:3] == (b"same-data-3", b"1", b"0")
+        assert client.admin("status").lines == (b"work\t11\t0\t0",)
+        worker.register(b"work")
+        got = drain(worker, 11)
+        assert no_more_jobs(worker)
+    assert [handle for handle, _, _ in got] == handles + [new]
+    assert not spill.uniques
+
+
+def test_a_hash_collision_never_coalesces_different_uniques(server_factory, tmp_path):
+    server = spilling(server_factory, tmp_path)
+    spill = server.server.broker.spill
+    spill.key_hash = lambda key: 42  # every key hashes alike: each lookup must confirm among all the entries
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"u%d" % i, b"data-%d" % i) for i in range(8)]
+    jobs.append((C.SUBMIT_JOB_BG, b"work", b"-", b"u9"))  # data equal to a unique that no job has
+    with Wire(server.host, server.port) as client, Wire(server.host, server.port) as worker:
+        handles = submit_all(client, jobs)
+        assert spilled(server) == 6
+        assert len(spill.uniques[server.server.broker.functions[b"work"]].find(b"anything")) == 6
+        assert client.submit(b"work", b"x", b"u6", C.SUBMIT_JOB_BG) == handles[6]
+        other = client.submit(b"work", b"x", b"u-other", C.SUBMIT_JOB_BG)
+        assert other not in handles
+        client.send(C.GET_STATUS_UNIQUE, b"u-missing")
+        assert client.expect(C.STATUS_RES_UNIQUE).args[1] == b"0"
+        client.send(C.GET_STATUS_UNIQUE, b"u5")
+        assert client.expect(C.STATUS_RES_UNIQUE).args[1] == b"1"
+        by_unique = dict(line.split(b"\t", 1) for line in client.admin(b"show job unique work u7").lines)
+        assert by_unique[b"handle"] == handles[7]
+        assert client.admin(b"show job unique work u-missing").lines[0].startswith(b"ERR UNKNOWN_JOB")
+        # Cancelled, its unique is free: the next submit of it makes a new job, and does not find the old one.
+        assert client.admin(b"cancel job " + handles[4]).lines == (b"OK",)
+        again = client.submit(b"work", b"data-again", b"u4", C.SUBMIT_JOB_BG)
+        assert again not in handles and again != other
+        assert sorted(client.admin("show unique jobs").lines) == sorted(
+            [b"u%d" % i for i in range(8)] + [b"-", b"u-other"])
+        worker.register(b"work")
+        got = drain(worker, 10)
+        assert no_more_jobs(worker)
+    assert [unique for _, unique, _ in got] == [b"u%d" % i for i in range(8) if i != 4] + [b"-", b"u-other", b"u4"]
+
+
+def test_show_unique_jobs_reads_spilled_uniques_in_chunks(server_factory, tmp_path, monkeypatch):
+    import geartrain.server.spill as spill_module
+
+    monkeypatch.setattr(spill_module, "LISTING_CHUNK", 3)
+    server = spilling(server_factory, tmp_path, memory_jobs=2)
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"u%d" % i if i % 3 else b"", b"d%d" % i) for i in range(12)]
+    jobs += [(C.SUBMIT_JOB_LOW_BG, b"other", b"-", b"dash"), (C.SUBMIT_JOB_LOW_BG, b"other", b"v", b"x"),
+             (C.SUBMIT_JOB_LOW_BG, b"other", b"w", b"y")]
+    with Wire(server.host, server.port) as client:
+        handles = submit_all(client, jobs)
+        assert spilled(server) == 11
+        assert client.admin(b"cancel job " + handles[5]).lines == (b"OK",)  # spilled: not listed any more
+        assert client.admin(b"show job " + handles[7]).lines  # materialized by handle: listed once
+        expected = [b"u%d" % i for i in range(12) if i % 3 and i != 5] + [b"-", b"v", b"w"]
+        assert sorted(client.admin("show unique jobs").lines) == sorted(expected)
+        listed = [line.split(b"\t")[0] for line in client.admin("show jobs").lines]
+        assert sorted(listed) == sorted(h for i, h in enumerate(handles) if i != 5)
+
+
+def test_spilled_uniques_coalesce_after_a_restart(server_factory, tmp_path):
+    db = tmp_path / "q.db"
+    first = geard(server_factory, db, "--memory-jobs", "2")
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"u%d" % i, b"%d" % i) for i in range(8)]
+    jobs.append((C.SUBMIT_JOB_BG, b"work", b"-", b"by-data"))
+    with Wire(first.host, first.port) as client:
+        handles = submit_all(client, jobs)
+    first.stop()
+    second = geard(server_factory, db, "--memory-jobs", "2")
+    with Wire(second.host, second.port) as client, Wire(second.host, second.port) as worker:
+        listed = {line.split(b"\t")[0] for line in client.admin("show jobs").lines}
+        by_unique = {}
+        for i in range(8):
+            lines = client.admin(b"show job unique work u%d" % i).lines
+            by_unique[i] = dict(line.split(b"\t", 1) for line in lines)[b"handle"]
+        assert set(by_unique.values()) < listed
+        assert client.submit(b"work", b"x", b"u6", C.SUBMIT_JOB_BG) == by_unique[6]  # replayed, then spilled
+        dash = client.submit(b"work", b"by-data", b"-", C.SUBMIT_JOB_BG)
+        assert dash in listed and dash not in by_unique.values()
+        client.send(C.GET_STATUS_UNIQUE, b"u7")
+        assert client.expect(C.STATUS_RES_UNIQUE).args[1] == b"1"
+        assert client.admin("status").lines == (b"work\t9\t0\t0",)
+        worker.register(b"work")
+        got = drain(worker, 9)
+        assert no_more_jobs(worker)
+    assert [unique for _, unique, _ in got] == [j[2] for j in jobs]
+    assert len(handles) == 9
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_requests_after_one_that_confirms_a_spilled_unique_keep_their_order(server_factory, tmp_path, quiet):
+    # A confirmation reads at once while the store's writer thread is quiet, else on that thread while the
+    # connection waits; quiet() is pinned here so each way runs whatever the commits are doing.
+    server = spilling(server_factory, tmp_path)
+    server.server.store.quiet = lambda: quiet
+    spill = server.server.broker.spill
+    jobs = [(C.SUBMIT_JOB_BG, b"work", b"u%d" % i, b"data-%d" % i) for i in range(6)]
+    jobs.append((C.SUBMIT_JOB_BG, b"work", b"-", b"by-data"))
+    with Wire(server.host, server.port) as client, Wire(server.host, server.port) as other:
+        handles = submit_all(client, jobs)
+        confirms = spill.confirms
+        pipelined = [
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"u4", b"x"),  # waits for a read
+            client.conn.send_packet(C.ECHO_REQ, b"after"),
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"-", b"by-data"),  # a second read
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"u-new", b"y"),  # no match: no read
+            client.conn.send_packet(C.GET_STATUS_UNIQUE, b"u5"),  # a third
+            client.conn.send_packet(C.SUBMIT_JOB_BG, b"work", b"u4", b"again"),  # materialized by now
+        ]
+        client.send_raw(b"".join(pipelined))
+        other.send(C.SUBMIT_JOB_BG, b"work", b"u3", b"z")  # another connection meanwhile
+        assert client.expect(C.JOB_CREATED).args[0] == handles[4]
+        assert client.expect(C.ECHO_RES).args[0] == b"after"
+        assert client.expect(C.JOB_CREATED).args[0] == handles[6]
+        new = client.expect(C.JOB_CREATED).args[0]
+        assert new not in handles
+        assert client.expect(C.STATUS_RES_UNIQUE).args[:2] == (b"u5", b"1")
+        assert client.expect(C.JOB_CREATED).args[0] == handles[4]
+        assert other.expect(C.JOB_CREATED).args[0] == handles[3]
+        assert spill.confirms == confirms + 4
+        assert client.admin("status").lines == (b"work\t8\t0\t0",)
+
+
+def test_a_status_request_that_needs_reads_in_several_functions_is_answered_while_the_store_stays_busy(
+        server_factory, tmp_path):
+    server = spilling(server_factory, tmp_path, memory_jobs=1)
+    server.server.store.quiet = lambda: False  # every confirmation waits for a read on the writer thread
+    spill = server.server.broker.spill
+    spill.key_hash = lambda key: 7  # every unique of every function matches: each function needs its own read
+    jobs = [(C.SUBMIT_JOB_BG, name, b"%s-%d" % (name, i), b"x") for name in (b"a", b"b", b"c") for i in range(3)]
+    with Wire(server.host, server.port) as client:
+        submit_all(client, jobs)
+        assert spilled(server) == 6
+        client.send(C.GET_STATUS_UNIQUE, b"c-2")  # a, b, then c: the rows read for a and b are kept
+        assert client.expect(C.STATUS_RES_UNIQUE).args[:2] == (b"c-2", b"1")
+        client.send(C.GET_STATUS_UNIQUE, b"nobody")
+        assert client.expect(C.STATUS_RES_UNIQUE).args[:2] == (b"nobody", b"0")

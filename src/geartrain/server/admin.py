@@ -142,7 +142,7 @@ class Admin:
                 for job in jobs
             )
             if spill is not None:  # jobs waiting only in the store (spill.py), materialized ones included
-                lines = chain(lines, (b"%s\t0\t0\t1" % handle for handle, _ in spill.listing()))
+                lines = chain(lines, (b"%s\t0\t0\t1" % handle for handle in spill.listing()))
             return streamed_listing(lines)
         if kind == [b"unique", b"jobs"]:
             from .broker import SPILLED
@@ -150,7 +150,7 @@ class Admin:
             uniques = [job.unique for job in self.broker.jobs.values() if job.unique and job.state != SPILLED]
             lines = map(printable, uniques)
             if spill is not None:
-                lines = chain(lines, (printable(unique) for _, unique in spill.listing() if unique))
+                lines = chain(lines, map(printable, spill.unique_listing()))
             return streamed_listing(lines)
         extension = self.show_commands.get(kind[0]) if kind else None
         if extension is not None:

@@ -98,6 +98,12 @@ class Peer:
         #: Its output waits: the transport is writing it a long listing (see transport.GearmanProtocol._stream).
         self.held = False
 
+    @property
+    def may_wait(self) -> bool:
+        """Whether its requests may wait for a store read (spill.Confirming): a Gearman connection's may, as its
+        transport handles them again once read; others (the HTTP API's submits) are answered at once."""
+        return getattr(self.conn, "may_wait", False)
+
     def send(self, data: bytes) -> None:
         if self.closed:
             return
@@ -569,7 +575,7 @@ class Broker:
         if key:
             job = function.uniques.get(key)
             if job is None and function.spill is not None:
-                job = self.spill.join(function, key)
+                job = self.spill.join(function, key, peer)
             if job is not None:
                 if peer is not None:
                     if not background:
@@ -1006,7 +1012,7 @@ class Broker:
     def _get_status_unique(self, peer: Peer, args: tuple[bytes, ...]) -> None:
         unique = args[0]
         job = self.by_unique.get(unique)
-        if job is None and self.spill is not None and self.spill.holds_unique(unique):
+        if job is None and self.spill is not None and self.spill.holds_unique(unique, peer):
             body = b"\x00".join((unique, b"1", b"0", b"0", b"0", b"0"))
         elif job is None:
             body = b"\x00".join((unique, b"0", b"0", b"0", b"0", b"0"))

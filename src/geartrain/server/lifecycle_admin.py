@@ -77,7 +77,7 @@ class LifecycleCommands:
             function = self.broker.functions.get(words[1])
             job = function.uniques.get(words[2]) if function is not None else None
             if job is None and function is not None and function.spill is not None:
-                job = self.broker.spill.join(function, words[2])
+                job = self.broker.spill.join(function, words[2], peer)
             record = None if job is not None else results.get_unique(words[1], words[2], now) if results.ttl \
                 else None
         else:

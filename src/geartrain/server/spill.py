@@ -3,23 +3,45 @@ the durable store, and are read back in order, from the store's writer thread, a
 
 What a spilled job costs in memory: its place in a SpillQueue, runs of consecutive refs and handle numbers with
 the time the run was queued (four 8-byte slots per run; a run of jobs submitted back to back, within a
-millisecond, to one function and priority costs one run however long), plus one entry in its function's unique
-index when it has a unique (a dict entry and the key, ~100-150 bytes). Its data, reducer and time stay in the
-store. The index is kept in memory, not queried from the store, because coalescing, GET_STATUS_UNIQUE and submits
-are answered synchronously on the event loop, which never waits for a disk.
+millisecond, to one function and priority costs one run however long), plus, when it has a unique, one entry
+in its function's unique index (hashindex.py: a 30-bit fingerprint of the key's hash and the signed handle
+number, 12 bytes a slot, 3/8 to 3/4 full as it grows: 16-32 bytes; no key: for "-" the key is the data). Its data,
+reducer, time and unique stay in the store. 10M queued 64-byte jobs with 36-byte uniques: 328 MB RSS (1572 MB
+with a dict of the keys; benchmarks/README.md).
+
+A unique is looked up (a submit coalesces, GET_STATUS_UNIQUE, `show job unique`) by its hash; a new unique
+almost always finds no entry and costs a hash and a probe (hashindex.py: 1 lookup in ~7,000 matches another
+key's fingerprint at 10M entries). Each entry whose fingerprint matches is confirmed by reading the job's unique
+(the data, for "-") back by ref (store.peek_uniques), so a hash collision never coalesces two different
+uniques. That read is the one the event loop makes itself: while the store's writer thread is quiet (no commit
+or other engine call runs or waits) it has the SQLite connection to itself, and a primary-key read of a
+committed row from the page cache costs 5-8 us (1M rows, benchmarks/unique_index.py). While the writer is busy
+the loop would wait for its statement, a commit's sync at worst (reads took a median 0.3-1.2 ms, p99 7-15 ms,
+max 32-36 ms while 512-row batches were committed back to back), so a Gearman connection's request raises
+Confirming instead: the read goes to the writer thread after what it has, the connection's requests from this
+one on wait (not read, answers in order), and they are handled again with the rows at hand. Requests without a
+connection (replay at start, schedules, the HTTP API) read at once. Only matches pay a read, once per spilled
+job that a submit joins (it is then materialized, found in memory from then on); a status poll pays one each
+time. The index costs ~2-3 us of CPU per spilled job with a unique (a miss at its submit, an add, a removal when
+it is loaded) where a dict took ~0.3.
 
 Kept exact while jobs sit only in the store: counts (status, prioritystatus, maxqueue), coalescing by unique,
-GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs`, `cancel job`, and the order per priority
-(spilled jobs run after the in-memory ones of their priority, in submission order). A spilled job that something
-must hold on to (a foreground client joins it, `cancel job` names it) is materialized: a Job in state SPILLED
-without its data, still in its place in the spill order, which gets its data when it is loaded.
+GET_STATUS and GET_STATUS_UNIQUE, `show jobs` and `show unique jobs` (the spilled uniques are read from the store
+LISTING_CHUNK at a time as the listing is written, each read at once: ~4 ms a chunk, more while a commit runs),
+`cancel job`, the HTTP API's lookups, and the order per priority (spilled jobs run after the in-memory ones of
+their priority, in submission order). A spilled job that something must hold on to (a foreground client joins
+it, `cancel job` or `show job` names it) is materialized: a Job in state SPILLED without its data (its unique is
+read at once when only its handle was given), still in its place in the spill order, which gets its data when it
+is loaded.
 
-An engine spills when it says so (``can_spill``) and gives ``fetch(ranges, callback)``; others keep every job in
-memory. Jobs that never spill: scheduled ones (they wait in the timer heap), ones a client waits on, requeued ones.
+An engine spills when it says so (``can_spill``) and gives ``fetch(ranges, callback)``, ``peek_uniques``,
+``peek_later`` and ``quiet``; others keep every job in memory. Jobs that never spill: scheduled ones (they wait
+in the timer heap), ones a client waits on, requeued ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from array import array
 from bisect import bisect_right
@@ -27,6 +49,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .broker import QUEUED, SPILLED, Broker, Function, Job
+from .hashindex import HashIndex, key_hash
 
 log = logging.getLogger("geartrain.spill")
 
@@ -34,11 +57,58 @@ log = logging.getLogger("geartrain.spill")
 DEFAULT_MEMORY_JOBS = 100_000
 #: Jobs read back per fetch: one fetch's rows become jobs in one pass of the event loop, so it stays short.
 LOAD_CHUNK = 4096
+#: Spilled jobs whose uniques one store read gives to `show unique jobs` (one chunk of the streamed listing).
+LISTING_CHUNK = 4096
 #: Seconds before a failed load is tried again.
 RETRY_DELAY = 1.0
 #: Seconds between the queueing of the first and the last job of one run: a spilled job's queue wait is counted
 #: from its run's first job (at most this much early; the first bucket of the wait histogram is 1 ms).
 STAMP_SPAN = 0.001
+
+
+class Confirming(Exception):  # noqa: N818 - a request put off, not an error
+    """Raised by a lookup of a request that may wait (Peer.may_wait) when entries of the unique index must be
+    confirmed: the read of their rows runs on the store's writer thread (`future`), and the transport holds the
+    connection's requests from this one on, then handles them again with the rows in Spill.peeked: those read
+    for it, and those read before for the same requests (`known`), so a request that needs several reads (one
+    per function, say) gets them all however busy the store stays."""
+
+    def __init__(self, refs: list[int], future: asyncio.Future,
+                 known: dict[int, tuple[bytes, bytes | None] | None]) -> None:
+        super().__init__(refs)
+        self.refs = refs
+        self.future = future
+        self.known = known
+
+    def rows(self) -> dict[int, tuple[bytes, bytes | None] | None]:
+        """The rows read (once the future is done), by ref; None: no such row, or the read failed (the entry
+        stays unconfirmed)."""
+        future = self.future
+        found: dict[int, tuple[bytes, bytes | None]] = {}
+        if future.cancelled():
+            pass
+        elif future.exception() is not None:
+            _read_failed(future.exception())
+        else:
+            found = future.result()
+        rows = dict(self.known)
+        rows.update((ref, found.get(ref)) for ref in self.refs)
+        return rows
+
+
+def _read_failed(exc: BaseException | None) -> None:
+    log.error("reading the uniques of spilled jobs from the store failed: %s", exc)
+
+
+def signed(num: int, unique: bytes) -> int:
+    """A spilled job's value in its function's unique index: its handle number, negative when its unique is "-"
+    (its key is then its data)."""
+    return -num if unique == b"-" else num
+
+
+def row_key(row: tuple[bytes, bytes | None]) -> bytes:
+    """The key of a job as store.peek_uniques gives it, (unique, data when the unique is "-")."""
+    return (row[1] or b"") if row[0] == b"-" else row[0]
 
 
 class SpillQueue:
@@ -114,6 +184,11 @@ class SpillQueue:
             del self.refs[:self.head], self.nums[:self.head], self.lengths[:self.head], self.stamps[:self.head]
             self.head = 0
 
+    def runs(self) -> list[tuple[int, int, int]]:
+        """A copy of the runs still spilled, as (first ref, first handle number, length)."""
+        head = self.head
+        return list(zip(self.refs[head:], self.nums[head:], self.lengths[head:], strict=True))
+
     def handles(self) -> Iterator[int]:
         """Handle numbers of the spilled jobs, in queue order: the runs are copied at the call, so the queue may
         change while the numbers are read (a streamed `show jobs`)."""
@@ -143,8 +218,15 @@ class Spill:
         self.prefix = broker.prefix
         #: Functions with spill queues: {function: (high, normal, low)}.
         self.queues: dict[Function, tuple[SpillQueue, SpillQueue, SpillQueue]] = {}
-        #: Per function: key -> handle number of a spilled job (negative: its unique was "-").
-        self.uniques: dict[Function, dict[bytes, int]] = {}
+        #: Per function: key -> handle number of each spilled job with a key (negative: its unique was "-"), by
+        #: hash only (hashindex.py): a match is confirmed by reading the job's unique back (_with_key).
+        self.uniques: dict[Function, HashIndex] = {}
+        #: Hash of the keys (a parameter for tests that force collisions).
+        self.key_hash = key_hash
+        #: Store reads that confirmed (or refuted) a match of the index (statistics, tests).
+        self.confirms = 0
+        #: Rows read for the requests being handled again after a Confirming (set by the transport meanwhile).
+        self.peeked: dict[int, tuple[bytes, bytes | None] | None] = {}
         self.total = 0
         self.loads = 0
         #: Functions taken out of the ready lists while a priority of theirs is read back (see block()).
@@ -188,8 +270,8 @@ class Spill:
                 del broker.by_unique[unique]
             index = self.uniques.get(function)
             if index is None:
-                index = self.uniques[function] = {}
-            index[key] = -num if unique == b"-" else num
+                index = self.uniques[function] = HashIndex(self.key_hash)
+            index.add(key, signed(num, unique))
         job.state = SPILLED  # the object itself is dropped: nothing refers to it any more
         return True
 
@@ -234,40 +316,88 @@ class Spill:
     def holds(self, handle: bytes) -> bool:
         return self._locate(handle) is not None
 
-    def _lookup_key(self, function: Function, key: bytes) -> int | None:
-        index = self.uniques.get(function)
-        if not index:
-            return None
-        signed = index.get(key)
-        if signed is None:
-            return None
-        num = abs(signed)
-        queues = function.spill
-        if queues is None or all(queue.find(num) is None for queue in queues):
-            del index[key]  # cancelled, or loaded under another key: stale
-            return None
-        return num
+    def _ref(self, function: Function, num: int) -> int | None:
+        """The ref of the spilled job of `function` with this handle number, or None."""
+        for queue in function.spill or ():
+            if queue.count:
+                ref = queue.find(num)
+                if ref is not None:
+                    return ref
+        return None
 
-    def holds_unique(self, unique: bytes) -> bool:
-        """Whether a spilled job has this unique (GET_STATUS_UNIQUE; "-" uniques are keyed by data)."""
-        return any(self._lookup_key(function, unique) is not None for function in list(self.uniques))
-
-    def join(self, function: Function, key: bytes) -> Job | None:
-        """The spilled job of the function with this key, materialized (a submit coalesces onto it)."""
+    def _with_key(self, function: Function, key: bytes, dash: bool = True, peer: Any = None) -> int | None:
+        """The signed handle number (see uniques) of a spilled job of `function` whose key is `key` (with dash
+        False: whose unique is `key`), or None. Each entry whose fingerprint matches is confirmed by the job's
+        unique, or its data when the unique is "-", as read from the store: at once on the loop, or, for a peer
+        that may wait while the writer thread is busy, on that thread (Confirming is raised). Stale entries
+        (cancelled, loaded) are dropped on the way."""
         index = self.uniques.get(function)
-        if not index or key not in index:  # the common case, a new unique: no lookup in the spill queues
+        found = index.find(key) if index is not None else None
+        if not found:  # the common case, a new unique
             return None
-        num = self._lookup_key(function, key)
-        if num is None:
+        store = self.store
+        later = peer is not None and peer.may_wait and not store.quiet()
+        need = []
+        for value in found:
+            ref = self._ref(function, abs(value))
+            if ref is None:
+                index.remove(key, value)
+                continue
+            if value < 0 and not dash:
+                continue
+            if ref in self.peeked:
+                row = self.peeked[ref]
+            elif later:
+                need.append(ref)
+                continue
+            else:
+                row = self._peek([(ref, ref)]).get(ref)
+            if row is not None and row_key(row) == key:
+                return value
+        if need:
+            self.confirms += 1
+            try:
+                future = store.peek_later([(ref, ref) for ref in need])
+            except Exception as exc:  # closed: unconfirmed
+                _read_failed(exc)
+                return None
+            raise Confirming(need, future, self.peeked)
+        return None
+
+    def _peek(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
+        self.confirms += 1
+        try:
+            return self.store.peek_uniques(ranges)
+        except Exception as exc:  # a lost or failing file: the job stays unconfirmed (a submit makes a new one)
+            _read_failed(exc)
+            return {}
+
+    def holds_unique(self, unique: bytes, peer: Any = None) -> bool:
+        """Whether a spilled job has this unique (GET_STATUS_UNIQUE; "-" uniques are keyed by data). `peer`: the
+        connection asking, whose request may wait for a store read (see _with_key)."""
+        return any(self._with_key(function, unique, peer=peer) is not None for function in list(self.uniques))
+
+    def join(self, function: Function, key: bytes, peer: Any = None, dash: bool = True) -> Job | None:
+        """The spilled job of the function with this key, materialized (a submit coalesces onto it); with dash
+        False only a job whose unique is `key`. `peer`: as for holds_unique."""
+        value = self._with_key(function, key, dash, peer)
+        if value is None:
             return None
-        unique = b"-" if index[key] < 0 else key
-        del index[key]  # from now on function.uniques finds it
-        return self.materialize(self.prefix + b"%d" % num, unique, key)
+        self.uniques[function].remove(key, value)  # from now on function.uniques finds it
+        return self.materialize(self.prefix + b"%d" % abs(value), b"-" if value < 0 else key, key)
+
+    def with_unique(self, unique: bytes) -> Job | None:
+        """A spilled job with this unique, of any function, materialized (the HTTP API's lookup by unique)."""
+        for function in list(self.uniques):
+            job = self.join(function, unique, dash=False)
+            if job is not None:
+                return job
+        return None
 
     def materialize(self, handle: bytes, unique: bytes = b"", key: bytes = b"") -> Job | None:
         """A Job (state SPILLED, no data yet) for a spilled job something must hold: a client joins it, an admin
-        cancels it. It keeps its place in the spill order and gets its data (and its unique, when not given)
-        when loaded."""
+        cancels it. It keeps its place in the spill order and gets its data when loaded. Its unique, when not
+        given, is read from the store (when that fails, it comes with the data)."""
         found = self._locate(handle)
         if found is None:
             return None
@@ -281,6 +411,12 @@ class Spill:
                 function.uniques[key] = job
                 broker.by_unique[unique] = job
             return job
+        index = self.uniques.get(function)
+        if not key and index is not None:  # by handle, in a function with spilled uniques
+            row = self._peek([(ref, ref)]).get(ref)
+            if row is not None and row[0]:
+                unique, key = row[0], row_key(row)
+                index.remove(key, signed(num, unique))
         job = Job(handle, function, unique, key, b"", priority, True)
         job.store_ref = ref
         job.state = SPILLED
@@ -297,25 +433,46 @@ class Spill:
         num = int(job.handle[len(self.prefix):])
         queue.live.pop(num, None)
         queue.gone.add(num)
+        index = self.uniques.get(job.function)
+        if index is not None and job.key:
+            index.remove(job.key, signed(num, job.unique))
         queue.count -= 1
         self.total -= 1
         self.drained(job.function, job.priority)
 
-    def listing(self) -> Iterator[tuple[bytes, bytes]]:
-        """(handle, unique or b"") of every spilled job, queue by queue (show jobs; materialized ones too, which
-        `show jobs` skips in broker.jobs). The functions are taken at the call, each queue's runs as it is reached:
-        jobs may come and go while a long listing is written."""
-        return self._listing(list(self.queues.items()))
+    def listing(self) -> Iterator[bytes]:
+        """The handle of every spilled job, queue by queue (show jobs; materialized ones too, which `show jobs`
+        skips in broker.jobs). The functions are taken at the call, each queue's runs as it is reached: jobs may
+        come and go while a long listing is written."""
+        prefix = self.prefix
+        return (prefix + b"%d" % num for queues in list(self.queues.values()) for queue in queues
+                for num in queue.handles())
 
-    def _listing(self, queues_of: list[tuple[Function, tuple[SpillQueue, ...]]]) -> Iterator[tuple[bytes, bytes]]:
-        for function, queues in queues_of:
-            index = self.uniques.get(function) or {}
-            uniques = {abs(v): (b"-" if v < 0 else k) for k, v in index.items()} if index else {}
-            for queue in queues:
-                for num in queue.handles():
-                    job = queue.live.get(num)
-                    yield self.prefix + b"%d" % num, job.unique if job is not None and job.unique \
-                        else uniques.get(num, b"")
+    def unique_listing(self) -> Iterator[bytes]:
+        """The unique of every spilled job that has one (show unique jobs): read from the store LISTING_CHUNK
+        jobs at a time as the listing is written, only for functions with spilled uniques."""
+        return self._uniques([function for function in self.queues if function in self.uniques])
+
+    def _uniques(self, functions: list[Function]) -> Iterator[bytes]:
+        broker = self.broker
+        for function in functions:
+            for queue in function.spill or ():
+                for ref0, num0, length in queue.runs():
+                    for start in range(0, length, LISTING_CHUNK):
+                        n = min(LISTING_CHUNK, length - start)
+                        rows = self._peek([(ref0 + start, ref0 + start + n - 1)])
+                        for k in range(start, start + n):
+                            num = num0 + k
+                            if num in queue.gone:
+                                continue
+                            row = rows.get(ref0 + k)
+                            if row is not None:
+                                unique = row[0]
+                            else:  # loaded since the listing began, and maybe ended (then it is not listed)
+                                job = broker.jobs.get(self.prefix + b"%d" % num)
+                                unique = job.unique if job is not None else b""
+                            if unique:
+                                yield unique
 
     # ------------------------------------------------------------------ loading
 
@@ -389,8 +546,8 @@ class Spill:
                     job.store_ref = ref0 + k
                     broker.jobs[handle] = job
                     if key:
-                        if index is not None and abs(index.get(key, 0)) == num:
-                            del index[key]
+                        if index is not None:
+                            index.remove(key, signed(num, unique))
                         function.uniques[key] = job
                         if unique:
                             broker.by_unique[unique] = job
@@ -398,8 +555,8 @@ class Spill:
                     job.data, job.when, job.reducer = data, when, reducer
                     if key and not job.key:  # materialized by handle: its unique comes with the row
                         job.unique, job.key = unique, key
-                        if index is not None and abs(index.get(key, 0)) == num:
-                            del index[key]
+                        if index is not None:
+                            index.remove(key, signed(num, unique))
                         function.uniques[key] = job
                         broker.by_unique[unique] = job
                 job.stamp = stamp

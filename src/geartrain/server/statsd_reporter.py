@@ -18,6 +18,7 @@ from typing import Any
 import statsd
 
 from ..protocol.constants import TYPE_NAMES
+from .spill import Confirming
 
 log = logging.getLogger("geartrain.statsd")
 
@@ -66,13 +67,17 @@ class StatsdReporter:
                  ) -> Callable[[Any, tuple[bytes, ...]], None]:
         def counted(peer: Any, args: tuple[bytes, ...]) -> None:
             slot[0] += 1
-            if slot[0] % TIME_EVERY != 1:
+            try:
+                if slot[0] % TIME_EVERY != 1:
+                    handler(peer, args)
+                    return
+                start = perf_counter()
                 handler(peer, args)
-                return
-            start = perf_counter()
-            handler(peer, args)
-            slot[1] += 1
-            slot[2] += perf_counter() - start
+                slot[1] += 1
+                slot[2] += perf_counter() - start
+            except Confirming:  # handled again once its store read is done (spill.py): counted then
+                slot[0] -= 1
+                raise
 
         return counted
 

@@ -18,6 +18,7 @@ from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolEr
 from ..sockets import tune
 from .broker import Broker, Peer, error_packet
 from .config import ServerConfig
+from .spill import Confirming
 from .tls import ServerTLSSession, peer_common_name
 
 log = logging.getLogger("geartrain.transport")
@@ -102,7 +103,10 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     """One server-side connection: bytes in to the decoder and broker, the peer's output out once per pass."""
 
     __slots__ = ("state", "transport", "decoder", "peer", "handlers", "paused", "idle_handle", "ssl_context",
-                 "address", "tls", "handshake_timer", "stream", "backlog", "pumping", "reading_body")
+                 "address", "tls", "handshake_timer", "stream", "backlog", "pumping", "reading_body", "confirming")
+
+    #: Its requests may wait for a store read (spill.Confirming): they are handled again once it is done.
+    may_wait = True
 
     def __init__(self, state: ServerState, ssl_context: ssl.SSLContext | None = None) -> None:
         self.state = state
@@ -124,6 +128,9 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.backlog: list[Any] = []
         self.pumping = False  # a _pump() call is scheduled
         self.reading_body = False  # the last get_buffer() gave the decoder's body space, not the read buffer
+        #: A request waits for a store read (spill.Confirming): it and the requests after it are in `backlog`, and
+        #: the peer is not read until they are handled again.
+        self.confirming = False
 
     # ------------------------------------------------------------------ connection life
 
@@ -207,7 +214,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
-            if self.stream is None:
+            if self.stream is None and not self.confirming:
                 self.transport.resume_reading()
             else:
                 self._schedule_pump()
@@ -336,9 +343,41 @@ class GearmanProtocol(asyncio.BufferedProtocol):
                 elif type(event) is PacketError:
                     log.info("bad packet from %s (connection %d): %s", peer.address, peer.id, event.message)
                     peer.send(error_packet(event.code, event.message))
+            except Confirming as confirming:
+                self._confirm(peer, confirming, [event, *rest])
+                return
             except Exception:
                 log.exception("error handling %r from %s (connection %d)", event[:2], peer.address, peer.id)
                 peer.send(error_packet(b"SERVER_ERROR", "the server failed to handle this request; see its log"))
+
+    # ------------------------------------------------------------------ requests that wait for a store read
+
+    def _confirm(self, peer: Peer, confirming: Confirming, backlog: list[Any]) -> None:
+        """A request needs rows read from the store first (spill.py: a unique that hashes like a spilled job's):
+        the peer is not read, and this request and the ones after it wait, until the read is done; then they are
+        handled again, the rows at hand. The loop serves everyone else meanwhile."""
+        self.confirming, self.backlog = True, backlog
+        if self.transport is not None:
+            self.transport.pause_reading()
+        confirming.future.add_done_callback(lambda _: self._confirmed(peer, confirming))
+
+    def _confirmed(self, peer: Peer, confirming: Confirming) -> None:
+        self.confirming = False
+        backlog, self.backlog = self.backlog, []
+        if self.peer is not peer or self.transport is None:
+            return  # the connection is gone
+        spill = self.state.broker.spill
+        assert spill is not None
+        spill.peeked = confirming.rows()
+        try:
+            self._dispatch(peer, backlog)
+        finally:
+            spill.peeked = {}
+        if not self.paused and self.stream is None and not self.confirming:
+            self.transport.resume_reading()
+        if peer.out:
+            self.state.send_output(peer)
+        self.state.schedule_flush()
 
     # ------------------------------------------------------------------ streamed listings
 

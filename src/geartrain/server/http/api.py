@@ -218,11 +218,14 @@ class Api:
         broker = self.server.broker
         if "handle" in request.match_info:
             key = request.match_info["handle"]
-            job = broker.jobs.get(key.encode("utf-8", "surrogateescape"))
+            job = broker.find(key.encode("utf-8", "surrogateescape"))  # a job queued only in the store too
             what = f"job {key}"
         else:
             key = request.match_info["unique"]
-            job = broker.by_unique.get(key.encode("utf-8", "surrogateescape"))
+            unique = key.encode("utf-8", "surrogateescape")
+            job = broker.by_unique.get(unique)
+            if job is None and broker.spill is not None:
+                job = broker.spill.with_unique(unique)
             what = f"job with unique {key}"
         if job is None:
             raise web.HTTPNotFound(text=f"no {what}: it finished, was cancelled, or never existed\n")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..broker import QUEUED, RUNNING, SCHEDULED, Function, Job
+from ..broker import QUEUED, RUNNING, SCHEDULED, SPILLED, Function, Job
 
 PRIORITY_NAMES = ("high", "normal", "low")
 STATE_NAMES = {QUEUED: "queued", RUNNING: "running", SCHEDULED: "scheduled"}
 STATES = {name: state for state, name in STATE_NAMES.items()}
+#: A job record's state: a job queued only in the store (spill.py), looked up by handle or unique, is queued.
+RECORD_STATES = {**STATE_NAMES, SPILLED: "queued"}
 
 
 def label(name: bytes) -> str:
@@ -52,7 +54,7 @@ def job_record(job: Job, now: float, with_stats: bool) -> dict[str, Any]:
         "handle": label(job.handle),
         "function": label(job.function.name),
         "unique": label(job.unique),
-        "state": STATE_NAMES.get(job.state, "done"),
+        "state": RECORD_STATES.get(job.state, "done"),
         "priority": PRIORITY_NAMES[job.priority],
         "background": job.background,
         "size": len(job.data),

@@ -37,7 +37,9 @@ How the server uses a store (the contract every engine keeps):
 - A backlog bigger than memory (spill.py): an engine that sets ``can_spill`` lets queued jobs past --memory-jobs
   stay only in the store; ``fetch(ranges, callback)`` reads committed rows back by ref range on the writer thread
   (``read_rows``), in order with the commits, and calls ``callback(rows, None)`` or ``callback(None, exc)`` on the
-  loop. An engine without it keeps every queued job in memory.
+  loop; ``peek_uniques(ranges)`` reads the uniques (and the data of "-" ones) of committed rows at once, on the
+  loop, which has the engine to itself while ``quiet()``; ``peek_later(ranges)`` runs it on the writer thread
+  after what that thread has (a future). An engine without them keeps every queued job in memory.
 
 An engine (SQLite here; PostgreSQL or Redis later) implements the blocking methods of GroupCommitStore
 (``open_engine``, ``load``, ``write``, ``close_engine``), which always run on the writer thread; it may also
@@ -181,6 +183,14 @@ class Store(abc.ABC):
     def fetch(self, ranges: list[tuple[int, int]], callback: Callable[[Any, BaseException | None], None]) -> None:
         """Read the rows with refs in the (first, last) ranges back, then callback(rows by ref, None) or
         callback(None, exc) on the loop (stores with can_spill)."""
+        raise StoreError("this store cannot read jobs back")
+
+    def peek_uniques(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
+        """At once, on the loop: the unique of each committed row with a ref in the (first, last) ranges, with its
+        data when the unique is "-" (the key it coalesces by), else None. The one read that runs on the loop
+        (spill.py: a unique that hashes like a spilled job's is confirmed before the submit is answered; `show
+        unique jobs` lists spilled uniques); unless the store is quiet() it may wait for a statement of the
+        writer thread (stores with can_spill)."""
         raise StoreError("this store cannot read jobs back")
 
 
@@ -457,6 +467,19 @@ class GroupCommitStore(Store):
                 self._after_landing()
 
         self._executor.run(call, *args).add_done_callback(done)
+
+    def peek_later(self, ranges: list[tuple[int, int]]) -> asyncio.Future:
+        """peek_uniques on the writer thread, right after the calls handed to it so far (with one writer thread,
+        as SQLite has, it never runs beside one); a future of the loop. Not an exclusive call: quiet() does not
+        count it, so the reads of many waiting requests do not keep the store from ever being quiet."""
+        if self._executor is None:
+            raise StoreError(f"the store {self.location} is not open")
+        return self._executor.run(self.peek_uniques, ranges)
+
+    def quiet(self) -> bool:
+        """Whether no engine call runs or waits: only the loop starts them, so until it does a read on the loop
+        (peek_uniques) has the engine to itself."""
+        return not self._busy()
 
     def _busy(self) -> bool:
         """Whether a commit or an engine call is in flight or waits to run."""

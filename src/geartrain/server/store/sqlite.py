@@ -74,6 +74,7 @@ LARGE_DATA = 16 * 1024
 #: --queue-sync: PRAGMA synchronous of each mode (see the module docstring for what each promises).
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
 _DELETE = f"DELETE FROM {TABLE} WHERE id = ?"
+_PEEK = f"SELECT id, unique_key, CASE WHEN unique_key = X'2D' THEN data END FROM {TABLE} WHERE id BETWEEN ? AND ?"
 
 
 def check_layout(conn: sqlite3.Connection, path: Path, gearmand_table: str = GEARMAND_TABLE) -> bool:
@@ -391,6 +392,19 @@ class SQLiteStore(GroupCommitStore):
         for first, last in ranges:
             for row in conn.execute(select, (first, last)):
                 rows[row[0]] = row
+        return rows
+
+    def peek_uniques(self, ranges: list[tuple[int, int]]) -> dict[int, tuple[bytes, bytes | None]]:
+        # On the loop (or the writer thread, peek_later), through the writer's connection: locking_mode=EXCLUSIVE
+        # lets no other connection read the file. SQLite serializes it with the writer thread's statements (its
+        # default, serialized, threading mode: sqlite3.threadsafety 3), so on the loop it may wait for the one in
+        # progress, a commit's sync at worst, unless the store is quiet(). The rows it reads are committed: a batch
+        # in progress only adds rows and removes ones of jobs that ended, never one of a spilled job.
+        conn = self._conn()
+        rows: dict[int, tuple[bytes, bytes | None]] = {}
+        for first, last in ranges:
+            for ref, unique, data in conn.execute(_PEEK, (first, last)):
+                rows[ref] = (unique, data)
         return rows
 
     def _apply(self, adds: list[Row], removes: list[int], rewrite_header: bool = False) -> None:

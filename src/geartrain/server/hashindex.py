@@ -1,0 +1,166 @@
+"""A compact multimap from byte keys to non-zero integers for millions of entries: 12 bytes a slot in two flat
+arrays (a FP_BITS-bit fingerprint of the key's hash, the value), no Python object per entry, and no key kept.
+
+find(key) gives the value of every entry whose fingerprint matches; the caller confirms each one against the real
+key (spill.py reads it back from the store). Several entries may share a fingerprint, or even a key. A key that
+is not there matches some other entry at a rate of about (table load) x 2**-(FP_BITS - log2 slots) per lookup:
+1 lookup in ~7,000 with 10M entries (2**18 slots a shard), 1 in ~100 with a thousand million.
+
+Open addressing with linear probing, in SHARDS tables chosen by SHARD_BITS other bits of the hash. A slot is the
+fingerprint's low bits, so a table is resized from its own arrays; fingerprints of 30 bits take 4 bytes where a
+whole 64-bit hash took 8 (and are one-digit ints for CPython: operations were ~5% faster). A table doubles when
+3/4 full and halves when under 1/8 full, so a resize copies one shard: a pause (23 ms for a shard of 98,000
+entries, 13:32Z; the shards of an index reach each size at about the same count) and a transient extra of
+1/SHARDS of the index, not of all of it. Removing an entry shifts the rest of its cluster back (no tombstones:
+lookups do not slow down as entries come and go).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+
+FP_BITS = 30
+SHARD_BITS = 6
+SHARDS = 1 << SHARD_BITS
+MIN_SLOTS = 8
+_FP_MASK = (1 << FP_BITS) - 1
+_HASH_MASK = (1 << (FP_BITS + SHARD_BITS)) - 1
+
+#: Python's hash of bytes: SipHash with a key drawn at start, so colliding keys cannot be chosen from outside.
+key_hash: Callable[[bytes], int] = hash
+
+
+class _Table:
+    __slots__ = ("prints", "values", "used", "mask", "full")
+
+    def __init__(self, slots: int) -> None:
+        self.prints = array("i", bytes(4 * slots))
+        #: 0 marks an empty slot.
+        self.values = array("q", bytes(8 * slots))
+        self.used = 0
+        self.mask = slots - 1
+        #: Entries at which the table doubles (3/4 full).
+        self.full = slots * 3 // 4
+
+    def resized(self, slots: int) -> _Table:
+        table = _Table(slots)
+        prints, values, mask = table.prints, table.values, table.mask
+        for fp, value in zip(self.prints, self.values, strict=True):
+            if value:
+                i = fp & mask
+                while values[i]:
+                    i = (i + 1) & mask
+                prints[i] = fp
+                values[i] = value
+        table.used = self.used
+        return table
+
+    def delete(self, i: int) -> None:
+        """Empty slot i, moving back each later entry of the cluster that may not sit past the hole."""
+        prints, values, mask = self.prints, self.values, self.mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            value = values[j]
+            if not value:
+                break
+            home = prints[j] & mask
+            # The entry at j stays when its home lies cyclically in (i, j]: its probe never passes the hole.
+            if (home > i and home <= j) if i <= j else (home > i or home <= j):
+                continue
+            prints[i] = prints[j]
+            values[i] = value
+            i = j
+        prints[i] = 0
+        values[i] = 0
+        self.used -= 1
+
+
+class HashIndex:
+    """Entries (key, value) by a fingerprint of the key's hash; values are non-zero ints that fit in 64 bits."""
+
+    __slots__ = ("hash", "tables")
+
+    def __init__(self, hash_function: Callable[[bytes], int] = key_hash) -> None:
+        self.hash = hash_function
+        self.tables: list[_Table | None] = [None] * SHARDS
+
+    def __len__(self) -> int:
+        return sum(table.used for table in self.tables if table is not None)
+
+    # The methods below are written out in full, without helper calls: each runs for every spilled job.
+
+    def add(self, key: bytes, value: int) -> None:
+        if not value:
+            raise ValueError("0 marks an empty slot: values must not be 0")
+        h = self.hash(key) & _HASH_MASK
+        shard = h >> FP_BITS
+        fp = h & _FP_MASK
+        tables = self.tables
+        table = tables[shard]
+        if table is None:
+            table = tables[shard] = _Table(MIN_SLOTS)
+        elif table.used >= table.full:
+            table = tables[shard] = table.resized((table.mask + 1) * 2)
+        values = table.values
+        mask = table.mask
+        i = fp & mask
+        while values[i]:
+            i = (i + 1) & mask
+        table.prints[i] = fp
+        values[i] = value
+        table.used += 1
+
+    def find(self, key: bytes) -> list[int]:
+        """The values of the entries whose fingerprint is the key's (confirm each: the keys are not kept)."""
+        h = self.hash(key) & _HASH_MASK
+        table = self.tables[h >> FP_BITS]
+        if table is None:
+            return []
+        values = table.values
+        mask = table.mask
+        fp = h & _FP_MASK
+        i = fp & mask
+        value = values[i]
+        if not value:
+            return []
+        prints = table.prints
+        found = []
+        while value:
+            if prints[i] == fp:
+                found.append(value)
+            i = (i + 1) & mask
+            value = values[i]
+        return found
+
+    def remove(self, key: bytes, value: int) -> bool:
+        """Remove one entry (key, value); False when there is none."""
+        h = self.hash(key) & _HASH_MASK
+        shard = h >> FP_BITS
+        table = self.tables[shard]
+        if table is None:
+            return False
+        values = table.values
+        prints = table.prints
+        mask = table.mask
+        fp = h & _FP_MASK
+        i = fp & mask
+        while True:
+            found = values[i]
+            if not found:
+                return False
+            if found == value and prints[i] == fp:
+                break
+            i = (i + 1) & mask
+        table.delete(i)
+        slots = mask + 1
+        if not table.used:
+            self.tables[shard] = None
+        elif slots > MIN_SLOTS and table.used * 8 < slots:
+            self.tables[shard] = table.resized(slots // 2)
+        return True
+
+    def memory(self) -> int:
+        """Bytes the arrays take (benchmarks and tests)."""
+        return sum(12 * (table.mask + 1) for table in self.tables if table is not None)

@@ -1,0 +1,114 @@
+"""HashIndex: the compact key -> value multimap that indexes the uniques of spilled jobs (hashindex.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from geartrain.server.hashindex import FP_BITS, MIN_SLOTS, SHARDS, HashIndex
+
+
+def check_against(index: HashIndex, model: dict[bytes, set[int]]) -> None:
+    assert len(index) == sum(len(values) for values in model.values())
+    for key, values in model.items():
+        assert set(index.find(key)) >= values
+
+
+def test_add_find_remove():
+    index = HashIndex()
+    assert index.find(b"a") == [] and not index.remove(b"a", 1)
+    index.add(b"a", 1)
+    index.add(b"b", -2)  # negative values are kept as they are
+    assert index.find(b"a") == [1] and index.find(b"b") == [-2] and index.find(b"c") == []
+    assert not index.remove(b"a", 2)  # (key, value) must both match
+    assert index.remove(b"a", 1) and index.find(b"a") == [] and len(index) == 1
+    with pytest.raises(ValueError):
+        index.add(b"x", 0)
+
+
+def test_one_key_may_have_several_values():
+    index = HashIndex()
+    index.add(b"k", 5)
+    index.add(b"k", 7)
+    assert sorted(index.find(b"k")) == [5, 7]
+    assert index.remove(b"k", 5) and index.find(b"k") == [7]
+
+
+@pytest.mark.parametrize("hash_function", [lambda key: 12345, lambda key: len(key), lambda key: key[0] << FP_BITS])
+def test_colliding_hashes_keep_every_entry_findable_through_growth_and_removal(hash_function):
+    # Every key (or many) hashes alike: one cluster in one table; find() returns all the alike ones (the caller
+    # confirms), removal shifts the cluster back without losing anyone.
+    index = HashIndex(hash_function)
+    model: dict[bytes, set[int]] = {}
+    rng = random.Random(1)
+    for n in range(1, 600):
+        key = b"key-%d" % rng.randrange(300)
+        index.add(key, n)
+        model.setdefault(key, set()).add(n)
+        if n % 3 == 0:
+            victim = rng.choice(sorted(model))
+            value = model[victim].pop()
+            assert index.remove(victim, value)
+            if not model[victim]:
+                del model[victim]
+    check_against(index, model)
+    for key, values in model.items():
+        found = index.find(key)
+        assert values <= set(found)
+        assert all(hash_function(other) == hash_function(key) for other, vs in model.items()
+                   for v in vs if v in found)
+
+
+def test_entries_in_one_cluster_with_other_fingerprints_are_not_found():
+    # Same shard and home slot, fingerprints that differ above the slot bits: probed past, never returned.
+    index = HashIndex(lambda key: 5 + (len(key) << 20))
+    index.add(b"a", 1)
+    index.add(b"bb", 2)
+    index.add(b"a", 3)
+    assert sorted(index.find(b"a")) == [1, 3] and index.find(b"bb") == [2] and index.find(b"ccc") == []
+    assert index.remove(b"a", 1) and index.find(b"bb") == [2] and index.find(b"a") == [3]
+
+
+def test_grows_by_doubling_and_shrinks_when_emptied():
+    index = HashIndex()
+    keys = [b"%032d" % n for n in range(50_000)]
+    for n, key in enumerate(keys, 1):
+        index.add(key, n)
+    assert len(index) == 50_000
+    big = index.memory()
+    assert big <= 12 * 4 * 50_000  # at least 1/4 full (3/4 at most before doubling)
+    assert all(index.find(key) == [n] for n, key in enumerate(keys, 1))
+    for n, key in enumerate(keys[:49_000], 1):
+        assert index.remove(key, n)
+    assert index.memory() < big / 4
+    assert all(index.find(key) == [n] for n, key in enumerate(keys, 1) if n > 49_000)
+    for n, key in enumerate(keys[49_000:], 49_001):
+        assert index.remove(key, n)
+    assert len(index) == 0 and index.memory() == 0
+
+
+def test_random_operations_match_a_dict():
+    rng = random.Random(7)
+    index = HashIndex(lambda key: hash(key) & 0xFF)  # 256 hashes: many collisions across shards and clusters
+    model: dict[bytes, set[int]] = {}
+    value = 0
+    for _ in range(20_000):
+        if model and rng.random() < 0.45:
+            key = rng.choice(list(model))
+            v = model[key].pop()
+            if not model[key]:
+                del model[key]
+            assert index.remove(key, v)
+        else:
+            value += 1
+            key = b"%d" % rng.randrange(5_000)
+            index.add(key, value if value % 2 else -value)
+            model.setdefault(key, set()).add(value if value % 2 else -value)
+    check_against(index, model)
+
+
+def test_a_small_index_stays_small():
+    index = HashIndex()
+    index.add(b"only", 1)
+    assert index.memory() == 12 * MIN_SLOTS and SHARDS * 12 * MIN_SLOTS < 10_000
