@@ -66,6 +66,36 @@ def test_short_waits_and_runs_take_the_same_buckets_as_the_bisect():
         assert stats.finished == {"complete": 1, "fail": 0, "exception": 0}
 
 
+def test_the_remembered_bucket_gives_the_bisects_answer_at_every_edge():
+    # Waits past SHORTEST reuse the last bucket while the value is within its edges: a deep backlog's waits fall in
+    # one bucket job after job. Values at, just below and just above every bound, in an order that stays, climbs
+    # and falls, must land where the bisect puts them.
+    values = []
+    for bound in JOB_SECONDS[1:]:
+        values += [bound, bound, bound * 0.999, bound * 1.001, bound, bound * 1.001]
+    values += values[::-1] + [0.0015, 4000.0, 4000.0, 0.002]
+    clock = Clock()
+    broker = Broker(clock=clock)
+    client, worker = broker.connect(1), broker.connect(2)
+    broker.handle(worker, C.CAN_DO, (b"f",))
+    expected = [0] * (len(JOB_SECONDS) + 1)
+    for value in values:  # each job queued at 0.0, so that its wait and its run are the value exactly
+        clock.now = 0.0
+        broker.handle(client, C.SUBMIT_JOB_BG, (b"f", b"", b"x"))
+        clock.now = value
+        broker.handle(worker, C.GRAB_JOB, ())
+        clock.now = value * 2
+        broker.handle(worker, C.WORK_COMPLETE, (next(iter(worker.running)), b""))
+        expected[bisect_left(JOB_SECONDS, value)] += 1
+    stats = broker.stats.functions[b"f"]
+    assert stats.wait.counts == expected
+    assert stats.run.counts == expected
+    observed = Histogram(JOB_SECONDS)
+    for value in values:
+        observed.observe(value)
+    assert observed.counts == expected
+
+
 def test_a_retry_restarts_the_wait_and_counts():
     clock = Clock()
     broker = Broker(clock=clock, job_retries=1)

@@ -10,7 +10,6 @@ import heapq
 import logging
 import re
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
 from .cron import CronError, CronSpec
-from .stats import JOB_SECONDS, SHORTEST, Stats
+from .stats import SHORTEST, Stats
 
 log = logging.getLogger("geartrain.broker")
 
@@ -779,7 +778,8 @@ class Broker:
             if wait <= SHORTEST:
                 histogram.first += 1
             else:
-                histogram.buckets[bisect_left(JOB_SECONDS, wait)] += 1
+                histogram.buckets[histogram.last if histogram.lo < wait <= histogram.hi
+                                  else histogram.bucket(wait)] += 1
             histogram.total += wait
         timeout = peer.abilities.get(function)
         if timeout:
@@ -888,7 +888,8 @@ class Broker:
                 if run <= SHORTEST:
                     histogram.first += 1
                 else:
-                    histogram.buckets[bisect_left(JOB_SECONDS, run)] += 1
+                    histogram.buckets[histogram.last if histogram.lo < run <= histogram.hi
+                                      else histogram.bucket(run)] += 1
                 histogram.total += run
             self._finish(job, "complete", args[1])
 

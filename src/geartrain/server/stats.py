@@ -29,9 +29,11 @@ MAX_TRACKED_FUNCTIONS = 100_000
 
 class Histogram:
     """Bucket counts and a sum. Observations up to the first bound are counted apart, in `first`: most jobs wait
-    and run less than SHORTEST, and the broker counts those without a bisect (see Stats)."""
+    and run less than SHORTEST, and the broker counts those without a bisect (see Stats). Past it, the bucket of
+    the last observation is remembered with its edges (`last`, `lo` < value <= `hi`): the waits of a deep backlog
+    drained in order fall in the same bucket job after job, and those skip the bisect too."""
 
-    __slots__ = ("bounds", "first", "buckets", "total")
+    __slots__ = ("bounds", "first", "buckets", "total", "last", "lo", "hi")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -39,9 +41,20 @@ class Histogram:
         #: Counts per bucket (the last is +Inf) of the observations not in `first`.
         self.buckets = [0] * (len(bounds) + 1)
         self.total = 0.0
+        #: The bucket of the last bisect and its edges: a value with lo < value <= hi belongs to it.
+        self.last = 0
+        self.lo = self.hi = 0.0
+
+    def bucket(self, value: float) -> int:
+        """The bucket of a value (Prometheus' le: the first bound at or above it), remembered for the next one."""
+        bounds = self.bounds
+        i = self.last = bisect_left(bounds, value)
+        self.lo = bounds[i - 1] if i else float("-inf")
+        self.hi = bounds[i] if i < len(bounds) else float("inf")
+        return i
 
     def observe(self, value: float) -> None:
-        self.buckets[bisect_left(self.bounds, value)] += 1
+        self.buckets[self.last if self.lo < value <= self.hi else self.bucket(value)] += 1
         self.total += value
 
     @property
@@ -160,8 +173,9 @@ class Stats:
     # The three per-job events (a job created, started, completed) are counted inline where the broker handles
     # them (Broker.submit, _grab, _work_complete), as a call per event would cost as much as the counting: each
     # job carries a `stamp` (when it was queued, then when it started) and the broker adds the wait and the run
-    # time to its FunctionStats' histograms, bucket 0 without a bisect when at most SHORTEST. The rarer events
-    # go through the methods below.
+    # time to its FunctionStats' histograms, as Histogram.observe does: bucket 0 without a bisect when at most
+    # SHORTEST, else the last bucket when the value is within its edges, else Histogram.bucket(). The rarer
+    # events go through the methods below.
 
     def failed(self, job: Any, result: str, detail: bytes = b"") -> None:
         """A worker ended the job with WORK_FAIL ("fail") or WORK_EXCEPTION ("exception")."""
