@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from geartrain.server.hashindex import FP_BITS, MIN_SLOTS, SHARDS, HashIndex
+from geartrain.server.hashindex import FP_BITS, FULL_FIRST, FULL_LAST, MIN_SLOTS, SHARDS, HashIndex
 
 
 def check_against(index: HashIndex, model: dict[bytes, set[int]]) -> None:
@@ -112,3 +112,17 @@ def test_a_small_index_stays_small():
     index = HashIndex()
     index.add(b"only", 1)
     assert index.memory() == 12 * MIN_SLOTS and SHARDS * 12 * MIN_SLOTS < 10_000
+
+
+def test_the_shards_of_an_evenly_filled_index_double_at_different_counts():
+    # Each shard doubles (a pause: one shard copied) at its own share of its slots, so the shards of an index,
+    # which fill alike, do not all double within a few entries of each other.
+    index = HashIndex(lambda key: int(key) % SHARDS << FP_BITS | int(key) // SHARDS)  # shard, then fingerprint
+    slots = 256
+    per_shard = int(slots * (FULL_FIRST + FULL_LAST) / 2)  # past the first shards' share, short of the last ones'
+    for n in range(per_shard * SHARDS):
+        index.add(b"%d" % n, n + 1)
+    sizes = [table.mask + 1 for table in index.tables if table is not None]
+    assert len(sizes) == SHARDS
+    assert sizes.count(slots) >= SHARDS // 3 and sizes.count(slots * 2) >= SHARDS // 3
+    assert all(index.find(b"%d" % n) == [n + 1] for n in range(0, per_shard * SHARDS, 97))

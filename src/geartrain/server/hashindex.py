@@ -9,10 +9,12 @@ is not there matches some other entry at a rate of about (table load) x 2**-(FP_
 Open addressing with linear probing, in SHARDS tables chosen by SHARD_BITS other bits of the hash. A slot is the
 fingerprint's low bits, so a table is resized from its own arrays; fingerprints of 30 bits take 4 bytes where a
 whole 64-bit hash took 8 (and are one-digit ints for CPython: operations were ~5% faster). A table doubles when
-3/4 full and halves when under 1/8 full, so a resize copies one shard: a pause (23 ms for a shard of 98,000
-entries, 13:32Z; the shards of an index reach each size at about the same count) and a transient extra of
-1/SHARDS of the index, not of all of it. Removing an entry shifts the rest of its cluster back (no tombstones:
-lookups do not slow down as entries come and go).
+a share of it between FULL_FIRST and FULL_LAST is used (by shard number) and halves when under 1/8 full, so a
+resize copies one shard: a pause (23 ms for a shard of 98,000 entries, 13:32Z) and a transient extra of 1/SHARDS
+of the index, not of all of it. The shards of an index fill alike, so with one share they would all double
+within a few thousand entries of each other, 64 pauses in a row; with the shares spread, their doublings spread
+over a seventh of the count. Removing an entry shifts the rest of its cluster back (no tombstones: lookups do
+not slow down as entries come and go).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ FP_BITS = 30
 SHARD_BITS = 6
 SHARDS = 1 << SHARD_BITS
 MIN_SLOTS = 8
+#: The share of its slots at which shard 0 doubles, and the last shard; the others' lie evenly between.
+FULL_FIRST, FULL_LAST = 0.70, 0.80
 _FP_MASK = (1 << FP_BITS) - 1
 _HASH_MASK = (1 << (FP_BITS + SHARD_BITS)) - 1
 
@@ -32,19 +36,20 @@ key_hash: Callable[[bytes], int] = hash
 
 
 class _Table:
-    __slots__ = ("prints", "values", "used", "mask", "full")
+    __slots__ = ("prints", "values", "used", "mask", "share", "full")
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, share: float) -> None:
         self.prints = array("i", bytes(4 * slots))
         #: 0 marks an empty slot.
         self.values = array("q", bytes(8 * slots))
         self.used = 0
         self.mask = slots - 1
-        #: Entries at which the table doubles (3/4 full).
-        self.full = slots * 3 // 4
+        self.share = share
+        #: Entries at which the table doubles.
+        self.full = int(slots * share)
 
     def resized(self, slots: int) -> _Table:
-        table = _Table(slots)
+        table = _Table(slots, self.share)
         prints, values, mask = table.prints, table.values, table.mask
         for fp, value in zip(self.prints, self.values, strict=True):
             if value:
@@ -100,7 +105,7 @@ class HashIndex:
         tables = self.tables
         table = tables[shard]
         if table is None:
-            table = tables[shard] = _Table(MIN_SLOTS)
+            table = tables[shard] = _Table(MIN_SLOTS, FULL_FIRST + (FULL_LAST - FULL_FIRST) * shard / (SHARDS - 1))
         elif table.used >= table.full:
             table = tables[shard] = table.resized((table.mask + 1) * 2)
         values = table.values

@@ -5,7 +5,7 @@ What a spilled job costs in memory: its place in a SpillQueue, runs of consecuti
 the time the run was queued (four 8-byte slots per run; a run of jobs submitted back to back, within a
 millisecond, to one function and priority costs one run however long), plus, when it has a unique, one entry
 in its function's unique index (hashindex.py: a 30-bit fingerprint of the key's hash and the signed handle
-number, 12 bytes a slot, 3/8 to 3/4 full as it grows: 16-32 bytes; no key: for "-" the key is the data). Its data,
+number, 12 bytes a slot, 35-40% to 70-80% full as it grows: 15-34 bytes; no key: for "-" the key is the data). Its data,
 reducer, time and unique stay in the store. 10M queued 64-byte jobs with 36-byte uniques: 328 MB RSS (1572 MB
 with a dict of the keys; benchmarks/README.md).
 
