@@ -232,7 +232,7 @@ class Decoder:
         """Bytes held waiting for the rest of an event."""
         return len(self._buf) + (self._body.size if self._body is not None else 0)
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Add bytes and return every event they complete; raise ProtocolError on an undecodable stream."""
         out: list[Event] = []
         body = self._body
@@ -293,8 +293,8 @@ class Decoder:
                     elif nargs == 0:
                         out.append(Packet(magic, ptype, ()))
                     elif size < _COPY_ONCE:
-                        body = bytes(buf[start:end])
-                        args = (body,) if nargs == 1 else tuple(body.split(b"\x00", nargs - 1))
+                        small = bytes(buf[start:end])
+                        args = (small,) if nargs == 1 else tuple(small.split(b"\x00", nargs - 1))
                         if len(args) != nargs:
                             out.append(_missing_arguments(ptype, nargs, len(args)))
                         else:

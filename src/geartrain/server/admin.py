@@ -96,8 +96,7 @@ class Admin:
     def handle(self, peer: Peer, line: bytes) -> bytes | Iterator[bytes]:
         """The complete answer to one command line, or (show jobs) its chunks, to be written as the peer reads."""
         words = line.split()
-        if self.broker.stats is not None:
-            self.broker.stats.admin_peers.add(peer)
+        peer.admin = True
         if not words:
             return err("UNKNOWN_COMMAND", "Unknown server command")
         command = self.commands.get(words[0].lower())

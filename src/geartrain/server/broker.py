@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
 from .cron import CronError, CronSpec
@@ -67,7 +68,7 @@ class Peer:
     __slots__ = (
         "id", "address", "out", "large", "broker", "client_id", "abilities", "sleeping", "noop_sent",
         "woken_for", "exceptions", "running", "waiting", "subject", "closed", "last_exception", "conn", "held",
-        "__weakref__",
+        "admin", "require_worker",
     )
 
     def __init__(self, broker: Broker, peer_id: int, address: str = "-", subject: str | None = None) -> None:
@@ -96,6 +97,10 @@ class Peer:
         self.conn: Any = None
         #: Its output waits: the transport is writing it a long listing (see transport.GearmanProtocol._stream).
         self.held = False
+        #: It sent an admin command (its connection kind is "admin" unless it registers a function).
+        self.admin = False
+        #: It sent OPTION_REQ require_worker: its submits to a function without workers are refused.
+        self.require_worker = False
 
     @property
     def may_wait(self) -> bool:
@@ -228,6 +233,8 @@ class Timer:
         self.state = DONE
 
 
+#: gear.Server's own server model subclasses the broker (gear/server_engine.py), also when it is compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Broker:
     """The whole job server state and its packet handlers."""
 
@@ -564,7 +571,7 @@ class Broker:
                 self._rejected("acl")
                 peer.send(error_packet(b"PERMISSION_DENIED", f"{peer.subject} may not invoke {name!r}"))
                 return None
-            if self.lifecycle is not None and self.lifecycle.strict and peer in self.lifecycle.strict:
+            if peer.require_worker:
                 known = self.functions.get(name)
                 if known is None or not known.workers:
                     peer.send(error_packet(b"NO_WORKER", f"no worker has registered function {name!r}"))

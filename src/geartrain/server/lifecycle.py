@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +99,6 @@ class Lifecycle:
         self.results = Results(result_ttl, result_max_bytes, result_max_jobs)
         self.attempts: dict[bytes, Attempts] = {}
         self.schedules: dict[str, Schedule] = {}
-        #: Peers that sent OPTION_REQ require_worker.
-        self.strict: weakref.WeakSet[Peer] = weakref.WeakSet()
         self.rand = rand
         self.started = False
         #: Counters for metrics: runs rescheduled by a policy, jobs that became dead letters.
@@ -138,7 +135,7 @@ class Lifecycle:
 
     def set_option(self, peer: Peer, name: bytes) -> bool:
         if name == REQUIRE_WORKER:
-            self.strict.add(peer)
+            peer.require_worker = True
             return True
         return False
 

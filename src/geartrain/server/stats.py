@@ -6,7 +6,6 @@ no formatting. The readers (geartrain.server.http) turn them into Prometheus fam
 
 from __future__ import annotations
 
-import weakref
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
@@ -145,7 +144,7 @@ class Stats:
     """The server's counters. The broker owns one (Broker.stats; None when counting is turned off)."""
 
     __slots__ = ("clock", "max_functions", "functions", "other", "rejected", "acl_denials", "tls_handshake_failures",
-                 "admin_peers", "failures")
+                 "failures")
 
     def __init__(self, clock: Callable[[], float], max_functions: int = MAX_TRACKED_FUNCTIONS) -> None:
         self.clock = clock
@@ -156,8 +155,6 @@ class Stats:
         #: {"register"|"invoke"|"cancel": denials}
         self.acl_denials = {"register": 0, "invoke": 0, "cancel": 0}
         self.tls_handshake_failures = 0
-        #: Connections that sent an admin command (their kind is "admin" unless they also register).
-        self.admin_peers: weakref.WeakSet[Any] = weakref.WeakSet()
         self.failures: deque[Failure] = deque(maxlen=100)
 
     def of(self, name: bytes) -> FunctionStats:

@@ -133,7 +133,7 @@ class Api:
             records = records[offset:offset + limit]
         kinds: dict[str, int] = {"client": 0, "worker": 0, "admin": 0, "http": 0}
         for peer in list(broker.peers.values()):
-            kinds[connection_kind(broker, peer)] += 1
+            kinds[connection_kind(peer)] += 1
         totals: dict[str, Any] = {}
         if stats is not None:
             totals = {

@@ -143,7 +143,7 @@ class BrokerCollector(Collector):
         counts = {"client": 0, "worker": 0, "admin": 0, "http": 0}
         tls = 0
         for peer in list(broker.peers.values()):
-            counts[connection_kind(broker, peer)] += 1
+            counts[connection_kind(peer)] += 1
             if getattr(peer.conn, "tls", None) is not None:
                 tls += 1
         family = GaugeMetricFamily("geartrain_connections", "Open connections by kind (what they last did: "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..broker import QUEUED, RUNNING, SCHEDULED, SPILLED, Function, Job
+from ..broker import QUEUED, RUNNING, SCHEDULED, SPILLED, Function, Job, Peer
 
 PRIORITY_NAMES = ("high", "normal", "low")
 STATE_NAMES = {QUEUED: "queued", RUNNING: "running", SCHEDULED: "scheduled"}
@@ -36,14 +36,13 @@ def oldest_waiting(function: Function, now: float) -> float:
     return oldest
 
 
-def connection_kind(broker: Any, peer: Any) -> str:
+def connection_kind(peer: Peer) -> str:
     """worker (registered a function), http (an HTTP submission), admin (sent admin commands), else client."""
     if peer.abilities:
         return "worker"
     if getattr(peer.conn, "kind", None) == "http":
         return "http"
-    stats = broker.stats
-    if stats is not None and peer in stats.admin_peers:
+    if peer.admin:
         return "admin"
     return "client"
 

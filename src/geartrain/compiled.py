@@ -1,0 +1,27 @@
+"""The compiled build: which modules mypyc compiles, and whether this install runs them compiled.
+
+`GEARTRAIN_COMPILE=1 pip install .` compiles MODULES with mypyc (setup.py reads the list from this file); any other
+install, or a machine without a C compiler, runs the same modules as pure Python. Both are tested (README, "Tests").
+This file is read by setup.py on its own: it imports nothing from geartrain.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: The hot path: the packet codec, the broker and its counters (benchmarks/README, "A compiled build").
+MODULES = ("geartrain.protocol.codec", "geartrain.server.broker", "geartrain.server.stats")
+
+if TYPE_CHECKING:
+    from mypy_extensions import mypyc_attr
+else:
+
+    def mypyc_attr(*args: Any, **kwargs: Any) -> Any:
+        """mypyc's class options (mypy_extensions.mypyc_attr): read by mypyc at build time, nothing at run time."""
+        return lambda cls: cls
+
+
+def compiled_modules() -> tuple[str, ...]:
+    """Those of MODULES that this install runs compiled (extension modules), in MODULES' order."""
+    return tuple(name for name in MODULES if not str(importlib.import_module(name).__file__).endswith(".py"))
