@@ -8,6 +8,7 @@ use and cached under /tmp/geartrain-bench-venvs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -241,6 +242,35 @@ def _geartrain_nometrics_command(port: int, options: ServerOptions) -> list[str]
     return [*_geartrain_command(port, options), "--no-stats"]
 
 
+def compiled_build() -> Path:
+    """This checkout's compiled build (scripts/build-compiled), made once per state of its sources and cached."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in [root / "setup.py", root / "pyproject.toml", *sorted((root / "src").rglob("*.py"))]:
+        digest.update(path.read_bytes())
+    dest = VENV_ROOT / f"geartrain-compiled-{digest.hexdigest()[:16]}"
+    if not dest.exists():
+        print(f"# building the compiled build into {dest} (a minute or two)", flush=True)
+        subprocess.run([str(root / "scripts" / "build-compiled"), str(dest)], check=True, timeout=900)
+    return dest
+
+
+def _geartrain_compiled_check() -> str | None:
+    try:
+        dest = compiled_build()
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"scripts/build-compiled failed: {exc}"
+    probe = "import geartrain.compiled as c; assert c.compiled_modules() == c.MODULES, c.compiled_modules()"
+    ran = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=str(dest)),
+                         capture_output=True, text=True, timeout=60)
+    return None if ran.returncode == 0 else f"the compiled build is pure Python here: {ran.stderr.strip()[-200:]}"
+
+
+def _geartrain_compiled_command(port: int, options: ServerOptions) -> list[str]:
+    """geartrain as GEARTRAIN_COMPILE=1 builds it; `env` execs the server, so the PID measured is the server's."""
+    return ["env", f"PYTHONPATH={compiled_build()}", *_geartrain_command(port, options)]
+
+
 # --- gear 0.16.0 geard in a throwaway virtualenv --------------------------------------------------
 
 
@@ -313,6 +343,10 @@ SERVERS: dict[str, ServerSpec] = {
     "geartrain": ServerSpec(
         "geartrain", _geartrain_check, _geartrain_command, queues=("memory", "sqlite"),
         note="python -m geartrain.server.cli (this checkout)",
+    ),
+    "geartrain-compiled": ServerSpec(
+        "geartrain-compiled", _geartrain_compiled_check, _geartrain_compiled_command, queues=("memory", "sqlite"),
+        note="geartrain's compiled build (GEARTRAIN_COMPILE=1, mypyc)",
     ),
     "geartrain-metrics": ServerSpec(
         "geartrain-metrics", _geartrain_check, _geartrain_metrics_command, queues=("memory", "sqlite"),

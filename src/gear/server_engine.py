@@ -17,10 +17,10 @@ class GearModelBroker(Broker):
     ``active_connections``, every packet (private types too) goes to ``handlePacket``, and a lost connection to
     ``_lostConnection``."""
 
-    decode_unknown_types = True
-
     def __init__(self, server: Any) -> None:
         super().__init__()
+        # An instance attribute, not a class one: a compiled Broker (mypyc) reads its own slot, not the subclass's.
+        self.decode_unknown_types = True
         self.handlers = {}  # nothing short-cuts handle()
         self.gear = server
         self.connections: dict[Peer, ServerConnection] = {}

@@ -10,8 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-#: The hot path: the packet codec, the broker and its counters (benchmarks/README, "A compiled build").
-MODULES = ("geartrain.protocol.codec", "geartrain.server.broker", "geartrain.server.stats")
+#: The hot path: the packet codec and the client side's state machines, the broker, its counters, its transport
+#: and the spill index (README, "The compiled build").
+MODULES = (
+    "geartrain.protocol.codec", "geartrain.protocol.connection", "geartrain.protocol.session",
+    "geartrain.server.broker", "geartrain.server.stats", "geartrain.server.transport", "geartrain.server.hashindex",
+)
 
 if TYPE_CHECKING:
     from mypy_extensions import mypyc_attr
@@ -25,3 +29,9 @@ else:
 def compiled_modules() -> tuple[str, ...]:
     """Those of MODULES that this install runs compiled (extension modules), in MODULES' order."""
     return tuple(name for name in MODULES if not str(importlib.import_module(name).__file__).endswith(".py"))
+
+
+def describe_build() -> str:
+    """What geard --version says of the build: "pure Python", or how many of MODULES run compiled."""
+    done = compiled_modules()
+    return f"compiled by mypyc ({len(done)} of {len(MODULES)} hot modules)" if done else "pure Python"

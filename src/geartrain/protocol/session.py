@@ -86,7 +86,7 @@ def _feed(conn: ClientConnection, data: bytes, on_packet: Any, out: list[Any]) -
         if kind is Packet:
             on_packet(event, out)
         elif kind is AdminLine:
-            answer = conn._admin_line(event.line)
+            answer = conn._admin_line(event.line)  # type: ignore[union-attr]
             if answer is not None:
                 out.append(answer)
         else:

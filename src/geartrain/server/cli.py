@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__
+from ..compiled import describe_build
 from ..protocol.constants import DEFAULT_PORT
 from .config import GEARD_QUEUE_TYPE, ServerConfig
 
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-args", action="store_true", help="check the options and exit")
     p.add_argument("--verbose", "-v", nargs="?", const="INFO", default="WARNING", type=str.upper,
                    choices=list(VERBOSE_LEVELS), help="log level without --log-config (%(default)s)")
-    p.add_argument("-V", "--version", action="version", version=f"geard (geartrain) {__version__}")
+    p.add_argument("-V", "--version", action="version", version=f"geard (geartrain) {__version__}, {describe_build()}")
     return p
 
 

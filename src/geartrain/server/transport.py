@@ -12,7 +12,7 @@ import logging
 import resource
 import ssl
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
 from ..sockets import tune
@@ -135,7 +135,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ connection life
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         state = self.state
         config = state.config
         peername = transport.get_extra_info("peername")
