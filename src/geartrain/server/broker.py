@@ -18,7 +18,7 @@ from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from ..protocol.codec import pack, pack_header
 from .cron import CronError, CronSpec
-from .stats import SHORTEST, Stats
+from .stats import SHORTEST, FunctionStats, Stats
 
 log = logging.getLogger("geartrain.broker")
 
@@ -165,8 +165,8 @@ class Function:
         self.uniques: dict[bytes, Job] = {}
         #: Maximum queued jobs per priority; 0 is unlimited.
         self.max_queue = [0, 0, 0]
-        #: This name's counters (stats.FunctionStats), kept by the broker's Stats across forget and re-create.
-        self.stats: Any = None
+        #: This name's counters, kept by the broker's Stats across forget and re-create; None when not counting.
+        self.stats: FunctionStats | None = None
         #: Jobs queued only in the store, per priority (spill.SpillQueue x 3), or None (all in memory).
         self.spill: Any = None
 
@@ -619,14 +619,14 @@ class Broker:
             handle = b"%s%d" % (self.prefix, self.counter)
         job = Job(handle, function, unique, key, data, priority, background, when, reducer)
         self.jobs[handle] = job
-        stats = self.stats
-        if stats is not None:  # counted inline: see stats.py, "job events"
+        stats, counters = self.stats, function.stats
+        if stats is not None and counters is not None:  # counted inline: see stats.py, "job events"
             clock = stats.clock
             job.stamp = clock()
             if background:
-                function.stats.background += 1
+                counters.background += 1
             else:
-                function.stats.foreground += 1
+                counters.foreground += 1
         function.jobs += 1
         self.queued_bytes += len(data)
         if key:
@@ -775,13 +775,13 @@ class Broker:
         job.worker = peer
         peer.running[job.handle] = job
         function.running += 1
-        stats = self.stats
-        if stats is not None:  # its queue wait ends, its run begins (stats.py, "job events")
+        stats, counters = self.stats, function.stats
+        if stats is not None and counters is not None:  # its queue wait ends, its run begins (stats.py, "job events")
             clock = stats.clock
             now = clock()
             wait = now - job.stamp
             job.stamp = now
-            histogram = function.stats.wait
+            histogram = counters.wait
             if wait <= SHORTEST:
                 histogram.first += 1
             else:
@@ -887,11 +887,12 @@ class Broker:
         job = self._held(peer, args[0], C.WORK_COMPLETE)
         if job is not None:
             self._relay(job, C.WORK_COMPLETE, args[0] + b"\x00", args[1])
-            stats = self.stats
-            if stats is not None:  # its run time (stats.py, "job events"); complete = run.count - fail - exception
+            # Its run time (stats.py, "job events"); complete = run.count - fail - exception.
+            stats, counters = self.stats, job.function.stats
+            if stats is not None and counters is not None:
                 clock = stats.clock
                 run = clock() - job.stamp
-                histogram = job.function.stats.run
+                histogram = counters.run
                 if run <= SHORTEST:
                     histogram.first += 1
                 else:

@@ -10,12 +10,12 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from operator import add
-from typing import Any
+from typing import Any, Final
 
 #: Upper bounds (seconds) of the queue-wait and run-time histograms; the last bucket is +Inf.
 JOB_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 #: Most jobs wait and run less than this (JOB_SECONDS' first bound): their bucket is found without a bisect.
-SHORTEST = JOB_SECONDS[0]
+SHORTEST: Final = JOB_SECONDS[0]
 #: Upper bounds (seconds) of the durable store's commit latency histogram.
 COMMIT_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 #: The results a job can end with (finished counters); "fail" includes jobs failed after too many retries.
