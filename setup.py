@@ -1,5 +1,6 @@
-"""geartrain's build: pure Python, or with GEARTRAIN_COMPILE=1 the modules in geartrain.compiled.MODULES compiled
-by mypyc (README, "The compiled build"). The metadata is in pyproject.toml.
+"""geartrain's build: the modules in geartrain.compiled.MODULES compiled by mypyc when GEARTRAIN_COMPILE=1 (the
+default of a wheel, `pip install .`; build_backend/geartrain_build.py), else pure Python (README, "The compiled
+build"). The metadata is in pyproject.toml.
 
 The compiled build falls back to pure Python, with a warning, when mypy, a C compiler or the compile itself
 fails: `pip install .` never fails for want of one. tests/unit/test_compiled.py tells which build a test run got.

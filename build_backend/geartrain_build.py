@@ -1,7 +1,9 @@
-"""setuptools' build backend, which also asks for mypy when GEARTRAIN_COMPILE=1 asks for the compiled build.
+"""setuptools' build backend, deciding whether a build is the compiled one (setup.py) and asking for mypy if so.
 
-A build requirement cannot depend on the environment in pyproject.toml; this in-tree backend (PEP 517's
-backend-path) adds it, so a pure-Python build never fetches mypy. setup.py does the compiling.
+A wheel (`pip install .`) is compiled unless GEARTRAIN_COMPILE=0; an editable install (`pip install -e .`) is pure
+Python unless GEARTRAIN_COMPILE=1, as compiled modules beside the sources would be run in place of the sources
+being edited. A build requirement cannot depend on this in pyproject.toml, hence this in-tree backend (PEP 517's
+backend-path); setup.py reads GEARTRAIN_COMPILE and does the compiling.
 """
 
 from __future__ import annotations
@@ -10,19 +12,45 @@ import os
 from typing import Any
 
 from setuptools import build_meta
-from setuptools.build_meta import *  # noqa: F403 (the backend's hooks, unchanged)
+from setuptools.build_meta import *  # noqa: F403 (the backend's other hooks, unchanged)
 
 #: What the compiled build needs to build (mypyc ships with mypy); at run time it needs nothing more.
 COMPILE_REQUIRES = ["mypy>=1.10"]
 
 
-def _compile_requires() -> list[str]:
-    return COMPILE_REQUIRES if os.environ.get("GEARTRAIN_COMPILE") == "1" else []
+def _compiled(default: str) -> list[str]:
+    """Settle GEARTRAIN_COMPILE for this build (setup.py runs in this process) and return its extra requirements."""
+    return COMPILE_REQUIRES if os.environ.setdefault("GEARTRAIN_COMPILE", default) == "1" else []
 
 
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
-    return build_meta.get_requires_for_build_wheel(config_settings) + _compile_requires()
+    extra = _compiled("1")
+    return build_meta.get_requires_for_build_wheel(config_settings) + extra
+
+
+def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: dict[str, Any] | None = None) -> str:
+    _compiled("1")
+    return build_meta.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
+
+
+def build_wheel(wheel_directory: str, config_settings: dict[str, Any] | None = None,
+                metadata_directory: str | None = None) -> str:
+    _compiled("1")
+    return build_meta.build_wheel(wheel_directory, config_settings, metadata_directory)
 
 
 def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
-    return build_meta.get_requires_for_build_editable(config_settings) + _compile_requires()
+    extra = _compiled("0")
+    return build_meta.get_requires_for_build_editable(config_settings) + extra
+
+
+def prepare_metadata_for_build_editable(metadata_directory: str,
+                                        config_settings: dict[str, Any] | None = None) -> str:
+    _compiled("0")
+    return build_meta.prepare_metadata_for_build_editable(metadata_directory, config_settings)
+
+
+def build_editable(wheel_directory: str, config_settings: dict[str, Any] | None = None,
+                   metadata_directory: str | None = None) -> str:
+    _compiled("0")
+    return build_meta.build_editable(wheel_directory, config_settings, metadata_directory)

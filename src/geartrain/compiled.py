@@ -1,7 +1,8 @@
 """The compiled build: which modules mypyc compiles, and whether this install runs them compiled.
 
-`GEARTRAIN_COMPILE=1 pip install .` compiles MODULES with mypyc (setup.py reads the list from this file); any other
-install, or a machine without a C compiler, runs the same modules as pure Python. Both are tested (README, "Tests").
+`pip install .` compiles MODULES with mypyc (setup.py reads the list from this file); an editable install,
+GEARTRAIN_COMPILE=0 or a machine without a C compiler runs the same modules as pure Python. Both are tested
+(README, "The compiled build").
 This file is read by setup.py on its own: it imports nothing from geartrain.
 """
 
