@@ -33,6 +33,8 @@ class RunningServer:
     process: subprocess.Popen | None = None
     server: object | None = None
     extra: dict = field(default_factory=dict)
+    #: A temporary folder of the server's own (gearmand's pid file), removed when it stops.
+    folder: str | None = None
 
     @property
     def address(self) -> str:
@@ -45,6 +47,9 @@ class RunningServer:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -108,11 +113,18 @@ def start_gearmand(*extra: str, host: str = "127.0.0.1", port: int | None = None
     if GEARMAND is None:
         pytest.fail("gearmand is not installed: apt-get install gearman-job-server (.ci/run does)")
     # Never "-P /dev/null": gearmand unlinks its pid file when it exits.
-    pidfile = os.path.join(tempfile.mkdtemp(prefix="gearmand-"), "gearmand.pid")
-    return _start_process(
-        "gearmand",
-        lambda p: [GEARMAND, "-p", str(p), "-L", host, "-l", "none", "-P", pidfile, "-t", "2", *extra],
-        host, port)
+    folder = tempfile.mkdtemp(prefix="gearmand-")
+    pidfile = os.path.join(folder, "gearmand.pid")
+    try:
+        server = _start_process(
+            "gearmand",
+            lambda p: [GEARMAND, "-p", str(p), "-L", host, "-l", "none", "-P", pidfile, "-t", "2", *extra],
+            host, port)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    server.folder = folder
+    return server
 
 
 def start_geartrain(host: str = "127.0.0.1", port: int | None = None, **options) -> RunningServer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -44,15 +45,17 @@ class RestartableServer:
             return
         if GEARMAND is None:
             raise RuntimeError("gearmand is not installed")
-        pidfile = os.path.join(tempfile.mkdtemp(prefix="gearmand-"), "gearmand.pid")
+        folder = tempfile.mkdtemp(prefix="gearmand-")
+        pidfile = os.path.join(folder, "gearmand.pid")
         cmd = [GEARMAND, "-p", str(self.port), "-L", self.host, "-l", "none", "-P", pidfile, "-t", "2"]
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_for_port(self.host, self.port, process=process)
         except BaseException:
             stop_process(process)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
-        self.current = RunningServer("gearmand", self.host, self.port, process=process)
+        self.current = RunningServer("gearmand", self.host, self.port, process=process, folder=folder)
 
     def stop(self) -> None:
         if self.current is not None:
