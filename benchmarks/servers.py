@@ -246,7 +246,8 @@ def compiled_build() -> Path:
     """This checkout's compiled build (scripts/build-compiled), made once per state of its sources and cached."""
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in [root / "setup.py", root / "pyproject.toml", *sorted((root / "src").rglob("*.py"))]:
+    for path in [root / "setup.py", root / "pyproject.toml", *sorted((root / "build_backend").rglob("*.py")),
+                 *sorted((root / "src").rglob("*.py"))]:
         digest.update(path.read_bytes())
     dest = VENV_ROOT / f"geartrain-compiled-{digest.hexdigest()[:16]}"
     if not dest.exists():

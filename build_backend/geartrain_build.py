@@ -9,6 +9,7 @@ backend-path); setup.py reads GEARTRAIN_COMPILE and does the compiling.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from setuptools import build_meta
@@ -23,20 +24,19 @@ def _compiled(default: str) -> list[str]:
     return COMPILE_REQUIRES if os.environ.setdefault("GEARTRAIN_COMPILE", default) == "1" else []
 
 
+def _settled(default: str, hook: Callable[..., str]) -> Callable[..., str]:
+    """setuptools' hook, run once GEARTRAIN_COMPILE is settled (`default` unless the environment says)."""
+
+    def settled(*args: Any, **kwargs: Any) -> str:
+        _compiled(default)
+        return hook(*args, **kwargs)
+
+    return settled
+
+
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
     extra = _compiled("1")
     return build_meta.get_requires_for_build_wheel(config_settings) + extra
-
-
-def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: dict[str, Any] | None = None) -> str:
-    _compiled("1")
-    return build_meta.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
-
-
-def build_wheel(wheel_directory: str, config_settings: dict[str, Any] | None = None,
-                metadata_directory: str | None = None) -> str:
-    _compiled("1")
-    return build_meta.build_wheel(wheel_directory, config_settings, metadata_directory)
 
 
 def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
@@ -44,13 +44,8 @@ def get_requires_for_build_editable(config_settings: dict[str, Any] | None = Non
     return build_meta.get_requires_for_build_editable(config_settings) + extra
 
 
-def prepare_metadata_for_build_editable(metadata_directory: str,
-                                        config_settings: dict[str, Any] | None = None) -> str:
-    _compiled("0")
-    return build_meta.prepare_metadata_for_build_editable(metadata_directory, config_settings)
-
-
-def build_editable(wheel_directory: str, config_settings: dict[str, Any] | None = None,
-                   metadata_directory: str | None = None) -> str:
-    _compiled("0")
-    return build_meta.build_editable(wheel_directory, config_settings, metadata_directory)
+# A wheel is compiled unless GEARTRAIN_COMPILE=0; an editable install is pure Python unless GEARTRAIN_COMPILE=1.
+prepare_metadata_for_build_wheel = _settled("1", build_meta.prepare_metadata_for_build_wheel)
+build_wheel = _settled("1", build_meta.build_wheel)
+prepare_metadata_for_build_editable = _settled("0", build_meta.prepare_metadata_for_build_editable)
+build_editable = _settled("0", build_meta.build_editable)
