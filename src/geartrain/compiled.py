@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 MODULES = (
     "geartrain.protocol.codec", "geartrain.protocol.connection", "geartrain.protocol.session",
     "geartrain.server.broker", "geartrain.server.stats", "geartrain.server.transport", "geartrain.server.hashindex",
+    "geartrain.server.spill",
 )
 
 if TYPE_CHECKING:

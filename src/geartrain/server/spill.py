@@ -332,7 +332,9 @@ class Spill:
         that may wait while the writer thread is busy, on that thread (Confirming is raised). Stale entries
         (cancelled, loaded) are dropped on the way."""
         index = self.uniques.get(function)
-        found = index.find(key) if index is not None else None
+        if index is None:
+            return None
+        found = index.find(key)
         if not found:  # the common case, a new unique
             return None
         store = self.store
