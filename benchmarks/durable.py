@@ -22,8 +22,12 @@ rest is mostly the store's writer thread) and the load generator's ("client"), u
 getrusage. With --repeat N the servers run in N interleaved rounds (A, B, C, A, B, C, ...) and the table gives
 the median of each column; each ratio is the median of the per-round ratios.
 
+With --compiled every geartrain server runs on this checkout's compiled build (what `pip install .` installs;
+servers.compiled_build() builds it once per state of the sources; --compiled BUILD: the one scripts/build-compiled
+unpacked there), else on the pure Python of src/.
+
     python benchmarks/durable.py [--duration 5] [--connections 4] [--procs 1] [--window 256] [--size 64]
-                                 [--repeat 3] [--extra-args "--memory-jobs 0"]
+                                 [--repeat 3] [--extra-args "--memory-jobs 0"] [--compiled [BUILD]]
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import admin_listing, stop_server
+from servers import admin_listing, compiled_build, stop_server
 
 HOST = "127.0.0.1"
 GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
@@ -258,18 +262,22 @@ def count_rows(path: Path, table: str) -> int:
         conn.close()
 
 
-def server_command(name: str, port: int, workdir: Path, extra: list[str] | None = None) \
-        -> tuple[list[str], Path | None, str | None]:
-    """argv, the SQLite file and its table (None for memory); `extra` goes on geartrain's command lines."""
+def server_command(name: str, port: int, workdir: Path, extra: list[str] | None = None,
+                   build: Path | None = None) -> tuple[list[str], Path | None, str | None]:
+    """argv, the SQLite file and its table (None for memory); `extra` goes on geartrain's command lines, and
+    geartrain runs from `build` (a compiled build, on PYTHONPATH) when given."""
     if name.startswith("geartrain"):
-        argv = [sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address", HOST,
-                *(extra or [])]
+        # `env` execs the server: the PID measured is the server's.
+        prefix = ["env", f"PYTHONPATH={build}"] if build is not None else []
+        argv = [*prefix, sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address",
+                HOST, *(extra or [])]
         if name in ("geartrain-sqlite", "geartrain-sqlite-normal", "geartrain-sqlite-nowrite"):
             db = workdir / "geartrain.sqlite3"
             sync = "full" if name == "geartrain-sqlite" else "normal"
             argv += ["--queue-type", "sqlite", "--sqlite-db", str(db), "--queue-sync", sync]
             if name.endswith("-nowrite"):
-                argv[1:3] = ["-c", NO_WRITE]
+                at = len(prefix) + 1
+                argv[at:at + 2] = ["-c", NO_WRITE]
                 return argv, None, None  # no rows to count
             return argv, db, "geartrain_jobs"
         return argv + ["--queue-type", "memory"], None, None
@@ -313,7 +321,7 @@ def run_one(name: str, opts: argparse.Namespace) -> Result:
     try:
         for _ in range(5):
             port = free_port()
-            argv, db, table = server_command(name, port, workdir, shlex.split(opts.extra_args))
+            argv, db, table = server_command(name, port, workdir, shlex.split(opts.extra_args), opts.build)
             process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 wait_for_port(port, process)
@@ -364,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="interleaved rounds over the servers; the table gives medians (1)")
     p.add_argument("--extra-args", default="", metavar="ARGS",
                    help='more options for every geartrain server, e.g. "--memory-jobs 0"')
+    p.add_argument("--compiled", nargs="?", const="", metavar="BUILD",
+                   help="run the geartrain servers on this checkout's compiled build (mypyc; built once per state "
+                        "of the sources and cached), or on the one unpacked in BUILD (scripts/build-compiled BUILD)")
     p.add_argument("--against", type=int, metavar="PORT",
                    help="only run the clients against a server already listening on this loopback port")
     opts = p.parse_args(argv)
@@ -372,9 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"port {opts.against}: {created} acknowledged in {seconds:.2f}s: {created / seconds:.0f} submits/s")
         return 0
     names = [n for n in opts.servers.split(",") if n]
+    opts.build = None if opts.compiled is None else Path(opts.compiled) if opts.compiled else compiled_build()
     print(f"background submit throughput: {opts.connections} connections in {opts.procs} process(es), window "
           f"{opts.window}, {opts.size}-byte jobs, {'empty' if opts.empty_uniques else 'distinct'} uniques, "
-          f"{opts.duration:g}s per server, {os.cpu_count()} CPUs")
+          f"{opts.duration:g}s per server, {os.cpu_count()} CPUs, geartrain "
+          f"{'compiled (' + str(opts.build) + ')' if opts.build is not None else 'pure Python'}")
     with tempfile.TemporaryDirectory(prefix="bench-fsync-") as probe:
         fsync = fsync_seconds(Path(probe))
     in_flight = opts.connections * opts.window

@@ -12,10 +12,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 #: The hot path: the packet codec and the client side's state machines, the broker, its counters, its transport
-#: and the spill index (README, "The compiled build").
+#: and spilling (the spill queues and the unique index: each spilled job passes through them on the event loop;
+#: README, "The compiled build").
 MODULES = (
     "geartrain.protocol.codec", "geartrain.protocol.connection", "geartrain.protocol.session",
     "geartrain.server.broker", "geartrain.server.stats", "geartrain.server.transport", "geartrain.server.hashindex",
+    "geartrain.server.spill",
 )
 
 if TYPE_CHECKING:

@@ -23,8 +23,17 @@ def test_add_find_remove():
     assert index.find(b"a") == [1] and index.find(b"b") == [-2] and index.find(b"c") == []
     assert not index.remove(b"a", 2)  # (key, value) must both match
     assert index.remove(b"a", 1) and index.find(b"a") == [] and len(index) == 1
-    with pytest.raises(ValueError):
-        index.add(b"x", 0)
+    index.add(b"x", 0)  # any value: an empty slot is marked by its fingerprint, never 0
+    assert index.find(b"x") == [0] and index.remove(b"x", 0) and index.find(b"x") == []
+
+
+def test_a_hash_whose_fingerprint_bits_are_zero_is_kept():
+    # Fingerprint 0 marks an empty slot: such a key gets fingerprint 1 and is found (with any key of print 1).
+    index = HashIndex(lambda key: (3 << FP_BITS) if key == b"zero" else (3 << FP_BITS) | 1)
+    index.add(b"zero", 1)
+    index.add(b"one", 2)
+    assert sorted(index.find(b"zero")) == [1, 2] and len(index) == 2
+    assert index.remove(b"zero", 1) and index.find(b"zero") == [2]
 
 
 def test_one_key_may_have_several_values():
@@ -117,7 +126,8 @@ def test_a_small_index_stays_small():
 def test_the_shards_of_an_evenly_filled_index_double_at_different_counts():
     # Each shard doubles (a pause: one shard copied) at its own share of its slots, so the shards of an index,
     # which fill alike, do not all double within a few entries of each other.
-    index = HashIndex(lambda key: int(key) % SHARDS << FP_BITS | int(key) // SHARDS)  # shard, then fingerprint
+    # Shard, then a fingerprint of its own (never 0, which is kept for empty slots).
+    index = HashIndex(lambda key: int(key) % SHARDS << FP_BITS | (int(key) // SHARDS + 1))
     slots = 256
     per_shard = int(slots * (FULL_FIRST + FULL_LAST) / 2)  # past the first shards' share, short of the last ones'
     for n in range(per_shard * SHARDS):

@@ -39,8 +39,8 @@ class _Table:
     __slots__ = ("prints", "values", "used", "mask", "share", "full")
 
     def __init__(self, slots: int, share: float) -> None:
+        #: 0 marks an empty slot (a fingerprint is never 0): a probe reads only this array until a print matches.
         self.prints = array("i", bytes(4 * slots))
-        #: 0 marks an empty slot.
         self.values = array("q", bytes(8 * slots))
         self.used = 0
         self.mask = slots - 1
@@ -52,9 +52,9 @@ class _Table:
         table = _Table(slots, self.share)
         prints, values, mask = table.prints, table.values, table.mask
         for fp, value in zip(self.prints, self.values, strict=True):
-            if value:
+            if fp:
                 i = fp & mask
-                while values[i]:
+                while prints[i]:
                     i = (i + 1) & mask
                 prints[i] = fp
                 values[i] = value
@@ -67,15 +67,15 @@ class _Table:
         j = i
         while True:
             j = (j + 1) & mask
-            value = values[j]
-            if not value:
+            fp = prints[j]
+            if not fp:
                 break
-            home = prints[j] & mask
+            home = fp & mask
             # The entry at j stays when its home lies cyclically in (i, j]: its probe never passes the hole.
             if (home > i and home <= j) if i <= j else (home > i or home <= j):
                 continue
-            prints[i] = prints[j]
-            values[i] = value
+            prints[i] = fp
+            values[i] = values[j]
             i = j
         prints[i] = 0
         values[i] = 0
@@ -83,7 +83,7 @@ class _Table:
 
 
 class HashIndex:
-    """Entries (key, value) by a fingerprint of the key's hash; values are non-zero ints that fit in 64 bits."""
+    """Entries (key, value) by a fingerprint of the key's hash; values are ints that fit in 64 bits."""
 
     __slots__ = ("hash", "tables")
 
@@ -97,24 +97,22 @@ class HashIndex:
     # The methods below are written out in full, without helper calls: each runs for every spilled job.
 
     def add(self, key: bytes, value: int) -> None:
-        if not value:
-            raise ValueError("0 marks an empty slot: values must not be 0")
         h = self.hash(key) & _HASH_MASK
         shard = h >> FP_BITS
-        fp = h & _FP_MASK
+        fp = h & _FP_MASK or 1
         tables = self.tables
         table = tables[shard]
         if table is None:
             table = tables[shard] = _Table(MIN_SLOTS, FULL_FIRST + (FULL_LAST - FULL_FIRST) * shard / (SHARDS - 1))
         elif table.used >= table.full:
             table = tables[shard] = table.resized((table.mask + 1) * 2)
-        values = table.values
+        prints = table.prints
         mask = table.mask
         i = fp & mask
-        while values[i]:
+        while prints[i]:
             i = (i + 1) & mask
-        table.prints[i] = fp
-        values[i] = value
+        prints[i] = fp
+        table.values[i] = value
         table.used += 1
 
     def find(self, key: bytes) -> list[int]:
@@ -123,20 +121,19 @@ class HashIndex:
         table = self.tables[h >> FP_BITS]
         if table is None:
             return []
-        values = table.values
-        mask = table.mask
-        fp = h & _FP_MASK
-        i = fp & mask
-        value = values[i]
-        if not value:
-            return []
         prints = table.prints
+        mask = table.mask
+        fp = h & _FP_MASK or 1
+        i = fp & mask
+        print_ = prints[i]
+        if not print_:
+            return []
         found = []
-        while value:
-            if prints[i] == fp:
-                found.append(value)
+        while print_:
+            if print_ == fp:
+                found.append(table.values[i])
             i = (i + 1) & mask
-            value = values[i]
+            print_ = prints[i]
         return found
 
     def remove(self, key: bytes, value: int) -> bool:
@@ -149,13 +146,13 @@ class HashIndex:
         values = table.values
         prints = table.prints
         mask = table.mask
-        fp = h & _FP_MASK
+        fp = h & _FP_MASK or 1
         i = fp & mask
         while True:
-            found = values[i]
-            if not found:
+            print_ = prints[i]
+            if not print_:
                 return False
-            if found == value and prints[i] == fp:
+            if print_ == fp and values[i] == value:
                 break
             i = (i + 1) & mask
         table.delete(i)
