@@ -365,12 +365,14 @@ class Worker:
         finally:
             session.running -= 1
             if link.state is session:
-                if session.held:  # the result is queued before _pump may close the link to give a job back
+                if session.held or session.running:
+                    # Queued: other jobs' results may come in this loop pass too (one write for all), and the
+                    # result goes before _pump may close the link to give a held job back.
                     if result_packet:
                         link.write(result_packet)
                     self._pump(link, session)
                     self._grab(link)
-                else:  # the result and the next grab leave now, in one write, not on a later loop pass
+                else:  # the connection's last job: its result and the next grab leave now, in one write
                     out = result_packet + self._grab_bytes(link)
                     if out:
                         link.send(out)
