@@ -325,6 +325,13 @@ class GeartrainFace(Face):
         self.loop.run_until_complete(run_all())
 
     async def batch(self, specs: Specs) -> list[bytes | str]:
+        if len(specs) == 1 and hasattr(asyncio, "timeout"):  # one job: awaited in this task, as a program would
+            s, data = specs[0]
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return [await self.client.run(self.function, data, unique=f"u{s}")]
+            except Exception as exc:
+                return [f"{type(exc).__name__}: {exc}"]
         runs = asyncio.gather(*(self.client.run(self.function, data, unique=f"u{s}") for s, data in specs),
                               return_exceptions=True)
         results = await asyncio.wait_for(runs, self.timeout)  # one time limit for the batch, as the others

@@ -477,6 +477,35 @@ def test_worker_stop_finishes_running_jobs(geartrain_server):
     run(body())
 
 
+def test_worker_keeps_no_task_of_an_ended_job_nor_of_one_cancelled_by_stop(geartrain_server):
+    """A job's task leaves the worker's set by itself when the job ends (no done callback), and stop(timeout)
+    cancelling a stuck job leaves none behind: run() then starts again."""
+
+    async def body():
+        started = asyncio.Event()
+
+        async def stuck(job: WorkerJob) -> bytes:
+            started.set()
+            await asyncio.Event().wait()
+            return b""
+
+        worker = Worker([geartrain_server.address])
+        worker.register("quick", upper)
+        worker.register("stuck", stuck)
+        task = asyncio.create_task(worker.run())
+        async with Client([geartrain_server.address]) as client:
+            assert [await client.run("quick", b"%d" % n) for n in range(3)] == [b"0", b"1", b"2"]
+            assert worker._tasks == set()
+            await client.submit("stuck", "")
+            await asyncio.wait_for(started.wait(), DEADLINE)
+            assert len(worker._tasks) == 1
+            await asyncio.wait_for(worker.stop(timeout=0.2), DEADLINE)
+            await asyncio.wait_for(task, DEADLINE)
+            assert worker._tasks == set()
+
+    run(body())
+
+
 def test_undecodable_reply_drops_the_connection_and_the_submit_is_sent_again(any_server):
     async def body():
         proxy = SubmitSwallowingProxy(any_server.host, any_server.port, garbage=True)

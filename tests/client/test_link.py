@@ -1,11 +1,13 @@
-"""Socket-free parts of the client's Link: server address lists (the parser and the backoff themselves are
-tested in tests/unit/test_session.py)."""
+"""The client's Link: server address lists (the parser and the backoff themselves are tested in
+tests/unit/test_session.py) and its writes, against a listening socket of the test's own."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from geartrain.client.link import parse_servers
+from geartrain.client.link import Link, parse_servers
 
 
 def test_a_single_spec_is_a_list_of_one():
@@ -14,3 +16,43 @@ def test_a_single_spec_is_a_list_of_one():
     assert parse_servers(["a:1", ("b", 2), "[::1]:3"]) == [("a", 1), ("b", 2), ("::1", 3)]
     with pytest.raises(ValueError):
         parse_servers([])
+
+
+def test_send_writes_the_queued_bytes_and_its_own_at_once_in_order():
+    """Link.send (a worker job's result and next grab): written in the same loop pass, after what write() queued,
+    and the flush write() scheduled then finds nothing to write twice."""
+
+    async def body() -> bytes:
+        received = bytearray()
+        closed = asyncio.Event()
+
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            received.extend(await reader.read())  # until the link closes
+            writer.close()
+            closed.set()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        link = Link(("127.0.0.1", port), None, on_connected=lambda link: None, on_events=lambda link, events: None,
+                    on_lost=lambda link, exc: None)
+        link.start()
+        try:
+            assert await link.first_attempt()
+            assert link.write(b"queued-") and link.send(b"sent")
+            assert link.transport is not None and link.transport.get_write_buffer_size() == 0  # in the socket now
+            assert link._buffer == []
+            await asyncio.sleep(0)  # the flush write() scheduled runs: nothing left for it
+        finally:
+            await link.close()
+        await asyncio.wait_for(closed.wait(), 10)
+        server.close()
+        await server.wait_closed()
+        return bytes(received)
+
+    assert asyncio.run(body()) == b"queued-sent"
+
+
+def test_send_while_disconnected_sends_nothing():
+    link = Link(("127.0.0.1", 1), None, on_connected=lambda link: None, on_events=lambda link, events: None,
+                on_lost=lambda link, exc: None)
+    assert link.send(b"x") is False and link._buffer == []

@@ -181,9 +181,10 @@ class Client:
     async def _submit(self, job: Job) -> Job:
         if self._closed or not self.links:
             await self._ready()
+        created = job._created = asyncio.get_running_loop().create_future()
         self._route(job)
         try:
-            await asyncio.shield(job._created)
+            await asyncio.shield(created)
         except asyncio.CancelledError:
             job._abandoned = True
             raise

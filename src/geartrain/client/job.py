@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
+from ..protocol import constants as C
 from .errors import JobError, JobException, JobFailed
 
 PENDING = "pending"  # submitted, no JOB_CREATED yet
@@ -71,7 +72,8 @@ class Job:
         self._ptype = ptype
         self._packet_args = packet_args
         loop = asyncio.get_running_loop()
-        self._created: asyncio.Future[None] = loop.create_future()
+        #: Made only for submit(), which awaits the acknowledgement (run() awaits the outcome alone).
+        self._created: asyncio.Future[None] | None = None
         self._outcome: asyncio.Future[bytes] = loop.create_future()
         self._waiters: list[asyncio.Future[None]] = []
         self._abandoned = False
@@ -116,15 +118,16 @@ class Job:
         self.handle = handle
         self.server = server
         self.state = CREATED
-        if not self._created.done():
-            self._created.set_result(None)
+        created = self._created
+        if created is not None and not created.done():
+            created.set_result(None)
 
     def _reject(self, exc: BaseException) -> None:
         """The submit failed (refused, passed over, or never sent): it fails the outcome too (Client.run awaits
         only that one). Both exceptions count as retrieved: only one of them is awaited."""
         self.state = FAILED
         for future in (self._created, self._outcome):
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(exc)
                 future.exception()
         self._notify()
@@ -143,8 +146,6 @@ class Job:
 
     def _packet(self, ptype: int, args: tuple[bytes, ...]) -> bool:
         """Apply one WORK_* packet; True when it ended the job."""
-        from ..protocol import constants as C
-
         if ptype == C.WORK_DATA:
             self.data.append(args[1])
             self._notify()

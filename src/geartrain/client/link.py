@@ -69,6 +69,8 @@ class Link:
         connect_timeout: float = 10.0,
     ) -> None:
         self.host, self.port = address
+        #: "host:port" (see protocol.pool.server_name).
+        self.name = server_name(self.host, self.port)
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         #: The protocol state machine of this connection (ClientSession or WorkerSession); the owner calls its
@@ -91,10 +93,6 @@ class Link:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.backoff = Backoff()
-
-    @property
-    def name(self) -> str:
-        return server_name(self.host, self.port)
 
     @property
     def connected(self) -> bool:
@@ -240,8 +238,20 @@ class Link:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         return True
 
+    def send(self, data: bytes) -> bool:
+        """Write ``data`` now, after what is queued for this loop pass (for the last bytes of a pass, as a job's
+        result: no loop pass more just to write them); False (nothing sent) while disconnected."""
+        if self.transport is None:
+            return False
+        self._buffer.append(data)
+        self._write_buffer()  # a flush already scheduled finds nothing left
+        return True
+
     def _flush(self) -> None:
         self._flush_handle = None
+        self._write_buffer()
+
+    def _write_buffer(self) -> None:
         if self._buffer and self.transport is not None:
             data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
             self._buffer.clear()

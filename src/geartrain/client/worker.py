@@ -231,6 +231,7 @@ class Worker:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()  # a task cancelled before its first step never ran _work's finally
         await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -244,18 +245,24 @@ class Worker:
     def _grab(self, link: Link, wake: bool = False) -> None:
         """Ask for a job when a slot is free (or, prefetching, one more), unless one grab is out or (unless woken)
         the link sleeps."""
+        data = self._grab_bytes(link, wake)
+        if data:
+            link.write(data)
+
+    def _grab_bytes(self, link: Link, wake: bool = False) -> bytes:
+        """The grab _grab() sends (b"": none), for a caller that sends it with other bytes."""
         session: WorkerSession = link.conn
         state: _Session = link.state
         taken = state.running + len(state.held)
         if (self._stopping or taken >= self.concurrency + (1 if self.prefetch else 0) or not self.abilities
                 or (session.state == SLEEP and not wake)):
-            return
+            return b""
         if state.held and state.held[0].function not in self.abilities:
-            return  # a job to give back: let the connection's running jobs end (see _pump)
+            return b""  # a job to give back: let the connection's running jobs end (see _pump)
         data = session.grab()
         if data:
             state.prefetching = taken >= self.concurrency
-            link.write(data)
+        return data
 
     def _pump(self, link: Link, state: _Session) -> None:
         """Start held jobs while slots are free; give back the first one that cannot start (see the module
@@ -314,15 +321,11 @@ class Worker:
 
     def _start(self, link: Link, session: _Session, job: WorkerJob) -> None:
         session.running += 1
-        task = asyncio.get_running_loop().create_task(self._work(link, session, job))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._signal()
+        # No done callback (it would cost every job a loop pass): _work takes its task out of _tasks itself.
+        self._tasks.add(asyncio.get_running_loop().create_task(self._work(link, session, job)))
 
     async def _work(self, link: Link, session: _Session, job: WorkerJob) -> None:
+        result_packet = b""
         try:
             ability = self.abilities.get(job.function)
             if ability is None:
@@ -331,7 +334,10 @@ class Worker:
                     link.write(link.conn.work(C.WORK_FAIL, job.handle))
                 return
             try:
-                result = await self._call(ability, job)
+                if ability.is_async:
+                    result = await ability.handler(job)  # type: ignore[misc]
+                else:
+                    result = await self._call_sync(ability, job)
                 packet = link.conn.work(C.WORK_COMPLETE, job.handle, _result_bytes(result))
             except asyncio.CancelledError:
                 if not job.connection_lost:
@@ -355,17 +361,25 @@ class Worker:
                 log.info("job %r finished after its connection to %s was lost: result dropped (the server "
                          "requeued it)", job.handle, link.name)
                 return
-            link.write(packet)
+            result_packet = packet
         finally:
             session.running -= 1
             if link.state is session:
-                self._pump(link, session)
-                self._grab(link)
+                if session.held or session.running:
+                    # Queued: other jobs' results may come in this loop pass too (one write for all), and the
+                    # result goes before _pump may close the link to give a held job back.
+                    if result_packet:
+                        link.write(result_packet)
+                    self._pump(link, session)
+                    self._grab(link)
+                else:  # the connection's last job: its result and the next grab leave now, in one write
+                    out = result_packet + self._grab_bytes(link)
+                    if out:
+                        link.send(out)
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._signal()
 
-    async def _call(self, ability: _Ability, job: WorkerJob) -> Result:
-        if ability.is_async:
-            return await ability.handler(job)  # type: ignore[misc]
+    async def _call_sync(self, ability: _Ability, job: WorkerJob) -> Result:
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(None, functools.partial(ability.handler, job))
         if inspect.isawaitable(result):
