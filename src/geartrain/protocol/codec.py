@@ -259,10 +259,10 @@ class Decoder:
                         if size >= _COPY_ONCE and (magic == accept or not accept) and arg_counts.get(ptype):
                             # Its body is kept out of the buffer: its last argument is filled in place as it comes
                             # (no buffer of the whole packet, no copy but the one out of each read).
-                            nargs = arg_counts[ptype]
-                            self._body = _start_large(buf, start, n, end, nargs)
+                            count = arg_counts[ptype]
+                            self._body = _start_large(buf, start, n, end, count)
                             self.body_need = end - n
-                            self._large = (bytes(magic), ptype, nargs)
+                            self._large = (bytes(magic), ptype, count)
                             pos = n
                         break
                     pos = end
