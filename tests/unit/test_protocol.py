@@ -21,9 +21,9 @@ from geartrain.protocol import (
     assignment,
     encode_request,
     encode_response,
+    unfilled,
 )
 from geartrain.protocol import constants as C
-from geartrain.protocol import unfilled
 
 
 def test_every_packet_type_has_an_argument_count_and_a_name():

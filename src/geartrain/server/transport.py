@@ -240,9 +240,9 @@ class GearmanProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # The rest of a large packet's body is read straight into the bytes object it comes out as (the decoder's
-        # body space: no copy of it in this process, and reads as large as what is still to come). Anything else goes to one receive buffer per server (per event loop): the
-        # loop fills it and calls buffer_updated() at once, and the decoder copies what it keeps, so no read
-        # allocates a bytes object of its own.
+        # body space: no copy of it in this process, and reads as large as what is still to come). Anything else
+        # goes to one receive buffer per server (per event loop): the loop fills it and calls buffer_updated() at
+        # once, and the decoder copies what it keeps, so no read allocates a bytes object of its own.
         if self.decoder.body_need >= READ_DIRECT and self.tls is None:
             self.reading_body = True
             return self.decoder.body_space()
