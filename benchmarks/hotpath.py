@@ -1,34 +1,43 @@
 """The server's per-packet path in-process: bytes into the transport's protocol objects, through the decoder and
 the broker, out through the flush pass, with no sockets and no event loop.
 
-    python benchmarks/hotpath.py [JOBS] [--profile]
+    python benchmarks/hotpath.py [JOBS] [--profile] [--once] [--loads=foreground,background,large]
     valgrind --tool=callgrind python benchmarks/hotpath.py 20000     # instruction counts: repeatable on a busy box
+    HOTPATH_SRC=/tmp/build python benchmarks/hotpath.py              # the code of another folder (a compiled build)
 
-Two loads, shaped as benchmarks/run.py's: `foreground` (a client pipelines 16 SUBMIT_JOB per write; a worker
-answers each JOB_ASSIGN_UNIQ with WORK_COMPLETE + GRAB_JOB_UNIQ in one write) and `background` (16 SUBMIT_JOB_BG
-per write, then the worker drains). Prints ns per job (fastest of a few rounds); under callgrind the instruction
-count of the whole run is the figure to compare before and after a change.
+Three loads, shaped as benchmarks/run.py's: `foreground` (a client pipelines 16 SUBMIT_JOB per write; a worker
+answers each JOB_ASSIGN_UNIQ with WORK_COMPLETE + GRAB_JOB_UNIQ in one write), `background` (16 SUBMIT_JOB_BG
+per write, then the worker drains) and `large` (one 1 MiB job at a time, its payload and its result each read as
+a socket would deliver them: through get_buffer() / buffer_updated(), READ bytes at most per read; JOBS / 100 of
+them). Prints ns per job (fastest of a few rounds); under callgrind the instruction count of the whole run is the
+figure to compare before and after a change.
 """
 
 from __future__ import annotations
 
 import cProfile
 import gc
+import os
 import pstats
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+#: The code measured: this checkout's sources, or the folder HOTPATH_SRC names (a compiled build, an older tree).
+sys.path.insert(0, os.environ.get("HOTPATH_SRC") or str(Path(__file__).resolve().parent.parent / "src"))
 
 from geartrain.protocol import constants as C  # noqa: E402
-from geartrain.protocol.codec import encode_request  # noqa: E402
+from geartrain.protocol.codec import encode_request, pack_header  # noqa: E402
+from geartrain.server import memory  # noqa: E402
 from geartrain.server.broker import Broker  # noqa: E402
 from geartrain.server.config import ServerConfig  # noqa: E402
 from geartrain.server.transport import GearmanProtocol, ServerState  # noqa: E402
 
 BATCH = 16
+#: Bytes per read of the large load (what uvloop's reads of geard delivered per read on loopback: about 170 KiB).
+READ = 170 * 1024
+LARGE = 1024 * 1024
 
 
 class Sink:
@@ -148,6 +157,52 @@ def run(jobs: int, background: bool) -> float:
     return (time.perf_counter() - began) / max(done, 1) * 1e9
 
 
+def deliver(conn: GearmanProtocol, *chunks: bytes) -> None:
+    """Hand the chunks to the connection as the loop's reads would: into its get_buffer(), READ bytes at most a
+    time, reads crossing chunk boundaries."""
+    views = [memoryview(chunk) for chunk in chunks]
+    while views:
+        space = conn.get_buffer(-1)
+        room = min(len(space), READ)
+        n = 0
+        while views and n < room:
+            take = min(room - n, len(views[0]))
+            space[n:n + take] = views[0][:take]
+            n += take
+            views[0] = views[0][take:]
+            if not views[0]:
+                views.pop(0)
+        conn.buffer_updated(n)
+
+
+def run_large(jobs: int) -> float:
+    """ns per 1 MiB job of one round (lock-step: submit, grab, assign, complete, result)."""
+    memory.return_large_buffers()  # as geard does
+    state, loop = _server()
+    client, client_sink = _connect(state)
+    worker, worker_sink = _connect(state)
+    worker.data_received(encode_request(C.CAN_DO, b"f"))
+    payload, result = b"p" * LARGE, b"r" * LARGE
+    submit = encode_request(C.SUBMIT_JOB, b"f", b"", payload)
+    grab = encode_request(C.GRAB_JOB_UNIQ)
+    gc.collect()
+    began = time.perf_counter()
+    for _ in range(jobs):
+        deliver(client, submit)
+        loop.run_once()
+        client_sink.last.clear()
+        deliver(worker, grab)
+        loop.run_once()
+        handle = worker_sink.last[0][12:].split(b"\x00", 1)[0]  # JOB_ASSIGN_UNIQ's head, then its payload chunk
+        assert len(worker_sink.last[-1]) == LARGE
+        worker_sink.last.clear()
+        deliver(worker, pack_header(C.REQ, C.WORK_COMPLETE, len(handle) + 1 + LARGE) + handle + b"\x00", result)
+        loop.run_once()
+        assert len(client_sink.last[-1]) == LARGE
+        client_sink.last.clear()
+    return (time.perf_counter() - began) / jobs * 1e9
+
+
 def main(argv: list[str]) -> int:
     args = [a for a in argv[1:] if not a.startswith("--")]
     jobs = int(args[0]) if args else 20_000
@@ -160,9 +215,15 @@ def main(argv: list[str]) -> int:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         return 0
     rounds = 1 if "--once" in argv else 5
-    for background in (False, True):
-        best = min(run(jobs, background) for _ in range(rounds))
-        print(f"{'background' if background else 'foreground':>10}: {best:7.0f} ns/job (fastest of {rounds})")
+    loads = next((a.split("=", 1)[1] for a in argv if a.startswith("--loads=")), "foreground,background,large")
+    for load in loads.split(","):
+        if load == "large":
+            count = max(1, jobs // 100)
+            best = min(run_large(count) for _ in range(rounds))
+            print(f"{load:>10}: {best:7.0f} ns/job (fastest of {rounds}, {count} jobs of 1 MiB)")
+        else:
+            best = min(run(jobs, load == "background") for _ in range(rounds))
+            print(f"{load:>10}: {best:7.0f} ns/job (fastest of {rounds})")
     return 0
 
 

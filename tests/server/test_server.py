@@ -197,7 +197,7 @@ def test_idle_timeout_closes_silent_connections_but_not_workers():
 
 
 def test_idle_timeout_spares_a_client_still_sending_a_large_packet():
-    # Its body is read straight into the decoder's pieces, each read of it counts as activity.
+    # Its body is read straight into its payload, each read of it counts as activity.
     server = Server(ServerConfig(listen=[("127.0.0.1", 0)], idle_timeout=1.0))
     server.start_in_thread()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 import pytest
@@ -20,6 +21,7 @@ from geartrain.protocol import (
     assignment,
     encode_request,
     encode_response,
+    unfilled,
 )
 from geartrain.protocol import constants as C
 
@@ -241,22 +243,53 @@ def test_a_large_body_read_in_place_comes_out_whole_and_what_follows_is_fed_as_u
     assert decoder.buffered == 0
 
 
-def test_large_bodies_reuse_a_bounded_number_of_pieces():
-    from geartrain.protocol import codec
+def address_of(buffer) -> int:
+    """Where a buffer's first byte is (a writable one, or a bytes object)."""
+    if type(buffer) is bytes:
+        return ctypes.cast(ctypes.c_char_p(buffer), ctypes.c_void_p).value
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
-    data = bytes(range(256)) * (14 * 1024)  # 3.5 MiB: four pieces
+
+@pytest.mark.parametrize("head", [5000, 9])
+def test_a_large_body_is_read_into_the_bytes_it_comes_out_as(head):
+    """The reads go to the payload's own memory: body_space() is the payload's next bytes, never a copy of them.
+    With the leading arguments in the first read (5000) the payload is the last argument; when they are not (9
+    bytes of the body), the whole body, split at its end."""
+    data = bytes(range(256)) * 4096
     packet = encode_request(C.WORK_COMPLETE, b"H:x:1", data)
+    decoder = Decoder()
+    assert decoder.feed(packet[:C.HEADER_SIZE + head]) == []
+    pos = C.HEADER_SIZE + head
+    spaces = []
+    while decoder.body_need:
+        space = decoder.body_space()[:100_000]
+        spaces.append((address_of(space), pos))
+        space[:] = packet[pos:pos + len(space)]
+        decoder.body_filled(len(space))
+        pos += len(space)
+    [event] = decoder.feed(b"")
+    assert event == Packet(C.REQ, C.WORK_COMPLETE, (b"H:x:1", data))
+    assert decoder.buffered == 0
+    if head == 5000:
+        assert unfilled.IN_PLACE  # CPython
+        start = address_of(event.args[1]) - (len(packet) - len(data))  # where the packet's first byte would be
+        assert all(address == start + offset for address, offset in spaces)
+
+
+def test_the_fallback_without_bytes_filled_in_place_gives_the_same_bytes(monkeypatch):
+    monkeypatch.setattr(unfilled, "_new", None)
+    data = bytes(range(256)) * 4096
+    packet = encode_request(C.SUBMIT_JOB, b"f", b"u", data)
+    decoder = Decoder()
+    events = []
+    for i in range(0, len(packet), 70_000):
+        events += decoder.feed(packet[i:i + 70_000])
+    assert events == [Packet(C.REQ, C.SUBMIT_JOB, (b"f", b"u", data))]
+    assert type(events[0].args[2]) is bytes
+
+
+def test_a_decoder_dropped_mid_packet_holds_only_what_came():
     decoder = Decoder(max_packet_size=64 * 1024 * 1024)
-    for _ in range(4):
-        events = []
-        for i in range(0, len(packet), 300_001):
-            events += decoder.feed(packet[i:i + 300_001])
-        assert events == [Packet(C.REQ, C.WORK_COMPLETE, (b"H:x:1", data))]
-        assert len(codec._spare_pieces) <= codec.SPARE_PIECES
-    # A decoder dropped mid-packet (a peer gone) took its pieces out of the spares: they are freed with it.
-    before = len(codec._spare_pieces)
-    dropped = Decoder(max_packet_size=64 * 1024 * 1024)
-    dropped.feed(packet[:2_500_000])
-    assert dropped.buffered == 2_500_000 - C.HEADER_SIZE
-    assert len(codec._spare_pieces) < before
-    del dropped
+    decoder.feed(encode_request(C.WORK_COMPLETE, b"H:x:1", bytes(3_000_000))[:2_500_000])
+    assert decoder.buffered == 2_500_000 - C.HEADER_SIZE
+    assert decoder.body_need == 3_000_000 + 6 - decoder.buffered

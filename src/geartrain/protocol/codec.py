@@ -14,6 +14,7 @@ from .constants import (
     RES,
     TYPE_NAMES,
 )
+from .unfilled import finished, unfilled
 
 _HEADER = struct.Struct(">4sII")
 #: Pack a 12-byte header (magic, type, body size): for callers that send the body as separate chunks.
@@ -31,6 +32,16 @@ class Packet(NamedTuple):
     @property
     def name(self) -> str:
         return TYPE_NAMES.get(self.ptype, f"UNKNOWN_{self.ptype}")
+
+
+_new_tuple = tuple.__new__
+
+
+def _packet(magic: bytes, ptype: int, args: tuple[bytes, ...]) -> Packet:
+    """Packet(magic, ptype, args), built in C: a NamedTuple's own constructor is Python code (its __new__), run for
+    every packet decoded, and the decoder's largest cost after the bytes themselves (perf, compiled build)."""
+    packet: Packet = _new_tuple(Packet, (magic, ptype, args))
+    return packet
 
 
 class AdminLine(NamedTuple):
@@ -95,88 +106,54 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
     return pack_header(magic, ptype, len(body)) + body
 
 
-#: Bodies at least this large are split straight out of the receive buffer: one copy per byte, not three; and
-#: when one arrives in several reads, its reads are copied into pieces (_Body) and joined once at its end.
+#: Bodies at least this large are split straight out of the receive buffer (one copy per byte, not three), and when
+#: one arrives in several reads its last argument is filled in place (_Body): each byte is copied once.
 _COPY_ONCE = 16 * 1024
-#: A large body being received is copied into pieces of this size. Up to SPARE_PIECES pieces are kept for the next
-#: large bodies (per process): pages faulted in once serve again, where a fresh buffer per packet costs a page
-#: fault per 4 KiB. The pieces of a packet beyond the spares, or of a peer gone mid-packet, are freed at once (when
-#: freed memory goes back to the system: server/memory.py).
-PIECE = 1024 * 1024
-SPARE_PIECES = 8
-_spare_pieces: list[bytearray] = []
 
 
 class _Body:
-    """The body of a large packet while it arrives: filled pieces, the last one filled up to `fill`."""
+    """A large packet's body while it arrives: its leading arguments, then the rest read into `target` in place.
 
-    __slots__ = ("pieces", "fill", "size")
+    Normally the leading arguments (a function name, a handle, a unique) come whole with the header, and `target`
+    is the last argument itself (unfilled.py): the bytes read into it are never copied again. When they do not (a
+    NUL still to come), `target` takes the whole body, split once it is there.
+    """
 
-    def __init__(self) -> None:
-        self.pieces: list[bytearray] = []
-        self.fill = PIECE
-        self.size = 0
+    __slots__ = ("leading", "target", "view", "fill")
+
+    def __init__(self, leading: list[bytes], size: int) -> None:
+        self.leading = leading
+        target, view = unfilled(size)
+        self.target: bytes | bytearray = target
+        self.view: memoryview | None = view
+        self.fill = 0
 
     def add(self, data: bytes | bytearray | memoryview) -> None:
-        with memoryview(data) as view:
-            n = len(view)
-            pos = 0
-            while pos < n:
-                take = min(self.room(), n - pos)
-                # Through a memoryview: a bytearray's slice assignment would first copy the view to a bytearray.
-                with memoryview(self.pieces[-1]) as piece:
-                    piece[self.fill:self.fill + take] = view[pos:pos + take]
-                self.fill += take
-                pos += take
-        self.size += n
-
-    def room(self) -> int:
-        """Bytes the last piece still takes (a new piece is started when it is full)."""
-        if self.fill == PIECE:
-            try:
-                piece = _spare_pieces.pop()
-            except IndexError:
-                piece = bytearray(PIECE)
-            self.pieces.append(piece)
-            self.fill = 0
-        return PIECE - self.fill
+        n = len(data)
+        assert self.view is not None
+        self.view[self.fill:self.fill + n] = data
+        self.fill += n
 
     def space(self, limit: int) -> memoryview:
-        """The free part of the last piece, at most limit bytes: to be filled in place, then filled()."""
-        take = min(self.room(), limit)
-        return memoryview(self.pieces[-1])[self.fill:self.fill + take]
+        """The free part of the target, at most limit bytes: to be filled in place, then filled()."""
+        assert self.view is not None
+        return self.view[self.fill:self.fill + limit]
 
     def filled(self, n: int) -> None:
         self.fill += n
-        self.size += n
+
+    @property
+    def size(self) -> int:
+        """Bytes of the body received so far."""
+        return sum(len(arg) + 1 for arg in self.leading) + self.fill
 
     def arguments(self, nargs: int) -> tuple[bytes, ...]:
-        """The body split into at most nargs arguments (as bytes), then the pieces go back to the spares."""
-        pieces = self.pieces
-        views = [memoryview(piece) for piece in pieces]
-        try:
-            views[-1] = views[-1][:self.fill]
-            first = views[0]
-            args: list[bytes] = []
-            start = 0
-            for _ in range(nargs - 1):  # the leading arguments are short: in the first piece
-                nul = pieces[0].find(0, start, len(first))
-                if nul < 0:
-                    break
-                args.append(bytes(first[start:nul]))
-                start = nul + 1
-            if len(args) == nargs - 1:
-                args.append(b"".join([first[start:], *views[1:]]))
-                return tuple(args)
-            body = b"".join(views)
-            return tuple(body.split(b"\x00", nargs - 1))
-        finally:
-            for view in views:
-                view.release()
-            self.pieces = []
-            for piece in pieces:
-                if len(_spare_pieces) < SPARE_PIECES:
-                    _spare_pieces.append(piece)
+        """The body's arguments, at most nargs of them (once it is whole)."""
+        self.view = None  # filled: the bytes may be shared from now on
+        last = finished(self.target)
+        if len(self.leading) == nargs - 1:
+            return (*self.leading, last)
+        return tuple(last.split(b"\x00", nargs - 1))
 
 
 def _split_large(buf: bytearray, start: int, end: int, nargs: int) -> tuple[bytes, ...]:
@@ -190,6 +167,23 @@ def _split_large(buf: bytearray, start: int, end: int, nargs: int) -> tuple[byte
             start = nul + 1
         args.append(view[start:end].tobytes())
     return tuple(args)
+
+
+def _start_large(buf: bytearray, start: int, n: int, end: int, nargs: int) -> _Body:
+    """The _Body of a large packet whose body runs from start to end, of which buf holds what is before n."""
+    leading: list[bytes] = []
+    at = start
+    for _ in range(nargs - 1):
+        nul = buf.find(0, at, n)
+        if nul < 0:
+            leading, at = [], start  # a leading argument is still to come: the target takes the whole body
+            break
+        leading.append(bytes(buf[at:nul]))
+        at = nul + 1
+    body = _Body(leading, end - at)
+    with memoryview(buf) as view:  # no copy of the slice: add() copies it into the target
+        body.add(view[at:n])
+    return body
 
 
 def _missing_arguments(ptype: int, expected: int, got: int) -> PacketError:
@@ -242,9 +236,11 @@ class Decoder:
                 body.add(data)
                 self.body_need -= len(data)
                 return out
-            body.add(data[:need])
+            if need:
+                data = memoryview(data)  # slices without copies
+                body.add(data[:need])
+                data = data[need:]
             out.append(self._finish_large())
-            data = data[need:]
         buf = self._buf
         buf += data
         pos = 0
@@ -271,13 +267,12 @@ class Decoder:
                     start = pos + HEADER_SIZE
                     if end > n:
                         if size >= _COPY_ONCE and (magic == accept or not accept) and arg_counts.get(ptype):
-                            # Its body is kept as the chunks that come, not grown in the buffer: one copy of each
-                            # byte until the last argument is joined, and no buffer of the whole packet.
-                            self._body = _Body()
-                            with memoryview(buf) as view:  # no copy of the slice: add() copies it into a piece
-                                self._body.add(view[start:n])
+                            # Its body is kept out of the buffer: its last argument is filled in place as it comes
+                            # (no buffer of the whole packet, no copy but the one out of each read).
+                            count = arg_counts[ptype]
+                            self._body = _start_large(buf, start, n, end, count)
                             self.body_need = end - n
-                            self._large = (bytes(magic), ptype, arg_counts[ptype])
+                            self._large = (bytes(magic), ptype, count)
                             pos = n
                         break
                     pos = end
@@ -287,24 +282,24 @@ class Decoder:
                     nargs = arg_counts.get(ptype)
                     if nargs is None:
                         if self.unknown_types:
-                            out.append(Packet(magic, ptype, (bytes(buf[start:end]),)))
+                            out.append(_packet(magic, ptype, (bytes(buf[start:end]),)))
                         else:
                             out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
                     elif nargs == 0:
-                        out.append(Packet(magic, ptype, ()))
+                        out.append(_packet(magic, ptype, ()))
                     elif size < _COPY_ONCE:
                         small = bytes(buf[start:end])
                         args = (small,) if nargs == 1 else tuple(small.split(b"\x00", nargs - 1))
                         if len(args) != nargs:
                             out.append(_missing_arguments(ptype, nargs, len(args)))
                         else:
-                            out.append(Packet(magic, ptype, args))
+                            out.append(_packet(magic, ptype, args))
                     else:
                         args = _split_large(buf, start, end, nargs)
                         if len(args) != nargs:
                             out.append(_missing_arguments(ptype, nargs, len(args)))
                         else:
-                            out.append(Packet(magic, ptype, args))
+                            out.append(_packet(magic, ptype, args))
                 else:
                     nl = buf.find(b"\n", pos)
                     if nl < 0:
@@ -351,4 +346,4 @@ class Decoder:
         args = body.arguments(nargs)
         if len(args) != nargs:
             return _missing_arguments(ptype, nargs, len(args))
-        return Packet(magic, ptype, args)
+        return _packet(magic, ptype, args)

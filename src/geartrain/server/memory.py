@@ -4,7 +4,7 @@ glibc serves an allocation from a mapping of its own (unmapped at free) above a 
 of its heap back once it exceeds another; left alone it raises both each time a mapping is freed (up to 32 and 64
 MiB). A payload in a fresh mapping costs a page fault per 4 KiB (256 per MiB: about 0.7 ms of system time per 1 MiB
 job of benchmarks/run.py's large load, more than the job's socket copies), so both are fixed here: allocations
-under 4 MiB (payloads, the decoder's pieces) come from the heap, where the pages a finished job freed serve the
+under 4 MiB (payloads, read in place as they arrive) come from the heap, where the pages a finished job freed serve the
 next one; larger ones (big payloads, the tables of a large backlog, which grow by mremap) get mappings of their
 own. The heap gives back its free top past 8 MiB at once, and free pages below live allocations (a drained
 backlog's payloads, the buffers of peers gone mid-packet) at the next trim(), which the server runs every

@@ -27,7 +27,7 @@ _ids = itertools.count(1)
 
 #: Bytes read per receive (into the one buffer of the server): many small packets per read.
 READ_SIZE = 256 * 1024 - 4096
-#: A large packet's body still to come of at least this many bytes is read straight into the decoder's pieces.
+#: A large packet's body still to come of at least this many bytes is read straight into its payload (codec._Body).
 READ_DIRECT = 64 * 1024
 
 #: File descriptors no connection may take: the store needs a few (SQLite opens its log and syncs its directory)
@@ -239,10 +239,10 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ input
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # The rest of a large packet's body is read straight into the decoder's pieces (one copy less per byte,
-        # and reads of up to a piece). Anything else goes to one receive buffer per server (per event loop): the
-        # loop fills it and calls buffer_updated() at once, and the decoder copies what it keeps, so no read
-        # allocates a bytes object of its own.
+        # The rest of a large packet's body is read straight into the bytes object it comes out as (the decoder's
+        # body space: no copy of it in this process, and reads as large as what is still to come). Anything else
+        # goes to one receive buffer per server (per event loop): the loop fills it and calls buffer_updated() at
+        # once, and the decoder copies what it keeps, so no read allocates a bytes object of its own.
         if self.decoder.body_need >= READ_DIRECT and self.tls is None:
             self.reading_body = True
             return self.decoder.body_space()
