@@ -163,7 +163,7 @@ class GearmanWorker(GearmanConnectionManager):
             self._schedule_grab()  # connections opened before work() get their first grab here
             while not self._shutdown:
                 wait = poll_timeout
-                if not all(c.connected for c in self.connection_list):
+                if self._any_down():
                     self._reconnect_due()
                     retry_in = self._next_reconnect_in()
                     if retry_in is not None:
@@ -181,6 +181,12 @@ class GearmanWorker(GearmanConnectionManager):
                     sock.close()
                 self._wake_pair = None
             self._close_all()
+
+    def _any_down(self) -> bool:
+        for connection in self.connection_list:
+            if not connection.connected:
+                return True
+        return False
 
     def shutdown(self) -> None:
         """Stop work() (from any thread) and close every connection."""
@@ -254,9 +260,21 @@ class GearmanWorker(GearmanConnectionManager):
         if room <= 0:
             return
         connections = self.connection_list
-        states = [self._wstate(c) for c in connections]
-        room -= sum(state.session.grabs for state in states)
         count = len(connections)
+        if count == 1:  # the common case, without the rotation's bookkeeping
+            connection = connections[0]
+            state = self._wstates.get(id(connection)) or self._wstate(connection)
+            session = state.session
+            room -= session.grabs
+            if room > 0 and connection.connected and (session.state == IDLE or session.state == GRAB_WAIT):
+                data = session.grab(limit)
+                if data:
+                    state.prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
+                    connection.send_raw(data)
+            return
+        states = [self._wstate(c) for c in connections]
+        for state in states:
+            room -= state.session.grabs
         for step in range(count):
             if room <= 0:
                 return
@@ -274,10 +292,10 @@ class GearmanWorker(GearmanConnectionManager):
         if not isinstance(event, Packet):
             log.warning("unexpected %r from %s", event, connection.address)
             return
-        state = self._wstate(connection)
-        ptype, args = event.ptype, event.args
-        was_sleeping = state.session.state == SLEEP
-        happened = state.session.receive(event)
+        state = self._wstates.get(id(connection)) or self._wstate(connection)
+        session = state.session
+        was_sleeping = session.state == SLEEP
+        happened = session.receive(event)
         kind = type(happened)
         if kind is Assigned:
             job = self._make_job(connection, *happened.job)
@@ -288,14 +306,14 @@ class GearmanWorker(GearmanConnectionManager):
                 self._schedule_grab()
         elif kind is NoJob:
             state.prefetches.clear()  # no grab waits any more
-            connection.send_raw(state.session.pre_sleep())
+            connection.send_raw(session.pre_sleep())
             self._schedule_grab()
         elif kind is StillGrabbing:
             if state.prefetches:  # the other grab's answer decides
                 state.prefetches.popleft()
-        elif ptype == P.ERROR:
-            log.info("%s answered ERROR %s: %s", connection.address, args[0], args[1])
-        elif ptype in (P.ECHO_RES, P.OPTION_RES):
+        elif event.ptype == P.ERROR:
+            log.info("%s answered ERROR %s: %s", connection.address, event.args[0], event.args[1])
+        elif event.ptype in (P.ECHO_RES, P.OPTION_RES):
             return
         else:
             log.warning("unexpected %s from %s", event.name, connection.address)
@@ -303,7 +321,9 @@ class GearmanWorker(GearmanConnectionManager):
     def _make_job(
         self, connection: GearmanConnection, handle: bytes, function: bytes, unique: bytes, data: bytes
     ) -> GearmanJob:
-        task = self._tasks_by_wire.get(function, from_wire(function))
+        task = self._tasks_by_wire.get(function)
+        if task is None:
+            task = from_wire(function)
         job_unique: Any = unique if isinstance(task, bytes) else from_wire(unique)
         job = self.job_class(connection, from_wire(handle), task, job_unique, data)
         job._gearman_raw = data  # type: ignore[attr-defined]
@@ -446,7 +466,8 @@ class GearmanWorker(GearmanConnectionManager):
             return
         wire = getattr(current_job, "_gearman_wire", None)
         handle = wire[0] if wire is not None else to_wire_lossless(current_job.handle)
-        connection.send_raw(self._wstate(connection).session.work(ptype, handle, *args))
+        state = self._wstates.get(id(connection)) or self._wstate(connection)
+        connection.send_raw(state.session.work(ptype, handle, *args))
         if self._task_returned and current_job is self._current_job and ptype in _FINAL:
             return  # the loop sends it at once, in one write with the next GRAB_JOB
         self._drain(connection, poll_timeout)
