@@ -199,7 +199,7 @@ class GearmanClient(GearmanConnectionManager):
             if index == len(requests):
                 break
             remaining = _remaining(deadline)
-            if remaining == 0.0 or not any(c.connected for c in self.connection_list):
+            if remaining == 0.0 or not self._any_connected():
                 break
             self.poll_connections_once(self.connection_list, remaining)
         for request in requests:
@@ -236,12 +236,18 @@ class GearmanClient(GearmanConnectionManager):
             if index == len(requests):
                 break
             remaining = _remaining(deadline)
-            if remaining == 0.0 or not any(c.connected for c in self.connection_list):
+            if remaining == 0.0 or not self._any_connected():
                 break
             self.poll_connections_once(self.connection_list, remaining)
         for request in requests:
             request.timed_out = _waiting(request)
         return job_requests
+
+    def _any_connected(self) -> bool:
+        for connection in self.connection_list:
+            if connection.connected:
+                return True
+        return False
 
     def send_job_request(self, current_request: GearmanJobRequest) -> GearmanJobRequest:
         """Send one request to its server (chosen by its unique); raises when its attempts are used up."""
