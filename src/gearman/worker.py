@@ -260,31 +260,22 @@ class GearmanWorker(GearmanConnectionManager):
         if room <= 0:
             return
         connections = self.connection_list
+        wstates = self._wstates
+        for connection in connections:
+            room -= (wstates.get(id(connection)) or self._wstate(connection)).session.grabs
         count = len(connections)
-        if count == 1:  # the common case, without the rotation's bookkeeping
-            connection = connections[0]
-            state = self._wstates.get(id(connection)) or self._wstate(connection)
-            session = state.session
-            room -= session.grabs
-            if room > 0 and connection.connected and (session.state == IDLE or session.state == GRAB_WAIT):
-                data = session.grab(limit)
-                if data:
-                    state.prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
-                    connection.send_raw(data)
-            return
-        states = [self._wstate(c) for c in connections]
-        for state in states:
-            room -= state.session.grabs
         for step in range(count):
             if room <= 0:
                 return
             index = (self._rotation + step) % count
-            session = states[index].session
-            if connections[index].connected and session.state in (IDLE, GRAB_WAIT):
+            connection = connections[index]
+            state = wstates.get(id(connection)) or self._wstate(connection)
+            session = state.session
+            if connection.connected and (session.state == IDLE or session.state == GRAB_WAIT):
                 data = session.grab(limit)
                 if data:
-                    states[index].prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
-                    connections[index].send_raw(data)
+                    state.prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
+                    connection.send_raw(data)
                     self._rotation = index + 1
                     room -= 1
 
@@ -327,8 +318,8 @@ class GearmanWorker(GearmanConnectionManager):
         job_unique: Any = unique if isinstance(task, bytes) else from_wire(unique)
         job = self.job_class(connection, from_wire(handle), task, job_unique, data)
         job._gearman_raw = data  # type: ignore[attr-defined]
-        job._gearman_wire = (handle, function)  # type: ignore[attr-defined]
-        job._gearman_finished = False  # type: ignore[attr-defined]
+        job._gearman_wire = (handle, function)
+        job._gearman_finished = False
         return job
 
     def _run_assigned_jobs(self) -> None:
@@ -336,7 +327,7 @@ class GearmanWorker(GearmanConnectionManager):
             connection, job = self._assigned.popleft()
             if not connection.connected:
                 continue
-            if job._gearman_prefetched and job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined]
+            if job._gearman_prefetched and job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined,index]
                 self._give_back(connection, job)
                 continue
             self._current_job = job
@@ -369,16 +360,16 @@ class GearmanWorker(GearmanConnectionManager):
         try:
             try:
                 job.data = self.data_encoder.decode(job._gearman_raw)  # type: ignore[attr-defined]
-                if job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined]
+                if job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[index]
                     raise InvalidWorkerState(f"no task {job.task!r} registered (any more)")
                 self.on_job_execute(job)
             except Exception:
-                if not job._gearman_finished:  # type: ignore[attr-defined]
+                if not job._gearman_finished:
                     try:
                         self.on_job_exception(job, sys.exc_info())
                     except Exception:
                         log.exception("on_job_exception failed for %r", job)
-            if not job._gearman_finished:  # type: ignore[attr-defined]
+            if not job._gearman_finished:
                 log.warning("job %r ended without a result: sending WORK_FAIL", job)
                 self.send_job_failure(job)
         finally:
@@ -433,17 +424,17 @@ class GearmanWorker(GearmanConnectionManager):
         )
 
     def send_job_complete(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
-        if getattr(current_job, "_gearman_finished", False):
+        if current_job._gearman_finished:
             log.debug("job %r already finished; result not sent", current_job)
             return
         encoded = self.data_encoder.encode(data)
-        current_job._gearman_finished = True  # type: ignore[attr-defined]
+        current_job._gearman_finished = True
         self._send_for_job(current_job, P.WORK_COMPLETE, encoded, poll_timeout=poll_timeout)
 
     def send_job_failure(self, current_job: GearmanJob, poll_timeout: float | None = None) -> None:
-        if getattr(current_job, "_gearman_finished", False):
+        if current_job._gearman_finished:
             return
-        current_job._gearman_finished = True  # type: ignore[attr-defined]
+        current_job._gearman_finished = True
         self._send_for_job(current_job, P.WORK_FAIL, poll_timeout=poll_timeout)
 
     def send_job_exception(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
@@ -464,7 +455,7 @@ class GearmanWorker(GearmanConnectionManager):
         if connection is None or not connection.connected:
             log.warning("connection of job %r is gone: %s not sent", current_job, P.TYPE_NAMES[ptype])
             return
-        wire = getattr(current_job, "_gearman_wire", None)
+        wire = current_job._gearman_wire
         handle = wire[0] if wire is not None else to_wire_lossless(current_job.handle)
         state = self._wstates.get(id(connection)) or self._wstate(connection)
         connection.send_raw(state.session.work(ptype, handle, *args))
