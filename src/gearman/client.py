@@ -263,7 +263,7 @@ class GearmanClient(GearmanConnectionManager):
         data = self.data_encoder.encode(job.data)
         task = to_wire(job.task, "task")
         unique = to_wire(job.unique, "unique")
-        connection = self._connection_for(unique)
+        connection = self.establish_request_connection(current_request)  # a hook subclasses may override
         current_request.initialize_request()
         job.connection = connection
         job.handle = None
@@ -275,12 +275,10 @@ class GearmanClient(GearmanConnectionManager):
 
     def establish_request_connection(self, current_request: GearmanJobRequest) -> GearmanConnection:
         """The request's server: hash of its unique over the pool, then the next ones; failed ones last."""
-        return self._connection_for(to_wire(current_request.job.unique, "unique"))
-
-    def _connection_for(self, key: bytes) -> GearmanConnection:
         if not self.connection_list:
             raise ServerUnavailable("Found no valid connections: the host list is empty")
         ring = self._current_ring()
+        key = to_wire(current_request.gearman_job.unique, "unique")
         owner = ring.pick(key)
         if owner is not None and owner.connected and id(owner) not in self._unreachable:
             return owner  # the common case: the unique's own server is up (a connected server is not down)
