@@ -92,6 +92,7 @@ class GearmanClient(GearmanConnectionManager):
     def __init__(self, host_list: Iterable[Any] | None = None, random_unique_bytes: int = 16) -> None:
         self._states: dict[int, _ConnectionState] = {}
         self._ring: Ring[GearmanConnection] = Ring(())
+        self._ring_size = 0  # len(self._ring), without a call per submit
         super().__init__(host_list)
         self.random_unique_bytes = random_unique_bytes
         self._unreachable: set[int] = set()
@@ -198,7 +199,7 @@ class GearmanClient(GearmanConnectionManager):
             if index == len(requests):
                 break
             remaining = _remaining(deadline)
-            if remaining == 0.0 or not any(c.connected for c in self.connection_list):
+            if remaining == 0.0 or not self._any_connected():
                 break
             self.poll_connections_once(self.connection_list, remaining)
         for request in requests:
@@ -235,12 +236,18 @@ class GearmanClient(GearmanConnectionManager):
             if index == len(requests):
                 break
             remaining = _remaining(deadline)
-            if remaining == 0.0 or not any(c.connected for c in self.connection_list):
+            if remaining == 0.0 or not self._any_connected():
                 break
             self.poll_connections_once(self.connection_list, remaining)
         for request in requests:
             request.timed_out = _waiting(request)
         return job_requests
+
+    def _any_connected(self) -> bool:
+        for connection in self.connection_list:
+            if connection.connected:
+                return True
+        return False
 
     def send_job_request(self, current_request: GearmanJobRequest) -> GearmanJobRequest:
         """Send one request to its server (chosen by its unique); raises when its attempts are used up."""
@@ -248,18 +255,22 @@ class GearmanClient(GearmanConnectionManager):
             raise ExceededConnectionAttempts(
                 f"Exceeded {current_request.max_connection_attempts} connection attempt(s) :: {current_request!r}"
             )
-        job = current_request.job
-        ptype = P.submit_type(current_request.background, _PRIORITY[_normal_priority(current_request.priority)])
+        job = current_request.gearman_job
+        priority = current_request.priority
+        if priority is not None:  # PRIORITY_NONE, the common case, needs no normalising
+            priority = _normal_priority(priority)
+        ptype = P.submit_type(current_request.background, _PRIORITY[priority])
         data = self.data_encoder.encode(job.data)
         task = to_wire(job.task, "task")
         unique = to_wire(job.unique, "unique")
-        connection = self.establish_request_connection(current_request)
+        connection = self.establish_request_connection(current_request)  # a hook subclasses may override
         current_request.initialize_request()
         job.connection = connection
         job.handle = None
         current_request.connection_attempts += 1
         current_request.state = JOB_PENDING
-        connection.send_raw(self._state(connection).session.submit(ptype, (task, unique, data), current_request))
+        state = self._states.get(id(connection)) or self._state(connection)
+        connection.send_raw(state.session.submit(ptype, (task, unique, data), current_request))
         return current_request
 
     def establish_request_connection(self, current_request: GearmanJobRequest) -> GearmanConnection:
@@ -267,7 +278,7 @@ class GearmanClient(GearmanConnectionManager):
         if not self.connection_list:
             raise ServerUnavailable("Found no valid connections: the host list is empty")
         ring = self._current_ring()
-        key = to_wire(current_request.job.unique, "unique")
+        key = to_wire(current_request.gearman_job.unique, "unique")
         owner = ring.pick(key)
         if owner is not None and owner.connected and id(owner) not in self._unreachable:
             return owner  # the common case: the unique's own server is up (a connected server is not down)
@@ -337,8 +348,9 @@ class GearmanClient(GearmanConnectionManager):
 
     def _current_ring(self) -> Ring[GearmanConnection]:
         """The ring over the host list (rebuilt when connections were added)."""
-        if len(self._ring) != len(self.connection_list):
+        if self._ring_size != len(self.connection_list):
             self._ring = Ring((c, server_name(c.gearman_host, c.gearman_port)) for c in self.connection_list)
+            self._ring_size = len(self.connection_list)
         return self._ring
 
     # -- the server's side -----------------------------------------------------------------------------
@@ -365,7 +377,7 @@ class GearmanClient(GearmanConnectionManager):
         if type(event) is not Packet:
             log.warning("unexpected %r from %s", event, connection.address)
             return
-        state = self._state(connection)
+        state = self._states.get(id(connection)) or self._state(connection)
         events = state.events
         state.session.receive(event, events)
         for matched in events:

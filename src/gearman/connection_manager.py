@@ -16,6 +16,7 @@ from .errors import ConnectionError
 log = logging.getLogger("gearman")
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_READ_WRITE = _READ | _WRITE
 
 __all__ = ["DataEncoder", "GearmanConnectionManager"]
 
@@ -95,19 +96,23 @@ class GearmanConnectionManager:
         self, connections: Iterable[GearmanConnection], timeout: float | None, extra: Any = None
     ) -> bool:
         """One select over the live connections (plus an optional wake-up socket); True if any was active."""
-        live: list[GearmanConnection] = []
+        # What to select on, as (socket, events, connection); writes go out eagerly (most fit in the socket
+        # buffer at once), so a connection waits for writability only when some of its bytes stayed queued.
+        signature: list[tuple[Any, int, Any]] = []
         for connection in connections:
             if connection.connected:
-                if connection.writable:  # write eagerly: most writes fit in the socket buffer at once
+                if connection._out:
                     self.flush_connection(connection)
                     if not connection.connected:
                         continue
-                live.append(connection)
-        if not live and extra is None:
+                signature.append((connection.gearman_socket, _READ_WRITE if connection._out else _READ, connection))
+        if not signature and extra is None:
             if timeout:
                 time.sleep(timeout)  # nothing to wait on; honour the caller's pacing
             return False
-        ready = self._select(live, extra, timeout)
+        if extra is not None:
+            signature.append((extra, _READ, None))
+        ready = self._select(signature, timeout)
         activity = False
         for key, mask in ready:
             connection = key.data
@@ -127,14 +132,11 @@ class GearmanConnectionManager:
                 self._read(connection)
         return activity
 
-    def _select(self, live: list[GearmanConnection], extra: Any, timeout: float | None) -> list:
+    def _select(self, signature: list[tuple[Any, int, Any]], timeout: float | None) -> list:
         """Select on one selector kept across polls, re-registering only what changed since the last poll."""
         selector = self._selector
         if selector is None:
             selector = self._selector = selectors.DefaultSelector()
-        signature = [(c.gearman_socket, _READ | _WRITE if c.writable else _READ, c) for c in live]
-        if extra is not None:
-            signature.append((extra, _READ, None))
         if signature == self._registered:
             return selector.select(timeout)
         self._registered = signature

@@ -16,6 +16,8 @@ class DataEncoder:
 
     @classmethod
     def encode(cls, encodable_object: Any) -> bytes:
+        if type(encodable_object) is bytes:  # the common case first
+            return encodable_object
         if encodable_object is None:
             return b""
         if isinstance(encodable_object, (str, bytes, bytearray, memoryview)):

@@ -11,6 +11,11 @@ from .constants import JOB_COMPLETE, JOB_CREATED, JOB_FAILED, JOB_UNKNOWN, PRIOR
 class GearmanJob:
     """One job: the connection it lives on, its handle, task, unique and data (decoded by the encoder)."""
 
+    #: The worker's bookkeeping of a job it was assigned (GearmanWorker sets them): its handle and function as
+    #: received, whether its WORK_COMPLETE or WORK_FAIL went out. A job built elsewhere has these defaults.
+    _gearman_wire: tuple[bytes, bytes] | None = None
+    _gearman_finished = False
+
     def __init__(self, connection: Any, handle: Any, task: Any, unique: Any, data: Any) -> None:
         self.connection = connection
         self.handle = handle

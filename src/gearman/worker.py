@@ -163,7 +163,7 @@ class GearmanWorker(GearmanConnectionManager):
             self._schedule_grab()  # connections opened before work() get their first grab here
             while not self._shutdown:
                 wait = poll_timeout
-                if not all(c.connected for c in self.connection_list):
+                if self._any_down():
                     self._reconnect_due()
                     retry_in = self._next_reconnect_in()
                     if retry_in is not None:
@@ -181,6 +181,12 @@ class GearmanWorker(GearmanConnectionManager):
                     sock.close()
                 self._wake_pair = None
             self._close_all()
+
+    def _any_down(self) -> bool:
+        for connection in self.connection_list:
+            if not connection.connected:
+                return True
+        return False
 
     def shutdown(self) -> None:
         """Stop work() (from any thread) and close every connection."""
@@ -254,19 +260,22 @@ class GearmanWorker(GearmanConnectionManager):
         if room <= 0:
             return
         connections = self.connection_list
-        states = [self._wstate(c) for c in connections]
-        room -= sum(state.session.grabs for state in states)
+        wstates = self._wstates
+        for connection in connections:
+            room -= (wstates.get(id(connection)) or self._wstate(connection)).session.grabs
         count = len(connections)
         for step in range(count):
             if room <= 0:
                 return
             index = (self._rotation + step) % count
-            session = states[index].session
-            if connections[index].connected and session.state in (IDLE, GRAB_WAIT):
+            connection = connections[index]
+            state = wstates.get(id(connection)) or self._wstate(connection)
+            session = state.session
+            if connection.connected and (session.state == IDLE or session.state == GRAB_WAIT):
                 data = session.grab(limit)
                 if data:
-                    states[index].prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
-                    connections[index].send_raw(data)
+                    state.prefetches.append(room < limit)  # a job runs, waits, or was grabbed already
+                    connection.send_raw(data)
                     self._rotation = index + 1
                     room -= 1
 
@@ -274,10 +283,10 @@ class GearmanWorker(GearmanConnectionManager):
         if not isinstance(event, Packet):
             log.warning("unexpected %r from %s", event, connection.address)
             return
-        state = self._wstate(connection)
-        ptype, args = event.ptype, event.args
-        was_sleeping = state.session.state == SLEEP
-        happened = state.session.receive(event)
+        state = self._wstates.get(id(connection)) or self._wstate(connection)
+        session = state.session
+        was_sleeping = session.state == SLEEP
+        happened = session.receive(event)
         kind = type(happened)
         if kind is Assigned:
             job = self._make_job(connection, *happened.job)
@@ -288,14 +297,14 @@ class GearmanWorker(GearmanConnectionManager):
                 self._schedule_grab()
         elif kind is NoJob:
             state.prefetches.clear()  # no grab waits any more
-            connection.send_raw(state.session.pre_sleep())
+            connection.send_raw(session.pre_sleep())
             self._schedule_grab()
         elif kind is StillGrabbing:
             if state.prefetches:  # the other grab's answer decides
                 state.prefetches.popleft()
-        elif ptype == P.ERROR:
-            log.info("%s answered ERROR %s: %s", connection.address, args[0], args[1])
-        elif ptype in (P.ECHO_RES, P.OPTION_RES):
+        elif event.ptype == P.ERROR:
+            log.info("%s answered ERROR %s: %s", connection.address, event.args[0], event.args[1])
+        elif event.ptype in (P.ECHO_RES, P.OPTION_RES):
             return
         else:
             log.warning("unexpected %s from %s", event.name, connection.address)
@@ -303,12 +312,14 @@ class GearmanWorker(GearmanConnectionManager):
     def _make_job(
         self, connection: GearmanConnection, handle: bytes, function: bytes, unique: bytes, data: bytes
     ) -> GearmanJob:
-        task = self._tasks_by_wire.get(function, from_wire(function))
+        task = self._tasks_by_wire.get(function)
+        if task is None:
+            task = from_wire(function)
         job_unique: Any = unique if isinstance(task, bytes) else from_wire(unique)
         job = self.job_class(connection, from_wire(handle), task, job_unique, data)
         job._gearman_raw = data  # type: ignore[attr-defined]
-        job._gearman_wire = (handle, function)  # type: ignore[attr-defined]
-        job._gearman_finished = False  # type: ignore[attr-defined]
+        job._gearman_wire = (handle, function)
+        job._gearman_finished = False
         return job
 
     def _run_assigned_jobs(self) -> None:
@@ -316,7 +327,7 @@ class GearmanWorker(GearmanConnectionManager):
             connection, job = self._assigned.popleft()
             if not connection.connected:
                 continue
-            if job._gearman_prefetched and job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined]
+            if job._gearman_prefetched and job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined,index]
                 self._give_back(connection, job)
                 continue
             self._current_job = job
@@ -349,16 +360,16 @@ class GearmanWorker(GearmanConnectionManager):
         try:
             try:
                 job.data = self.data_encoder.decode(job._gearman_raw)  # type: ignore[attr-defined]
-                if job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[attr-defined]
+                if job._gearman_wire[1] not in self._tasks_by_wire:  # type: ignore[index]
                     raise InvalidWorkerState(f"no task {job.task!r} registered (any more)")
                 self.on_job_execute(job)
             except Exception:
-                if not job._gearman_finished:  # type: ignore[attr-defined]
+                if not job._gearman_finished:
                     try:
                         self.on_job_exception(job, sys.exc_info())
                     except Exception:
                         log.exception("on_job_exception failed for %r", job)
-            if not job._gearman_finished:  # type: ignore[attr-defined]
+            if not job._gearman_finished:
                 log.warning("job %r ended without a result: sending WORK_FAIL", job)
                 self.send_job_failure(job)
         finally:
@@ -413,17 +424,17 @@ class GearmanWorker(GearmanConnectionManager):
         )
 
     def send_job_complete(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
-        if getattr(current_job, "_gearman_finished", False):
+        if current_job._gearman_finished:
             log.debug("job %r already finished; result not sent", current_job)
             return
         encoded = self.data_encoder.encode(data)
-        current_job._gearman_finished = True  # type: ignore[attr-defined]
+        current_job._gearman_finished = True
         self._send_for_job(current_job, P.WORK_COMPLETE, encoded, poll_timeout=poll_timeout)
 
     def send_job_failure(self, current_job: GearmanJob, poll_timeout: float | None = None) -> None:
-        if getattr(current_job, "_gearman_finished", False):
+        if current_job._gearman_finished:
             return
-        current_job._gearman_finished = True  # type: ignore[attr-defined]
+        current_job._gearman_finished = True
         self._send_for_job(current_job, P.WORK_FAIL, poll_timeout=poll_timeout)
 
     def send_job_exception(self, current_job: GearmanJob, data: Any, poll_timeout: float | None = None) -> None:
@@ -444,9 +455,10 @@ class GearmanWorker(GearmanConnectionManager):
         if connection is None or not connection.connected:
             log.warning("connection of job %r is gone: %s not sent", current_job, P.TYPE_NAMES[ptype])
             return
-        wire = getattr(current_job, "_gearman_wire", None)
+        wire = current_job._gearman_wire
         handle = wire[0] if wire is not None else to_wire_lossless(current_job.handle)
-        connection.send_raw(self._wstate(connection).session.work(ptype, handle, *args))
+        state = self._wstates.get(id(connection)) or self._wstate(connection)
+        connection.send_raw(state.session.work(ptype, handle, *args))
         if self._task_returned and current_job is self._current_job and ptype in _FINAL:
             return  # the loop sends it at once, in one write with the next GRAB_JOB
         self._drain(connection, poll_timeout)

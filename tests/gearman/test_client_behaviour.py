@@ -204,3 +204,22 @@ def test_an_acknowledged_job_lost_with_its_server_ends_the_wait_as_unknown(serve
     client.wait_until_jobs_completed([request], poll_timeout=20)
     assert request.state == gearman.JOB_UNKNOWN  # "connection failed", as the seed's check_request_status says
     assert not request.timed_out and not request.complete
+
+
+def test_a_subclass_choosing_the_server_is_asked_for_every_submit(any_server):
+    """establish_request_connection is python-gearman's hook for picking a request's server: submits go through it."""
+    asked: list[object] = []
+
+    class Pinned(gearman.GearmanClient):
+        def establish_request_connection(self, current_request):
+            asked.append(current_request.job.unique)
+            return self.establish_connection(self.connection_list[0])
+
+    client = Pinned([any_server.address])
+    requests = client.submit_multiple_jobs(
+        [dict(task="gm_nobody_works_this", data=b"x", unique=f"pin{i}") for i in range(3)],
+        wait_until_complete=False, poll_timeout=5,
+    )
+    assert asked == ["pin0", "pin1", "pin2"]
+    assert [r.state for r in requests] == [gearman.JOB_CREATED] * 3
+    client.shutdown()
