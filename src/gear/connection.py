@@ -27,7 +27,7 @@ from geartrain.sockets import RECV_SIZE, client_context, recv_some, tune
 from . import constants
 from .errors import ConnectionError, InvalidDataError, TimeoutError
 from .job import to_bytes
-from .packet import AdminRequest, Packet
+from .packet import AdminRequest, Packet, request_frame
 
 __all__ = ["Connection"]
 
@@ -343,6 +343,14 @@ class Connection:
                 self.sendRaw(packet.toBinary())
             return
         self.sendRaw(packet.toBinary())
+
+    def _sendWork(self, ptype: int, args: tuple[bytes, ...]) -> None:
+        """``sendPacket(Packet._build(ptype, *args))`` for a request no reply answers (a WorkerJob's WORK_*): the
+        Packet object is built only when something would see it (debug logging, a subclass's sendPacket)."""
+        if type(self).sendPacket is not Connection.sendPacket or self.log.isEnabledFor(logging.DEBUG):
+            self.sendPacket(Packet._build(ptype, *args))
+        else:
+            self.sendRaw(request_frame(ptype, args))
 
     def _sendRequest(self, data: bytes, ptype: int, task: Any) -> None:
         """Send a request gear's own code built, recording ``task`` as what its answer completes."""
