@@ -293,7 +293,15 @@ class Connection:
         if sock is None:
             raise ConnectionError(f"{self!r} is not connected")
         try:
-            self._sendAll(sock, data)
+            if not self.use_ssl:  # the common case: one send() takes it all (no further call)
+                try:
+                    sent = sock.send(data)
+                except self._would_block:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
+            self._sendRest(sock, data)
             return
         except BaseException as exc:
             if self._owner is None or self.conn is not sock:
@@ -305,15 +313,8 @@ class Connection:
         finally:
             raise error
 
-    def _sendAll(self, sock: Any, data: bytes) -> None:
-        if not self.use_ssl:  # the common case, one send() that takes it all
-            try:
-                sent = sock.send(data)
-            except self._would_block:
-                sent = 0
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
+    def _sendRest(self, sock: Any, data: bytes | memoryview) -> None:
+        """Send what the first send() left (all of it with TLS), waiting up to send_timeout for room."""
         view = memoryview(data)
         deadline = None if self.send_timeout is None else time.monotonic() + self.send_timeout
         while view:
