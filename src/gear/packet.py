@@ -41,7 +41,6 @@ _HANDLE_TYPES = frozenset(
 _SUBMIT_TYPES = frozenset(wire_constants.SUBMIT_TYPES)  # the protocol's one submit-type table
 
 
-
 def _body(ptype: int, args: tuple[bytes, ...]) -> bytes:
     """A request's body, checked (count, NUL placement) by the protocol core; InvalidDataError if it is wrong."""
     try:
@@ -53,6 +52,7 @@ def _body(ptype: int, args: tuple[bytes, ...]) -> bytes:
 def request_frame(ptype: int, args: tuple[bytes, ...]) -> bytes:
     """The wire form of ``Packet._build(ptype, *args)`` without the Packet object."""
     return pack(constants.REQ, ptype, _body(ptype, args))
+
 
 class Packet:
     """A binary packet received from or to be sent over a :py:class:`Connection`.
