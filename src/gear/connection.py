@@ -27,7 +27,7 @@ from geartrain.sockets import RECV_SIZE, client_context, recv_some, tune
 from . import constants
 from .errors import ConnectionError, InvalidDataError, TimeoutError
 from .job import to_bytes
-from .packet import AdminRequest, Packet
+from .packet import AdminRequest, Packet, request_frame
 
 __all__ = ["Connection"]
 
@@ -293,7 +293,15 @@ class Connection:
         if sock is None:
             raise ConnectionError(f"{self!r} is not connected")
         try:
-            self._sendAll(sock, data)
+            if not self.use_ssl:  # the common case: one send() takes it all (no further call)
+                try:
+                    sent = sock.send(data)
+                except self._would_block:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
+            self._sendRest(sock, data)
             return
         except BaseException as exc:
             if self._owner is None or self.conn is not sock:
@@ -305,15 +313,8 @@ class Connection:
         finally:
             raise error
 
-    def _sendAll(self, sock: Any, data: bytes) -> None:
-        if not self.use_ssl:  # the common case, one send() that takes it all
-            try:
-                sent = sock.send(data)
-            except self._would_block:
-                sent = 0
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
+    def _sendRest(self, sock: Any, data: bytes | memoryview) -> None:
+        """Send what the first send() left (all of it with TLS), waiting up to send_timeout for room."""
         view = memoryview(data)
         deadline = None if self.send_timeout is None else time.monotonic() + self.send_timeout
         while view:
@@ -343,6 +344,14 @@ class Connection:
                 self.sendRaw(packet.toBinary())
             return
         self.sendRaw(packet.toBinary())
+
+    def _sendWork(self, ptype: int, args: tuple[bytes, ...]) -> None:
+        """``sendPacket(Packet._build(ptype, *args))`` for a request no reply answers (a WorkerJob's WORK_*): the
+        Packet object is built only when something would see it (debug logging, a subclass's sendPacket)."""
+        if type(self).sendPacket is not Connection.sendPacket or self.log.isEnabledFor(logging.DEBUG):
+            self.sendPacket(Packet._build(ptype, *args))
+        else:
+            self.sendRaw(request_frame(ptype, args))
 
     def _sendRequest(self, data: bytes, ptype: int, task: Any) -> None:
         """Send a request gear's own code built, recording ``task`` as what its answer completes."""

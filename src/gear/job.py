@@ -134,7 +134,11 @@ class WorkerJob(BaseJob):
         super().__init__(name, arguments, unique, handle)
 
     def _send(self, ptype: int, *args: bytes) -> None:
-        self.connection.sendPacket(Packet._build(ptype, *args))
+        conn = self.connection
+        if hasattr(conn, "_sendWork"):
+            conn._sendWork(ptype, args)
+        else:  # a connection of another kind (a test's stand-in): its own sendPacket
+            conn.sendPacket(Packet._build(ptype, *args))
         if self._gear_worker is not None and ptype in _ENDING:
             self._gear_worker._jobEnded(self)
 

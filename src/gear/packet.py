@@ -41,6 +41,19 @@ _HANDLE_TYPES = frozenset(
 _SUBMIT_TYPES = frozenset(wire_constants.SUBMIT_TYPES)  # the protocol's one submit-type table
 
 
+def _body(ptype: int, args: tuple[bytes, ...]) -> bytes:
+    """A request's body, checked (count, NUL placement) by the protocol core; InvalidDataError if it is wrong."""
+    try:
+        return join_body(ptype, *args)
+    except ValueError as exc:
+        raise InvalidDataError(str(exc)) from None
+
+
+def request_frame(ptype: int, args: tuple[bytes, ...]) -> bytes:
+    """The wire form of ``Packet._build(ptype, *args)`` without the Packet object."""
+    return pack(constants.REQ, ptype, _body(ptype, args))
+
+
 class Packet:
     """A binary packet received from or to be sent over a :py:class:`Connection`.
 
@@ -91,10 +104,7 @@ class Packet:
     @classmethod
     def _build(cls, ptype: int, *args: bytes) -> Packet:
         """A request packet from its arguments, checked (count, NUL placement) by the protocol core."""
-        try:
-            body = join_body(ptype, *args)
-        except ValueError as exc:
-            raise InvalidDataError(str(exc)) from None
+        body = _body(ptype, args)
         packet = cls.__new__(cls)
         packet.code = constants.REQ
         packet.ptype = ptype

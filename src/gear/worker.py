@@ -217,10 +217,12 @@ class Worker(BaseClient):
                 self.waiting_for_jobs += 1
             if self.log.isEnabledFor(logging.DEBUG):  # hot path: one call, not two, when off
                 self.log.debug("Get job; number of threads waiting for jobs: %s", self.waiting_for_jobs)
-            try:
-                job = self.job_queue.get_nowait()
-            except queue.Empty:
-                job = None
+            job = None
+            if self.job_queue.qsize():  # no Empty raised and caught on every job when none is queued yet
+                try:
+                    job = self.job_queue.get_nowait()
+                except queue.Empty:  # a thread waiting outside job_lock took it
+                    pass
             if job is None:
                 self._updateStateMachines()
         while True:
