@@ -147,9 +147,10 @@ def test_no_grab_goes_out_while_a_job_to_give_back_waits(any_server):
                                       prefetch=True) as worker:
                 await until_running(client, "gb_keep", 2)
                 dropped = await client.submit("gb_drop", b"d0")
-                await until_running(client, "gb_drop", 1)  # held: both slots are taken
+                await until_running(client, "gb_drop", 1)  # assigned by the server; held once it arrives
                 (link,) = worker.links
-                assert [job.arguments for job in link.state.held] == [b"d0"]
+                await eventually(lambda: [job.arguments for job in link.state.held] == [b"d0"],
+                                 "the worker holds d0: both slots are taken")
                 worker.unregister("gb_drop")
                 kept.append(await client.submit("gb_keep", b"k2"))
                 releases[b"k0"].set()
