@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import time
 
@@ -31,10 +32,20 @@ def test_a_killed_node_s_jobs_all_run_on_the_live_nodes_once(server_factory, pos
     counts = collections.Counter(ran)
     assert set(counts) == {b"j%d" % i for i in range(count)}  # none lost
     twice = sum(1 for n in counts.values() if n > 1)
+    # A live node is taken over only when its lease renewal came later than --takeover-after (a CPU starved for
+    # that long): then the jobs it was running run again, as they may. Every renewal on time: none runs twice.
+    taken = set()
+    for live in (b, c):
+        live.process.send_signal(signal.SIGTERM)
+        _, err = live.process.communicate(timeout=30)
+        taken |= set(re.findall(rb"took over \d+ jobs of node (\S+)", err))
+    late = taken - {b"a"}
     with capsys.disabled():
         print(f"\n[takeover] {count} jobs of a SIGKILLed node ran on 2 live nodes {took:.1f}s after the kill "
-              f"(lease {LEASE}s, takeover-after {TAKEOVER}s); ran twice: {twice}")
-    assert twice == 0  # nothing was running on the killed node
+              f"(lease {LEASE}s, takeover-after {TAKEOVER}s); ran twice: {twice}; live nodes taken over "
+              f"after a late renewal: {sorted(late)}")
+    assert taken >= {b"a"}
+    assert twice == 0 or late  # nothing was running on the killed node
 
 
 def hold_ref(dsn: str, node: str, ref: int) -> psycopg.Connection:
