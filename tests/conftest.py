@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -50,6 +51,15 @@ class RunningServer:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+
+
+@contextmanager
+def machine_lock(folder: Path) -> Iterator[None]:
+    """Hold folder's lock file: what is built once per machine in folder is built by one test run at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def free_port(host: str = "127.0.0.1") -> int:

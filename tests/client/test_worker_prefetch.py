@@ -92,17 +92,20 @@ def test_a_held_job_of_a_function_unregistered_meanwhile_goes_back_to_the_server
 
 def test_jobs_held_when_the_worker_stops_go_back_to_the_server(any_server):
     async def body():
-        started = asyncio.Event()
+        release = asyncio.Event()
 
         async def first(job: WorkerJob) -> bytes:
-            started.set()
-            await asyncio.sleep(0.2)
+            await release.wait()  # until the worker is stopping: the held job must not start here
             return b"w1"
 
         async with Client([any_server.address]) as client:
             jobs = [await client.submit("pf_stop", b"%d" % n) for n in range(2)]
-            async with running_worker([any_server.address], {"pf_stop": first}, prefetch=True):
+            async with running_worker([any_server.address], {"pf_stop": first}, prefetch=True) as worker:
                 await until_running(client, "pf_stop", 2)
+                stopping = asyncio.create_task(worker.stop(timeout=DEADLINE))
+                await asyncio.sleep(0)  # the stop's first step runs: the worker takes and starts no more jobs
+                release.set()
+                await asyncio.wait_for(stopping, DEADLINE * 2)
             async with running_worker([any_server.address], {"pf_stop": lambda job: b"w2"}):
                 results = [await asyncio.wait_for(job.result(), DEADLINE) for job in jobs]
             assert results == [b"w1", b"w2"]

@@ -16,7 +16,7 @@ from geartrain.protocol import constants as C
 
 from conftest import RunningServer, start_gearmand, start_geartrain
 
-WAIT = 10.0
+WAIT = 30.0  # generous: only a failing test waits it out
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = WAIT, interval: float = 0.01) -> object:

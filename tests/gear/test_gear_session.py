@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # pytest's importlib mode does not put this directory on sys.path
 sys.path.insert(0, str(Path(__file__).parents[1] / "client"))
 pytest.register_assert_rewrite("gear_support")
-from gear_support import WAIT, pool, reverse  # noqa: E402, F401
+from gear_support import WAIT, pool, reverse, wait_until  # noqa: E402, F401
 from other_servers import OptionRefusingServer, original_gear, original_geard  # noqa: E402, F401
 
 import gear  # noqa: E402
@@ -75,11 +75,7 @@ def test_route_by_unique_ignores_the_order_of_the_servers(kind, server_factory, 
         client.route_by_unique = True
         for server in order:
             client.addServer(server.host, server.port)
-        for _ in range(50):
-            if len(client.active_connections) == 3:
-                break
-            time.sleep(0.1)
-        assert len(client.active_connections) == 3
+        wait_until(lambda c=client: len(c.active_connections) == 3)
         clients.append(client)
     used = set()
     for n in range(12):
@@ -98,10 +94,7 @@ def test_round_robin_stays_the_default(server_factory, pool):  # noqa: F811
     client = pool.client()
     for server in servers:
         client.addServer(server.host, server.port)
-    for _ in range(50):
-        if len(client.active_connections) == 2:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: len(client.active_connections) == 2)  # else both jobs go to the one connected
     jobs = [gear.Job("gs_nobody", "x", unique="same") for _ in range(2)]
     for job in jobs:
         client.submitJob(job, background=True, timeout=WAIT)

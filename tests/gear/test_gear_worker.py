@@ -198,16 +198,26 @@ def test_worker_reconnects_and_reregisters_after_the_server_restarts(any_server,
 
 
 def test_reconnection_attempts_back_off(monkeypatch):
+    """The delays the client draws double from reconnect_delay up to reconnect_delay_max, and each attempt waits
+    its delay out (the rule itself: tests/unit/test_session.py; here, that gear.Client follows it)."""
     from gear import connection as connection_module
+    from geartrain.protocol.pool import Backoff
 
-    attempts = []
-    original = connection_module._Connector.start
+    attempts, delays = [], []
+    original_start, original_delay = connection_module._Connector.start, Backoff.next_delay
 
     def counting_start(self):
         attempts.append(time.monotonic())
-        return original(self)
+        return original_start(self)
+
+    def recorded_delay(self):
+        nominal, delay = self.nominal, original_delay(self)
+        if (self.initial, self.ceiling) == (0.02, 0.4):  # this test's client, not another test's left running
+            delays.append((nominal, delay))
+        return delay
 
     monkeypatch.setattr(connection_module._Connector, "start", counting_start)
+    monkeypatch.setattr(Backoff, "next_delay", recorded_delay)
 
     class QuickClient(gear.Client):
         reconnect_delay = 0.02
@@ -218,13 +228,13 @@ def test_reconnection_attempts_back_off(monkeypatch):
         from conftest import free_port
 
         client.addServer("127.0.0.1", free_port())
-        time.sleep(1.5)
+        wait_until(lambda: len(attempts) >= 8 and len(delays) >= 7)
     finally:
         client.shutdown()
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert 4 <= len(attempts) <= 20, attempts
-    assert 0.15 <= max(gaps) <= 0.4 + 0.3  # grew toward the cap (0.4 s), not past it (slack for load)
-    assert gaps[0] < 0.2
+    assert [nominal for nominal, _ in delays[:7]] == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.4, 0.4])
+    assert all(nominal / 2 <= delay <= nominal for nominal, delay in delays)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:7], strict=False)]
+    assert all(gap >= delay for gap, (_, delay) in zip(gaps, delays, strict=False))
 
 
 def test_worker_resends_identity_and_abilities_on_every_connection():

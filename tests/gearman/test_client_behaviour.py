@@ -218,7 +218,7 @@ def test_a_subclass_choosing_the_server_is_asked_for_every_submit(any_server):
     client = Pinned([any_server.address])
     requests = client.submit_multiple_jobs(
         [dict(task="gm_nobody_works_this", data=b"x", unique=f"pin{i}") for i in range(3)],
-        wait_until_complete=False, poll_timeout=5,
+        wait_until_complete=False, poll_timeout=20,
     )
     assert asked == ["pin0", "pin1", "pin2"]
     assert [r.state for r in requests] == [gearman.JOB_CREATED] * 3

@@ -79,9 +79,7 @@ def test_submit_multiple_jobs_then_wait_until_completed(any_server, run_worker, 
     submitted_requests = gm_client.submit_multiple_jobs(list_of_jobs, background=False, wait_until_complete=False)
     assert all(request.state in (gearman.JOB_CREATED, gearman.JOB_COMPLETE) for request in submitted_requests)
 
-    time.sleep(1.0)
-
-    completed_requests = gm_client.wait_until_jobs_completed(submitted_requests, poll_timeout=5.0)
+    completed_requests = gm_client.wait_until_jobs_completed(submitted_requests, poll_timeout=20.0)
     for completed_job_request in completed_requests:
         check_request_status(completed_job_request)
 

@@ -19,6 +19,8 @@ import pytest
 import gear
 import geartrain
 
+from conftest import machine_lock
+
 CACHE = Path(os.environ.get("GEARTRAIN_TEST_VENVS", "/tmp/geartrain-test-venvs")) / "gear-0.16.0-sdist"
 #: gear 0.16.0's suite: test_gear.py and test_functional.py.
 TESTS = 43
@@ -28,16 +30,17 @@ TESTS = 43
 def original_tests() -> Path:
     """gear/tests/ of gear 0.16.0's sdist, downloaded once per machine."""
     tests = CACHE / "gear-0.16.0" / "gear" / "tests"
-    if not (tests / "test_functional.py").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
-             "--no-binary", ":all:", "gear==0.16.0", "-d", str(CACHE)],
-            capture_output=True, text=True, timeout=600)
-        if out.returncode:
-            pytest.fail(f"pip download gear==0.16.0 failed: {out.stderr[-2000:]}")
-        with tarfile.open(CACHE / "gear-0.16.0.tar.gz") as sdist:
-            sdist.extractall(CACHE, filter="data")
+    with machine_lock(CACHE.parent):  # another test run on this machine may be extracting it right now
+        if not (tests / "test_functional.py").exists():
+            CACHE.mkdir(parents=True, exist_ok=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
+                 "--no-binary", ":all:", "gear==0.16.0", "-d", str(CACHE)],
+                capture_output=True, text=True, timeout=600)
+            if out.returncode:
+                pytest.fail(f"pip download gear==0.16.0 failed: {out.stderr[-2000:]}")
+            with tarfile.open(CACHE / "gear-0.16.0.tar.gz") as sdist:
+                sdist.extractall(CACHE, filter="data")
     return tests
 
 

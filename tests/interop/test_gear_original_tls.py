@@ -20,7 +20,7 @@ from geartrain.server import Server, ServerConfig
 from geartrain.server.tls import client_context
 
 from certs import make_pki
-from conftest import free_port, stop_process, wait_for_port
+from conftest import free_port, machine_lock, stop_process, wait_for_port
 from wire import Wire
 
 VENV = Path(os.environ.get("GEARTRAIN_TEST_VENVS", "/tmp/geartrain-test-venvs")) / "gear-0.16.0"
@@ -35,12 +35,13 @@ def original_env() -> dict[str, str]:
 def original_gear() -> Path:
     """The python of a virtualenv holding gear 0.16.0, built once per machine."""
     python = VENV / "bin" / "python"
-    if not python.exists() or subprocess.run([python, "-c", "import gear"], capture_output=True).returncode:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=300)
-        out = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "gear==0.16.0"],
-                             capture_output=True, text=True, timeout=600)
-        if out.returncode:
-            pytest.fail(f"pip install gear==0.16.0 failed: {out.stderr[-2000:]}")
+    with machine_lock(VENV.parent):  # another test run on this machine may be building it right now
+        if not python.exists() or subprocess.run([python, "-c", "import gear"], capture_output=True).returncode:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=300)
+            out = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                  "gear==0.16.0"], capture_output=True, text=True, timeout=600)
+            if out.returncode:
+                pytest.fail(f"pip install gear==0.16.0 failed: {out.stderr[-2000:]}")
     return python
 
 

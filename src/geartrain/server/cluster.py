@@ -120,6 +120,13 @@ class Cluster:
 
     async def tick(self) -> None:
         """One round: renew (or rejoin, or fence), then take over every dead node."""
+        if not await self.renew() or self.leaving:
+            return
+        for dead in await self.store.run(self.store.dead_nodes):
+            await self.take_over(dead)
+
+    async def renew(self) -> bool:
+        """Renew the lease; after losing it rejoin, and when unreachable fence. Whether it was renewed."""
         store = self.store
         now = time.monotonic()
         try:
@@ -130,28 +137,29 @@ class Cluster:
             self.resync(await store.run(store.rejoin), written,
                         "its lease was lost and another node took the job over")
             self._renewed = time.monotonic()
-            return
+            return False
         except StoreError:
             # Unreachable (the store logged why and backs off). Before another node may take our jobs over,
             # stop handing them out: they stay in the database, and come back once the lease is renewed.
             if not self.fenced and now - self._renewed > store.takeover_after * FENCE_SHARE:
                 self.fence()
-            return
+            return False
         self._renewed = now
         if self.fenced:
             written = store.written_below()
             self.resync(await store.run(store.owned), written, "another node took the job over")
-        if self.leaving:
-            return
-        for dead in await store.run(store.dead_nodes):
-            await self.take_over(dead)
+        return True
 
     async def take_over(self, dead: str) -> int:
-        """Claim a dead node's jobs, chunk by chunk, into this node's broker."""
+        """Claim a dead node's jobs, chunk by chunk, into this node's broker. The lease is renewed between chunks
+        when due: a take-over of many jobs, or one under load, can last longer than --takeover-after, and this
+        node must not look dead meanwhile (another node would take over what it claimed and runs)."""
         store = self.store
         began = time.monotonic()
         total = 0
         while True:
+            if time.monotonic() - self._renewed >= store.lease_interval and not await self.renew():
+                break
             base = store.reserve(CLAIM_CHUNK)
             claimed = await store.run(store.claim, dead, base, CLAIM_CHUNK)
             self.restore(claimed)
