@@ -30,7 +30,7 @@ sys.path.insert(0, os.environ.get("HOTPATH_SRC") or str(Path(__file__).resolve()
 from geartrain.protocol import constants as C  # noqa: E402
 from geartrain.protocol.codec import encode_request, pack_header  # noqa: E402
 from geartrain.server import memory  # noqa: E402
-from geartrain.server.broker import Broker  # noqa: E402
+from geartrain.server.app import Server  # noqa: E402
 from geartrain.server.config import ServerConfig  # noqa: E402
 from geartrain.server.transport import GearmanProtocol, ServerState  # noqa: E402
 
@@ -89,9 +89,9 @@ class Loop:
 
 
 def _server() -> tuple[ServerState, Loop]:
-    config = ServerConfig(job_handle_prefix="H:bench")
-    broker = Broker(config.handle_prefix())
-    state = ServerState(config, broker, admin=None)
+    """The connections' state of a server built as geard builds it (app.Server: counters, lifecycle hooks, admin),
+    memory queue, not started."""
+    state = Server(ServerConfig(job_handle_prefix="H:bench", queue_type="memory")).state
     loop = Loop()
     state.loop = loop  # type: ignore[assignment]
     return state, loop
