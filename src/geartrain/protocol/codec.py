@@ -37,13 +37,15 @@ class Packet(NamedTuple):
         return TYPE_NAMES.get(self.ptype, f"UNKNOWN_{self.ptype}")
 
 
-_new_tuple = tuple.__new__
+_new_tuple: Final = tuple.__new__
+#: The class, as a name compiled code reads without a lookup in the module's dict.
+_PACKET: Final = Packet
 
 
 def _packet(magic: bytes, ptype: int, args: tuple[bytes, ...]) -> Packet:
     """Packet(magic, ptype, args), built in C: a NamedTuple's own constructor is Python code (its __new__), run for
     every packet decoded, and the decoder's largest cost after the bytes themselves (perf, compiled build)."""
-    packet: Packet = _new_tuple(Packet, (magic, ptype, args))
+    packet: Packet = _new_tuple(_PACKET, (magic, ptype, args))
     return packet
 
 
@@ -111,7 +113,7 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
 
 #: Bodies at least this large are split straight out of the receive buffer (one copy per byte, not three), and when
 #: one arrives in several reads its last argument is filled in place (_Body): each byte is copied once.
-_COPY_ONCE = 16 * 1024
+_COPY_ONCE: Final = 16 * 1024
 
 
 class _Body:

@@ -12,7 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from ..compiled import mypyc_attr
 from ..protocol import constants as C
@@ -22,28 +22,28 @@ from .stats import SHORTEST, FunctionStats, Stats
 
 log = logging.getLogger("geartrain.broker")
 
-RES = C.RES
-PRIORITIES = (C.PRIORITY_HIGH, C.PRIORITY_NORMAL, C.PRIORITY_LOW)
+RES: Final = C.RES
+PRIORITIES: Final = (C.PRIORITY_HIGH, C.PRIORITY_NORMAL, C.PRIORITY_LOW)
 
 # Job states.
-QUEUED = 0
-RUNNING = 1
-SCHEDULED = 2  # an epoch job waiting for its time
-DONE = 3
-TIMER = 4  # a callback timer (see Broker.add_timer)
-STORING = 5  # a durable job whose row is not committed yet: queued by stored(), or dropped by refuse()
-SPILLED = 6  # queued, but its data is only in the store (spill.py): materialized, waiting to be loaded
+QUEUED: Final = 0
+RUNNING: Final = 1
+SCHEDULED: Final = 2  # an epoch job waiting for its time
+DONE: Final = 3
+TIMER: Final = 4  # a callback timer (see Broker.add_timer)
+STORING: Final = 5  # a durable job whose row is not committed yet: queued by stored(), or dropped by refuse()
+SPILLED: Final = 6  # queued, but its data is only in the store (spill.py): materialized, waiting to be loaded
 
-NO_CLIENTS: tuple[()] = ()
+NO_CLIENTS: Final[tuple[()]] = ()
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 
-_NOOP = pack(RES, C.NOOP, b"")
-_NO_JOB = pack(RES, C.NO_JOB, b"")
+_NOOP: Final = pack(RES, C.NOOP, b"")
+_NO_JOB: Final = pack(RES, C.NO_JOB, b"")
 
 
 #: Payloads at least this large travel as their own output chunk: never copied into a joined packet.
-LARGE = 16 * 1024
+LARGE: Final = 16 * 1024
 
 
 def frame(ptype: int, head: bytes, data: bytes = b"") -> tuple[bytes, ...]:
