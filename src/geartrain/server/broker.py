@@ -807,7 +807,8 @@ class Broker:
                     job = queue.popleft()
                     if job.state == QUEUED:
                         function.counts[priority] -= 1
-                        ready.pop(function, None)
+                        if function in ready:  # `in` and `del`: compiled, no method call (so in _off_worker, _end)
+                            del ready[function]
                         if function.counts[priority]:
                             ready[function] = None  # round robin: to the back of the line
                         if function.spill is not None:
@@ -943,15 +944,19 @@ class Broker:
         says where it goes next (done, queued, scheduled)."""
         worker = job.worker
         if worker is not None:
-            worker.running.pop(job.handle, None)
+            running = worker.running
+            if job.handle in running:
+                del running[job.handle]
             job.worker = None
         if job.state == RUNNING:
             job.function.running -= 1
             job.state = QUEUED
 
     def _end(self, job: Job) -> None:
-        if self.jobs.pop(job.handle, None) is None:
+        jobs = self.jobs
+        if job.handle not in jobs:
             return  # ended already
+        del jobs[job.handle]
         self.queued_bytes -= len(job.data)
         function = job.function
         function.jobs -= 1

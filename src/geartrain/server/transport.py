@@ -104,7 +104,9 @@ class ServerState:
         else:
             chunks = peer.take_chunks()
         conn = peer.conn
-        if conn is not None:
+        if isinstance(conn, GearmanProtocol):
+            conn.write(chunks)  # compiled: a direct call
+        elif conn is not None:
             conn.write(chunks)
 
 
