@@ -9,8 +9,10 @@ Three loads, shaped as benchmarks/run.py's: `foreground` (a client pipelines 16 
 answers each JOB_ASSIGN_UNIQ with WORK_COMPLETE + GRAB_JOB_UNIQ in one write), `background` (16 SUBMIT_JOB_BG
 per write, then the worker drains) and `large` (one 1 MiB job at a time, its payload and its result each read as
 a socket would deliver them: through get_buffer() / buffer_updated(), READ bytes at most per read; JOBS / 100 of
-them). Prints ns per job (fastest of a few rounds); under callgrind the instruction count of the whole run is the
-figure to compare before and after a change.
+them). The server is built as geard builds it (app.Server, memory queue: counters, lifecycle hooks, admin), not
+started. Prints ns per job (fastest of a few rounds); under callgrind the instruction count of the whole run is
+the figure to compare before and after a change (subtract a run of 16 jobs for the start-up; the load's own
+client and worker, encode_request and the Sink, are about a third of a foreground job's count).
 """
 
 from __future__ import annotations

@@ -292,6 +292,9 @@ class Broker:
         self.on_timer_change: Callable[[float], None] | None = None
         #: Retries, dead letters, kept results, schedules (geartrain.server.lifecycle.Lifecycle), when attached.
         self.lifecycle: Any = None
+        #: Whether every job that ends must reach lifecycle.ended() (it keeps results or counts attempts); the
+        #: lifecycle sets it, so that a server with neither makes no call per job.
+        self.lifecycle_ends = False
         #: Counters behind metrics and the dashboard (geartrain.server.stats); None turns counting off.
         self.stats: Stats | None = Stats(clock)
         #: (function, unique) -> handle for background jobs with a unique (a cluster's nodes share it).
@@ -932,7 +935,7 @@ class Broker:
 
     def _finish(self, job: Job, state: str, data: bytes = b"", exception: bytes | None = None) -> None:
         """A job ended with a result: free its worker slot, its unique and its stored copy."""
-        if self.lifecycle is not None:
+        if self.lifecycle_ends:
             self.lifecycle.ended(job, state, data, exception)
         self._off_worker(job)
         job.state = DONE
