@@ -22,7 +22,6 @@ _HEADER_SIZE: Final = HEADER_SIZE
 _MAGIC_CODES: Final = {REQ: 81, RES: 83}
 #: Pack a 12-byte header (magic, type, body size): for callers that send the body as separate chunks.
 pack_header = _HEADER.pack
-_unpack_header = _HEADER.unpack_from
 
 
 class Packet(NamedTuple):
