@@ -2,6 +2,7 @@
 
     python benchmarks/relay_floor.py                       # 300 round trips of 1 MiB, 3 rounds
     python benchmarks/relay_floor.py --jobs 500 --repeat 5 --size 65536
+    python benchmarks/relay_floor.py --loop                # the relay on uvloop too (asyncio BufferedProtocol)
 
 A job of run.py's `large` load moves 1 MiB from the client into the server, out to the worker, 1 MiB back from the
 worker into the server and out to the client. Here a relay process does only that: a client process sends SIZE
@@ -10,7 +11,9 @@ SIZE bytes back and sends them to the client; blocking sockets, TCP_NODELAY, no 
 allocation per round trip. Its user + system CPU per round trip (from /proc, as run.py's "srv CPU") is what any
 server that copies a payload through its own memory pays on this machine: the kernel's copies and TCP work. Each
 round runs the relay floor, then the same count of jobs of run.py's `large` load on gearmand (1.1.20) for a
-comparison in the same minute.
+comparison in the same minute. With --loop the same relay also runs as geard reads and writes, on uvloop: two
+asyncio BufferedProtocols that read into one reused buffer each and write it whole to the other side once full (no
+framing, no allocation per round trip): what the event loop adds to the blocking relay.
 """
 
 from __future__ import annotations
@@ -74,8 +77,66 @@ def fork(run: object) -> int:
     return pid
 
 
-def relay_round(size: int, jobs: int) -> tuple[float, float]:
-    """User and system CPU microseconds of the relay per round trip of `size` bytes each way."""
+def loop_relay(front: socket.socket, back: socket.socket, size: int, jobs: int) -> None:
+    """The relay on uvloop (asyncio's own loop without it) for `jobs` round trips: each side's protocol reads SIZE
+    bytes into its buffer, then writes them whole to the other side."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux CPython
+        uvloop = None
+
+    class Side(asyncio.BufferedProtocol):
+        def __init__(self, done: asyncio.Future[None]) -> None:
+            self.view = memoryview(bytearray(size))
+            self.got = 0
+            self.done = done
+            self.passed = 0
+            self.transport: asyncio.Transport | None = None
+            self.other: Side | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            return self.view[self.got:]
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.got += nbytes
+            if self.got == size:  # the other side's next SIZE bytes come only after these went through
+                self.got = 0
+                assert self.other is not None and self.other.transport is not None
+                self.other.transport.write(self.view)
+                self.passed += 1
+                if self is sides[1] and self.passed == jobs and not self.done.done():
+                    self.done.set_result(None)  # the last answer is on its way to the client
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    sides: list[Side] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        sides.extend((Side(done), Side(done)))
+        sides[0].other, sides[1].other = sides[1], sides[0]
+        for sock, side in zip((front, back), sides, strict=True):
+            await loop.connect_accepted_socket(lambda side=side: side, sock=sock)
+        await done
+        for side in sides:
+            assert side.transport is not None
+            while side.transport.get_write_buffer_size():
+                await asyncio.sleep(0.001)
+
+    (uvloop.run if uvloop is not None else asyncio.run)(run())
+
+
+def relay_round(size: int, jobs: int, event_loop: bool = False) -> tuple[float, float]:
+    """User and system CPU microseconds of the relay per round trip of `size` bytes each way (with event_loop: the
+    relay on uvloop, loop_relay())."""
     client_end, relay_front = connected_pair()
     relay_back, echo_end = connected_pair()
     payload = os.urandom(size)
@@ -94,7 +155,8 @@ def relay_round(size: int, jobs: int) -> tuple[float, float]:
             read_exactly(relay_back, view)
             relay_front.sendall(view)
 
-    echo_pid, relay_pid = fork(echo), fork(relay)
+    echo_pid = fork(echo)
+    relay_pid = fork(lambda: loop_relay(relay_front, relay_back, size, jobs)) if event_loop else fork(relay)
     for sock in (relay_front, relay_back, echo_end):
         sock.close()
     before = cpu_seconds(relay_pid)
@@ -125,17 +187,28 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--size", type=int, default=MIB)
+    ap.add_argument("--loop", action="store_true", help="also the relay on uvloop (asyncio BufferedProtocols)")
     args = ap.parse_args()
-    floors, gearmands = [], []
+    floors: list[float] = []
+    loops: list[float] = []
+    gearmands: list[float] = []
     with servers.running(servers.SERVERS["gearmand"]) as server:
         for _ in range(args.repeat):
-            floor, gearmand = relay_round(args.size, args.jobs), gearmand_round(server, args.size, args.jobs)
+            floor = relay_round(args.size, args.jobs)
             floors.append(sum(floor))
+            line = f"relay floor {floors[-1]:7.1f} us/job (user {floor[0]:.1f}, sys {floor[1]:.1f})   "
+            if args.loop:
+                on_loop = relay_round(args.size, args.jobs, event_loop=True)
+                loops.append(sum(on_loop))
+                line += f"on uvloop {loops[-1]:7.1f} us/job (user {on_loop[0]:.1f}, sys {on_loop[1]:.1f})   "
+            gearmand = gearmand_round(server, args.size, args.jobs)
             gearmands.append(sum(gearmand))
-            print(f"relay floor {floors[-1]:7.1f} us/job (user {floor[0]:.1f}, sys {floor[1]:.1f})   "
-                  f"gearmand {gearmands[-1]:7.1f} us/job (user {gearmand[0]:.1f}, sys {gearmand[1]:.1f})", flush=True)
-    print(f"median: relay floor {statistics.median(floors):.1f} us, gearmand {statistics.median(gearmands):.1f} us "
-          f"({args.jobs} jobs of {args.size} bytes per round, CPU ticks of {1e6 / _CLK_TCK:.0f} us)")
+            print(f"{line}gearmand {gearmands[-1]:7.1f} us/job (user {gearmand[0]:.1f}, sys {gearmand[1]:.1f})",
+                  flush=True)
+    on_loop_median = f", on uvloop {statistics.median(loops):.1f} us" if loops else ""
+    print(f"median: relay floor {statistics.median(floors):.1f} us{on_loop_median}, gearmand "
+          f"{statistics.median(gearmands):.1f} us ({args.jobs} jobs of {args.size} bytes per round, CPU ticks of "
+          f"{1e6 / _CLK_TCK:.0f} us)")
 
 
 if __name__ == "__main__":

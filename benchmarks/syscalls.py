@@ -4,6 +4,7 @@
     python benchmarks/syscalls.py --loads foreground --repeat 3     # interleaved rounds (A, B, A, B ...)
     python benchmarks/syscalls.py --no-perf                         # /proc counters only
     python benchmarks/syscalls.py --servers geartrain=/tmp/old/src,geartrain --no-perf --repeat 5   # A/B of trees
+    python benchmarks/syscalls.py --servers geartrain=/tmp/build --no-perf --record /tmp/prof   # perf record
 
 CPU, page faults and context switches come from /proc (utime, stime and minflt of /proc/PID/stat, the voluntary
 and involuntary switches of every thread's /proc/PID/task/TID/status: a voluntary switch is a sleep, mostly an
@@ -111,14 +112,27 @@ def stop_perf(proc: subprocess.Popen[bytes], out: Path) -> dict[str, int]:
     return calls
 
 
-def run_load(server: servers.RunningServer, load: str, jobs: int, use_perf: bool) -> Result:
+def start_record(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """perf record of the server's samples (user and kernel, call graphs) while the load runs."""
+    proc = subprocess.Popen(["perf", "record", "-q", "-g", "-F", "2000", "-o", str(out), "-p", str(pid)],
+                            stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    return proc
+
+
+def run_load(server: servers.RunningServer, load: str, jobs: int, use_perf: bool, record: Path | None = None
+             ) -> Result:
     kw, _ = LOADS[load]
     plan = make_plan(server, load[:2], Settings(duration=1e9), jobs=jobs, **kw)
     out = server.options.workdir / f"perf-{load}.txt"  # type: ignore[operator]
     perf = start_perf(server.pid, out) if use_perf else None
+    recorder = start_record(server.pid, record / f"{server.spec.name}-{load}.data") if record else None
     before = read_counters(server.pid)
     outcome = loadgen.run_foreground(plan)
     after = read_counters(server.pid)
+    if recorder is not None:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=60)
     if outcome.errors:
         raise SystemExit(f"{server.spec.name} {load}: {outcome.errors[:3]}")
     result = Result(server.spec.name, load, outcome.jobs, after - before, outcome.jobs_per_s)
@@ -151,6 +165,8 @@ def main() -> None:
     ap.add_argument("--lockstep-jobs", type=int, default=30_000)
     ap.add_argument("--large-jobs", type=int, default=200)
     ap.add_argument("--no-perf", action="store_true", help="no perf stat: CPU, faults and switches only")
+    ap.add_argument("--record", type=Path, metavar="DIR",
+                    help="perf record each server's samples over the first run into DIR/SERVER-LOAD.data")
     args = ap.parse_args()
     os.environ.setdefault("SYSCALLS_PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     counts = {"jobs": args.jobs, "lockstep_jobs": args.lockstep_jobs, "large_jobs": args.large_jobs}
@@ -167,7 +183,7 @@ def main() -> None:
                 spec = dataclasses.replace(spec, name=f"{name}@{args.servers.split(',').index(entry)}")
             with servers.running(spec) as server:
                 for load in args.loads.split(","):
-                    result = run_load(server, load, counts[LOADS[load][1]], False)
+                    result = run_load(server, load, counts[LOADS[load][1]], False, args.record)
                     if not args.no_perf:
                         result.calls = run_load(server, load, counts[LOADS[load][1]], True).calls
                     print(format_result(result), flush=True)

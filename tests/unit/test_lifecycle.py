@@ -260,6 +260,22 @@ def test_without_ttl_nothing_is_kept():
     assert h.cmd("show job").startswith("ERR INVALID_ARGUMENTS")
 
 
+def test_without_ttl_a_retried_job_that_completes_leaves_no_attempts_behind():
+    # Without kept results the broker calls ended() only once the lifecycle counts attempts (lifecycle_ends).
+    h = Harness()
+    assert not h.broker.lifecycle_ends
+    retrying(h, max_attempts=3, backoff_initial=10)
+    client, worker = h.peer(), h.worker(b"img")
+    handle = h.submit(client, b"img")
+    h.grab(worker)
+    h.send(worker, C.WORK_FAIL, handle)
+    assert list(h.lifecycle.attempts) == [handle] and h.broker.lifecycle_ends
+    h.advance(10)
+    assert h.grab(worker).args[0] == handle
+    h.send(worker, C.WORK_COMPLETE, handle, b"done")
+    assert h.lifecycle.attempts == {}
+
+
 # ---------------------------------------------------------------------------------------------- schedules
 
 def test_submit_job_sched_runs_at_the_next_matching_minute(h):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .constants import (
     ARG_COUNTS,
@@ -17,9 +17,11 @@ from .constants import (
 from .unfilled import finished, unfilled
 
 _HEADER = struct.Struct(">4sII")
+_HEADER_SIZE: Final = HEADER_SIZE
+#: The last byte of each magic (Q, S): what the decoder compares.
+_MAGIC_CODES: Final = {REQ: 81, RES: 83}
 #: Pack a 12-byte header (magic, type, body size): for callers that send the body as separate chunks.
 pack_header = _HEADER.pack
-_unpack_header = _HEADER.unpack_from
 
 
 class Packet(NamedTuple):
@@ -34,13 +36,15 @@ class Packet(NamedTuple):
         return TYPE_NAMES.get(self.ptype, f"UNKNOWN_{self.ptype}")
 
 
-_new_tuple = tuple.__new__
+_new_tuple: Final = tuple.__new__
+#: The class, as a name compiled code reads without a lookup in the module's dict.
+_PACKET: Final = Packet
 
 
 def _packet(magic: bytes, ptype: int, args: tuple[bytes, ...]) -> Packet:
     """Packet(magic, ptype, args), built in C: a NamedTuple's own constructor is Python code (its __new__), run for
     every packet decoded, and the decoder's largest cost after the bytes themselves (perf, compiled build)."""
-    packet: Packet = _new_tuple(Packet, (magic, ptype, args))
+    packet: Packet = _new_tuple(_PACKET, (magic, ptype, args))
     return packet
 
 
@@ -108,7 +112,7 @@ def pack(magic: bytes, ptype: int, body: bytes) -> bytes:
 
 #: Bodies at least this large are split straight out of the receive buffer (one copy per byte, not three), and when
 #: one arrives in several reads its last argument is filled in place (_Body): each byte is copied once.
-_COPY_ONCE = 16 * 1024
+_COPY_ONCE: Final = 16 * 1024
 
 
 class _Body:
@@ -156,20 +160,22 @@ class _Body:
         return tuple(last.split(b"\x00", nargs - 1))
 
 
-def _split_large(buf: bytearray, start: int, end: int, nargs: int) -> tuple[bytes, ...]:
+def _split(chunk: bytes, start: int, end: int, nargs: int) -> tuple[bytes, ...]:
+    """The arguments of the body chunk[start:end]: at most nargs, split at NULs (one copy of each byte)."""
+    if end - start < _COPY_ONCE:
+        return tuple(chunk[start:end].split(b"\x00", nargs - 1))
     args = []
-    with memoryview(buf) as view:
-        for _ in range(nargs - 1):
-            nul = buf.find(0, start, end)
-            if nul < 0:
-                break
-            args.append(view[start:nul].tobytes())
-            start = nul + 1
-        args.append(view[start:end].tobytes())
+    for _ in range(nargs - 1):
+        nul = chunk.find(0, start, end)
+        if nul < 0:
+            break
+        args.append(chunk[start:nul])
+        start = nul + 1
+    args.append(chunk[start:end])
     return tuple(args)
 
 
-def _start_large(buf: bytearray, start: int, n: int, end: int, nargs: int) -> _Body:
+def _start_large(buf: bytes, start: int, n: int, end: int, nargs: int) -> _Body:
     """The _Body of a large packet whose body runs from start to end, of which buf holds what is before n."""
     leading: list[bytes] = []
     at = start
@@ -178,7 +184,7 @@ def _start_large(buf: bytearray, start: int, n: int, end: int, nargs: int) -> _B
         if nul < 0:
             leading, at = [], start  # a leading argument is still to come: the target takes the whole body
             break
-        leading.append(bytes(buf[at:nul]))
+        leading.append(buf[at:nul])
         at = nul + 1
     body = _Body(leading, end - at)
     with memoryview(buf) as view:  # no copy of the slice: add() copies it into the target
@@ -200,7 +206,7 @@ class Decoder:
     subclasses add private types), else as a PacketError(INVALID_COMMAND).
     """
 
-    __slots__ = ("_buf", "_body", "body_need", "_large", "accept", "max_packet_size", "max_line_length",
+    __slots__ = ("_buf", "_pending", "_body", "body_need", "_large", "accept", "max_packet_size", "max_line_length",
                  "unknown_types")
 
     def __init__(
@@ -211,6 +217,8 @@ class Decoder:
         unknown_types: bool = False,
     ) -> None:
         self._buf = bytearray()
+        #: The size of the packet begun in _buf once its header is checked (feed() waits for that many bytes).
+        self._pending = 0
         #: The body of a large packet being received (see _COPY_ONCE), or None; body_need is how many of its bytes
         #: are still to come, _large its (magic, type, nargs).
         self._body: _Body | None = None
@@ -241,67 +249,78 @@ class Decoder:
                 body.add(data[:need])
                 data = data[need:]
             out.append(self._finish_large())
+        # The bytes are parsed as one bytes object (compiled, its bytes are read without calls into the
+        # interpreter); the buffer keeps only an unfinished event between calls.
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            if len(buf) < self._pending:
+                return out  # the packet begun is still incomplete (its header was checked when it came)
+            chunk = bytes(buf)
+            buf.clear()
+        else:
+            chunk = bytes(data)
+        self._pending = 0
         pos = 0
-        n = len(buf)
+        n = len(chunk)
         accept = self.accept
+        accept_code = _MAGIC_CODES.get(accept, 0)
         max_packet_size = self.max_packet_size
         arg_counts = ARG_COUNTS
         try:
             while pos < n:
-                if buf[pos] == 0:
-                    if n - pos < HEADER_SIZE:
-                        if not (REQ.startswith(buf[pos : pos + 4]) or RES.startswith(buf[pos : pos + 4])):
+                if chunk[pos] == 0:
+                    if n - pos < _HEADER_SIZE:
+                        if not (REQ.startswith(chunk[pos : pos + 4]) or RES.startswith(chunk[pos : pos + 4])):
                             raise ProtocolError(b"INVALID_MAGIC", "bad packet magic")
                         break
-                    magic, ptype, size = _unpack_header(buf, pos)
-                    if magic != accept and magic not in (REQ, RES):
-                        raise ProtocolError(b"INVALID_MAGIC", f"bad packet magic {bytes(magic)!r}")
+                    code = chunk[pos + 3]
+                    if chunk[pos + 1] != 82 or chunk[pos + 2] != 69 or (code != 81 and code != 83):  # R, E, Q/S
+                        raise ProtocolError(b"INVALID_MAGIC", f"bad packet magic {chunk[pos:pos + 4]!r}")
+                    magic = REQ if code == 81 else RES
+                    ptype = (chunk[pos + 4] << 24) | (chunk[pos + 5] << 16) | (chunk[pos + 6] << 8) | chunk[pos + 7]
+                    size = (chunk[pos + 8] << 24) | (chunk[pos + 9] << 16) | (chunk[pos + 10] << 8) | chunk[pos + 11]
                     if size > max_packet_size:
                         raise ProtocolError(
                             b"ARGUMENT_TOO_LARGE",
                             f"packet body of {size} bytes exceeds the limit of {max_packet_size}",
                         )
-                    end = pos + HEADER_SIZE + size
-                    start = pos + HEADER_SIZE
+                    end = pos + _HEADER_SIZE + size
+                    start = pos + _HEADER_SIZE
                     if end > n:
-                        if size >= _COPY_ONCE and (magic == accept or not accept) and arg_counts.get(ptype):
+                        if size >= _COPY_ONCE and (code == accept_code or not accept) and arg_counts.get(ptype):
                             # Its body is kept out of the buffer: its last argument is filled in place as it comes
                             # (no buffer of the whole packet, no copy but the one out of each read).
                             count = arg_counts[ptype]
-                            self._body = _start_large(buf, start, n, end, count)
+                            self._body = _start_large(chunk, start, n, end, count)
                             self.body_need = end - n
-                            self._large = (bytes(magic), ptype, count)
+                            self._large = (magic, ptype, count)
                             pos = n
+                        else:
+                            self._pending = end - pos
                         break
                     pos = end
-                    if magic != accept and accept:
+                    if code != accept_code and accept:
                         out.append(PacketError(b"INVALID_MAGIC", f"expected {accept!r} magic", ptype))
                         continue
-                    nargs = arg_counts.get(ptype)
-                    if nargs is None:
+                    nargs = arg_counts.get(ptype, -1)
+                    if nargs < 0:
                         if self.unknown_types:
-                            out.append(_packet(magic, ptype, (bytes(buf[start:end]),)))
+                            out.append(_packet(magic, ptype, (chunk[start:end],)))
                         else:
                             out.append(PacketError(b"INVALID_COMMAND", f"unknown packet type {ptype}", ptype))
                     elif nargs == 0:
                         out.append(_packet(magic, ptype, ()))
-                    elif size < _COPY_ONCE:
-                        small = bytes(buf[start:end])
-                        args = (small,) if nargs == 1 else tuple(small.split(b"\x00", nargs - 1))
-                        if len(args) != nargs:
-                            out.append(_missing_arguments(ptype, nargs, len(args)))
-                        else:
-                            out.append(_packet(magic, ptype, args))
+                    elif nargs == 1:
+                        out.append(_packet(magic, ptype, (chunk[start:end],)))
                     else:
-                        args = _split_large(buf, start, end, nargs)
+                        args = _split(chunk, start, end, nargs)
                         if len(args) != nargs:
                             out.append(_missing_arguments(ptype, nargs, len(args)))
                         else:
                             out.append(_packet(magic, ptype, args))
                 else:
-                    nl = buf.find(b"\n", pos)
+                    nl = chunk.find(b"\n", pos)
                     if nl < 0:
                         if n - pos > self.max_line_length:
                             raise ProtocolError(
@@ -313,15 +332,16 @@ class Decoder:
                         raise ProtocolError(
                             b"ARGUMENT_TOO_LARGE", f"admin line longer than {self.max_line_length} bytes"
                         )
-                    stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
-                    out.append(AdminLine(bytes(buf[pos:stop])))
+                    stop = nl - 1 if nl > pos and chunk[nl - 1] == 13 else nl
+                    out.append(AdminLine(chunk[pos:stop]))
                     pos = nl + 1
         except ProtocolError as exc:
             exc.events = out
-            buf.clear()
+            self._pending = 0
             raise
-        if pos:
-            del buf[:pos]
+        if pos < n:
+            with memoryview(chunk) as view:
+                buf += view[pos:]
         return out
 
     def body_space(self) -> memoryview:

@@ -12,7 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from ..compiled import mypyc_attr
 from ..protocol import constants as C
@@ -22,28 +22,28 @@ from .stats import SHORTEST, FunctionStats, Stats
 
 log = logging.getLogger("geartrain.broker")
 
-RES = C.RES
-PRIORITIES = (C.PRIORITY_HIGH, C.PRIORITY_NORMAL, C.PRIORITY_LOW)
+RES: Final = C.RES
+PRIORITIES: Final = (C.PRIORITY_HIGH, C.PRIORITY_NORMAL, C.PRIORITY_LOW)
 
 # Job states.
-QUEUED = 0
-RUNNING = 1
-SCHEDULED = 2  # an epoch job waiting for its time
-DONE = 3
-TIMER = 4  # a callback timer (see Broker.add_timer)
-STORING = 5  # a durable job whose row is not committed yet: queued by stored(), or dropped by refuse()
-SPILLED = 6  # queued, but its data is only in the store (spill.py): materialized, waiting to be loaded
+QUEUED: Final = 0
+RUNNING: Final = 1
+SCHEDULED: Final = 2  # an epoch job waiting for its time
+DONE: Final = 3
+TIMER: Final = 4  # a callback timer (see Broker.add_timer)
+STORING: Final = 5  # a durable job whose row is not committed yet: queued by stored(), or dropped by refuse()
+SPILLED: Final = 6  # queued, but its data is only in the store (spill.py): materialized, waiting to be loaded
 
-NO_CLIENTS: tuple[()] = ()
+NO_CLIENTS: Final[tuple[()]] = ()
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 
-_NOOP = pack(RES, C.NOOP, b"")
-_NO_JOB = pack(RES, C.NO_JOB, b"")
+_NOOP: Final = pack(RES, C.NOOP, b"")
+_NO_JOB: Final = pack(RES, C.NO_JOB, b"")
 
 
 #: Payloads at least this large travel as their own output chunk: never copied into a joined packet.
-LARGE = 16 * 1024
+LARGE: Final = 16 * 1024
 
 
 def frame(ptype: int, head: bytes, data: bytes = b"") -> tuple[bytes, ...]:
@@ -292,6 +292,9 @@ class Broker:
         self.on_timer_change: Callable[[float], None] | None = None
         #: Retries, dead letters, kept results, schedules (geartrain.server.lifecycle.Lifecycle), when attached.
         self.lifecycle: Any = None
+        #: Whether every job that ends must reach lifecycle.ended() (it keeps results or counts attempts); the
+        #: lifecycle sets it, so that a server with neither makes no call per job.
+        self.lifecycle_ends = False
         #: Counters behind metrics and the dashboard (geartrain.server.stats); None turns counting off.
         self.stats: Stats | None = Stats(clock)
         #: (function, unique) -> handle for background jobs with a unique (a cluster's nodes share it).
@@ -807,7 +810,8 @@ class Broker:
                     job = queue.popleft()
                     if job.state == QUEUED:
                         function.counts[priority] -= 1
-                        ready.pop(function, None)
+                        if function in ready:  # `in` and `del`: compiled, no method call (so in _off_worker, _end)
+                            del ready[function]
                         if function.counts[priority]:
                             ready[function] = None  # round robin: to the back of the line
                         if function.spill is not None:
@@ -931,7 +935,7 @@ class Broker:
 
     def _finish(self, job: Job, state: str, data: bytes = b"", exception: bytes | None = None) -> None:
         """A job ended with a result: free its worker slot, its unique and its stored copy."""
-        if self.lifecycle is not None:
+        if self.lifecycle_ends:
             self.lifecycle.ended(job, state, data, exception)
         self._off_worker(job)
         job.state = DONE
@@ -943,15 +947,19 @@ class Broker:
         says where it goes next (done, queued, scheduled)."""
         worker = job.worker
         if worker is not None:
-            worker.running.pop(job.handle, None)
+            running = worker.running
+            if job.handle in running:
+                del running[job.handle]
             job.worker = None
         if job.state == RUNNING:
             job.function.running -= 1
             job.state = QUEUED
 
     def _end(self, job: Job) -> None:
-        if self.jobs.pop(job.handle, None) is None:
+        jobs = self.jobs
+        if job.handle not in jobs:
             return  # ended already
+        del jobs[job.handle]
         self.queued_bytes -= len(job.data)
         function = job.function
         function.jobs -= 1

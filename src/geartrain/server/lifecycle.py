@@ -98,6 +98,7 @@ class Lifecycle:
         self.dead = DeadLetters(dead_letter_max, dead_letter_max_age, dead_letter_max_bytes)
         self.results = Results(result_ttl, result_max_bytes, result_max_jobs)
         self.attempts: dict[bytes, Attempts] = {}
+        broker.lifecycle_ends = self.results.enabled
         self.schedules: dict[str, Schedule] = {}
         self.rand = rand
         self.started = False
@@ -152,7 +153,7 @@ class Lifecycle:
         now = self.clock()
         info = self.attempts.get(job.handle)
         if info is None:
-            info = self.attempts[job.handle] = Attempts(0, now, now)
+            info = self._count_attempts(job, Attempts(0, now, now))
         info.runs += 1
         info.last_time = now
         info.counted = True
@@ -179,6 +180,13 @@ class Lifecycle:
         for gone in self.dead.add(letter, now):
             self._save(DEAD_LETTERS, gone.handle.hex(), None)
         return DEAD
+
+    def _count_attempts(self, job: Job, info: Attempts) -> Attempts:
+        """Keep the runs of a retried job: from now on every job that ends reaches ended() (Broker.lifecycle_ends),
+        which forgets them."""
+        self.attempts[job.handle] = info
+        self.broker.lifecycle_ends = True
+        return info
 
     def ended(self, job: Job, state: str, data: bytes = b"", exception: bytes | None = None) -> None:
         """A job ended for good (complete, failed, exception, cancelled): forget its attempts, keep its result."""
@@ -279,7 +287,7 @@ class Lifecycle:
             if job is None:
                 self._save(ATTEMPTS, key, None)
             else:
-                self.attempts[job.handle] = Attempts.decode(raw)
+                self._count_attempts(job, Attempts.decode(raw))
         letters = sorted((DeadLetter.decode(raw) for raw in state.get(DEAD_LETTERS, {}).values()),
                          key=lambda letter: letter.last_time)
         for letter in letters:

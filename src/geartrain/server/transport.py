@@ -12,7 +12,7 @@ import logging
 import resource
 import ssl
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..protocol.codec import AdminLine, Decoder, Packet, PacketError, ProtocolError
 from ..sockets import tune
@@ -23,12 +23,17 @@ from .tls import ServerTLSSession, peer_common_name
 
 log = logging.getLogger("geartrain.transport")
 
+#: The event classes, as names compiled code reads without a lookup in the module's dict (_dispatch, per event).
+_PACKET: Final = Packet
+_ADMIN_LINE: Final = AdminLine
+_PACKET_ERROR: Final = PacketError
+
 _ids = itertools.count(1)
 
 #: Bytes read per receive (into the one buffer of the server): many small packets per read.
-READ_SIZE = 256 * 1024 - 4096
+READ_SIZE: Final = 256 * 1024 - 4096
 #: A large packet's body still to come of at least this many bytes is read straight into its payload (codec._Body).
-READ_DIRECT = 64 * 1024
+READ_DIRECT: Final = 64 * 1024
 
 #: File descriptors no connection may take: the store needs a few (SQLite opens its log and syncs its directory)
 #: and a flood of connections at the descriptor limit must not make its commits fail.
@@ -58,6 +63,10 @@ class ServerState:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.descriptor_ceiling = descriptor_ceiling()
         self._flush_scheduled = False
+        #: Unsent bytes past which a connection is cut off (0: no limit). Past its high water a connection is paused
+        #: (pause_writing), so only a paused one can hold more, unless the limit is not above the high water.
+        self.output_limit = config.output_limit
+        self.limit_unpaused = 0 < config.output_limit <= config.output_high_water
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled and self.broker.dirty:
@@ -95,7 +104,9 @@ class ServerState:
         else:
             chunks = peer.take_chunks()
         conn = peer.conn
-        if conn is not None:
+        if isinstance(conn, GearmanProtocol):
+            conn.write(chunks)  # compiled: a direct call
+        elif conn is not None:
             conn.write(chunks)
 
 
@@ -327,20 +338,20 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         rest = iter(events)
         for event in rest:
             try:
-                if type(event) is Packet:
+                if type(event) is _PACKET:
                     handler = handlers.get(event.ptype)
                     if handler is None:
                         self.state.broker.handle(peer, event.ptype, event.args)
                     else:
                         handler(peer, event.args)
-                elif type(event) is AdminLine:
+                elif type(event) is _ADMIN_LINE:
                     answer = self.state.admin.handle(peer, event.line)
                     if type(answer) is bytes:
                         peer.send(answer)
                     else:
                         self._stream(peer, answer, list(rest))
                         return
-                elif type(event) is PacketError:
+                elif type(event) is _PACKET_ERROR:
                     log.info("bad packet from %s (connection %d): %s", peer.address, peer.id, event.message)
                     peer.send(error_packet(event.code, event.message))
             except Confirming as confirming:
@@ -437,8 +448,9 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             transport.write(chunks[0])
         else:
             transport.writelines(chunks)
-        limit = self.state.config.output_limit
-        if limit and transport.get_write_buffer_size() > limit:
+        state = self.state
+        limit = state.output_limit
+        if (self.paused or state.limit_unpaused) and limit and transport.get_write_buffer_size() > limit:
             peer = self.peer
             log.warning("connection %s from %s holds over %d unsent bytes: cut off",
                         peer.id if peer else "?", peer.address if peer else "?", limit)
