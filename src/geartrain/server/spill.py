@@ -243,32 +243,37 @@ class Spill:
         memory or has spilled jobs already (which must run first). True when it was spilled."""
         function = job.function
         priority = job.priority
-        queues = function.spill
+        # Typed locals: Function.spill is Any, and a call through it would go through Python's method lookup.
+        queues: tuple[SpillQueue, SpillQueue, SpillQueue] | None = function.spill
         if queues is None:
             if function.counts[priority] < self.memory_jobs:
                 return False
         elif not queues[priority].count and function.counts[priority] < self.memory_jobs:
             return False
         handle = job.handle
-        if job.clients or job.store_ref is None or not handle.startswith(self.prefix):
+        prefix = self.prefix
+        if job.clients or job.store_ref is None or not handle.startswith(prefix):
             return False
         if queues is None:
             queues = function.spill = (SpillQueue(), SpillQueue(), SpillQueue())
             self.queues[function] = queues
-        num = int(handle[len(self.prefix):])
-        queues[priority].append(job.store_ref, num, job.stamp)
+        num = int(handle[len(prefix):])
+        queue: SpillQueue = queues[priority]
+        queue.append(job.store_ref, num, job.stamp)
         self.total += 1
         broker = self.broker
         del broker.jobs[handle]
         broker.queued_bytes -= len(job.data)
         key = job.key
         if key:
-            uniques = function.uniques
-            if uniques.get(key) is job:
-                del uniques[key]
+            # One lookup each: the entry is almost always this job's (put back in the rare case it is not).
+            other = function.uniques.pop(key, None)
+            if other is not job and other is not None:
+                function.uniques[key] = other
             unique = job.unique
-            if broker.by_unique.get(unique) is job:
-                del broker.by_unique[unique]
+            other = broker.by_unique.pop(unique, None)
+            if other is not job and other is not None:
+                broker.by_unique[unique] = other
             index = self.uniques.get(function)
             if index is None:
                 index = self.uniques[function] = HashIndex(self.key_hash)

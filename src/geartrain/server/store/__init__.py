@@ -10,7 +10,8 @@ How the server uses a store (the contract every engine keeps):
   ``broker.stored(job)``, which queues it. A batch that fails is refused job by job: ``broker.refuse(job)``
   drops it (it never runs), and each JOB_CREATED that announced it is replaced by ``ERROR QUEUE_ERROR`` with
   the reason (disk full, I/O error, too many open files). The connection stays; nobody else is touched.
-- Right before it queues the JOB_CREATED of a job that is STORING the broker calls ``store.hold(peer, job)``.
+- Right before it queues the JOB_CREATED of a job that is STORING the broker calls ``store.hold(peer, job)``
+  (for a new job, ``store.add(job, peer)`` does both).
   The peer's output from that JOB_CREATED on waits until that very job's batch is done: ``holds(peer)`` says
   whether some of it waits, ``release(peer)`` takes what may be written now. So every JOB_CREATED follows the
   commit of its own job's row, whatever batches come before or after, and replies keep their order.
@@ -140,8 +141,9 @@ class Store(abc.ABC):
         """Open the store and replay every stored job into server.broker (before the server listens)."""
 
     @abc.abstractmethod
-    def add(self, job: Any) -> Any:
-        """Record a new background job; returns the ref the broker keeps in job.store_ref."""
+    def add(self, job: Any, peer: Any = None) -> Any:
+        """Record a new background job; returns the ref the broker keeps in job.store_ref. With a peer, also
+        hold(peer, job): the broker queues the job's JOB_CREATED to it next (one call per submit, not two)."""
 
     @abc.abstractmethod
     def remove(self, job: Any) -> None:
@@ -387,13 +389,22 @@ class GroupCommitStore(Store):
 
     # ------------------------------------------------------------------ broker side
 
-    def add(self, job: Any) -> int:
+    def add(self, job: Any, peer: Any = None) -> int:
         ref = self._next_ref
         self._next_ref = ref + 1
         self.stored += 1
         self._adds[ref] = (ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
         self._jobs[ref] = job
-        self._touch()
+        if self._kick_scheduled or len(self._flying) >= self.writers:
+            self._touched = True  # what _touch() would do: the batch cannot start before a landing or the kick
+        else:
+            self._touch()
+        if peer is not None:  # hold(peer, job), the job's row being in the batch being gathered
+            gates = self._held.get(peer)
+            if gates is None:
+                self._held[peer] = deque(([self._seq, len(peer.out)],))
+            elif gates[-1][0] < self._seq:
+                gates.append([self._seq, len(peer.out)])
         return ref
 
     def remove(self, job: Any) -> None:
