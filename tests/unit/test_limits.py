@@ -62,7 +62,7 @@ def test_spill_queue_keeps_runs_finds_handles_and_skips_gone_ones():
     queue = SpillQueue()
     for ref, num in [(1, 100), (2, 101), (3, 102), (7, 103), (8, 110), (9, 111)]:
         queue.append(ref, num, 5.0)
-    assert queue.count == 6 and len(queue.lengths) == 3  # (1..3, 100..102), (7, 103), (8..9, 110..111)
+    assert queue.count == 6 and len(queue.runs()) == 3  # (1..3, 100..102), (7, 103), (8..9, 110..111)
     assert [queue.find(n) for n in (100, 102, 103, 104, 110, 111, 112, 99)] == [1, 3, 7, None, 8, 9, None, None]
     queue.gone.add(101)
     assert queue.find(101) is None

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
+from typing import Final
 
-FP_BITS = 30
-SHARD_BITS = 6
-SHARDS = 1 << SHARD_BITS
-MIN_SLOTS = 8
+#: Final: compiled, the constants below are inlined (a plain module global is a dict lookup at each use).
+FP_BITS: Final = 30
+SHARD_BITS: Final = 6
+SHARDS: Final = 1 << SHARD_BITS
+MIN_SLOTS: Final = 8
 #: The share of its slots at which shard 0 doubles, and the last shard; the others' lie evenly between.
-FULL_FIRST, FULL_LAST = 0.70, 0.80
-_FP_MASK = (1 << FP_BITS) - 1
-_HASH_MASK = (1 << (FP_BITS + SHARD_BITS)) - 1
+FULL_FIRST: Final = 0.70
+FULL_LAST: Final = 0.80
+_FP_MASK: Final = (1 << FP_BITS) - 1
+_HASH_MASK: Final = (1 << (FP_BITS + SHARD_BITS)) - 1
 
 #: Python's hash of bytes: SipHash with a key drawn at start, so colliding keys cannot be chosen from outside.
 key_hash: Callable[[bytes], int] = hash
