@@ -107,20 +107,6 @@ def signed(num: int, unique: bytes) -> int:
     return -num if unique == b"-" else num
 
 
-def handle_number(handle: bytes, start: int) -> int:
-    """int(handle[start:]), digit by digit when they are all digits (compiled, 5x cheaper than int() of bytes)."""
-    num = 0
-    end = len(handle)
-    if start >= end:
-        return int(handle[start:])
-    for i in range(start, end):
-        digit = handle[i]
-        if digit < 48 or digit > 57:
-            return int(handle[start:])
-        num = num * 10 + (digit - 48)
-    return num
-
-
 def row_key(row: tuple[bytes, bytes | None]) -> bytes:
     """The key of a job as store.peek_uniques gives it, (unique, data when the unique is "-")."""
     return (row[1] or b"") if row[0] == b"-" else row[0]
@@ -294,7 +280,7 @@ class Spill:
         if queues is None:
             queues = function.spill = (SpillQueue(), SpillQueue(), SpillQueue())
             self.queues[function] = queues
-        num = handle_number(handle, len(prefix))
+        num = int(handle[len(prefix):])
         queue: SpillQueue = queues[priority]
         queue.append(job.store_ref, num, job.stamp)
         self.total += 1

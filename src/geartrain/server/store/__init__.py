@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ...compiled import mypyc_attr
 from ...protocol.codec import pack
 from ...protocol.constants import JOB_CREATED, RES
 from ..broker import SPILLED, STORING, error_packet
@@ -78,10 +79,12 @@ __all__ = [
 ]
 
 
+@mypyc_attr(native_class=False)  # compiled: an exception class stays a Python class
 class StoreError(RuntimeError):
     """The durable queue cannot be opened or used; the message says which file and what to do."""
 
 
+@mypyc_attr(native_class=False)
 class StoreLost(StoreError):
     """The store's file was deleted or replaced under the running server: it is recreated with the held jobs."""
 
@@ -126,6 +129,7 @@ class StoredJob:
         return (self.ref, self.function, self.unique, self.priority, self.when, self.reducer, self.data)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Store(abc.ABC):
     """What the broker and the Server call. All methods run on the event loop thread and never block."""
 
@@ -199,6 +203,7 @@ class Store(abc.ABC):
 Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class GroupCommitStore(Store):
     """Batching, holds and replay for engines whose writes block: subclasses give the four blocking methods.
 
