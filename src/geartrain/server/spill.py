@@ -289,14 +289,12 @@ class Spill:
         broker.queued_bytes -= len(job.data)
         key = job.key
         if key:
-            # One lookup each: the entry is almost always this job's (put back in the rare case it is not).
-            other = function.uniques.pop(key, None)
-            if other is not job and other is not None:
-                function.uniques[key] = other
+            uniques = function.uniques
+            if uniques.get(key) is job:
+                del uniques[key]
             unique = job.unique
-            other = broker.by_unique.pop(unique, None)
-            if other is not job and other is not None:
-                broker.by_unique[unique] = other
+            if broker.by_unique.get(unique) is job:
+                del broker.by_unique[unique]
             index = self.uniques.get(function)
             if index is None:
                 index = self.uniques[function] = HashIndex(self.key_hash)

@@ -65,7 +65,7 @@ from typing import Any
 from ...compiled import mypyc_attr
 from ...protocol.codec import pack
 from ...protocol.constants import JOB_CREATED, RES
-from ..broker import SPILLED, STORING, error_packet
+from ..broker import SPILLED, STORING, Job, error_packet
 from ..stats import COMMIT_SECONDS, Histogram
 from .writers import Writers
 
@@ -145,7 +145,7 @@ class Store(abc.ABC):
         """Open the store and replay every stored job into server.broker (before the server listens)."""
 
     @abc.abstractmethod
-    def add(self, job: Any, peer: Any = None) -> Any:
+    def add(self, job: Job, peer: Any = None) -> Any:
         """Record a new background job; returns the ref the broker keeps in job.store_ref. With a peer, also
         hold(peer, job): the broker queues the job's JOB_CREATED to it next (one call per submit, not two)."""
 
@@ -394,7 +394,8 @@ class GroupCommitStore(Store):
 
     # ------------------------------------------------------------------ broker side
 
-    def add(self, job: Any, peer: Any = None) -> int:
+    def add(self, job: Job, peer: Any = None) -> int:
+        # job: Job, not Any: compiled, its attributes are read natively (7 reads per durable submit).
         ref = self._next_ref
         self._next_ref = ref + 1
         self.stored += 1
