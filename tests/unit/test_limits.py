@@ -75,6 +75,24 @@ def test_spill_queue_keeps_runs_finds_handles_and_skips_gone_ones():
     assert queue.front(10) == [(9, 111, 1, 5.0)]
 
 
+def test_spill_queue_open_run_is_seen_by_every_read_and_closed_by_it():
+    # The run being appended to lives outside the arrays until a read: each read sees it, and an append after a
+    # read starts a run of its own (still found, still in order).
+    queue = SpillQueue()
+    queue.append(1, 100, 5.0)
+    queue.append(2, 101, 5.0)
+    assert queue.find(101) == 2 and queue.find(102) is None
+    queue.append(3, 102, 5.0)
+    assert queue.find(102) == 3
+    assert queue.runs() == [(1, 100, 2), (3, 102, 1)]
+    assert list(queue.handles()) == [100, 101, 102] and queue.count == 3
+    queue.append(4, 103, 5.0)
+    assert queue.front(10) == [(1, 100, 2, 5.0), (3, 102, 1, 5.0), (4, 103, 1, 5.0)]
+    queue.advance(3)
+    queue.append(5, 104, 5.0)
+    assert queue.front(10) == [(4, 103, 1, 5.0), (5, 104, 1, 5.0)] and queue.memory() == 4 * 4 * 8
+
+
 def test_spill_queue_runs_span_at_most_stamp_span():
     # A spilled job's wait counts from its run's stamp: a run only grows with jobs queued close after its first.
     queue = SpillQueue()
