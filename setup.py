@@ -26,14 +26,19 @@ def _fall_back(exc: BaseException) -> None:
           file=sys.stderr)
 
 
+def _source(module: str) -> str:
+    """The source file of a module of MODULES: a module's own, or a package's __init__.py."""
+    path = f"src/{module.replace('.', '/')}"
+    return f"{path}/__init__.py" if (HERE / path / "__init__.py").is_file() else f"{path}.py"
+
+
 def _compiled_extensions() -> list:
     """mypyc's extensions for geartrain.compiled.MODULES (it type-checks them and writes their C), or none."""
     from mypyc.build import mypycify
 
     try:
         modules = runpy.run_path(str(HERE / "src" / "geartrain" / "compiled.py"))["MODULES"]
-        return mypycify([f"src/{name.replace('.', '/')}.py" for name in modules], group_name="geartrain",
-                        opt_level="3")
+        return mypycify([_source(name) for name in modules], group_name="geartrain", opt_level="3")
     except (Exception, SystemExit) as exc:  # mypy's errors, or a module mypyc cannot compile
         _fall_back(exc)
         return []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 MODULES = (
     "geartrain.protocol.codec", "geartrain.protocol.connection", "geartrain.protocol.session",
     "geartrain.server.broker", "geartrain.server.stats", "geartrain.server.transport", "geartrain.server.hashindex",
-    "geartrain.server.spill",
+    "geartrain.server.spill", "geartrain.server.store",
 )
 
 if TYPE_CHECKING:

@@ -37,7 +37,8 @@ def test_a_compiled_build_without_a_c_compiler_installs_pure_python(tmp_path):
     assert built.returncode == 0, built.stdout + built.stderr
     files = [path.relative_to(tmp_path / "lib").as_posix() for path in (tmp_path / "lib").rglob("*")]
     assert [name for name in files if name.endswith(".so")] == []
-    assert {module.replace(".", "/") + ".py" for module in MODULES} <= set(files)
+    sources = {module.replace(".", "/") for module in MODULES}  # a module's .py, or a package's __init__.py
+    assert all(f"{name}.py" in files or f"{name}/__init__.py" in files for name in sources), files
     probe = "import geartrain.compiled as c; print(c.compiled_modules())"
     ran = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=str(tmp_path / "lib")),
                          capture_output=True, text=True, timeout=60)

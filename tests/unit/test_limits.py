@@ -62,7 +62,7 @@ def test_spill_queue_keeps_runs_finds_handles_and_skips_gone_ones():
     queue = SpillQueue()
     for ref, num in [(1, 100), (2, 101), (3, 102), (7, 103), (8, 110), (9, 111)]:
         queue.append(ref, num, 5.0)
-    assert queue.count == 6 and len(queue.lengths) == 3  # (1..3, 100..102), (7, 103), (8..9, 110..111)
+    assert queue.count == 6 and len(queue.runs()) == 3  # (1..3, 100..102), (7, 103), (8..9, 110..111)
     assert [queue.find(n) for n in (100, 102, 103, 104, 110, 111, 112, 99)] == [1, 3, 7, None, 8, 9, None, None]
     queue.gone.add(101)
     assert queue.find(101) is None
@@ -73,6 +73,24 @@ def test_spill_queue_keeps_runs_finds_handles_and_skips_gone_ones():
     assert queue.find(100) is None and queue.find(102) == 3
     queue.advance(3)
     assert queue.front(10) == [(9, 111, 1, 5.0)]
+
+
+def test_spill_queue_open_run_is_seen_by_every_read_and_closed_by_it():
+    # The run being appended to lives outside the arrays until a read: each read sees it, and an append after a
+    # read starts a run of its own (still found, still in order).
+    queue = SpillQueue()
+    queue.append(1, 100, 5.0)
+    queue.append(2, 101, 5.0)
+    assert queue.find(101) == 2 and queue.find(102) is None
+    queue.append(3, 102, 5.0)
+    assert queue.find(102) == 3
+    assert queue.runs() == [(1, 100, 2), (3, 102, 1)]
+    assert list(queue.handles()) == [100, 101, 102] and queue.count == 3
+    queue.append(4, 103, 5.0)
+    assert queue.front(10) == [(1, 100, 2, 5.0), (3, 102, 1, 5.0), (4, 103, 1, 5.0)]
+    queue.advance(3)
+    queue.append(5, 104, 5.0)
+    assert queue.front(10) == [(4, 103, 1, 5.0), (5, 104, 1, 5.0)] and queue.memory() == 4 * 4 * 8
 
 
 def test_spill_queue_runs_span_at_most_stamp_span():

@@ -637,10 +637,8 @@ class Broker:
             self.by_unique[unique] = job
         if background and self.store is not None:
             # Durable: no worker sees it, and its JOB_CREATED waits, until its row is committed (see store/).
-            job.store_ref = self.store.add(job)
+            job.store_ref = self.store.add(job, peer)  # and holds the JOB_CREATED queued below
             job.state = STORING
-            if peer is not None:
-                self.store.hold(peer, job)
         elif peer is not None and not background:
             self._add_client(job, peer)
         if peer is not None:

@@ -19,17 +19,21 @@ not slow down as entries come and go).
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections.abc import Callable
+from typing import Final
 
-FP_BITS = 30
-SHARD_BITS = 6
-SHARDS = 1 << SHARD_BITS
-MIN_SLOTS = 8
+#: Final: compiled, the constants below are inlined (a plain module global is a dict lookup at each use).
+FP_BITS: Final = 30
+SHARD_BITS: Final = 6
+SHARDS: Final = 1 << SHARD_BITS
+MIN_SLOTS: Final = 8
 #: The share of its slots at which shard 0 doubles, and the last shard; the others' lie evenly between.
-FULL_FIRST, FULL_LAST = 0.70, 0.80
-_FP_MASK = (1 << FP_BITS) - 1
-_HASH_MASK = (1 << (FP_BITS + SHARD_BITS)) - 1
+FULL_FIRST: Final = 0.70
+FULL_LAST: Final = 0.80
+_FP_MASK: Final = (1 << FP_BITS) - 1
+_HASH_MASK: Final = (1 << (FP_BITS + SHARD_BITS)) - 1
 
 #: Python's hash of bytes: SipHash with a key drawn at start, so colliding keys cannot be chosen from outside.
 key_hash: Callable[[bytes], int] = hash
@@ -49,15 +53,26 @@ class _Table:
         self.full = int(slots * share)
 
     def resized(self, slots: int) -> _Table:
-        table = _Table(slots, self.share)
-        prints, values, mask = table.prints, table.values, table.mask
-        for fp, value in zip(self.prints, self.values, strict=True):
+        # Rebuilt in lists and packed back at once: compiled, a list's items are read and written natively where
+        # each item of an array goes through Python's item protocol (and array(typecode, list) parses each item).
+        table = _Table(0, self.share)
+        mask = slots - 1
+        prints = [0] * slots
+        values = [0] * slots
+        old_values = self.values.tolist()
+        old_prints = self.prints.tolist()
+        for k in range(len(old_prints)):
+            fp = old_prints[k]
             if fp:
                 i = fp & mask
                 while prints[i]:
                     i = (i + 1) & mask
                 prints[i] = fp
-                values[i] = value
+                values[i] = old_values[k]
+        table.prints = array("i", struct.pack(f"{slots}i", *prints))
+        table.values = array("q", struct.pack(f"{slots}q", *values))
+        table.mask = mask
+        table.full = int(slots * self.share)
         table.used = self.used
         return table
 

@@ -47,7 +47,7 @@ import logging
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from .broker import QUEUED, SPILLED, Broker, Function, Job
 from .hashindex import HashIndex, key_hash
@@ -64,7 +64,7 @@ LISTING_CHUNK = 4096
 RETRY_DELAY = 1.0
 #: Seconds between the queueing of the first and the last job of one run: a spilled job's queue wait is counted
 #: from its run's first job (at most this much early; the first bucket of the wait histogram is 1 ms).
-STAMP_SPAN = 0.001
+STAMP_SPAN: Final = 0.001
 
 
 class Confirming(Exception):  # noqa: N818 - a request put off, not an error
@@ -114,9 +114,14 @@ def row_key(row: tuple[bytes, bytes | None]) -> bytes:
 
 class SpillQueue:
     """The jobs of one function and priority that wait in the store, oldest first, as runs of consecutive refs
-    and handle numbers queued within STAMP_SPAN of each other. The first `loading` of them are being read back."""
+    and handle numbers queued within STAMP_SPAN of each other. The first `loading` of them are being read back.
 
-    __slots__ = ("refs", "nums", "lengths", "stamps", "head", "count", "loading", "gone", "live")
+    The run being appended to stays in plain attributes (compiled, an array's items go through Python's item
+    protocol: four reads and a write per appended job); it joins the arrays when a new run starts, or before
+    anything reads them (_seal)."""
+
+    __slots__ = ("refs", "nums", "lengths", "stamps", "head", "count", "loading", "gone", "live", "open_ref",
+                 "open_num", "open_length", "open_stamp")
 
     def __init__(self) -> None:
         self.refs = array("q")
@@ -133,24 +138,37 @@ class SpillQueue:
         self.gone: set[int] = set()
         #: Materialized jobs (state SPILLED) by handle number.
         self.live: dict[int, Job] = {}
+        #: The open run, after the arrays' (open_length 0: none).
+        self.open_ref = 0
+        self.open_num = 0
+        self.open_length = 0
+        self.open_stamp = 0.0
 
     def append(self, ref: int, num: int, stamp: float) -> None:
-        last = len(self.lengths) - 1
-        if last >= self.head:
-            length = self.lengths[last]
-            if self.refs[last] + length == ref and self.nums[last] + length == num \
-                    and stamp - self.stamps[last] <= STAMP_SPAN:
-                self.lengths[last] = length + 1
-                self.count += 1
-                return
-        self.refs.append(ref)
-        self.nums.append(num)
-        self.lengths.append(1)
-        self.stamps.append(stamp)
+        length = self.open_length
+        if length and self.open_ref + length == ref and self.open_num + length == num \
+                and stamp - self.open_stamp <= STAMP_SPAN:
+            self.open_length = length + 1
+        else:
+            self._seal()
+            self.open_ref = ref
+            self.open_num = num
+            self.open_length = 1
+            self.open_stamp = stamp
         self.count += 1
+
+    def _seal(self) -> None:
+        """Move the open run into the arrays (the next append starts a new run)."""
+        if self.open_length:
+            self.refs.append(self.open_ref)
+            self.nums.append(self.open_num)
+            self.lengths.append(self.open_length)
+            self.stamps.append(self.open_stamp)
+            self.open_length = 0
 
     def find(self, num: int) -> int | None:
         """The ref of the spilled job with this handle number, or None."""
+        self._seal()
         nums = self.nums
         i = bisect_right(nums, num, self.head) - 1
         if i < self.head or num >= nums[i] + self.lengths[i] or num in self.gone:
@@ -159,6 +177,7 @@ class SpillQueue:
 
     def front(self, most: int) -> list[tuple[int, int, int, float]]:
         """Up to `most` entries from the front as (first ref, first handle number, length, stamp) runs."""
+        self._seal()
         runs = []
         i = self.head
         while most > 0 and i < len(self.lengths):
@@ -170,6 +189,7 @@ class SpillQueue:
 
     def advance(self, n: int) -> None:
         """The first n entries were loaded (or skipped): take them off the front."""
+        self._seal()
         while n:
             i = self.head
             length = self.lengths[i]
@@ -187,12 +207,14 @@ class SpillQueue:
 
     def runs(self) -> list[tuple[int, int, int]]:
         """A copy of the runs still spilled, as (first ref, first handle number, length)."""
+        self._seal()
         head = self.head
         return list(zip(self.refs[head:], self.nums[head:], self.lengths[head:], strict=True))
 
     def handles(self) -> Iterator[int]:
         """Handle numbers of the spilled jobs, in queue order: the runs are copied at the call, so the queue may
         change while the numbers are read (a streamed `show jobs`)."""
+        self._seal()
         return self._numbers(self.nums[self.head:], self.lengths[self.head:], self.gone)
 
     @staticmethod
@@ -204,6 +226,7 @@ class SpillQueue:
 
     def memory(self) -> int:
         """Bytes the runs take (for the benchmark and tests)."""
+        self._seal()
         return (len(self.refs) + len(self.nums) + len(self.lengths) + len(self.stamps)) * 8
 
 
@@ -243,20 +266,23 @@ class Spill:
         memory or has spilled jobs already (which must run first). True when it was spilled."""
         function = job.function
         priority = job.priority
-        queues = function.spill
+        # Typed locals: Function.spill is Any, and a call through it would go through Python's method lookup.
+        queues: tuple[SpillQueue, SpillQueue, SpillQueue] | None = function.spill
         if queues is None:
             if function.counts[priority] < self.memory_jobs:
                 return False
         elif not queues[priority].count and function.counts[priority] < self.memory_jobs:
             return False
         handle = job.handle
-        if job.clients or job.store_ref is None or not handle.startswith(self.prefix):
+        prefix = self.prefix
+        if job.clients or job.store_ref is None or not handle.startswith(prefix):
             return False
         if queues is None:
             queues = function.spill = (SpillQueue(), SpillQueue(), SpillQueue())
             self.queues[function] = queues
-        num = int(handle[len(self.prefix):])
-        queues[priority].append(job.store_ref, num, job.stamp)
+        num = int(handle[len(prefix):])
+        queue: SpillQueue = queues[priority]
+        queue.append(job.store_ref, num, job.stamp)
         self.total += 1
         broker = self.broker
         del broker.jobs[handle]

@@ -10,7 +10,8 @@ How the server uses a store (the contract every engine keeps):
   ``broker.stored(job)``, which queues it. A batch that fails is refused job by job: ``broker.refuse(job)``
   drops it (it never runs), and each JOB_CREATED that announced it is replaced by ``ERROR QUEUE_ERROR`` with
   the reason (disk full, I/O error, too many open files). The connection stays; nobody else is touched.
-- Right before it queues the JOB_CREATED of a job that is STORING the broker calls ``store.hold(peer, job)``.
+- Right before it queues the JOB_CREATED of a job that is STORING the broker calls ``store.hold(peer, job)``
+  (for a new job, ``store.add(job, peer)`` does both).
   The peer's output from that JOB_CREATED on waits until that very job's batch is done: ``holds(peer)`` says
   whether some of it waits, ``release(peer)`` takes what may be written now. So every JOB_CREATED follows the
   commit of its own job's row, whatever batches come before or after, and replies keep their order.
@@ -61,9 +62,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ...compiled import mypyc_attr
 from ...protocol.codec import pack
 from ...protocol.constants import JOB_CREATED, RES
-from ..broker import SPILLED, STORING, error_packet
+from ..broker import SPILLED, STORING, Job, error_packet
 from ..stats import COMMIT_SECONDS, Histogram
 from .writers import Writers
 
@@ -77,10 +79,12 @@ __all__ = [
 ]
 
 
+@mypyc_attr(native_class=False)  # compiled: an exception class stays a Python class
 class StoreError(RuntimeError):
     """The durable queue cannot be opened or used; the message says which file and what to do."""
 
 
+@mypyc_attr(native_class=False)
 class StoreLost(StoreError):
     """The store's file was deleted or replaced under the running server: it is recreated with the held jobs."""
 
@@ -125,6 +129,7 @@ class StoredJob:
         return (self.ref, self.function, self.unique, self.priority, self.when, self.reducer, self.data)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Store(abc.ABC):
     """What the broker and the Server call. All methods run on the event loop thread and never block."""
 
@@ -140,8 +145,9 @@ class Store(abc.ABC):
         """Open the store and replay every stored job into server.broker (before the server listens)."""
 
     @abc.abstractmethod
-    def add(self, job: Any) -> Any:
-        """Record a new background job; returns the ref the broker keeps in job.store_ref."""
+    def add(self, job: Job, peer: Any = None) -> Any:
+        """Record a new background job; returns the ref the broker keeps in job.store_ref. With a peer, also
+        hold(peer, job): the broker queues the job's JOB_CREATED to it next (one call per submit, not two)."""
 
     @abc.abstractmethod
     def remove(self, job: Any) -> None:
@@ -197,6 +203,7 @@ class Store(abc.ABC):
 Row = tuple[int, bytes, bytes, int, float, bytes, bytes]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class GroupCommitStore(Store):
     """Batching, holds and replay for engines whose writes block: subclasses give the four blocking methods.
 
@@ -387,13 +394,23 @@ class GroupCommitStore(Store):
 
     # ------------------------------------------------------------------ broker side
 
-    def add(self, job: Any) -> int:
+    def add(self, job: Job, peer: Any = None) -> int:
+        # job: Job, not Any: compiled, its attributes are read natively (7 reads per durable submit).
         ref = self._next_ref
         self._next_ref = ref + 1
         self.stored += 1
         self._adds[ref] = (ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
         self._jobs[ref] = job
-        self._touch()
+        if self._kick_scheduled or len(self._flying) >= self.writers:
+            self._touched = True  # what _touch() would do: the batch cannot start before a landing or the kick
+        else:
+            self._touch()
+        if peer is not None:  # hold(peer, job), the job's row being in the batch being gathered
+            gates = self._held.get(peer)
+            if gates is None:
+                self._held[peer] = deque(([self._seq, len(peer.out)],))
+            elif gates[-1][0] < self._seq:
+                gates.append([self._seq, len(peer.out)])
         return ref
 
     def remove(self, job: Any) -> None:

@@ -195,6 +195,9 @@ class SQLiteStore(GroupCommitStore):
         #: gearmand's libsqlite3 table (its --libsqlite3-table) whose jobs are taken over at start.
         self.gearmand_table = gearmand_table or GEARMAND_TABLE
         super().__init__(str(self.path))
+        # Set on the instance: compiled, Store's class attributes are the instance's (a class attribute of an
+        # interpreted subclass would not be seen).
+        self.can_spill = True
         self.conn: sqlite3.Connection | None = None
         self._rows_per_statement = 512
         self._statements: dict[tuple[str, int], str] = {}
@@ -381,8 +384,6 @@ class SQLiteStore(GroupCommitStore):
 
     def write(self, adds: list[Row], removes: list[int]) -> None:
         self._apply(adds, removes)
-
-    can_spill = True
 
     def read_rows(self, ranges: list[tuple[int, int]]) -> dict[int, Row]:
         # By rowid ranges: the primary key serves them, no index of its own to keep up on every insert.
