@@ -93,18 +93,9 @@ class Job:
             raise JobError("a background job sends its result to nobody: there is nothing to wait for", self)
         return await asyncio.shield(self._outcome)
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    def stream(self) -> AsyncIterator[bytes]:
         """Every WORK_DATA chunk, the ones already received first, until the job ends (then await result())."""
-        index = 0
-        while True:
-            while index < len(self.data):
-                yield self.data[index]
-                index += 1
-            if self.done or self.background:
-                return
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
+        return JobStream(self)
 
     # ------------------------------------------------------------------ updates from the Client
 
@@ -166,3 +157,38 @@ class Job:
             self._finish(FAILED, exc=JobFailed(f"job {self.handle!r} on {self.server} failed", self))
             return True
         return False
+
+
+class JobStream:
+    """The async iterator of Job.stream(): an async generator's behaviour, as a class (mypyc compiles no async
+    generators). It ends when the job has ended and every chunk was given, or once an await in it raised."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.index = 0
+        self.ended = False
+
+    def __aiter__(self) -> JobStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        job = self.job
+        while not self.ended:
+            if self.index < len(job.data):
+                self.index += 1
+                return job.data[self.index - 1]
+            if job.done or job.background:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            job._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self.ended = True
+                raise
+        self.ended = True
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """End the iteration, as an async generator's aclose() does."""
+        self.ended = True

@@ -154,9 +154,12 @@ class Link:
                     ),
                     self.connect_timeout,
                 )
+                failed = False
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 log.debug("connect to %s failed: %s", self.name, exc or type(exc).__name__)
                 self._resolve_first(False)
+                failed = True
+            if failed:  # awaited out of the except block (geartrain.compiled)
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             lost = self._lost

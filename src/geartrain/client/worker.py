@@ -192,9 +192,15 @@ class Worker:
             link.start()
         try:
             await self._done.wait()
-        finally:
-            if not self._done.is_set():  # run() was cancelled: do not leave connections behind
-                await self._shutdown()
+            return
+        except BaseException as exc:
+            if self._done.is_set():
+                raise
+            stopped = exc
+        # run() was cancelled: do not leave connections behind (awaited out of the except block: see
+        # geartrain.compiled, no await in an except or finally block of a compiled coroutine).
+        await self._shutdown()
+        raise stopped
 
     async def wait_connected(self, count: int | None = None, timeout: float | None = None) -> None:
         """Wait until ``count`` servers (default: all) are connected and registered; for tests and start-up."""
@@ -227,7 +233,10 @@ class Worker:
 
         try:
             await asyncio.wait_for(drain(), timeout)
+            late = False
         except asyncio.TimeoutError:
+            late = True
+        if late:  # awaited out of the except block (geartrain.compiled)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
