@@ -18,12 +18,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 #: The hot path: the packet codec and the client side's state machines, the broker, its counters, its transport
-#: and spilling (the spill queues and the unique index: each spilled job passes through them on the event loop;
-#: README, "The compiled build").
+#: and spilling (the spill queues and the unique index: each spilled job passes through them on the event loop),
+#: and the asyncio client and worker (README, "The compiled build").
 MODULES = (
     "geartrain.protocol.codec", "geartrain.protocol.connection", "geartrain.protocol.session",
     "geartrain.server.broker", "geartrain.server.stats", "geartrain.server.transport", "geartrain.server.hashindex",
     "geartrain.server.spill",
+    "geartrain.client.job", "geartrain.client.link", "geartrain.client.client", "geartrain.client.worker",
 )
 
 if TYPE_CHECKING:

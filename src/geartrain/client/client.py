@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from ..compiled import mypyc_attr
 from ..protocol import AdminResponse, PacketError, to_bytes
 from ..protocol import constants as C
 from ..protocol.pool import Ring, RoundRobin
@@ -36,6 +37,7 @@ def _is_up(link: Link) -> bool:
     return link.transport is not None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Client:
     """An asyncio Gearman client over one or more servers; see the module docstring."""
 

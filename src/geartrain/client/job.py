@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
+from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from .errors import JobError, JobException, JobFailed
 
@@ -47,6 +48,7 @@ def to_int(value: bytes) -> int:
         return 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Job:
     """One submitted job: its handle once acknowledged, the data, warnings and status seen so far, its outcome."""
 

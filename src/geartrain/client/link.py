@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..compiled import mypyc_attr
 from ..protocol import ProtocolError
 from ..protocol.address import parse_address
 from ..protocol.pool import Backoff, server_name
@@ -54,6 +55,7 @@ class _LinkProtocol(asyncio.Protocol):
         self.link._resume()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Link:
     """One server connection that stays open: connects, reconnects after loss, and batches writes."""
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from ..protocol import to_bytes
 from ..protocol.session import GRAB_WAIT, SLEEP, Assigned, NoJob, StillGrabbing, Unsolicited, Wake, WorkerSession
@@ -35,6 +36,7 @@ Result = bytes | bytearray | memoryview | str | None
 Handler = Callable[["WorkerJob"], Awaitable[Result] | Result]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WorkerJob:
     """One job assigned to this worker: its handle, function, unique and input, and ways to report progress."""
 
@@ -116,6 +118,7 @@ def _result_bytes(value: Result) -> bytes:
     raise TypeError(f"a handler must return bytes, str or None, not {type(value).__name__}")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Worker:
     """An asyncio Gearman worker over one or more servers; see the module docstring."""
 
