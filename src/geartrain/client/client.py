@@ -124,9 +124,13 @@ class Client:
             level = _PRIORITIES[priority] if priority in _PRIORITIES else _PRIORITIES[priority.lower()]
         except (KeyError, AttributeError, TypeError):
             raise ValueError(f"priority must be 'high', 'normal' or 'low', not {priority!r}") from None
-        fn = to_bytes(function, "function")
-        body = to_bytes(data, "data")
-        uq = to_bytes(unique, "unique") if unique is not None else uuid.uuid4().hex.encode()
+        # bytes as they are without a call (the usual case of data); to_bytes for the rest
+        fn = function if type(function) is bytes else to_bytes(function, "function")
+        body = data if type(data) is bytes else to_bytes(data, "data")
+        if unique is None:
+            uq = uuid.uuid4().hex.encode()
+        else:
+            uq = unique if type(unique) is bytes else to_bytes(unique, "unique")
         ptype = C.submit_type(background, level)
         job = Job(fn, body, uq, ptype, (fn, uq, body), background, priority.lower())
         job._hashed = unique is not None

@@ -126,19 +126,24 @@ class Job:
         self._notify()
 
     def _finish(self, state: str, value: bytes | None = None, exc: BaseException | None = None) -> None:
-        if self.done:
+        if self.state in FINAL_STATES:
             return
         self.state = state
-        if not self._outcome.done():
+        outcome = self._outcome
+        if not outcome.done():
             if exc is not None:
-                self._outcome.set_exception(exc)
-                self._outcome.exception()  # retrieved: an unread outcome is no "never retrieved" warning
+                outcome.set_exception(exc)
+                outcome.exception()  # retrieved: an unread outcome is no "never retrieved" warning
             else:
-                self._outcome.set_result(value or b"")
-        self._notify()
+                outcome.set_result(value or b"")
+        if self._waiters:
+            self._notify()
 
     def _packet(self, ptype: int, args: tuple[bytes, ...]) -> bool:
         """Apply one WORK_* packet; True when it ended the job."""
+        if ptype == C.WORK_COMPLETE:  # the usual packet first
+            self._finish(COMPLETE, args[1])
+            return True
         if ptype == C.WORK_DATA:
             self.data.append(args[1])
             self._notify()
@@ -148,9 +153,6 @@ class Job:
         elif ptype == C.WORK_STATUS:
             self.status = (to_int(args[1]), to_int(args[2]))
             self._notify()
-        elif ptype == C.WORK_COMPLETE:
-            self._finish(COMPLETE, args[1])
-            return True
         elif ptype == C.WORK_EXCEPTION:
             self.exception = args[1]
             self._finish(EXCEPTION, exc=JobException(args[1], self))

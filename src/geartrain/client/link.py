@@ -246,10 +246,14 @@ class Link:
     def send(self, data: bytes) -> bool:
         """Write ``data`` now, after what is queued for this loop pass (for the last bytes of a pass, as a job's
         result: no loop pass more just to write them); False (nothing sent) while disconnected."""
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return False
-        self._buffer.append(data)
-        self._write_buffer()  # a flush already scheduled finds nothing left
+        if self._buffer:
+            self._buffer.append(data)
+            self._write_buffer()  # a flush already scheduled finds nothing left
+        else:
+            transport.write(data)
         return True
 
     def _flush(self) -> None:
