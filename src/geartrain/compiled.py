@@ -4,6 +4,12 @@
 GEARTRAIN_COMPILE=0 or a machine without a C compiler runs the same modules as pure Python. Both are tested
 (README, "The compiled build").
 This file is read by setup.py on its own: it imports nothing from geartrain.
+
+A compiled coroutine must not await inside an ``except`` or ``finally`` block (tests/unit/test_compiled.py checks
+MODULES): mypyc (2.4.1) leaves the exception being handled as the thread's current exception while such a
+coroutine is suspended there, and a compiled ``finally`` that awaits then raises that exception in another task
+(a Worker's run() raised a ConnectionRefusedError of a Client's link waiting out its backoff). The code awaits
+after the block instead, on a flag set in it.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 #: The hot path: the packet codec and the client side's state machines, the broker, its counters, its transport
-#: and spilling (the spill queues and the unique index: each spilled job passes through them on the event loop;
-#: README, "The compiled build").
+#: and spilling (the spill queues and the unique index: each spilled job passes through them on the event loop),
+#: and the asyncio client and worker (README, "The compiled build").
 MODULES = (
     "geartrain.protocol.codec", "geartrain.protocol.connection", "geartrain.protocol.session",
     "geartrain.server.broker", "geartrain.server.stats", "geartrain.server.transport", "geartrain.server.hashindex",
     "geartrain.server.spill", "geartrain.server.store",
+    "geartrain.client.job", "geartrain.client.link", "geartrain.client.client", "geartrain.client.worker",
 )
 
 if TYPE_CHECKING:

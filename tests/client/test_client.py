@@ -139,6 +139,38 @@ def test_work_data_warning_and_status_stream_to_the_client(any_server):
     run(body())
 
 
+def test_client_and_worker_subclasses_add_attributes_and_override_methods(any_server):
+    # The compiled build compiles these classes (geartrain.compiled): they must stay open to Python subclasses,
+    # whose overrides the compiled code calls.
+    class CountingClient(Client):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.routed = 0
+
+        def _route(self, job) -> None:
+            self.routed += 1
+            super()._route(job)
+
+    class NamedWorker(Worker):
+        label = "named"
+
+    async def body():
+        worker = NamedWorker([any_server.address])
+        worker.register("up", upper)
+        worker.note = "set on the instance"
+        running = asyncio.ensure_future(worker.run())
+        try:
+            await worker.wait_connected(timeout=DEADLINE)
+            async with CountingClient([any_server.address]) as client:
+                assert await client.run("up", "sub") == b"SUB"
+                assert client.routed == 1
+        finally:
+            await worker.stop(timeout=DEADLINE)
+            await running
+
+    run(body())
+
+
 def test_handler_exception_reaches_client_and_worker_keeps_going(any_server):
     async def body():
         async def moody(job: WorkerJob) -> bytes:

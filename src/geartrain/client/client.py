@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from ..compiled import mypyc_attr
 from ..protocol import AdminResponse, PacketError, to_bytes
 from ..protocol import constants as C
 from ..protocol.pool import Ring, RoundRobin
@@ -36,6 +37,7 @@ def _is_up(link: Link) -> bool:
     return link.transport is not None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Client:
     """An asyncio Gearman client over one or more servers; see the module docstring."""
 
@@ -122,9 +124,13 @@ class Client:
             level = _PRIORITIES[priority] if priority in _PRIORITIES else _PRIORITIES[priority.lower()]
         except (KeyError, AttributeError, TypeError):
             raise ValueError(f"priority must be 'high', 'normal' or 'low', not {priority!r}") from None
-        fn = to_bytes(function, "function")
-        body = to_bytes(data, "data")
-        uq = to_bytes(unique, "unique") if unique is not None else uuid.uuid4().hex.encode()
+        # bytes as they are without a call (the usual case of data); to_bytes for the rest
+        fn = function if type(function) is bytes else to_bytes(function, "function")
+        body = data if type(data) is bytes else to_bytes(data, "data")
+        if unique is None:
+            uq = uuid.uuid4().hex.encode()
+        else:
+            uq = unique if type(unique) is bytes else to_bytes(unique, "unique")
         ptype = C.submit_type(background, level)
         job = Job(fn, body, uq, ptype, (fn, uq, body), background, priority.lower())
         job._hashed = unique is not None

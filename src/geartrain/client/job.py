@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
+from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from .errors import JobError, JobException, JobFailed
 
@@ -47,6 +48,7 @@ def to_int(value: bytes) -> int:
         return 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Job:
     """One submitted job: its handle once acknowledged, the data, warnings and status seen so far, its outcome."""
 
@@ -93,18 +95,9 @@ class Job:
             raise JobError("a background job sends its result to nobody: there is nothing to wait for", self)
         return await asyncio.shield(self._outcome)
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    def stream(self) -> AsyncIterator[bytes]:
         """Every WORK_DATA chunk, the ones already received first, until the job ends (then await result())."""
-        index = 0
-        while True:
-            while index < len(self.data):
-                yield self.data[index]
-                index += 1
-            if self.done or self.background:
-                return
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
+        return JobStream(self)
 
     # ------------------------------------------------------------------ updates from the Client
 
@@ -133,19 +126,24 @@ class Job:
         self._notify()
 
     def _finish(self, state: str, value: bytes | None = None, exc: BaseException | None = None) -> None:
-        if self.done:
+        if self.state in FINAL_STATES:
             return
         self.state = state
-        if not self._outcome.done():
+        outcome = self._outcome
+        if not outcome.done():
             if exc is not None:
-                self._outcome.set_exception(exc)
-                self._outcome.exception()  # retrieved: an unread outcome is no "never retrieved" warning
+                outcome.set_exception(exc)
+                outcome.exception()  # retrieved: an unread outcome is no "never retrieved" warning
             else:
-                self._outcome.set_result(value or b"")
-        self._notify()
+                outcome.set_result(value or b"")
+        if self._waiters:
+            self._notify()
 
     def _packet(self, ptype: int, args: tuple[bytes, ...]) -> bool:
         """Apply one WORK_* packet; True when it ended the job."""
+        if ptype == C.WORK_COMPLETE:  # the usual packet first
+            self._finish(COMPLETE, args[1])
+            return True
         if ptype == C.WORK_DATA:
             self.data.append(args[1])
             self._notify()
@@ -155,9 +153,6 @@ class Job:
         elif ptype == C.WORK_STATUS:
             self.status = (to_int(args[1]), to_int(args[2]))
             self._notify()
-        elif ptype == C.WORK_COMPLETE:
-            self._finish(COMPLETE, args[1])
-            return True
         elif ptype == C.WORK_EXCEPTION:
             self.exception = args[1]
             self._finish(EXCEPTION, exc=JobException(args[1], self))
@@ -166,3 +161,38 @@ class Job:
             self._finish(FAILED, exc=JobFailed(f"job {self.handle!r} on {self.server} failed", self))
             return True
         return False
+
+
+class JobStream:
+    """The async iterator of Job.stream(): an async generator's behaviour, as a class (mypyc compiles no async
+    generators). It ends when the job has ended and every chunk was given, or once an await in it raised."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.index = 0
+        self.ended = False
+
+    def __aiter__(self) -> JobStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        job = self.job
+        while not self.ended:
+            if self.index < len(job.data):
+                self.index += 1
+                return job.data[self.index - 1]
+            if job.done or job.background:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            job._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self.ended = True
+                raise
+        self.ended = True
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """End the iteration, as an async generator's aclose() does."""
+        self.ended = True

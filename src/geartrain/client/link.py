@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..compiled import mypyc_attr
 from ..protocol import ProtocolError
 from ..protocol.address import parse_address
 from ..protocol.pool import Backoff, server_name
@@ -54,6 +55,7 @@ class _LinkProtocol(asyncio.Protocol):
         self.link._resume()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Link:
     """One server connection that stays open: connects, reconnects after loss, and batches writes."""
 
@@ -154,9 +156,12 @@ class Link:
                     ),
                     self.connect_timeout,
                 )
+                failed = False
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 log.debug("connect to %s failed: %s", self.name, exc or type(exc).__name__)
                 self._resolve_first(False)
+                failed = True
+            if failed:  # awaited out of the except block (geartrain.compiled)
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             lost = self._lost
@@ -241,10 +246,14 @@ class Link:
     def send(self, data: bytes) -> bool:
         """Write ``data`` now, after what is queued for this loop pass (for the last bytes of a pass, as a job's
         result: no loop pass more just to write them); False (nothing sent) while disconnected."""
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return False
-        self._buffer.append(data)
-        self._write_buffer()  # a flush already scheduled finds nothing left
+        if self._buffer:
+            self._buffer.append(data)
+            self._write_buffer()  # a flush already scheduled finds nothing left
+        else:
+            transport.write(data)
         return True
 
     def _flush(self) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from ..protocol import to_bytes
 from ..protocol.session import GRAB_WAIT, SLEEP, Assigned, NoJob, StillGrabbing, Unsolicited, Wake, WorkerSession
@@ -35,6 +36,7 @@ Result = bytes | bytearray | memoryview | str | None
 Handler = Callable[["WorkerJob"], Awaitable[Result] | Result]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WorkerJob:
     """One job assigned to this worker: its handle, function, unique and input, and ways to report progress."""
 
@@ -116,6 +118,7 @@ def _result_bytes(value: Result) -> bytes:
     raise TypeError(f"a handler must return bytes, str or None, not {type(value).__name__}")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Worker:
     """An asyncio Gearman worker over one or more servers; see the module docstring."""
 
@@ -192,9 +195,15 @@ class Worker:
             link.start()
         try:
             await self._done.wait()
-        finally:
-            if not self._done.is_set():  # run() was cancelled: do not leave connections behind
-                await self._shutdown()
+            return
+        except BaseException as exc:
+            if self._done.is_set():
+                raise
+            stopped = exc
+        # run() was cancelled: do not leave connections behind (awaited out of the except block: see
+        # geartrain.compiled, no await in an except or finally block of a compiled coroutine).
+        await self._shutdown()
+        raise stopped
 
     async def wait_connected(self, count: int | None = None, timeout: float | None = None) -> None:
         """Wait until ``count`` servers (default: all) are connected and registered; for tests and start-up."""
@@ -227,7 +236,10 @@ class Worker:
 
         try:
             await asyncio.wait_for(drain(), timeout)
+            late = False
         except asyncio.TimeoutError:
+            late = True
+        if late:  # awaited out of the except block (geartrain.compiled)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
