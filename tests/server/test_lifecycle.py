@@ -88,8 +88,8 @@ def test_job_failing_twice_runs_three_times_with_growing_waits(geard):
             job = worker.grab()
             runs.append(time.monotonic())
             assert job.args == (handle, b"flaky", b"u", b"data")
-            worker.send(ending, handle, *([] if ending == C.WORK_FAIL else [b"oops"]))
-            ended.append(time.monotonic())
+            ended.append(time.monotonic())  # before the send: the server's wait starts after this, however late
+            worker.send(ending, handle, *([] if ending == C.WORK_FAIL else [b"oops"]))  # this process runs again
         # Order and lower bounds only: the second run waited 0.3 s, the third 0.6 s.
         assert runs[1] - ended[0] >= 0.3 - 0.005
         assert runs[2] - ended[1] >= 0.6 - 0.005
