@@ -57,10 +57,15 @@ def _awaits_in_handlers(tree: ast.AST) -> list[int]:
     return lines
 
 
+def _source(module: str) -> Path:
+    """A module's source file in this tree: its .py, or a package's __init__.py."""
+    path = ROOT / "src" / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def test_no_compiled_coroutine_awaits_in_an_except_or_finally_block():
     # geartrain.compiled's docstring: mypyc leaks the handled exception while a coroutine is suspended in such a
     # block, and a compiled finally that awaits raises it elsewhere.
-    found = {name: _awaits_in_handlers(ast.parse((ROOT / "src" / (name.replace(".", "/") + ".py")).read_text()))
-             for name in MODULES}
+    found = {name: _awaits_in_handlers(ast.parse(_source(name).read_text())) for name in MODULES}
     assert {name: lines for name, lines in found.items() if lines} == {}
     assert _awaits_in_handlers(ast.parse("async def f():\n try:\n  pass\n finally:\n  await g()\n")) == [5]

@@ -341,6 +341,7 @@ class GroupCommitStore(Store):
         broker = self.broker = server.broker
         duplicates = []
         last = count = 0
+        failed: BaseException | None = None
         try:
             await executor.run(self.open_engine)
             done = False
@@ -353,9 +354,11 @@ class GroupCommitStore(Store):
                     if job.store_ref != stored.ref:
                         duplicates.append(stored.ref)
             self._stored_state = await executor.run(self.load_state)
-        except BaseException:
+        except BaseException as error:
+            failed = error  # awaited after the block: compiled, an await inside it leaks the error (compiled.py)
+        if failed is not None:
             await self._shutdown_executor()
-            raise
+            raise failed
         self._next_ref = max(self._next_ref, last + 1)
         self.stored = self.replayed = count - len(duplicates)
         if duplicates:
