@@ -404,16 +404,9 @@ class GroupCommitStore(Store):
         self.stored += 1
         self._adds[ref] = (ref, job.function.name, job.unique, job.priority, job.when, job.reducer, job.data)
         self._jobs[ref] = job
-        if self._kick_scheduled or len(self._flying) >= self.writers:
-            self._touched = True  # what _touch() would do: the batch cannot start before a landing or the kick
-        else:
-            self._touch()
-        if peer is not None:  # hold(peer, job), the job's row being in the batch being gathered
-            gates = self._held.get(peer)
-            if gates is None:
-                self._held[peer] = deque(([self._seq, len(peer.out)],))
-            elif gates[-1][0] < self._seq:
-                gates.append([self._seq, len(peer.out)])
+        self._touch()
+        if peer is not None:  # hold(peer, job): its row is in the batch being gathered
+            self._gate(peer, self._seq)
         return ref
 
     def remove(self, job: Any) -> None:
@@ -564,8 +557,11 @@ class GroupCommitStore(Store):
     def hold(self, peer: Any, job: Any) -> None:
         # The job's row is in the batch being gathered, or else in one started (the last started lands no earlier
         # than it: outcomes are taken in order).
-        target = (self._seq if job.store_ref in self._adds or self._started <= self._committed
-                  else self._started)
+        self._gate(peer, self._seq if job.store_ref in self._adds or self._started <= self._committed
+                   else self._started)
+
+    def _gate(self, peer: Any, target: int) -> None:
+        """Hold the peer's output from its next chunk on until the batch numbered target is committed."""
         gates = self._held.get(peer)
         if gates is None:
             self._held[peer] = deque(([target, len(peer.out)],))
