@@ -98,6 +98,11 @@ class OptionRefusingServer:
         return b""
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does (accept raises).
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         for conn in self._connections:
             try:
