@@ -5,7 +5,9 @@ Servers: geartrain with its SQLite store (--queue-type sqlite) in both --queue-s
 (-q libsqlite3 --libsqlite3-db FILE) and gearmand in memory, each on an ephemeral loopback port with a fresh
 work directory. Not run unless named: geartrain-sqlite-nowrite, a "normal" geard whose SQLite write is a no-op
 (same writer thread, batches, held acknowledgements and spilling; nothing reaches the file): the ceiling of the
-SQLite store as long as everything else stays as it is. Load: a few client connections (in one or more processes,
+SQLite store as long as everything else stays as it is; geartrain-sqlite-normal-inmem, the "normal" geard with
+--memory-jobs 0 (every queued job stays in memory too: nothing spills), beside the spilling one in the same rounds.
+Load: a few client connections (in one or more processes,
 uvloop when installed) keep a window of SUBMIT_JOB_BG pipelined each and count JOB_CREATED for a fixed time; then
 they stop submitting and wait for every answer still due. A submit counts once its JOB_CREATED arrived.
 
@@ -271,10 +273,13 @@ def server_command(name: str, port: int, workdir: Path, extra: list[str] | None 
         prefix = ["env", f"PYTHONPATH={build}"] if build is not None else []
         argv = [*prefix, sys.executable, "-m", "geartrain.server.cli", "-d", "-p", str(port), "--listen-address",
                 HOST, *(extra or [])]
-        if name in ("geartrain-sqlite", "geartrain-sqlite-normal", "geartrain-sqlite-nowrite"):
+        if name in ("geartrain-sqlite", "geartrain-sqlite-normal", "geartrain-sqlite-nowrite",
+                    "geartrain-sqlite-normal-inmem"):
             db = workdir / "geartrain.sqlite3"
             sync = "full" if name == "geartrain-sqlite" else "normal"
             argv += ["--queue-type", "sqlite", "--sqlite-db", str(db), "--queue-sync", sync]
+            if name.endswith("-inmem"):
+                argv += ["--memory-jobs", "0"]  # after `extra`: the last one given counts
             if name.endswith("-nowrite"):
                 at = len(prefix) + 1
                 argv[at:at + 2] = ["-c", NO_WRITE]
@@ -365,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="bytes of data per job (64)")
     p.add_argument("--servers", default="geartrain-sqlite,geartrain-sqlite-normal,geartrain-memory,gearmand-sqlite,"
                    "gearmand-memory",
-                   help="comma-separated list of the servers to run (also: geartrain-sqlite-nowrite)")
+                   help="comma-separated list of the servers to run (also: geartrain-sqlite-nowrite, "
+                        "geartrain-sqlite-normal-inmem)")
     p.add_argument("--empty-uniques", action="store_true",
                    help="submit without uniques (gearmand's SQLite queue then keeps a single row: a known bug)")
     p.add_argument("--repeat", type=int, default=1,
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     what = f"median of {len(rounds)} interleaved rounds" if len(rounds) > 1 else "one round"
     print(f"{what}; CPU in us per acknowledged job (user + system): the server's, of it its event loop thread's, "
           "and the load generator's")
-    print(f"{'server':<24} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'srv CPU':>8} {'loop':>6} "
+    print(f"{'server':<29} {'acknowledged':>12} {'seconds':>8} {'submits/s':>10} {'srv CPU':>8} {'loop':>6} "
           f"{'client':>7} {'stored rows':>12}  check")
     for name in names:
         runs = [results[name] for results in rounds if name in results]
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         stored = "-" if runs[0].stored is None else "/".join(str(r.stored) for r in runs)
         notes = sorted({r.note for r in runs})
         median = statistics.median
-        print(f"{name:<24} {median([r.created for r in runs]):>12.0f} {median([r.seconds for r in runs]):>8.2f} "
+        print(f"{name:<29} {median([r.created for r in runs]):>12.0f} {median([r.seconds for r in runs]):>8.2f} "
               f"{median([r.rate for r in runs]):>10.0f} {_cell([r.cpu_us for r in runs], 8)} "
               f"{_cell([r.loop_us for r in runs], 6)} {_cell([r.client_us for r in runs], 7)} {stored:>12}  "
               f"{', '.join(notes)}")
@@ -442,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      if "geartrain-memory" in r])) < disk_limit:
                 line += f"; / min(disk limit, geartrain-memory): {statistics.median(ceilings):.2f}"
         print(line)
-    for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite-nowrite", "geartrain-memory"),
+    for a, b in (("geartrain-sqlite-normal", "geartrain-memory"), ("geartrain-sqlite-normal-inmem", "geartrain-memory"),
+                 ("geartrain-sqlite-nowrite", "geartrain-memory"),
                  ("geartrain-sqlite-normal", "geartrain-sqlite-nowrite"),
                  ("geartrain-sqlite", "geartrain-sqlite-normal"),
                  ("geartrain-sqlite", "gearmand-sqlite"), ("geartrain-sqlite", "geartrain-memory"),

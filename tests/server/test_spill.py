@@ -9,6 +9,7 @@ import pytest
 
 from geartrain.protocol import constants as C
 from geartrain.server.broker import QUEUED
+from geartrain.server.spill import handle_number
 
 from wire import Wire
 
@@ -230,6 +231,32 @@ def test_every_acknowledged_spilled_job_survives_sigkill(server_factory, tmp_pat
         worker.register(b"work")
         assert [data for _, _, data in drain(worker, 40)] == [data for _, _, _, data in jobs]
         assert no_more_jobs(worker)
+
+
+def test_only_the_exact_handle_of_a_spilled_job_finds_it(server_factory, tmp_path):
+    """A spilled job is found by its handle as the broker spelled it: a sign, a space or an underscore before or
+    among its digits names no job (int() reads each of them as the same number)."""
+    server = spilling(server_factory, tmp_path, memory_jobs=1)
+    with Wire(server.host, server.port) as client:
+        handles = submit_all(client, [(C.SUBMIT_JOB_BG, b"work", b"", b"%d" % i) for i in range(30)])
+        handle = handles[-1]
+        digits = handle[len(handle.rstrip(b"0123456789")):]
+        prefix = handle[:-len(digits)]
+        assert spilled(server) == 29 and len(digits) > 1
+        client.send(C.GET_STATUS, handle)
+        assert client.expect(C.STATUS_RES).args[1] == b"1"
+        for other in (prefix + b"+" + digits, prefix + b" " + digits, prefix + digits[:1] + b"_" + digits[1:]):
+            client.send(C.GET_STATUS, other)
+            assert client.expect(C.STATUS_RES).args[1] == b"0", other
+            assert client.admin(b"cancel job " + other).lines[0].startswith(b"ERR")
+        assert client.admin("status").lines == (b"work\t30\t0\t0",)
+
+
+def test_handle_number_reads_decimal_digits_only():
+    assert handle_number(b"H:x:1234", 4) == 1234
+    assert handle_number(b"H:x:0", 4) == 0
+    for bad in (b"H:x:", b"H:x:+1", b"H:x: 1", b"H:x:1_0", b"H:x:12a", b"H:x:-1"):
+        assert handle_number(bad, 4) == -1, bad
 
 
 def test_show_job_describes_a_job_queued_only_in_the_store(server_factory, tmp_path):

@@ -107,6 +107,13 @@ def signed(num: int, unique: bytes) -> int:
     return -num if unique == b"-" else num
 
 
+def handle_number(handle: bytes, start: int) -> int:
+    """The decimal number handle[start:] spells (the broker's handles are its prefix and a number), or -1 when it
+    is not one: int() alone also reads a sign, spaces and underscores."""
+    digits = handle[start:]
+    return int(digits) if digits.isdigit() else -1
+
+
 def row_key(row: tuple[bytes, bytes | None]) -> bytes:
     """The key of a job as store.peek_uniques gives it, (unique, data when the unique is "-")."""
     return (row[1] or b"") if row[0] == b"-" else row[0]
@@ -277,10 +284,12 @@ class Spill:
         prefix = self.prefix
         if job.clients or job.store_ref is None or not handle.startswith(prefix):
             return False
+        num = handle_number(handle, len(prefix))
+        if num < 0:
+            return False
         if queues is None:
             queues = function.spill = (SpillQueue(), SpillQueue(), SpillQueue())
             self.queues[function] = queues
-        num = int(handle[len(prefix):])
         queue: SpillQueue = queues[priority]
         queue.append(job.store_ref, num, job.stamp)
         self.total += 1
@@ -328,9 +337,8 @@ class Spill:
         """(function, priority, handle number, ref) of a spilled job, or None."""
         if not self.total or handle[:len(self.prefix)] != self.prefix:
             return None
-        try:
-            num = int(handle[len(self.prefix):])
-        except ValueError:
+        num = handle_number(handle, len(self.prefix))
+        if num < 0:
             return None
         for function, queues in self.queues.items():
             for priority, queue in enumerate(queues):
@@ -459,7 +467,7 @@ class Spill:
     def discard(self, job: Job) -> None:
         """A materialized spilled job ended before it was loaded (cancel): skipped when its turn comes."""
         queue = job.function.spill[job.priority]  # type: ignore[index]
-        num = int(job.handle[len(self.prefix):])
+        num = handle_number(job.handle, len(self.prefix))
         queue.live.pop(num, None)
         queue.gone.add(num)
         index = self.uniques.get(job.function)
