@@ -2,7 +2,8 @@
 
 It imports only the library under test (``gear`` or ``gearman``), so the same file measures this checkout's
 faces and the originals installed in throwaway virtualenvs (``geartrain`` is this checkout's asyncio
-geartrain.client, ``floor`` gear's thread model alone on the protocol codec). Two roles, each in its own process:
+geartrain.client, ``floor`` gear's thread model alone on the protocol codec, ``asyncio-floor`` the least an asyncio
+client and worker do per job on the same codec). Two roles, each in its own process:
 
 - ``worker``: registers the function, prints ``ready`` and answers every job with its data reversed until it
   is terminated (SIGTERM from faces.py); ``--prefetch`` turns on the worker's prefetch (this checkout's gear, gearman
@@ -23,7 +24,9 @@ import random
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 HOST = "127.0.0.1"
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
@@ -42,7 +45,7 @@ def payload(seq: int, size: int) -> bytes:
 def run_client(api: str, port: int, function: str, jobs: int, batch: int, size: int, duration: float,
                timeout: float, task_bytes: bool) -> dict[str, object]:
     submit = {"gear": GearFace, "gear-batch": GearBatchFace, "gearman": GearmanFace, "geartrain": GeartrainFace,
-              "floor": FloorFace}[api]
+              "floor": FloorFace, "asyncio-floor": AsyncioFloorFace}[api]
     errors: list[str] = []
     done = 0
 
@@ -338,10 +341,134 @@ class GeartrainFace(Face):
         return [r if isinstance(r, bytes) else f"{type(r).__name__}: {r}" for r in results]
 
 
+class _FloorClient(asyncio.Protocol):
+    """The least an asyncio client does per job ("asyncio floor"): a future per job, resolved from the raw
+    protocol (geartrain.protocol's Decoder), awaited by the caller's coroutine; submits buffered and written once
+    per loop pass. It stands in for geartrain.client.Client in GeartrainFace, so the batches run the same
+    coroutines, Tasks (gather) and time limits: the shape geartrain.client's API imposes, without the client."""
+
+    def __init__(self, port: int) -> None:
+        from geartrain.protocol import Decoder, constants, pack
+
+        self.port, self.c, self.pack = port, constants, pack
+        self.decoder = Decoder(accept=b"\0RES")
+        self.awaiting: deque[asyncio.Future[bytes]] = deque()  # submits awaiting their JOB_CREATED, in order
+        self.running: dict[bytes, asyncio.Future[bytes]] = {}  # handle -> the job's future
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    async def connect(self) -> None:
+        await asyncio.get_running_loop().create_connection(lambda: self, HOST, self.port)
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import socket
+
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in [*self.awaiting, *self.running.values()]:
+            if not future.done():
+                future.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    async def run(self, function: str, data: bytes, unique: str) -> bytes:
+        future = asyncio.get_running_loop().create_future()
+        self.awaiting.append(future)
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(self.pack(b"\0REQ", self.c.SUBMIT_JOB, b"%s\0%s\0%s" % (function.encode(), unique.encode(),
+                                                                              data)))
+        return await future
+
+    def data_received(self, data: bytes) -> None:
+        c = self.c
+        for packet in self.decoder.feed(data):
+            ptype, args = packet.ptype, packet.args  # type: ignore[union-attr]
+            if ptype == c.JOB_CREATED:
+                self.running[args[0]] = self.awaiting.popleft()
+            elif ptype == c.WORK_COMPLETE:
+                self.running.pop(args[0]).set_result(args[1])
+            elif ptype in (c.WORK_FAIL, c.WORK_EXCEPTION, c.ERROR):
+                self.running.pop(args[0]).set_exception(RuntimeError(f"packet type {ptype}"))
+
+
+class AsyncioFloorFace(GeartrainFace):
+    """GeartrainFace's batches on _FloorClient instead of geartrain.client.Client."""
+
+    def __init__(self, port: int, function: str, timeout: float, task_bytes: bool) -> None:
+        self.function, self.timeout = function, timeout
+        self.loop = _event_loop()
+        self.client = _FloorClient(port)  # type: ignore[assignment]
+        self.loop.run_until_complete(self.client.connect())
+
+
+class _FloorWorker(asyncio.Protocol):
+    """The least an asyncio worker does per job: a Task per job that awaits the handler (a coroutine) and writes
+    its WORK_COMPLETE and the next grab in one write; the raw protocol's GRAB / NO_JOB / PRE_SLEEP / NOOP loop."""
+
+    def __init__(self, function: str, handler: Callable[[bytes], Any], ready: asyncio.Future[None]) -> None:
+        from geartrain.protocol import Decoder, constants, pack
+
+        self.c, self.pack, self.handler, self.ready = constants, pack, handler, ready
+        self.decoder = Decoder(accept=b"\0RES")
+        self.grab = pack(b"\0REQ", constants.GRAB_JOB_UNIQ, b"")
+        self.pre_sleep = pack(b"\0REQ", constants.PRE_SLEEP, b"")
+        self.hello = pack(b"\0REQ", constants.CAN_DO, function.encode()) + self.grab
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import socket
+
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.write(self.hello)  # type: ignore[attr-defined]
+
+    async def work(self, handle: bytes, data: bytes) -> None:
+        result = await self.handler(data)
+        self.transport.write(self.pack(b"\0REQ", self.c.WORK_COMPLETE, handle + b"\0" + result) + self.grab)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        c = self.c
+        for packet in self.decoder.feed(data):
+            ptype = packet.ptype  # type: ignore[union-attr]
+            if ptype == c.JOB_ASSIGN_UNIQ:
+                handle, _function, _unique, job_data = packet.args  # type: ignore[union-attr]
+                asyncio.get_running_loop().create_task(self.work(handle, job_data))
+            elif ptype == c.NO_JOB:
+                self.transport.write(self.pre_sleep)  # type: ignore[union-attr]
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            elif ptype == c.NOOP:
+                self.transport.write(self.grab)  # type: ignore[union-attr]
+
+
 def run_worker(api: str, port: int, function: str, timeout: float, task_bytes: bool, prefetch: bool = False) -> None:
     """Answer jobs until killed; ``ready`` on stdout once the function is registered."""
     if api == "floor":
         run_floor_worker(port, function)
+    elif api == "asyncio-floor":
+        async def reverse_bytes(data: bytes) -> bytes:
+            return data[::-1]
+
+        async def serve_floor() -> None:
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+            transport, _ = await loop.create_connection(lambda: _FloorWorker(function, reverse_bytes, ready), HOST,
+                                                        port)
+            await ready  # the first NO_JOB: CAN_DO is in
+            print("ready", flush=True)
+            await loop.create_future()  # until killed
+
+        _event_loop().run_until_complete(serve_floor())
     elif api == "geartrain":
         from geartrain.client import Worker
 
@@ -395,7 +522,8 @@ def _version(*dists: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--api", choices=("gear", "gear-batch", "gearman", "geartrain", "floor"), required=True)
+    p.add_argument("--api", choices=("gear", "gear-batch", "gearman", "geartrain", "floor", "asyncio-floor"),
+                   required=True)
     p.add_argument("--role", choices=("client", "worker"), required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--function", required=True)

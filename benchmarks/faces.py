@@ -14,7 +14,10 @@ the job handle, as gear's submitJob does.
 Two more kinds of rows: the "prefetch" rows run this checkout's gear, gearman and geartrain.client workers with
 their opt-in prefetch (the next job grabbed while one runs), and "gear thread floor" is gear's thread model with
 nothing of gear in it (a reader thread hands each JOB_CREATED to the submitting thread and each job to the working
-thread): the limit of a gear-shaped client and worker in Python. "x original" is a row's jobs/s over the original
+thread): the limit of a gear-shaped client and worker in Python. "asyncio floor" is the least an asyncio client and
+worker do per job on the raw protocol (a future per job awaited by a Task, a Task per worker job, on uvloop): the
+shape geartrain.client's API imposes; geartrain.client's rows get their jobs/s over it ("of floor"), and it runs
+whenever a geartrain.client row does. "x original" is a row's jobs/s over the original
 library of its API in the same mode (gear 0.16.0, or pygearman 0.2.6 for the gearman API).
 
 With ``--baseline-src /path/to/other/checkout/src`` every face of this checkout also runs from that source tree,
@@ -57,6 +60,8 @@ RAW = "raw protocol"
 #: returns the job handle (gear's submitJob), in the batch modes.
 RAW_SERIAL = "raw, serial submits"
 RAWS = (RAW, RAW_SERIAL)
+#: The shape geartrain.client's API imposes, with nothing of the client in it: its rows' "of floor" is over this.
+ASYNCIO_FLOOR = "asyncio floor"
 #: The suffix of the rows of --baseline-src's faces.
 BEFORE = " (before)"
 MIB = 1024 * 1024
@@ -84,6 +89,9 @@ IMPLS = [
     Impl("gearman", "geartrain gearman prefetch", None, prefetch=True, twin=False),
     Impl("geartrain", "geartrain.client", None),  # the asyncio client and worker: no original to compare with
     Impl("geartrain", "geartrain.client prefetch", None, prefetch=True, twin=False),
+    # The least an asyncio client and worker do per job on the raw protocol (face_script._FloorClient,
+    # _FloorWorker): a future per job awaited by the caller's Task, a Task per worker job. Runs with geartrain.client.
+    Impl("asyncio-floor", ASYNCIO_FLOOR, None, twin=False),
     # This checkout's gear with its added Client.submitJobs (a batch pipelined): no original has it.
     Impl("gear-batch", "geartrain gear submitJobs", None),
     # This checkout's gear with the Worker's opt-in prefetch (gear.Worker(..., prefetch=True)): no original has it.
@@ -128,6 +136,7 @@ class FaceRow:
     vs_original: float | None = None  # this checkout's jobs/s over the original library of its API
     of_raw: float | None = None  # jobs/s over the raw protocol's in the same mode
     of_serial_raw: float | None = None  # jobs/s over the raw protocol's with serial submits (batch modes)
+    of_floor: float | None = None  # geartrain.client rows: jobs/s over the asyncio floor's in the same mode
     ok: bool = True
     note: str = ""
     errors: list[str] = field(default_factory=list)
@@ -318,6 +327,7 @@ def add_ratios(rows: list[FaceRow]) -> None:
             originals.setdefault((r.api, r.mode), r.jobs_per_s)
     raw = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW and r.ok}
     serial = {r.mode: r.jobs_per_s for r in rows if r.impl == RAW_SERIAL and r.ok}
+    floor = {r.mode: r.jobs_per_s for r in rows if r.impl == ASYNCIO_FLOOR and r.ok}
     for r in rows:
         if not r.ok or not r.jobs_per_s or r.impl == RAW:
             continue
@@ -325,6 +335,8 @@ def add_ratios(rows: list[FaceRow]) -> None:
             r.of_raw = r.jobs_per_s / raw[r.mode]
         if serial.get(r.mode) and r.impl != RAW_SERIAL:
             r.of_serial_raw = r.jobs_per_s / serial[r.mode]
+        if floor.get(r.mode) and r.api == "geartrain":
+            r.of_floor = r.jobs_per_s / floor[r.mode]
         mine = ours.get((r.api, r.mode))
         if mine and r.impl not in RAWS and not r.impl.startswith("geartrain"):
             r.ratio = mine / r.jobs_per_s
@@ -349,7 +361,7 @@ def with_baseline(impls: list[Impl], src: str) -> list[Impl]:
 
 
 def format_faces(rows: list[FaceRow]) -> str:
-    header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "of serial raw", "client us/job",
+    header = ["api", "implementation", "mode", "jobs", "jobs/s", "of raw", "of serial raw", "of floor", "client us/job",
               "worker us/job", "ours/this", "x original", "vs before", "notes"]
 
     def num(x: float | None, fmt: str) -> str:
@@ -359,16 +371,17 @@ def format_faces(rows: list[FaceRow]) -> str:
     for r in rows:
         if r.ok:
             body.append([r.api, r.impl, r.mode, str(r.jobs), f"{r.jobs_per_s:,.0f}", num(r.of_raw, ".2f"),
-                         num(r.of_serial_raw, ".2f"), num(r.client_cpu_us, ",.0f"), num(r.worker_cpu_us, ",.0f"),
+                         num(r.of_serial_raw, ".2f"), num(r.of_floor, ".2f"), num(r.client_cpu_us, ",.0f"),
+                         num(r.worker_cpu_us, ",.0f"),
                          "-" if r.ratio is None else f"{r.ratio:.1f}x", num(r.vs_original, ".2f"),
                          num(r.vs_before, ".2f"),
                          r.note or MODES[r.mode].note])
         else:
             why = r.errors[0] if r.errors else r.note
-            body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-", "-", "-",
+            body.append([r.api, r.impl, r.mode, str(r.jobs), "FAILED" if r.errors else "skipped", "-", "-", "-", "-",
                          "-", "-", "-", "-", why.splitlines()[0][:100]])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    right = {3, 4, 5, 6, 7, 8, 9, 10, 11}
+    right = {3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
@@ -399,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     impls = [i for i in IMPLS if i.name in args.impls.split(",")] if args.impls else None
     if args.impls and len(impls or ()) != len(args.impls.split(",")):
         p.error(f"unknown implementations in {args.impls!r}")
+    if impls is not None and any(i.api == "geartrain" for i in impls) and ASYNCIO_FLOOR not in args.impls.split(","):
+        impls.append(next(i for i in IMPLS if i.name == ASYNCIO_FLOOR))  # geartrain.client's "of floor"
     if args.baseline_src:
         baseline = Path(args.baseline_src).resolve()
         if not (baseline / "geartrain" / "protocol").is_dir():

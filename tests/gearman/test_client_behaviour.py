@@ -223,3 +223,21 @@ def test_a_subclass_choosing_the_server_is_asked_for_every_submit(any_server):
     assert asked == ["pin0", "pin1", "pin2"]
     assert [r.state for r in requests] == [gearman.JOB_CREATED] * 3
     client.shutdown()
+
+
+def test_request_updates_are_made_on_first_use() -> None:
+    """A request holds no deque until an update arrives or the caller looks (one GC-tracked object less per job
+    in flight for each), and reads, appends and assignments behave as python-gearman's plain deques."""
+    import collections
+    import gc
+
+    request = gearman.job.GearmanJobRequest(gearman.job.GearmanJob(None, None, "fn", "u1", b"data"))
+    assert not [o for o in gc.get_referents(request) if isinstance(o, collections.deque)]
+    assert list(request.warning_updates) == [] and isinstance(request.data_updates, collections.deque)
+    request.data_updates.append(b"chunk")
+    assert request.data_updates.popleft() == b"chunk"
+    replaced = collections.deque([b"w"])
+    request.warning_updates = replaced
+    assert request.warning_updates is replaced
+    request.initialize_request()  # a re-send forgets the updates
+    assert list(request.warning_updates) == []
