@@ -25,8 +25,10 @@ def tune(
     keepidle: int | None = None,
     keepintvl: int | None = None,
     keepcnt: int | None = None,
+    buffer: int = 0,
 ) -> None:
-    """TCP_NODELAY on TCP sockets (each small request goes out at once); keepalive with its timings if asked.
+    """TCP_NODELAY on TCP sockets (each small request goes out at once); keepalive with its timings if asked;
+    SO_SNDBUF and SO_RCVBUF of ``buffer`` bytes if asked (0 leaves them to the kernel's autotuning).
 
     Anything without a TCP family (a Unix socket, a test's fake socket without a ``family``) is left alone.
     """
@@ -39,6 +41,9 @@ def tune(
             for option, value in zip(_KEEPALIVE_OPTIONS, (keepidle, keepintvl, keepcnt), strict=True):
                 if value is not None and hasattr(socket, option):
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        if buffer > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
     except OSError:
         pass  # a socket already closed by its peer: the first read or write reports it
 

@@ -405,3 +405,25 @@ def test_keepalive_options_reach_the_server_sockets():
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
     finally:
         server.stop()
+
+
+def test_socket_buffer_sizes_reach_the_server_sockets():
+    """--socket-buffer sets SO_SNDBUF and SO_RCVBUF of each accepted connection (Linux doubles the value, capped by
+    net.core.wmem_max / rmem_max); the default is 512 KiB."""
+    def caps(name: str) -> int:
+        with open(f"/proc/sys/net/core/{name}") as f:
+            return int(f.read())
+
+    assert ServerConfig().socket_buffer == 512 * 1024
+    for size in (96 * 1024, ServerConfig().socket_buffer):
+        server = Server(ServerConfig(listen=[("127.0.0.1", 0)], socket_buffer=size))
+        server.start_in_thread()
+        try:
+            with Wire("127.0.0.1", server.port) as w:
+                w.admin("version")
+                (conn,) = list(server.connections)
+                sock = conn.transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * min(size, caps("wmem_max"))
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * min(size, caps("rmem_max"))
+        finally:
+            server.stop()

@@ -66,6 +66,9 @@ CONFIG_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "type": int, "help": "longest unique, in bytes (%(default)s, as gearmand)"}),
     (("--max-function-length",), "max_function_length", {
         "type": int, "help": "longest function name, in bytes (%(default)s)"}),
+    (("--socket-buffer",), "socket_buffer", {
+        "type": int, "help": "SO_SNDBUF and SO_RCVBUF of each connection, in bytes (%(default)s; 0: the kernel's "
+        "autotuning)"}),
     (("--output-high-water",), "output_high_water", {
         "type": int, "help": "unsent bytes to a peer past which its requests are no longer read (%(default)s)"}),
     (("--output-limit",), "output_limit", {

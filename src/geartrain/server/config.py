@@ -59,6 +59,10 @@ class ServerConfig:
     idle_timeout: float = 0.0
     #: Seconds a TLS handshake may take.
     handshake_timeout: float = 10.0
+    #: SO_SNDBUF and SO_RCVBUF of each accepted TCP connection, in bytes (Linux doubles them); 0 leaves both to
+    #: the kernel's autotuning. With autotuned buffers the loopback TCP work of large payloads falls to geard's
+    #: own context: 512 KiB cut a 1 MiB job's server CPU by a quarter (benchmarks/README.md).
+    socket_buffer: int = 512 * 1024
     #: Bytes of unsent output per connection before we stop reading from it (flow control).
     output_high_water: int = 4 * 1024 * 1024
     #: Bytes per connection of unsent output past which it is cut off (its jobs are kept).

@@ -164,7 +164,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             return
         state.connections.add(self)
         tune(sock, config.keepalive, config.tcp_keepidle,
-                    config.tcp_keepintvl, config.tcp_keepcnt)
+                    config.tcp_keepintvl, config.tcp_keepcnt, config.socket_buffer)
         transport.set_write_buffer_limits(high=config.output_high_water)  # type: ignore[attr-defined]
         if self.ssl_context is not None:
             # The handshake is driven by data_received under our own timeout: a silent peer holds nobody up.
