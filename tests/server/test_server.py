@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -390,21 +392,26 @@ def test_servers_in_one_process_do_not_share_receive_buffers():
             server.stop()
 
 
-def test_keepalive_options_reach_the_server_sockets():
-    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], keepalive=True, tcp_keepidle=123, tcp_keepintvl=17,
-                                 tcp_keepcnt=4))
+@contextlib.contextmanager
+def accepted_socket(**options: object) -> Iterator[socket.socket]:
+    """The server side of a connection to a Server started with these ServerConfig options."""
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], **options))
     server.start_in_thread()
     try:
         with Wire("127.0.0.1", server.port) as w:
             w.admin("version")
             (conn,) = list(server.connections)
-            sock = conn.transport.get_extra_info("socket")
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 123
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 17
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+            yield conn.transport.get_extra_info("socket")
     finally:
         server.stop()
+
+
+def test_keepalive_options_reach_the_server_sockets():
+    with accepted_socket(keepalive=True, tcp_keepidle=123, tcp_keepintvl=17, tcp_keepcnt=4) as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 123
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 17
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
 
 
 def test_socket_buffer_sizes_reach_the_server_sockets():
@@ -416,14 +423,6 @@ def test_socket_buffer_sizes_reach_the_server_sockets():
 
     assert ServerConfig().socket_buffer == 512 * 1024
     for size in (96 * 1024, ServerConfig().socket_buffer):
-        server = Server(ServerConfig(listen=[("127.0.0.1", 0)], socket_buffer=size))
-        server.start_in_thread()
-        try:
-            with Wire("127.0.0.1", server.port) as w:
-                w.admin("version")
-                (conn,) = list(server.connections)
-                sock = conn.transport.get_extra_info("socket")
-                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * min(size, caps("wmem_max"))
-                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * min(size, caps("rmem_max"))
-        finally:
-            server.stop()
+        with accepted_socket(socket_buffer=size) as sock:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * min(size, caps("wmem_max"))
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * min(size, caps("rmem_max"))
