@@ -365,10 +365,10 @@ class _FloorClient(asyncio.Protocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        import socket
+        from geartrain.sockets import tune
 
         self.transport = transport  # type: ignore[assignment]
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune(transport.get_extra_info("socket"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         for future in [*self.awaiting, *self.running.values()]:
@@ -426,10 +426,10 @@ class _FloorWorker(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        import socket
+        from geartrain.sockets import tune
 
         self.transport = transport  # type: ignore[assignment]
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune(transport.get_extra_info("socket"))
         transport.write(self.hello)  # type: ignore[attr-defined]
 
     async def work(self, handle: bytes, data: bytes) -> None:
