@@ -53,8 +53,8 @@ class Job:
     """One submitted job: its handle once acknowledged, the data, warnings and status seen so far, its outcome."""
 
     def __init__(
-        self, function: bytes, arguments: bytes, unique: bytes, ptype: int, packet_args: tuple[bytes, ...],
-        background: bool, priority: str,
+        self, function: bytes, arguments: bytes, unique: bytes, ptype: int, request: bytes, background: bool,
+        priority: str,
     ) -> None:
         self.function = function
         #: The job's input bytes (``data`` holds the WORK_DATA chunks received, as in gear).
@@ -72,12 +72,14 @@ class Job:
         self.status: tuple[int, int] | None = None
         self.exception: bytes | None = None
         self._ptype = ptype
-        self._packet_args = packet_args
+        #: The submit packet, framed once (sent again as it is if its connection is lost before JOB_CREATED).
+        self._request = request
         loop = asyncio.get_running_loop()
         #: Made only for submit(), which awaits the acknowledgement (run() awaits the outcome alone).
         self._created: asyncio.Future[None] | None = None
         self._outcome: asyncio.Future[bytes] = loop.create_future()
-        self._waiters: list[asyncio.Future[None]] = []
+        #: Futures of the streams waiting for the job's next change; made by the first one (most jobs have none).
+        self._waiters: list[asyncio.Future[None]] | None = None
         self._abandoned = False
         #: Whether the job's server is chosen by its unique (False: the user gave none, round-robin).
         self._hashed = True
@@ -102,8 +104,8 @@ class Job:
     # ------------------------------------------------------------------ updates from the Client
 
     def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -184,6 +186,8 @@ class JobStream:
             if job.done or job.background:
                 break
             waiter = asyncio.get_running_loop().create_future()
+            if job._waiters is None:
+                job._waiters = []
             job._waiters.append(waiter)
             try:
                 await waiter
