@@ -530,6 +530,10 @@ class WorkerSession:
             raise ValueError(f"{C.TYPE_NAMES.get(ptype, ptype)} is not a WORK_* packet")
         return pack(REQ, ptype, join_body(ptype, handle, *args))
 
+    def complete(self, handle: bytes, data: bytes) -> bytes:
+        """WORK_COMPLETE for a handle the server assigned (received between NULs: it holds none), unchecked."""
+        return pack(REQ, C.WORK_COMPLETE, handle + b"\0" + data)
+
     def receive_data(self, data: bytes) -> list[Any]:
         """Feed the server's bytes; events: Assigned, NoJob, Wake, Unsolicited (ERROR, ECHO_RES, ...),
         AdminResponse, AdminLine, PacketError."""
