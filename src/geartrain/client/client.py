@@ -17,7 +17,7 @@ import ssl
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..compiled import mypyc_attr
 from ..protocol import AdminResponse, PacketError, to_bytes
@@ -32,10 +32,10 @@ from .link import Link, ServerSpec, parse_servers
 
 log = logging.getLogger("geartrain.client")
 
-_PRIORITIES = {"high": C.PRIORITY_HIGH, "normal": C.PRIORITY_NORMAL, "low": C.PRIORITY_LOW}
+_PRIORITIES: Final = {"high": C.PRIORITY_HIGH, "normal": C.PRIORITY_NORMAL, "low": C.PRIORITY_LOW}
 #: The SUBMIT_JOB* type of each priority name, foreground and background.
-_FOREGROUND = {name: C.submit_type(False, level) for name, level in _PRIORITIES.items()}
-_BACKGROUND = {name: C.submit_type(True, level) for name, level in _PRIORITIES.items()}
+_FOREGROUND: Final = {name: C.submit_type(False, level) for name, level in _PRIORITIES.items()}
+_BACKGROUND: Final = {name: C.submit_type(True, level) for name, level in _PRIORITIES.items()}
 
 
 def _is_up(link: Link) -> bool:
@@ -348,9 +348,10 @@ class Client:
     def _events(self, link: Link, events: list[Any]) -> None:
         for event in events:
             kind = type(event)
-            if kind is Work:
-                ptype, args = event.packet.ptype, event.packet.args
-                for job in event.jobs:
+            if kind is Work:  # Work(jobs, packet, final), Packet(magic, ptype, args): read by index, as the session
+                packet = event[1]  # builds them (an index is cheaper than an attribute for compiled code)
+                ptype, args = packet[1], packet[2]
+                for job in event[0]:
                     job._packet(ptype, args)
             elif kind is Reply:
                 self._reply(link, event)

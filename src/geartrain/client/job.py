@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from .errors import JobError, JobException, JobFailed
 
-PENDING = "pending"  # submitted, no JOB_CREATED yet
-CREATED = "created"  # acknowledged, running or queued
-COMPLETE = "complete"
-FAILED = "failed"
-EXCEPTION = "exception"
-LOST = "lost"
-FINAL_STATES = (COMPLETE, FAILED, EXCEPTION, LOST)
+PENDING: Final = "pending"  # submitted, no JOB_CREATED yet
+CREATED: Final = "created"  # acknowledged, running or queued
+COMPLETE: Final = "complete"
+FAILED: Final = "failed"
+EXCEPTION: Final = "exception"
+LOST: Final = "lost"
+FINAL_STATES: Final = (COMPLETE, FAILED, EXCEPTION, LOST)
 
 
 class JobStatus(NamedTuple):
@@ -66,8 +66,10 @@ class Job:
         #: "host:port" of the server that acknowledged the job.
         self.server: str | None = None
         self.state = PENDING
-        self.data: list[bytes] = []
-        self.warnings: list[bytes] = []
+        # data and warnings are made on first use: most jobs have none, and every list made is one more object
+        # for the garbage collector's young generation, whose collections a batch in flight pays for.
+        self._data: list[bytes] | None = None
+        self._warnings: list[bytes] | None = None
         #: (numerator, denominator) of the last WORK_STATUS, None before the first.
         self.status: tuple[int, int] | None = None
         self.exception: bytes | None = None
@@ -86,6 +88,20 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.function!r} handle={self.handle!r} state={self.state}>"
+
+    @property
+    def data(self) -> list[bytes]:
+        """The WORK_DATA chunks received so far, in order."""
+        if self._data is None:
+            self._data = []
+        return self._data
+
+    @property
+    def warnings(self) -> list[bytes]:
+        """The WORK_WARNING data received so far, in order."""
+        if self._warnings is None:
+            self._warnings = []
+        return self._warnings
 
     @property
     def done(self) -> bool:

@@ -310,7 +310,8 @@ class Worker:
         for event in events:
             kind = type(event)
             if kind is Assigned:
-                job = WorkerJob(link, link.generation, *event.job)
+                handle, function, unique, arguments = event[0]  # Assigned(job, packet): the session's Assignment
+                job = WorkerJob(link, link.generation, handle, function, unique, arguments)
                 if session.prefetching:
                     session.held.append(job)
                     self._pump(link, session)

@@ -34,7 +34,7 @@ The rules kept in this one place:
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from . import constants as C
 from .codec import AdminLine, Packet, join_body, pack
@@ -57,22 +57,23 @@ __all__ = [
 ]
 
 #: Which request kind each typed reply answers (ERROR answers any).
-_ANSWERS: dict[int, int] = {
+_ANSWERS: Final[dict[int, int]] = {
     C.STATUS_RES: C.GET_STATUS,
     C.STATUS_RES_UNIQUE: C.GET_STATUS_UNIQUE,
     C.ECHO_RES: C.ECHO_REQ,
     C.OPTION_RES: C.OPTION_REQ,
 }
-_SUBMITS = frozenset(C.SUBMIT_TYPES)
-_BACKGROUND = frozenset(ptype for ptype, (background, _) in C.SUBMIT_TYPES.items() if background)
-_WORK = frozenset((C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
-_ENDING = frozenset((C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
-_FOREGROUND = _SUBMITS - _BACKGROUND
-_JOB_CREATED, _ERROR = C.JOB_CREATED, C.ERROR
-_PROBE = object()  # the token of the GET_STATUS that follows every OPTION_REQ
+_SUBMITS: Final = frozenset(C.SUBMIT_TYPES)
+_BACKGROUND: Final = frozenset(ptype for ptype, (background, _) in C.SUBMIT_TYPES.items() if background)
+_WORK: Final = frozenset((C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
+_ENDING: Final = frozenset((C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
+_FOREGROUND: Final = _SUBMITS - _BACKGROUND
+_JOB_CREATED: Final = C.JOB_CREATED
+_ERROR: Final = C.ERROR
+_PROBE: Final = object()  # the token of the GET_STATUS that follows every OPTION_REQ
 PROBE_HANDLE = b"geartrain-option-probe"
 #: Events are built on the hot path with tuple.__new__ (a C call), not the NamedTuple's Python-level __new__.
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 # ---------------------------------------------------------------------------------------------------- events
@@ -421,15 +422,18 @@ class Wake(NamedTuple):
 
 
 #: The worker's per-connection states, named as gear names them.
-INIT, IDLE, GRAB_WAIT, SLEEP = "INIT", "IDLE", "GRAB_WAIT", "SLEEP"
+INIT: Final = "INIT"
+IDLE: Final = "IDLE"
+GRAB_WAIT: Final = "GRAB_WAIT"
+SLEEP: Final = "SLEEP"
 
-_GRABS = {C.GRAB_JOB: C.JOB_ASSIGN, C.GRAB_JOB_UNIQ: C.JOB_ASSIGN_UNIQ, C.GRAB_JOB_ALL: C.JOB_ASSIGN_ALL}
+_GRABS: Final = {C.GRAB_JOB: C.JOB_ASSIGN, C.GRAB_JOB_UNIQ: C.JOB_ASSIGN_UNIQ, C.GRAB_JOB_ALL: C.JOB_ASSIGN_ALL}
 #: The body-less requests of the grab machine, framed once.
-_GRAB_FRAMES = {grab: pack(REQ, grab, b"") for grab in _GRABS}
-_PRE_SLEEP = pack(REQ, C.PRE_SLEEP, b"")
-_NO_JOB = NoJob()
-_STILL_GRABBING = StillGrabbing()
-_WAKE = Wake()
+_GRAB_FRAMES: Final = {grab: pack(REQ, grab, b"") for grab in _GRABS}
+_PRE_SLEEP: Final = pack(REQ, C.PRE_SLEEP, b"")
+_NO_JOB: Final = NoJob()
+_STILL_GRABBING: Final = StillGrabbing()
+_WAKE: Final = Wake()
 
 
 class WorkerSession:
