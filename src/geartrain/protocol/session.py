@@ -79,19 +79,16 @@ _new: Final = tuple.__new__
 # ---------------------------------------------------------------------------------------------------- events
 
 
-def _feed(conn: ClientConnection, data: bytes, on_packet: Any, out: list[Any]) -> None:
-    """Decode ``data`` with the connection's decoder in one pass (no intermediate list): each packet goes to
-    ``on_packet(packet, out)``, admin lines back to the connection (whole answers come out), the rest to ``out``."""
-    for event in conn._decoder.feed(data):
-        kind = type(event)
-        if kind is Packet:
-            on_packet(event, out)
-        elif kind is AdminLine:
-            answer = conn._admin_line(event.line)  # type: ignore[union-attr]
-            if answer is not None:
-                out.append(answer)
-        else:
-            out.append(event)
+def _not_a_packet(conn: ClientConnection, event: Any, out: list[Any]) -> None:
+    """What a session's receive_data does with a decoded event other than a packet: an admin line goes back to the
+    connection (a whole answer comes out), the rest (PacketError) to ``out``. Each session's receive_data decodes
+    in one pass (no intermediate list) and hands each packet to its own receive(), a native call when compiled."""
+    if type(event) is AdminLine:
+        answer = conn._admin_line(event.line)
+        if answer is not None:
+            out.append(answer)
+    else:
+        out.append(event)
 
 
 class Reply(NamedTuple):
@@ -269,7 +266,12 @@ class ClientSession:
         """Feed the server's bytes; the events they complete (Reply, Unanswered, Work, Unsolicited,
         AdminResponse, AdminLine, PacketError). Raises codec.ProtocolError on an undecodable stream."""
         out: list[Any] = []
-        _feed(self._conn, data, self.receive, out)
+        conn = self._conn
+        for event in conn._decoder.feed(data):
+            if type(event) is Packet:
+                self.receive(event, out)
+            else:
+                _not_a_packet(conn, event, out)
         return out
 
     def receive(self, packet: Packet, out: list[Any]) -> None:
@@ -542,11 +544,13 @@ class WorkerSession:
         """Feed the server's bytes; events: Assigned, NoJob, Wake, Unsolicited (ERROR, ECHO_RES, ...),
         AdminResponse, AdminLine, PacketError."""
         out: list[Any] = []
-        _feed(self._conn, data, self._receive_into, out)
+        conn = self._conn
+        for event in conn._decoder.feed(data):
+            if type(event) is Packet:
+                out.append(self.receive(event))
+            else:
+                _not_a_packet(conn, event, out)
         return out
-
-    def _receive_into(self, packet: Packet, out: list[Any]) -> None:
-        out.append(self.receive(packet))
 
     def send_admin(self, command: bytes | str) -> bytes:
         return self._conn.send_admin(command)
