@@ -272,6 +272,15 @@ def _geartrain_compiled_command(port: int, options: ServerOptions) -> list[str]:
     return ["env", f"PYTHONPATH={compiled_build()}", *_geartrain_command(port, options)]
 
 
+# --- the floor server (benchmarks/floor_server.py: geard's transport with every feature removed) ---------------
+
+FLOOR_SERVER = Path(__file__).resolve().parent / "floor_server.py"
+
+
+def _floor_command(port: int, options: ServerOptions) -> list[str]:
+    return [sys.executable, str(FLOOR_SERVER), "-p", str(port), "--listen-address", HOST]
+
+
 # --- gear 0.16.0 geard in a throwaway virtualenv --------------------------------------------------
 
 
@@ -356,6 +365,10 @@ SERVERS: dict[str, ServerSpec] = {
     "geartrain-nometrics": ServerSpec(
         "geartrain-nometrics", _geartrain_check, _geartrain_nometrics_command, queues=("memory", "sqlite"),
         note="geartrain --no-stats",
+    ),
+    "python-floor": ServerSpec(
+        "python-floor", lambda: None, _floor_command,
+        note="benchmarks/floor_server.py: the least a Python server on uvloop does per job (a floor, no product)",
     ),
     "gearmand": ServerSpec(
         "gearmand", _gearmand_check, _gearmand_command, queues=("memory", "sqlite"),
