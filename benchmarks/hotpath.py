@@ -4,15 +4,19 @@ the broker, out through the flush pass, with no sockets and no event loop.
     python benchmarks/hotpath.py [JOBS] [--profile] [--once] [--loads=foreground,background,large]
     valgrind --tool=callgrind python benchmarks/hotpath.py 20000     # instruction counts: repeatable on a busy box
     HOTPATH_SRC=/tmp/build python benchmarks/hotpath.py              # the code of another folder (a compiled build)
+    python benchmarks/hotpath.py --floor                             # floor_server.py in the same shapes
+    FLOOR_SRC=DIR python benchmarks/hotpath.py --floor               # ... from DIR (servers.floor_compiled_build())
 
 Three loads, shaped as benchmarks/run.py's: `foreground` (a client pipelines 16 SUBMIT_JOB per write; a worker
 answers each JOB_ASSIGN_UNIQ with WORK_COMPLETE + GRAB_JOB_UNIQ in one write), `background` (16 SUBMIT_JOB_BG
 per write, then the worker drains) and `large` (one 1 MiB job at a time, its payload and its result each read as
 a socket would deliver them: through get_buffer() / buffer_updated(), READ bytes at most per read; JOBS / 100 of
 them). The server is built as geard builds it (app.Server, memory queue: counters, lifecycle hooks, admin), not
-started. Prints ns per job (fastest of a few rounds); under callgrind the instruction count of the whole run is
-the figure to compare before and after a change (subtract a run of 16 jobs for the start-up; the load's own
-client and worker, encode_request and the Sink, are about a third of a foreground job's count).
+started. With --floor the connections are floor_server.py's (the least a Python server does per job; no `large`
+shape), each read copied into its server's receive buffer as the loop does. Prints ns per job (fastest of a few
+rounds); under callgrind the instruction count of the whole run is the figure to compare before and after a change
+(subtract a run of 16 jobs for the start-up; the load's own client and worker, encode_request and the Sink, are
+about a third of a foreground job's count).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from geartrain.protocol.codec import encode_request, pack_header  # noqa: E402
 from geartrain.server import memory  # noqa: E402
 from geartrain.server.app import Server  # noqa: E402
 from geartrain.server.config import ServerConfig  # noqa: E402
-from geartrain.server.transport import GearmanProtocol, ServerState  # noqa: E402
+from geartrain.server.transport import GearmanProtocol  # noqa: E402
 
 BATCH = 16
 #: Bytes per read of the large load (what uvloop's reads of geard delivered per read on loopback: about 170 KiB).
@@ -90,20 +94,40 @@ class Loop:
             callback()
 
 
-def _server() -> tuple[ServerState, Loop]:
+class FloorConn:
+    """A floor_server.Conn fed as the loop feeds it: each chunk copied into get_buffer(), then buffer_updated()."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.get_buffer(-1)[:len(data)] = data
+        self.conn.buffer_updated(len(data))
+
+
+FLOOR = "--floor" in sys.argv
+if FLOOR:
+    sys.path.insert(0, os.environ.get("FLOOR_SRC") or str(Path(__file__).resolve().parent))
+    import floor_server
+
+
+def _server() -> tuple[Any, Loop]:
     """The connections' state of a server built as geard builds it (app.Server: counters, lifecycle hooks, admin),
-    memory queue, not started."""
+    memory queue, not started; or (--floor) a floor_server.Server."""
+    if FLOOR:
+        loop = Loop()
+        return floor_server.Server(loop), loop  # type: ignore[arg-type]
     state = Server(ServerConfig(job_handle_prefix="H:bench", queue_type="memory")).state
     loop = Loop()
     state.loop = loop  # type: ignore[assignment]
     return state, loop
 
 
-def _connect(state: ServerState) -> tuple[GearmanProtocol, Sink]:
-    conn = GearmanProtocol(state)
+def _connect(state: Any) -> tuple[Any, Sink]:
+    conn = floor_server.Conn(state) if FLOOR else GearmanProtocol(state)
     sink = Sink()
     conn.connection_made(sink)  # type: ignore[arg-type]
-    return conn, sink
+    return (FloorConn(conn) if FLOOR else conn), sink
 
 
 def _handles(data: bytes, ptype: int) -> list[bytes]:
@@ -217,7 +241,8 @@ def main(argv: list[str]) -> int:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         return 0
     rounds = 1 if "--once" in argv else 5
-    loads = next((a.split("=", 1)[1] for a in argv if a.startswith("--loads=")), "foreground,background,large")
+    loads = next((a.split("=", 1)[1] for a in argv if a.startswith("--loads=")),
+                 "foreground,background" if FLOOR else "foreground,background,large")
     for load in loads.split(","):
         if load == "large":
             count = max(1, jobs // 100)

@@ -272,6 +272,46 @@ def _geartrain_compiled_command(port: int, options: ServerOptions) -> list[str]:
     return ["env", f"PYTHONPATH={compiled_build()}", *_geartrain_command(port, options)]
 
 
+# --- the floor server (benchmarks/floor_server.py: geard's transport with every feature removed) ---------------
+
+FLOOR_SERVER = Path(__file__).resolve().parent / "floor_server.py"
+
+
+def _floor_command(port: int, options: ServerOptions) -> list[str]:
+    return [sys.executable, str(FLOOR_SERVER), "-p", str(port), "--listen-address", HOST]
+
+
+def floor_compiled_build() -> Path:
+    """floor_server.py compiled by mypyc (from a virtualenv with mypy, made once), once per state of the file."""
+    source = FLOOR_SERVER.read_bytes()
+    dest = VENV_ROOT / f"floor-compiled-{hashlib.sha256(source).hexdigest()[:16]}"
+    if not (dest / "built").exists():
+        bin_dir = ensure_venv("mypyc", ["mypy>=1.10"], "import mypyc")
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        (dest / "floor_server.py").write_bytes(source)
+        src = str(Path(__file__).resolve().parent.parent / "src")
+        subprocess.run([str(bin_dir / "mypyc"), "--ignore-missing-imports", "floor_server.py"], cwd=dest,
+                       env=dict(os.environ, MYPYPATH=src), check=True, timeout=600, capture_output=True)
+        (dest / "floor_server.py").unlink()  # the extension module is what `import floor_server` finds
+        (dest / "built").touch()
+    return dest
+
+
+def _floor_compiled_check() -> str | None:
+    try:
+        floor_compiled_build()
+    except (subprocess.SubprocessError, OSError, ServerUnavailable) as exc:
+        return f"mypyc could not compile floor_server.py: {exc}"
+    return None
+
+
+def _floor_compiled_command(port: int, options: ServerOptions) -> list[str]:
+    return ["env", f"PYTHONPATH={floor_compiled_build()}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            sys.executable, "-c", "import floor_server; floor_server.main()",
+            "-p", str(port), "--listen-address", HOST]
+
+
 # --- gear 0.16.0 geard in a throwaway virtualenv --------------------------------------------------
 
 
@@ -356,6 +396,14 @@ SERVERS: dict[str, ServerSpec] = {
     "geartrain-nometrics": ServerSpec(
         "geartrain-nometrics", _geartrain_check, _geartrain_nometrics_command, queues=("memory", "sqlite"),
         note="geartrain --no-stats",
+    ),
+    "python-floor": ServerSpec(
+        "python-floor", lambda: None, _floor_command,
+        note="benchmarks/floor_server.py: the least a Python server on uvloop does per job (a floor, no product)",
+    ),
+    "python-floor-compiled": ServerSpec(
+        "python-floor-compiled", _floor_compiled_check, _floor_compiled_command,
+        note="floor_server.py compiled by mypyc",
     ),
     "gearmand": ServerSpec(
         "gearmand", _gearmand_check, _gearmand_command, queues=("memory", "sqlite"),
