@@ -302,6 +302,23 @@ def test_concurrency_runs_several_jobs_at_once(any_server):
     run(body())
 
 
+def test_priority_names_in_any_case_and_leading_arguments_without_nul(geartrain_server):
+    """A priority is named in any case (kept in lower case); a function or unique holding a NUL is refused before
+    anything is sent (only the last argument of a packet may hold NULs), and the client goes on working."""
+
+    async def body():
+        async with Client([geartrain_server.address]) as client:
+            job = await client.submit("case", "x", priority="HIGH", background=True)
+            assert job.priority == "high" and job.handle
+            assert (await client.submit("case", "y", priority="Low", background=True)).priority == "low"
+            for bad in ({"function": "f\0g"}, {"function": "f", "unique": b"u\0v"}):
+                with pytest.raises(ValueError):
+                    await client.run(data=b"x", **bad)
+            assert (await client.submit("case", b"z\0z", unique="ok", background=True)).handle
+
+    run(body())
+
+
 def test_priority_must_be_known(geartrain_server):
     async def body():
         async with Client([geartrain_server.address]) as client:

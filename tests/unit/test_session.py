@@ -352,6 +352,7 @@ def test_worker_grab_sleep_wake_machine(grab, assign, args, unique):
     assert type(job) is Assigned and job.job.handle == b"H:1" and job.job.unique == unique
     assert job.job.data == b"d" and worker.state == "IDLE"
     assert sent(worker.work(C.WORK_COMPLETE, b"H:1", b"ok")) == [("WORK_COMPLETE", (b"H:1", b"ok"))]
+    assert worker.complete(b"H:1", b"o\0k") == worker.work(C.WORK_COMPLETE, b"H:1", b"o\0k")
     assert sent(worker.work(C.WORK_STATUS, b"H:1", b"1", b"2")) == [("WORK_STATUS", (b"H:1", b"1", b"2"))]
     with pytest.raises(ValueError):
         worker.work(C.CAN_DO, b"H:1")

@@ -17,11 +17,13 @@ import ssl
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..compiled import mypyc_attr
 from ..protocol import AdminResponse, PacketError, to_bytes
 from ..protocol import constants as C
+from ..protocol.codec import join_body, pack
+from ..protocol.constants import REQ
 from ..protocol.pool import Ring, RoundRobin
 from ..protocol.session import ClientSession, Reply, Unanswered, Unsolicited, Work
 from .errors import ConnectionLost, GearmanError, JobLost, NoServerAvailable, ServerError
@@ -30,7 +32,10 @@ from .link import Link, ServerSpec, parse_servers
 
 log = logging.getLogger("geartrain.client")
 
-_PRIORITIES = {"high": C.PRIORITY_HIGH, "normal": C.PRIORITY_NORMAL, "low": C.PRIORITY_LOW}
+_PRIORITIES: Final = {"high": C.PRIORITY_HIGH, "normal": C.PRIORITY_NORMAL, "low": C.PRIORITY_LOW}
+#: The SUBMIT_JOB* type of each priority name, foreground and background.
+_FOREGROUND: Final = {name: C.submit_type(False, level) for name, level in _PRIORITIES.items()}
+_BACKGROUND: Final = {name: C.submit_type(True, level) for name, level in _PRIORITIES.items()}
 
 
 def _is_up(link: Link) -> bool:
@@ -120,19 +125,28 @@ class Client:
 
     def _job(self, function: bytes | str, data: bytes | str, unique: bytes | str | None, priority: str,
              background: bool) -> Job:
-        try:
-            level = _PRIORITIES[priority] if priority in _PRIORITIES else _PRIORITIES[priority.lower()]
-        except (KeyError, AttributeError, TypeError):
-            raise ValueError(f"priority must be 'high', 'normal' or 'low', not {priority!r}") from None
-        # bytes as they are without a call (the usual case of data); to_bytes for the rest
-        fn = function if type(function) is bytes else to_bytes(function, "function")
+        ptype = (_BACKGROUND if background else _FOREGROUND).get(priority) if type(priority) is str else None
+        if ptype is None:  # not one of the three names as written: any case, or not a priority at all
+            try:
+                level = _PRIORITIES[priority.lower()]
+            except (KeyError, AttributeError, TypeError):
+                raise ValueError(f"priority must be 'high', 'normal' or 'low', not {priority!r}") from None
+            priority = priority.lower()
+            ptype = C.submit_type(background, level)
+        # bytes as they are and str encoded without a call (the usual cases); to_bytes for the rest
+        fn = function if type(function) is bytes else function.encode() if type(function) is str else to_bytes(
+            function, "function")
         body = data if type(data) is bytes else to_bytes(data, "data")
         if unique is None:
             uq = uuid.uuid4().hex.encode()
         else:
-            uq = unique if type(unique) is bytes else to_bytes(unique, "unique")
-        ptype = C.submit_type(background, level)
-        job = Job(fn, body, uq, ptype, (fn, uq, body), background, priority.lower())
+            uq = unique if type(unique) is bytes else unique.encode() if type(unique) is str else to_bytes(
+                unique, "unique")
+        # The body joined here when the leading arguments hold no NUL; join_body otherwise (it refuses them). find(),
+        # not `in`: bytes.__contains__ raises and clears a TypeError inside before it searches.
+        joined = fn + b"\0" + uq + b"\0" + body if fn.find(b"\0") < 0 and uq.find(b"\0") < 0 else join_body(
+            ptype, fn, uq, body)
+        job = Job(fn, body, uq, ptype, pack(REQ, ptype, joined), background, priority)
         job._hashed = unique is not None
         return job
 
@@ -150,7 +164,8 @@ class Client:
         body = to_bytes(data, "data")
         uq = to_bytes(unique, "unique") if unique is not None else uuid.uuid4().hex.encode()
         epoch = str(int(when)).encode()
-        job = Job(fn, body, uq, C.SUBMIT_JOB_EPOCH, (fn, uq, epoch, body), True, "normal")
+        request = pack(REQ, C.SUBMIT_JOB_EPOCH, join_body(C.SUBMIT_JOB_EPOCH, fn, uq, epoch, body))
+        job = Job(fn, body, uq, C.SUBMIT_JOB_EPOCH, request, True, "normal")
         job._hashed = unique is not None
         return await self._submit(job)
 
@@ -202,14 +217,18 @@ class Client:
 
     def _route(self, job: Job) -> None:
         """Send a submit to its server (by unique, or round-robin without one), or hold it until one connects."""
-        if job._hashed:
+        links = self.links
+        if len(links) == 1:  # the one server, up or not: no call into the ring
+            link: Link | None = links[0] if links[0].transport is not None else None
+        elif job._hashed:
             link = self._ring.pick(job.unique, _is_up)
         else:
-            link = self._round_robin.pick(self.links, _is_up)
+            link = self._round_robin.pick(links, _is_up)
         if link is None:
             self._unrouted.append(job)
             return
-        link.write(link.conn.submit(job._ptype, job._packet_args, job))
+        link.conn.track(job._ptype, job)
+        link.write(job._request)
 
     # ------------------------------------------------------------------ other requests
 
@@ -329,9 +348,10 @@ class Client:
     def _events(self, link: Link, events: list[Any]) -> None:
         for event in events:
             kind = type(event)
-            if kind is Work:
-                ptype, args = event.packet.ptype, event.packet.args
-                for job in event.jobs:
+            if kind is Work:  # Work(jobs, packet, final), Packet(magic, ptype, args): read by index, as the session
+                packet = event[1]  # builds them (an index is cheaper than an attribute for compiled code)
+                ptype, args = packet[1], packet[2]
+                for job in event[0]:
                     job._packet(ptype, args)
             elif kind is Reply:
                 self._reply(link, event)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from ..compiled import mypyc_attr
 from ..protocol import constants as C
 from .errors import JobError, JobException, JobFailed
 
-PENDING = "pending"  # submitted, no JOB_CREATED yet
-CREATED = "created"  # acknowledged, running or queued
-COMPLETE = "complete"
-FAILED = "failed"
-EXCEPTION = "exception"
-LOST = "lost"
-FINAL_STATES = (COMPLETE, FAILED, EXCEPTION, LOST)
+PENDING: Final = "pending"  # submitted, no JOB_CREATED yet
+CREATED: Final = "created"  # acknowledged, running or queued
+COMPLETE: Final = "complete"
+FAILED: Final = "failed"
+EXCEPTION: Final = "exception"
+LOST: Final = "lost"
+FINAL_STATES: Final = (COMPLETE, FAILED, EXCEPTION, LOST)
 
 
 class JobStatus(NamedTuple):
@@ -53,8 +53,8 @@ class Job:
     """One submitted job: its handle once acknowledged, the data, warnings and status seen so far, its outcome."""
 
     def __init__(
-        self, function: bytes, arguments: bytes, unique: bytes, ptype: int, packet_args: tuple[bytes, ...],
-        background: bool, priority: str,
+        self, function: bytes, arguments: bytes, unique: bytes, ptype: int, request: bytes, background: bool,
+        priority: str,
     ) -> None:
         self.function = function
         #: The job's input bytes (``data`` holds the WORK_DATA chunks received, as in gear).
@@ -66,24 +66,42 @@ class Job:
         #: "host:port" of the server that acknowledged the job.
         self.server: str | None = None
         self.state = PENDING
-        self.data: list[bytes] = []
-        self.warnings: list[bytes] = []
+        # data and warnings are made on first use: most jobs have none, and every list made is one more object
+        # for the garbage collector's young generation, whose collections a batch in flight pays for.
+        self._data: list[bytes] | None = None
+        self._warnings: list[bytes] | None = None
         #: (numerator, denominator) of the last WORK_STATUS, None before the first.
         self.status: tuple[int, int] | None = None
         self.exception: bytes | None = None
         self._ptype = ptype
-        self._packet_args = packet_args
+        #: The submit packet, framed once (sent again as it is if its connection is lost before JOB_CREATED).
+        self._request = request
         loop = asyncio.get_running_loop()
         #: Made only for submit(), which awaits the acknowledgement (run() awaits the outcome alone).
         self._created: asyncio.Future[None] | None = None
         self._outcome: asyncio.Future[bytes] = loop.create_future()
-        self._waiters: list[asyncio.Future[None]] = []
+        #: Futures of the streams waiting for the job's next change; made by the first one (most jobs have none).
+        self._waiters: list[asyncio.Future[None]] | None = None
         self._abandoned = False
         #: Whether the job's server is chosen by its unique (False: the user gave none, round-robin).
         self._hashed = True
 
     def __repr__(self) -> str:
         return f"<Job {self.function!r} handle={self.handle!r} state={self.state}>"
+
+    @property
+    def data(self) -> list[bytes]:
+        """The WORK_DATA chunks received so far, in order."""
+        if self._data is None:
+            self._data = []
+        return self._data
+
+    @property
+    def warnings(self) -> list[bytes]:
+        """The WORK_WARNING data received so far, in order."""
+        if self._warnings is None:
+            self._warnings = []
+        return self._warnings
 
     @property
     def done(self) -> bool:
@@ -102,8 +120,8 @@ class Job:
     # ------------------------------------------------------------------ updates from the Client
 
     def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -184,6 +202,8 @@ class JobStream:
             if job.done or job.background:
                 break
             waiter = asyncio.get_running_loop().create_future()
+            if job._waiters is None:
+                job._waiters = []
             job._waiters.append(waiter)
             try:
                 await waiter

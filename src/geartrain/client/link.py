@@ -88,6 +88,8 @@ class Link:
         self._on_lost = on_lost
         self._buffer: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
+        #: True while the owner handles what arrived: what it writes then goes out at the end, no flush scheduled.
+        self._receiving = False
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._lost: asyncio.Future[None] | None = None
@@ -205,7 +207,14 @@ class Link:
             if self.transport is not None:
                 self.transport.abort()
         if events:
-            self._on_events(self, events)
+            # What the owner writes in answer (a worker's PRE_SLEEP or next grab) leaves in one write when it is
+            # done, in this loop pass: no flush callback and loop pass more for it.
+            self._receiving = True
+            try:
+                self._on_events(self, events)
+            finally:
+                self._receiving = False
+                self._write_buffer()
 
     def _gone(self, exc: Exception | None) -> None:
         if self.transport is None:
@@ -239,7 +248,7 @@ class Link:
         if self.transport is None:
             return False
         self._buffer.append(data)
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._receiving:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         return True
 

@@ -111,6 +111,8 @@ def _is_async(handler: Handler) -> bool:
 
 
 def _result_bytes(value: Result) -> bytes:
+    if type(value) is bytes:  # the usual case, without a call
+        return value
     if value is None:
         return b""
     if isinstance(value, (str, bytes, bytearray, memoryview)):
@@ -141,7 +143,9 @@ class Worker:
         self.concurrency = 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._changed: asyncio.Event | None = None
+        #: One future per coroutine waiting for a change (a connection made or lost, a job ended), settled by
+        #: _signal(): with none waiting, as while jobs run, a change costs one test.
+        self._watchers: list[asyncio.Future[None]] = []
         self._done: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ abilities
@@ -184,7 +188,6 @@ class Worker:
             raise RuntimeError("this Worker is already running: stop() it before run() again")
         self.concurrency = concurrency
         self._stopping = False
-        self._changed = asyncio.Event()
         self._done = asyncio.Event()
         self.links = [
             Link(address, self._session(), on_connected=self._connected, on_events=self._events,
@@ -216,14 +219,16 @@ class Worker:
         await asyncio.wait_for(wait(), timeout)
 
     async def _wait_change(self) -> None:
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        self._changed.clear()
-        await self._changed.wait()
+        watcher = asyncio.get_running_loop().create_future()
+        self._watchers.append(watcher)
+        await watcher
 
     def _signal(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
+        if self._watchers:
+            watchers, self._watchers = self._watchers, []
+            for watcher in watchers:
+                if not watcher.done():
+                    watcher.set_result(None)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Take no more jobs, let running jobs finish and send their results (cancelled after ``timeout``),
@@ -305,7 +310,8 @@ class Worker:
         for event in events:
             kind = type(event)
             if kind is Assigned:
-                job = WorkerJob(link, link.generation, *event.job)
+                handle, function, unique, arguments = event[0]  # Assigned(job, packet): the session's Assignment
+                job = WorkerJob(link, link.generation, handle, function, unique, arguments)
                 if session.prefetching:
                     session.held.append(job)
                     self._pump(link, session)
@@ -350,7 +356,8 @@ class Worker:
                     result = await ability.handler(job)  # type: ignore[misc]
                 else:
                     result = await self._call_sync(ability, job)
-                packet = link.conn.work(C.WORK_COMPLETE, job.handle, _result_bytes(result))
+                conn: WorkerSession = link.conn
+                packet = conn.complete(job.handle, _result_bytes(result))
             except asyncio.CancelledError:
                 if not job.connection_lost:
                     link.write(link.conn.work(C.WORK_FAIL, job.handle))

@@ -34,7 +34,7 @@ The rules kept in this one place:
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from . import constants as C
 from .codec import AdminLine, Packet, join_body, pack
@@ -57,40 +57,38 @@ __all__ = [
 ]
 
 #: Which request kind each typed reply answers (ERROR answers any).
-_ANSWERS: dict[int, int] = {
+_ANSWERS: Final[dict[int, int]] = {
     C.STATUS_RES: C.GET_STATUS,
     C.STATUS_RES_UNIQUE: C.GET_STATUS_UNIQUE,
     C.ECHO_RES: C.ECHO_REQ,
     C.OPTION_RES: C.OPTION_REQ,
 }
-_SUBMITS = frozenset(C.SUBMIT_TYPES)
-_BACKGROUND = frozenset(ptype for ptype, (background, _) in C.SUBMIT_TYPES.items() if background)
-_WORK = frozenset((C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
-_ENDING = frozenset((C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
-_FOREGROUND = _SUBMITS - _BACKGROUND
-_JOB_CREATED, _ERROR = C.JOB_CREATED, C.ERROR
-_PROBE = object()  # the token of the GET_STATUS that follows every OPTION_REQ
+_SUBMITS: Final = frozenset(C.SUBMIT_TYPES)
+_BACKGROUND: Final = frozenset(ptype for ptype, (background, _) in C.SUBMIT_TYPES.items() if background)
+_WORK: Final = frozenset((C.WORK_DATA, C.WORK_WARNING, C.WORK_STATUS, C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
+_ENDING: Final = frozenset((C.WORK_COMPLETE, C.WORK_FAIL, C.WORK_EXCEPTION))
+_FOREGROUND: Final = _SUBMITS - _BACKGROUND
+_JOB_CREATED: Final = C.JOB_CREATED
+_ERROR: Final = C.ERROR
+_PROBE: Final = object()  # the token of the GET_STATUS that follows every OPTION_REQ
 PROBE_HANDLE = b"geartrain-option-probe"
 #: Events are built on the hot path with tuple.__new__ (a C call), not the NamedTuple's Python-level __new__.
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 # ---------------------------------------------------------------------------------------------------- events
 
 
-def _feed(conn: ClientConnection, data: bytes, on_packet: Any, out: list[Any]) -> None:
-    """Decode ``data`` with the connection's decoder in one pass (no intermediate list): each packet goes to
-    ``on_packet(packet, out)``, admin lines back to the connection (whole answers come out), the rest to ``out``."""
-    for event in conn._decoder.feed(data):
-        kind = type(event)
-        if kind is Packet:
-            on_packet(event, out)
-        elif kind is AdminLine:
-            answer = conn._admin_line(event.line)  # type: ignore[union-attr]
-            if answer is not None:
-                out.append(answer)
-        else:
-            out.append(event)
+def _not_a_packet(conn: ClientConnection, event: Any, out: list[Any]) -> None:
+    """What a session's receive_data does with a decoded event other than a packet: an admin line goes back to the
+    connection (a whole answer comes out), the rest (PacketError) to ``out``. Each session's receive_data decodes
+    in one pass (no intermediate list) and hands each packet to its own receive(), a native call when compiled."""
+    if type(event) is AdminLine:
+        answer = conn._admin_line(event.line)
+        if answer is not None:
+            out.append(answer)
+    else:
+        out.append(event)
 
 
 class Reply(NamedTuple):
@@ -268,7 +266,12 @@ class ClientSession:
         """Feed the server's bytes; the events they complete (Reply, Unanswered, Work, Unsolicited,
         AdminResponse, AdminLine, PacketError). Raises codec.ProtocolError on an undecodable stream."""
         out: list[Any] = []
-        _feed(self._conn, data, self.receive, out)
+        conn = self._conn
+        for event in conn._decoder.feed(data):
+            if type(event) is Packet:
+                self.receive(event, out)
+            else:
+                _not_a_packet(conn, event, out)
         return out
 
     def receive(self, packet: Packet, out: list[Any]) -> None:
@@ -421,15 +424,18 @@ class Wake(NamedTuple):
 
 
 #: The worker's per-connection states, named as gear names them.
-INIT, IDLE, GRAB_WAIT, SLEEP = "INIT", "IDLE", "GRAB_WAIT", "SLEEP"
+INIT: Final = "INIT"
+IDLE: Final = "IDLE"
+GRAB_WAIT: Final = "GRAB_WAIT"
+SLEEP: Final = "SLEEP"
 
-_GRABS = {C.GRAB_JOB: C.JOB_ASSIGN, C.GRAB_JOB_UNIQ: C.JOB_ASSIGN_UNIQ, C.GRAB_JOB_ALL: C.JOB_ASSIGN_ALL}
+_GRABS: Final = {C.GRAB_JOB: C.JOB_ASSIGN, C.GRAB_JOB_UNIQ: C.JOB_ASSIGN_UNIQ, C.GRAB_JOB_ALL: C.JOB_ASSIGN_ALL}
 #: The body-less requests of the grab machine, framed once.
-_GRAB_FRAMES = {grab: pack(REQ, grab, b"") for grab in _GRABS}
-_PRE_SLEEP = pack(REQ, C.PRE_SLEEP, b"")
-_NO_JOB = NoJob()
-_STILL_GRABBING = StillGrabbing()
-_WAKE = Wake()
+_GRAB_FRAMES: Final = {grab: pack(REQ, grab, b"") for grab in _GRABS}
+_PRE_SLEEP: Final = pack(REQ, C.PRE_SLEEP, b"")
+_NO_JOB: Final = NoJob()
+_STILL_GRABBING: Final = StillGrabbing()
+_WAKE: Final = Wake()
 
 
 class WorkerSession:
@@ -530,15 +536,21 @@ class WorkerSession:
             raise ValueError(f"{C.TYPE_NAMES.get(ptype, ptype)} is not a WORK_* packet")
         return pack(REQ, ptype, join_body(ptype, handle, *args))
 
+    def complete(self, handle: bytes, data: bytes) -> bytes:
+        """WORK_COMPLETE for a handle the server assigned (received between NULs: it holds none), unchecked."""
+        return pack(REQ, C.WORK_COMPLETE, handle + b"\0" + data)
+
     def receive_data(self, data: bytes) -> list[Any]:
         """Feed the server's bytes; events: Assigned, NoJob, Wake, Unsolicited (ERROR, ECHO_RES, ...),
         AdminResponse, AdminLine, PacketError."""
         out: list[Any] = []
-        _feed(self._conn, data, self._receive_into, out)
+        conn = self._conn
+        for event in conn._decoder.feed(data):
+            if type(event) is Packet:
+                out.append(self.receive(event))
+            else:
+                _not_a_packet(conn, event, out)
         return out
-
-    def _receive_into(self, packet: Packet, out: list[Any]) -> None:
-        out.append(self.receive(packet))
 
     def send_admin(self, command: bytes | str) -> bytes:
         return self._conn.send_admin(command)
