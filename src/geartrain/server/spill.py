@@ -109,9 +109,18 @@ def signed(num: int, unique: bytes) -> int:
 
 def handle_number(handle: bytes, start: int) -> int:
     """The decimal number handle[start:] spells (the broker's handles are its prefix and a number), or -1 when it
-    is not one: int() alone also reads a sign, spaces and underscores."""
-    digits = handle[start:]
-    return int(digits) if digits.isdigit() else -1
+    is not one (empty, or not only the digits 0-9). Read digit by digit: compiled, int() of bytes goes through a
+    call of the type (1.8k instructions per spilled job with the isdigit() check, about a tenth of that here)."""
+    end = len(handle)
+    if start >= end:
+        return -1
+    num = 0
+    for i in range(start, end):
+        digit = handle[i] - 48
+        if digit < 0 or digit > 9:
+            return -1
+        num = num * 10 + digit
+    return num
 
 
 def row_key(row: tuple[bytes, bytes | None]) -> bytes:
