@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 #: The hot path: the packet codec and the client side's state machines, the broker, its counters, its transport
 #: and spilling (the spill queues and the unique index: each spilled job passes through them on the event loop),
-#: the durable queue's group commit, and the asyncio client and worker (README, "The compiled build").
+#: the durable queue's group commit and its SQLite insert parameters (built for each stored job), and the asyncio
+#: client and worker (README, "The compiled build").
 MODULES = (
     "geartrain.protocol.codec", "geartrain.protocol.connection", "geartrain.protocol.session",
     "geartrain.server.broker", "geartrain.server.stats", "geartrain.server.transport", "geartrain.server.hashindex",
-    "geartrain.server.spill", "geartrain.server.store",
+    "geartrain.server.spill", "geartrain.server.store", "geartrain.server.store.sqlite_rows",
     "geartrain.client.job", "geartrain.client.link", "geartrain.client.client", "geartrain.client.worker",
 )
 

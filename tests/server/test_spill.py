@@ -255,7 +255,9 @@ def test_only_the_exact_handle_of_a_spilled_job_finds_it(server_factory, tmp_pat
 def test_handle_number_reads_decimal_digits_only():
     assert handle_number(b"H:x:1234", 4) == 1234
     assert handle_number(b"H:x:0", 4) == 0
-    for bad in (b"H:x:", b"H:x:+1", b"H:x: 1", b"H:x:1_0", b"H:x:12a", b"H:x:-1"):
+    assert handle_number(b"H:x:1764556800123456", 4) == 1764556800123456  # the broker's: microseconds
+    assert handle_number(b"H:x:" + b"9" * 30, 4) == int("9" * 30)
+    for bad in (b"H:x:", b"H:x:+1", b"H:x: 1", b"H:x:1_0", b"H:x:12a", b"H:x:-1", b"H:x:" + b"9" * 29 + b"a"):
         assert handle_number(bad, 4) == -1, bad
 
 

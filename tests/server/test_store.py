@@ -574,7 +574,7 @@ def test_stored_fields_are_blobs_even_when_empty_and_read_back_exactly(tmp_path)
 def test_a_batch_is_written_exactly_whichever_statement_it_takes(tmp_path, shape):
     """Rows submitted back to back bind function, priority, time, reducer and first ref once per statement; any
     difference takes the statement with every field per row. Both write the same rows."""
-    from geartrain.server.store.sqlite import insert_params
+    from geartrain.server.store.sqlite_rows import insert_params
 
     batch = [(10 + i, b"fn", b"u%d" % i, 1, 0.0, b"", b"d%d" % i) for i in range(100)]
     change = {"gap in refs": (0, 200), "other priority": (3, 2), "other time": (4, 5.5), "other function": (1, b"g"),

@@ -47,12 +47,18 @@ import logging
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .broker import QUEUED, SPILLED, Broker, Function, Job
 from .hashindex import HashIndex, key_hash
 
+if TYPE_CHECKING:
+    from mypy_extensions import i64  # compiled: a native 64-bit int; interpreted, annotations are not evaluated
+
 log = logging.getLogger("geartrain.spill")
+
+#: Whether this module runs compiled (handle_number).
+_COMPILED: Final = not __file__.endswith(".py")
 
 #: Queued jobs per function and priority held in memory when --memory-jobs is not given (ServerConfig's default).
 DEFAULT_MEMORY_JOBS = 100_000
@@ -109,9 +115,22 @@ def signed(num: int, unique: bytes) -> int:
 
 def handle_number(handle: bytes, start: int) -> int:
     """The decimal number handle[start:] spells (the broker's handles are its prefix and a number), or -1 when it
-    is not one: int() alone also reads a sign, spaces and underscores."""
-    digits = handle[start:]
-    return int(digits) if digits.isdigit() else -1
+    is not one (empty, or not only the digits 0-9). Compiled, read digit by digit in a native 64-bit int: the
+    broker's numbers have 16 digits, past which a tagged int multiplies through Python's, and int() of bytes is
+    a call of the type (with the isdigit() check 1.8k instructions per spilled job, 1.1k more than the loop)."""
+    end = len(handle)
+    if start >= end:
+        return -1
+    if end - start > 18 or not _COMPILED:  # past a 64-bit int; interpreted, int() is 7x faster than the loop
+        digits = handle[start:]
+        return int(digits) if digits.isdigit() else -1
+    num: i64 = 0
+    for i in range(start, end):
+        digit: i64 = handle[i] - 48
+        if digit < 0 or digit > 9:
+            return -1
+        num = num * 10 + digit
+    return num
 
 
 def row_key(row: tuple[bytes, bytes | None]) -> bytes:

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import GroupCommitStore, Row, StoredJob, StoreError, StoreLost, failure_reason
+from .sqlite_rows import insert_params, split_large
 
 log = logging.getLogger("geartrain.store")
 
@@ -123,39 +124,6 @@ def chunk_sizes(count: int, most: int) -> list[int]:
         sizes.append(size)
         count -= size
     return sizes
-
-
-def insert_params(rows: list[Row]) -> tuple[str, list[object]]:
-    """The kind of multi-row insert for these rows ("insert", or "uniform": see _statement) and its parameters.
-
-    Blobs are bound as bytearray: the sqlite3 module binds bytearray directly but passes every bytes object
-    through its adapter registry first (0.4 against 0.12 us per blob; the copy costs 0.13 us), which made up about
-    40% of the writer thread's CPU per job. Rows submitted back to back share their function, priority, time and
-    reducer and have consecutive refs: those are bound once per statement ("uniform"), the rest once per row."""
-    columns = list(zip(*rows, strict=True))
-    refs, names, uniques, priorities, whens, reducers, data = columns
-    count = len(rows)
-    if refs[-1] - refs[0] == count - 1 and all(columns[i].count(columns[i][0]) == count for i in (1, 3, 4, 5)):
-        params: list[object] = [None] * (5 + 2 * count)
-        params[:5] = (bytearray(names[0]), priorities[0], whens[0], bytearray(reducers[0]), refs[0])
-        params[5::2] = [bytearray(unique) for unique in uniques]
-        params[6::2] = [bytearray(value) for value in data]
-        return "uniform", params
-    params = [None] * (7 * count)
-    params[0::7] = refs
-    params[1::7] = _copies(names)
-    params[2::7] = [bytearray(unique) for unique in uniques]
-    params[3::7] = priorities
-    params[4::7] = whens
-    params[5::7] = _copies(reducers)
-    params[6::7] = [bytearray(value) for value in data]
-    return "insert", params
-
-
-def _copies(values: tuple[bytes, ...]) -> list[bytearray]:
-    """values as bytearrays, one copy per distinct value (function names and reducers repeat within a batch)."""
-    copy = {value: bytearray(value) for value in set(values)}
-    return [copy[value] for value in values]
 
 
 def _as_bytes(value: object) -> bytes | None:
@@ -414,9 +382,8 @@ class SQLiteStore(GroupCommitStore):
         conn = self._conn()
         blobopen = getattr(conn, "blobopen", None)  # Python 3.11+
         large: list[Row] = []
-        if blobopen is not None and any(len(row[6]) >= LARGE_DATA for row in adds):
-            large = [row for row in adds if len(row[6]) >= LARGE_DATA]
-            adds = [row for row in adds if len(row[6]) < LARGE_DATA]
+        if blobopen is not None:
+            adds, large = split_large(adds, LARGE_DATA)
         statements: list[tuple[str, list[object]]] = []
         start = 0
         for size in chunk_sizes(len(adds), self._rows_per_statement):
