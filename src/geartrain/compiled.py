@@ -37,9 +37,14 @@ else:
         return lambda cls: cls
 
 
+def runs_compiled(module_file: str) -> bool:
+    """Whether the module loaded from this file (its __file__) is an extension module: compiled, not Python."""
+    return not module_file.endswith(".py")
+
+
 def compiled_modules() -> tuple[str, ...]:
     """Those of MODULES that this install runs compiled (extension modules), in MODULES' order."""
-    return tuple(name for name in MODULES if not str(importlib.import_module(name).__file__).endswith(".py"))
+    return tuple(name for name in MODULES if runs_compiled(str(importlib.import_module(name).__file__)))
 
 
 def describe_build() -> str:

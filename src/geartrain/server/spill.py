@@ -49,6 +49,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from ..compiled import runs_compiled
 from .broker import QUEUED, SPILLED, Broker, Function, Job
 from .hashindex import HashIndex, key_hash
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("geartrain.spill")
 
 #: Whether this module runs compiled (handle_number).
-_COMPILED: Final = not __file__.endswith(".py")
+_COMPILED: Final = runs_compiled(__file__)
 
 #: Queued jobs per function and priority held in memory when --memory-jobs is not given (ServerConfig's default).
 DEFAULT_MEMORY_JOBS = 100_000
