@@ -219,7 +219,7 @@ class Client:
         """Send a submit to its server (by unique, or round-robin without one), or hold it until one connects."""
         links = self.links
         if len(links) == 1:  # the one server, up or not: no call into the ring
-            link: Link | None = links[0] if links[0].transport is not None else None
+            link: Link | None = links[0] if _is_up(links[0]) else None
         elif job._hashed:
             link = self._ring.pick(job.unique, _is_up)
         else:
