@@ -38,6 +38,7 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a dependency on Linux CPython
     uvloop = None
 
+from geartrain.protocol import constants as C
 from geartrain.sockets import tune
 
 READ_SIZE: Final = 256 * 1024 - 4096  # geard's (transport.READ_SIZE)
@@ -45,20 +46,21 @@ HEADER: Final = struct.Struct(">III")
 REQ_MAGIC: Final = 0x00524551  # b"\0REQ"
 RES_MAGIC: Final = 0x00524553  # b"\0RES"
 
-CAN_DO: Final = 1
-PRE_SLEEP: Final = 4
-NOOP: Final = 6
-SUBMIT_JOB: Final = 7
-JOB_CREATED: Final = 8
-GRAB_JOB: Final = 9
-NO_JOB: Final = 10
-JOB_ASSIGN: Final = 11
-WORK_COMPLETE: Final = 13
-ERROR: Final = 19
-SUBMIT_JOB_BG: Final = 18
-GRAB_JOB_UNIQ: Final = 30
-JOB_ASSIGN_UNIQ: Final = 31
-GRAB_JOB_ALL: Final = 39
+# The packet types it handles, read once from the protocol's constants into names a compiled build keeps as statics.
+CAN_DO: Final = C.CAN_DO
+PRE_SLEEP: Final = C.PRE_SLEEP
+NOOP: Final = C.NOOP
+SUBMIT_JOB: Final = C.SUBMIT_JOB
+JOB_CREATED: Final = C.JOB_CREATED
+GRAB_JOB: Final = C.GRAB_JOB
+NO_JOB: Final = C.NO_JOB
+JOB_ASSIGN: Final = C.JOB_ASSIGN
+WORK_COMPLETE: Final = C.WORK_COMPLETE
+ERROR: Final = C.ERROR
+SUBMIT_JOB_BG: Final = C.SUBMIT_JOB_BG
+GRAB_JOB_UNIQ: Final = C.GRAB_JOB_UNIQ
+JOB_ASSIGN_UNIQ: Final = C.JOB_ASSIGN_UNIQ
+GRAB_JOB_ALL: Final = C.GRAB_JOB_ALL
 
 NOOP_PACKET: Final = HEADER.pack(RES_MAGIC, NOOP, 0)
 NO_JOB_PACKET: Final = HEADER.pack(RES_MAGIC, NO_JOB, 0)

@@ -8,7 +8,7 @@ order, so a face never parses the wire itself.
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import constants as C
 from .codec import AdminLine, Decoder, Packet, PacketError, encode_request
@@ -85,13 +85,18 @@ class ClientConnection:
         """Feed bytes from the server; return the packets and admin answers they complete."""
         events: list[ClientEvent] = []
         for event in self._decoder.feed(data):
-            if type(event) is AdminLine:
-                answer = self._admin_line(event.line)
-                if answer is not None:
-                    events.append(answer)
-            else:
-                events.append(event)
+            self.collect(event, events)
         return events
+
+    def collect(self, event: Any, out: list[Any]) -> None:
+        """Put one decoded event into ``out``: an admin line joins its answer (the whole answer comes out once
+        complete), anything else goes in as it is. The sessions hand their packets elsewhere and the rest here."""
+        if type(event) is AdminLine:
+            answer = self._admin_line(event.line)
+            if answer is not None:
+                out.append(answer)
+        else:
+            out.append(event)
 
     def reset(self) -> None:
         """Forget buffered bytes and pending admin commands: the socket was closed and will be reopened."""

@@ -37,7 +37,7 @@ from collections import deque
 from typing import Any, Final, NamedTuple
 
 from . import constants as C
-from .codec import AdminLine, Packet, join_body, pack
+from .codec import Packet, join_body, pack
 from .connection import JOB_ASSIGNMENTS, Assignment, ClientConnection, assignment
 from .constants import REQ, RES
 
@@ -77,18 +77,6 @@ _new: Final = tuple.__new__
 
 
 # ---------------------------------------------------------------------------------------------------- events
-
-
-def _not_a_packet(conn: ClientConnection, event: Any, out: list[Any]) -> None:
-    """What a session's receive_data does with a decoded event other than a packet: an admin line goes back to the
-    connection (a whole answer comes out), the rest (PacketError) to ``out``. Each session's receive_data decodes
-    in one pass (no intermediate list) and hands each packet to its own receive(), a native call when compiled."""
-    if type(event) is AdminLine:
-        answer = conn._admin_line(event.line)
-        if answer is not None:
-            out.append(answer)
-    else:
-        out.append(event)
 
 
 class Reply(NamedTuple):
@@ -271,7 +259,7 @@ class ClientSession:
             if type(event) is Packet:
                 self.receive(event, out)
             else:
-                _not_a_packet(conn, event, out)
+                conn.collect(event, out)
         return out
 
     def receive(self, packet: Packet, out: list[Any]) -> None:
@@ -549,7 +537,7 @@ class WorkerSession:
             if type(event) is Packet:
                 out.append(self.receive(event))
             else:
-                _not_a_packet(conn, event, out)
+                conn.collect(event, out)
         return out
 
     def send_admin(self, command: bytes | str) -> bytes:
