@@ -7,7 +7,7 @@ It is geard's transport with every feature removed, so that geard's CPU per job 
 Python server on the same loop spends: the same uvloop, one asyncio BufferedProtocol per connection reading into
 one receive buffer of the server (transport.READ_SIZE), TCP_NODELAY through geartrain.sockets.tune, a peer's own
 answers written at the end of its read and what it caused for other peers written once per loop pass, and the
-same collector settings as geard (gc.freeze, thresholds 20,000 / 50 / 100).
+same collector settings as geard (geartrain.server.collector).
 
 What it does: binary request packets only (no admin protocol, no text lines: a stream that is not a request
 packet is closed); CAN_DO, PRE_SLEEP, GRAB_JOB / GRAB_JOB_UNIQ / GRAB_JOB_ALL, SUBMIT_JOB, SUBMIT_JOB_BG and
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import struct
 import sys
 from collections import deque
@@ -39,6 +38,7 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on Linux CPytho
     uvloop = None
 
 from geartrain.protocol import constants as C
+from geartrain.server.collector import tune_collector
 from geartrain.sockets import tune
 
 READ_SIZE: Final = 256 * 1024 - 4096  # geard's (transport.READ_SIZE)
@@ -206,8 +206,7 @@ async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     server = Server(loop)
     listener = await loop.create_server(lambda: Conn(server), host, port, reuse_address=True, backlog=1024)
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    tune_collector()
     await listener.serve_forever()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import logging
 import signal
 import socket
@@ -14,6 +13,7 @@ from typing import Any
 
 from .admin import Admin, restore_max_queues
 from .broker import Broker
+from .collector import tune_collector
 from .config import ServerConfig
 from .lifecycle import Lifecycle
 from .lifecycle_admin import LifecycleCommands
@@ -267,10 +267,7 @@ class Server:
             return
         if on_started is not None:
             on_started(self)
-        # A server process holds millions of long-lived, acyclic job objects: collect the young
-        # generation less often, and leave start-up objects out of every collection.
-        gc.freeze()
-        gc.set_threshold(20_000, 50, 100)
+        tune_collector()
         return_large_buffers()
         trimming = asyncio.get_running_loop().create_task(trim_every())
         try:
