@@ -159,7 +159,7 @@ def format_result(r: Result) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default="geartrain,gearmand", help="NAME or NAME=SRC (code from SRC), comma separated")
-    ap.add_argument("--loads", default="foreground,large")
+    ap.add_argument("--loads", default="foreground,large", help=f"comma-separated, from: {','.join(LOADS)}")
     ap.add_argument("--repeat", type=int, default=1, help="rounds, servers interleaved within each")
     ap.add_argument("--jobs", type=int, default=150_000, help="jobs of the foreground load")
     ap.add_argument("--lockstep-jobs", type=int, default=30_000)
@@ -168,6 +168,9 @@ def main() -> None:
     ap.add_argument("--record", type=Path, metavar="DIR",
                     help="perf record each server's samples over the first run into DIR/SERVER-LOAD.data")
     args = ap.parse_args()
+    unknown = sorted(set(args.loads.split(",")) - set(LOADS))
+    if unknown:
+        ap.error(f"--loads: no load named {', '.join(unknown)} (this script has {', '.join(LOADS)})")
     os.environ.setdefault("SYSCALLS_PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     counts = {"jobs": args.jobs, "lockstep_jobs": args.lockstep_jobs, "large_jobs": args.large_jobs}
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, {loadgen.LOOP_NAME}, "
