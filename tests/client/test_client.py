@@ -135,6 +135,8 @@ def test_work_data_warning_and_status_stream_to_the_client(any_server):
             assert job.data == chunks
             assert job.warnings == [b"careful"]
             assert job.status == (3, 3)
+            job.data, job.warnings = [], []  # still plain attributes to the caller, though made on first use
+            assert (job.data, job.warnings) == ([], [])
 
     run(body())
 

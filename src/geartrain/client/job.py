@@ -96,12 +96,20 @@ class Job:
             self._data = []
         return self._data
 
+    @data.setter
+    def data(self, chunks: list[bytes]) -> None:
+        self._data = chunks
+
     @property
     def warnings(self) -> list[bytes]:
         """The WORK_WARNING data received so far, in order."""
         if self._warnings is None:
             self._warnings = []
         return self._warnings
+
+    @warnings.setter
+    def warnings(self, chunks: list[bytes]) -> None:
+        self._warnings = chunks
 
     @property
     def done(self) -> bool:
